@@ -1,0 +1,53 @@
+package instacart
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect"
+)
+
+// connectErrorAdvice says, per Instacart error code, what went wrong and who
+// must act. Codes and causes are from connect-api.md ("Errors").
+var connectErrorAdvice = map[string]string{
+	connect.ErrInvalidClient:        "Connect refused the client_id/client_secret at config: check them, or write the rotated credentials Instacart issued",
+	connect.ErrQueryParamsForbidden: "Connect saw the credentials in a query string and considers them exposed: ask Instacart to rotate them and write the new ones to config",
+	connect.ErrInvalidGrant:         "Connect refused the grant: the authorization code is invalid, expired or already used, the redirect_uri differs from the one registered with Instacart, or the user assertion was refused",
+	connect.ErrInvalidScope:         "Connect refused the role's scopes: they must be enabled for the application and belong to the role's grant",
+	connect.ErrInvalidRequest:       "Connect called the request malformed",
+	connect.ErrUnsupportedGrantType: "Connect does not support this grant for the application",
+	connect.ErrUnauthorizedClient:   "Connect says these credentials may not do this (a token can only be revoked by the application that minted it)",
+}
+
+// upstreamError turns a Connect failure into what Vault should answer:
+// problems a person must fix become a 400 naming Instacart's error code;
+// transient trouble (after retries) becomes a 502 so callers retry later; a
+// cancelled request stays an error of its own.
+func upstreamError(err error) (*logical.Response, error) {
+	ce, ok := connect.AsError(err)
+	switch {
+	case !ok && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)):
+		return nil, logical.CodedError(http.StatusGatewayTimeout, fmt.Sprintf("no answer from Instacart Connect in time: %v", err))
+	case !ok:
+		return nil, fmt.Errorf("calling Instacart Connect: %w", err)
+	case ce.Temporary():
+		return nil, logical.CodedError(http.StatusBadGateway, fmt.Sprintf("Instacart Connect is unavailable, try again later: %v", ce))
+	}
+	advice, known := connectErrorAdvice[ce.Code]
+	if !known {
+		advice = "Connect refused the request"
+	}
+	code := ce.Code
+	if code == "" {
+		code = http.StatusText(ce.StatusCode)
+	}
+	msg := fmt.Sprintf("Instacart Connect answered %d %s: %s", ce.StatusCode, code, advice)
+	if ce.Description != "" {
+		msg += fmt.Sprintf(" (Connect said: %q)", ce.Description)
+	}
+	return logical.ErrorResponse(msg), nil
+}

@@ -1,0 +1,206 @@
+package instacart
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/go-secure-stdlib/strutil"
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect"
+)
+
+// maxCodeLength bounds an authorization code; Instacart's are short random strings.
+const maxCodeLength = 1024
+
+func pathCreds(b *backend) *framework.Path {
+	return &framework.Path{
+		Pattern: "creds/" + framework.MatchAllRegex("name"),
+		DisplayAttrs: &framework.DisplayAttributes{
+			OperationPrefix: operationPrefixInstacart,
+			OperationSuffix: "credentials",
+		},
+		Fields: map[string]*framework.FieldSchema{
+			"name": {
+				Type:         framework.TypeString,
+				Description:  "Name of the role.",
+				Required:     true,
+				DisplayAttrs: &framework.DisplayAttributes{Name: "Role name"},
+			},
+			"user_id": {
+				Type:         framework.TypeString,
+				Description:  "fulfillment_user_assertion roles with allowed_user_ids: the Connect user id to mint a token for.",
+				DisplayAttrs: &framework.DisplayAttributes{Name: "User ID"},
+			},
+			"code": {
+				Type:         framework.TypeString,
+				Description:  "authorization_code roles: the single-use authorization code from Instacart.",
+				DisplayAttrs: &framework.DisplayAttributes{Name: "Authorization code", Sensitive: true},
+			},
+		},
+		Operations: map[logical.Operation]framework.OperationHandler{
+			logical.ReadOperation: &framework.PathOperation{
+				Callback:     b.pathCredsRead,
+				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "read"},
+			},
+			logical.UpdateOperation: &framework.PathOperation{
+				Callback:     b.pathCredsRead,
+				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "generate"},
+			},
+		},
+		HelpSynopsis:    "Read a leased Instacart Connect token for a role.",
+		HelpDescription: pathCredsHelp,
+	}
+}
+
+const pathCredsHelp = `
+Returns a leased access token minted with the role's grant and scopes.
+Read it for client_credentials roles and assertion roles with a fixed user_id;
+write user_id=<id> for assertion roles with allowed_user_ids, and code=<code>
+for authorization_code roles. The lease TTL is the token's remaining lifetime,
+capped by the role's ttl/max_ttl and the mount's max lease TTL. Revoking the
+lease of an exclusive token revokes the token at Connect.
+`
+
+func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name := d.Get("name").(string)
+	if resp := validRoleName(name); resp != nil {
+		return resp, nil
+	}
+	r, err := b.getRole(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	if r == nil {
+		return logical.ErrorResponse("unknown role %q", name), nil
+	}
+	userID, code, problem := credsInput(r, d)
+	if problem != "" {
+		return logical.ErrorResponse(problem), nil
+	}
+	e, resp, err := b.configuredEngine(ctx, req.Storage)
+	if resp != nil || err != nil {
+		return resp, err
+	}
+
+	var t *cachedToken
+	var warnings []string
+	if r.shared() {
+		t, warnings, err = b.sharedToken(ctx, req.Storage, name, r, e, userID)
+	} else {
+		var tok *connect.Token
+		if tok, err = e.client.Token(ctx, tokenRequest(r, userID, code)); err == nil {
+			b.noteLifetime(tok.ExpiresIn)
+			t = newCachedToken(tok, userID, e.config.CredentialsID, r.hash)
+		}
+	}
+	if err != nil {
+		return upstreamError(err)
+	}
+	return b.credsResponse(name, r, t, warnings)
+}
+
+// credsInput checks the caller's input against the role's grant and returns
+// the user id and code to mint with, or a problem naming the field.
+func credsInput(r *role, d *framework.FieldData) (userID, code, problem string) {
+	userID = d.Get("user_id").(string)
+	code = d.Get("code").(string)
+	if code != "" && r.GrantType != connect.GrantAuthorizationCode {
+		return "", "", "code is only accepted by authorization_code roles"
+	}
+	switch r.GrantType {
+	case connect.GrantClientCredentials:
+		if userID != "" {
+			return "", "", "user_id is only accepted by fulfillment_user_assertion roles"
+		}
+	case connect.GrantFulfillmentUserAssertion:
+		if r.UserID != "" {
+			if userID != "" && userID != r.UserID {
+				return "", "", "user_id: this role mints tokens for its fixed user only"
+			}
+			return r.UserID, "", ""
+		}
+		if userID == "" {
+			return "", "", "user_id is required: write user_id=<id> to this path"
+		}
+		if p := validUserID(userID); p != "" {
+			return "", "", "user_id " + p
+		}
+		if !strutil.StrListContainsGlob(r.AllowedUserIDs, userID) {
+			return "", "", fmt.Sprintf("user_id %q is not permitted by the role's allowed_user_ids", truncateForMessage(userID))
+		}
+	case connect.GrantAuthorizationCode:
+		if userID != "" {
+			return "", "", "user_id is only accepted by fulfillment_user_assertion roles"
+		}
+		switch {
+		case code == "":
+			return "", "", "code is required: write code=<authorization code> to this path"
+		case len(code) > maxCodeLength || hasControl(code):
+			return "", "", fmt.Sprintf("code must be at most %d printable characters", maxCodeLength)
+		}
+	}
+	return userID, code, ""
+}
+
+// credsResponse builds the leased secret for a token.
+func (b *backend) credsResponse(roleName string, r *role, t *cachedToken, warnings []string) (*logical.Response, error) {
+	now := b.now()
+	remaining := t.ExpiresAt.Sub(now).Truncate(time.Second)
+	if remaining <= 0 {
+		return nil, fmt.Errorf("token for role %q expired before it could be leased", roleName)
+	}
+	scopes := t.Scopes
+	if len(scopes) == 0 {
+		scopes = nonNil(r.Scopes) // Connect may omit "scope"; it granted what we asked for
+	}
+	data := map[string]any{
+		"access_token": t.AccessToken,
+		"token_type":   t.TokenType,
+		"scopes":       scopes,
+		"expires_at":   t.ExpiresAt.Format(time.RFC3339),
+		"created_at":   t.CreatedAt.Format(time.RFC3339),
+	}
+	internal := map[string]any{
+		"role":           roleName,
+		"token_reuse":    r.TokenReuse,
+		"credentials_id": t.CredentialsID,
+		"expires_at":     t.ExpiresAt.Format(time.RFC3339Nano),
+	}
+	if t.UserID != "" {
+		data["user_id"] = t.UserID
+	}
+	if !r.shared() {
+		// Only exclusive tokens are revoked upstream, so only they need the
+		// token itself in the lease (stored encrypted by Vault).
+		internal["access_token"] = t.AccessToken
+	}
+
+	resp := b.Secret(secretTypeToken).Response(data, internal)
+	ttl, maxTTL, capWarnings := leaseTTL(remaining, r, b.System().MaxLeaseTTL())
+	resp.Secret.TTL, resp.Secret.MaxTTL = ttl, maxTTL
+	resp.Warnings = append(warnings, capWarnings...)
+	return resp, nil
+}
+
+// leaseTTL caps a lease of a token with remaining life: first by the role's
+// max_ttl and ttl, then by the mount's max lease TTL, with one warning per cap
+// that shortened it (as Vault's own engines word it).
+func leaseTTL(remaining time.Duration, r *role, mountMax time.Duration) (ttl, maxTTL time.Duration, warnings []string) {
+	ttl, maxTTL = remaining, remaining
+	if r.MaxTTL > 0 && r.MaxTTL < maxTTL {
+		warnings = append(warnings, fmt.Sprintf("the token's remaining lifetime of %s is greater than the role's max_ttl of %s; capping accordingly", maxTTL, r.MaxTTL))
+		maxTTL = r.MaxTTL
+	}
+	if r.TTL > 0 && r.TTL < min(ttl, maxTTL) {
+		warnings = append(warnings, fmt.Sprintf("the token's remaining lifetime of %s is greater than the role's ttl of %s; capping accordingly", ttl, r.TTL))
+		ttl = r.TTL
+	}
+	if mountMax > 0 && mountMax < maxTTL {
+		warnings = append(warnings, fmt.Sprintf("max_ttl of %s is greater than the mount's max_lease_ttl of %s; capping accordingly", maxTTL, mountMax))
+		maxTTL = mountMax
+	}
+	return min(ttl, maxTTL), maxTTL, warnings
+}
