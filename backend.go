@@ -69,6 +69,38 @@ type backend struct {
 type engine struct {
 	config *connectConfig
 	client *connect.Client
+
+	// rejected latches Connect's refusal of the credentials themselves, so
+	// readers get the error at once instead of hammering Connect with
+	// credentials that cannot work. A config write builds a new engine.
+	rejected atomic.Pointer[rejection]
+}
+
+type rejection struct {
+	err   error
+	until time.Time
+}
+
+// credentialsRejectedHold is how long a credentials refusal is replayed
+// without asking Connect again.
+const credentialsRejectedHold = time.Minute
+
+// mint asks Connect for a token unless Connect recently refused the
+// credentials, and remembers the longest lifetime it hands out.
+func (b *backend) mint(ctx context.Context, e *engine, req connect.TokenRequest) (*connect.Token, error) {
+	now := b.now()
+	if r := e.rejected.Load(); r != nil && now.Before(r.until) {
+		return nil, r.err
+	}
+	tok, err := e.client.Token(ctx, req)
+	if err != nil {
+		if ce, ok := connect.AsError(err); ok && ce.CredentialsRejected() {
+			e.rejected.Store(&rejection{err: err, until: now.Add(credentialsRejectedHold)})
+		}
+		return nil, err
+	}
+	b.noteLifetime(tok.ExpiresIn)
+	return tok, nil
 }
 
 func newBackend() *backend {
@@ -99,7 +131,9 @@ func (b *backend) invalidate(_ context.Context, key string) {
 	case key == configStoragePath:
 		b.resetEngine()
 	case strings.HasPrefix(key, roleStoragePrefix):
+		b.roleMu.Lock()
 		b.roles.Delete(strings.TrimPrefix(key, roleStoragePrefix))
+		b.roleMu.Unlock()
 	case strings.HasPrefix(key, tokenStoragePrefix):
 		b.tokens.forget(key)
 	}

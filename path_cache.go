@@ -10,7 +10,7 @@ import (
 
 func pathCache(b *backend) *framework.Path {
 	return &framework.Path{
-		Pattern: "cache/" + framework.MatchAllRegex("name"),
+		Pattern: "cache/" + anyRoleName("name"),
 		DisplayAttrs: &framework.DisplayAttributes{
 			OperationPrefix: operationPrefixInstacart,
 			OperationSuffix: "cached-tokens",

@@ -17,7 +17,7 @@ const maxCodeLength = 1024
 
 func pathCreds(b *backend) *framework.Path {
 	return &framework.Path{
-		Pattern: "creds/" + framework.MatchAllRegex("name"),
+		Pattern: "creds/" + anyRoleName("name"),
 		DisplayAttrs: &framework.DisplayAttributes{
 			OperationPrefix: operationPrefixInstacart,
 			OperationSuffix: "credentials",
@@ -91,8 +91,7 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, d *fr
 		t, warnings, err = b.sharedToken(ctx, req.Storage, name, r, e, userID)
 	} else {
 		var tok *connect.Token
-		if tok, err = e.client.Token(ctx, tokenRequest(r, userID, code)); err == nil {
-			b.noteLifetime(tok.ExpiresIn)
+		if tok, err = b.mint(ctx, e, tokenRequest(r, userID, code)); err == nil {
 			t = newCachedToken(tok, userID, e.config.CredentialsID, r.hash)
 		}
 	}

@@ -42,6 +42,13 @@ const (
 // match any name so a bad one gets a 400 naming the field rather than a 404.
 var roleNamePattern = regexp.MustCompile(`^\w([\w.-]*\w)?$`)
 
+// anyRoleName captures everything after the path prefix, newlines included
+// (framework.MatchAllRegex stops at "\n", which would turn a hostile name into
+// a 404 instead of a 400).
+func anyRoleName(field string) string {
+	return `(?P<` + field + `>(?s:.*))`
+}
+
 // scopeGrant maps each scope Connect documents to the grant it belongs to
 // (connect-api.md, "Known scopes"). Scopes of one request must share a grant.
 var scopeGrant = map[string]connect.GrantType{
@@ -182,7 +189,7 @@ func pathRoles(b *backend) []*framework.Path {
 			HelpDescription: "Lists the names of the configured roles.",
 		},
 		{
-			Pattern: "roles/" + framework.MatchAllRegex("name"),
+			Pattern: "roles/" + anyRoleName("name"),
 			DisplayAttrs: &framework.DisplayAttributes{
 				OperationPrefix: operationPrefixInstacart,
 				OperationSuffix: "role",
@@ -242,6 +249,18 @@ func (b *backend) getRole(ctx context.Context, s logical.Storage, name string) (
 	if r, ok := b.roles.Load(name); ok {
 		return r.(*role), nil
 	}
+	// Load under the writers' lock so a load racing a write or delete cannot
+	// put a stale role back into memory.
+	b.roleMu.Lock()
+	defer b.roleMu.Unlock()
+	return b.getRoleLocked(ctx, s, name)
+}
+
+// getRoleLocked is getRole for callers holding roleMu.
+func (b *backend) getRoleLocked(ctx context.Context, s logical.Storage, name string) (*role, error) {
+	if r, ok := b.roles.Load(name); ok {
+		return r.(*role), nil
+	}
 	entry, err := s.Get(ctx, roleStoragePrefix+name)
 	if err != nil {
 		return nil, fmt.Errorf("reading role %q: %w", name, err)
@@ -286,7 +305,7 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	b.roleMu.Lock()
 	defer b.roleMu.Unlock()
 
-	old, err := b.getRole(ctx, req.Storage, name)
+	old, err := b.getRoleLocked(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err
 	}

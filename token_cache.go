@@ -206,7 +206,7 @@ func (b *backend) refreshShared(ctx context.Context, s logical.Storage, key stri
 		return candidate, nil, nil
 	}
 
-	tok, err := e.client.Token(ctx, tokenRequest(r, userID, ""))
+	tok, err := b.mint(ctx, e, tokenRequest(r, userID, ""))
 	if err != nil {
 		if candidate != nil && candidate.ExpiresAt.After(now) && connect.IsTemporary(err) {
 			b.Logger().Warn("Connect is failing; serving the cached token until it expires", "key", key, "expires_at", candidate.ExpiresAt, "error", err)
@@ -214,7 +214,6 @@ func (b *backend) refreshShared(ctx context.Context, s logical.Storage, key stri
 		}
 		return nil, nil, err
 	}
-	b.noteLifetime(tok.ExpiresIn)
 	t := newCachedToken(tok, userID, credsID, r.hash)
 	if err := b.tokens.store(ctx, s, key, t); err != nil {
 		// The token is good; without storage it is only shared by this process.

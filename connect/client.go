@@ -105,7 +105,7 @@ func New(cfg Config) (*Client, error) {
 	rc.RetryMax = cfg.MaxRetries
 	rc.RetryWaitMin = cfg.RetryWaitMin
 	rc.RetryWaitMax = cfg.RetryWaitMax
-	rc.CheckRetry = retryPolicy(cfg.RetryWaitMax)
+	rc.CheckRetry = retryPolicy(maxRetryAfter)
 	rc.Backoff = backoff
 	rc.RequestLogHook = countAttempt
 	// Hand the last response back to us so errors can name Connect's status and code.

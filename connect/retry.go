@@ -14,6 +14,11 @@ import (
 	"github.com/hashicorp/go-retryablehttp"
 )
 
+// maxRetryAfter is the longest Retry-After we wait out inside one read. Connect
+// asks for seconds; a longer pause is better reported to the caller (who may
+// be served a cached token meanwhile) than spent blocking a Vault request.
+const maxRetryAfter = 30 * time.Second
+
 // Retryable reports whether an HTTP status is one Connect documents as
 // transient ("408, 429, 500, 503: retry later", connect-api.md); other 5xx are
 // treated the same way, as gateways in front of Connect produce them.
@@ -70,7 +75,7 @@ func (s *attemptState) snapshot() (attempts, status int) {
 // hammers Connect). It also stops early when the wait Connect asks for cannot
 // fit before the caller's deadline, so the error names Connect's status rather
 // than a bare context timeout.
-func retryPolicy(maxWait time.Duration) func(context.Context, *http.Response, error) (bool, error) {
+func retryPolicy(maxRetryAfter time.Duration) func(context.Context, *http.Response, error) (bool, error) {
 	return func(ctx context.Context, resp *http.Response, err error) (bool, error) {
 		attemptStateFrom(ctx).recordStatus(resp)
 		if ctxErr := ctx.Err(); ctxErr != nil {
@@ -87,7 +92,7 @@ func retryPolicy(maxWait time.Duration) func(context.Context, *http.Response, er
 			return false, nil
 		}
 		if wait, ok := retryAfter(resp); ok {
-			if wait > maxWait {
+			if wait > maxRetryAfter {
 				return false, nil
 			}
 			if deadline, has := ctx.Deadline(); has && time.Until(deadline) < wait {
