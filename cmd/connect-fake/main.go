@@ -5,13 +5,17 @@
 package main
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"io/fs"
 	"log"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -21,6 +25,12 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "check-token" {
+		os.Exit(checkToken(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "authorize" {
+		os.Exit(authorize(os.Args[2:]))
+	}
 	addr := flag.String("addr", "127.0.0.1:0", "listen address")
 	clientID := flag.String("client-id", "demo-client", "client id of the fake application")
 	lifetime := flag.Duration("token-lifetime", connectfake.DefaultTokenLifetime, "expires_in of minted tokens")
@@ -53,6 +63,66 @@ func main() {
 	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 	<-sig
 	fake.Close()
+}
+
+// checkToken calls POST /v2/fulfillment/users with the bearer token read from
+// stdin (never from argv, where ps would show it) and prints Connect's status,
+// so scripts can prove a token works without curl.
+func checkToken(args []string) int {
+	fs := flag.NewFlagSet("check-token", flag.ExitOnError)
+	baseURL := fs.String("base-url", "", "Connect base URL")
+	_ = fs.Parse(args)
+	raw, err := io.ReadAll(io.LimitReader(os.Stdin, 4096))
+	if err != nil || *baseURL == "" {
+		fmt.Fprintln(os.Stderr, "usage: connect-fake check-token -base-url URL < token")
+		return 2
+	}
+	body := `{"user_id":"johnsmith6000","first_name":"john","last_name":"smith","phone_number":"800-555-0100"}`
+	req, err := http.NewRequest(http.MethodPost, strings.TrimRight(*baseURL, "/")+connectfake.PathUsers, strings.NewReader(body))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(raw)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	resp.Body.Close()
+	fmt.Printf("POST %s -> HTTP %s\n", connectfake.PathUsers, resp.Status)
+	if resp.StatusCode != http.StatusOK {
+		return 1
+	}
+	return 0
+}
+
+// authorize asks a running fake (admin API) for a single-use authorization
+// code, as Instacart's account-linking flow would hand one to the retailer.
+func authorize(args []string) int {
+	fs := flag.NewFlagSet("authorize", flag.ExitOnError)
+	baseURL := fs.String("base-url", "", "fake base URL")
+	clientID := fs.String("client-id", "demo-client", "application the code is for")
+	redirectURI := fs.String("redirect-uri", "", "redirect URI the code is bound to")
+	userID := fs.String("user-id", "", "linked user")
+	_ = fs.Parse(args)
+	body, _ := json.Marshal(map[string]string{"client_id": *clientID, "redirect_uri": *redirectURI, "user_id": *userID})
+	resp, err := http.Post(strings.TrimRight(*baseURL, "/")+"/_fake/authorize", "application/json", bytes.NewReader(body))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Code string `json:"code"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || out.Code == "" {
+		fmt.Fprintf(os.Stderr, "authorize: HTTP %s\n", resp.Status)
+		return 1
+	}
+	fmt.Println(out.Code)
+	return 0
 }
 
 func loadSecret(file string) (string, error) {

@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# make demo / make dev: a dev Vault with the plugin registered and enabled at
+# instacart/, talking to the local Connect fake (or to a real Connect host when
+# INSTACART_BASE_URL, INSTACART_CLIENT_ID and INSTACART_CLIENT_SECRET are set).
+#
+#   scripts/demo.sh demo   walk through every grant, then stop (exit 0)
+#   scripts/demo.sh dev    set up, print how to use it, keep running until Ctrl-C
+#
+# No secret is printed: the client secret travels in a 0600 file, and access
+# tokens are shown only by length.
+set -euo pipefail
+
+mode="${1:-demo}"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+bin="$root/.bin"
+plugin="vault-plugin-secrets-instacart"
+version="${VERSION:-v0.1.0}"
+export PATH="$bin:$PATH"
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/instacart-demo.XXXXXX")"
+chmod 700 "$work"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if [[ -t 1 ]]; then
+  step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+else
+  step() { printf '\n==> %s\n' "$*"; }
+fi
+say() { printf '    %s\n' "$*"; }
+fail() { echo "demo: $*" >&2; exit 1; }
+
+# json_field FILE KEY: a top-level or nested string field of Vault's JSON output.
+json_field() { grep -o "\"$2\": *\"[^\"]*\"" "$1" | head -1 | sed 's/.*: *"\(.*\)"/\1/'; }
+
+# free_port: a loopback port nothing listens on.
+free_port() {
+  local p
+  for _ in $(seq 1 50); do
+    p=$((20000 + RANDOM % 20000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
+  done
+  fail "no free port"
+}
+
+wait_for() { # wait_for SECONDS CMD...
+  local deadline=$((SECONDS + $1)); shift
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.2
+  done
+}
+
+# --- Connect: the local fake, or a real host -------------------------------
+secret_file="$work/client_secret"
+if [[ -n "${INSTACART_BASE_URL:-}" ]]; then
+  [[ -n "${INSTACART_CLIENT_ID:-}" && -n "${INSTACART_CLIENT_SECRET:-}" ]] ||
+    fail "INSTACART_BASE_URL needs INSTACART_CLIENT_ID and INSTACART_CLIENT_SECRET"
+  base_url="$INSTACART_BASE_URL"
+  client_id="$INSTACART_CLIENT_ID"
+  (umask 077; printf '%s' "$INSTACART_CLIENT_SECRET" >"$secret_file")
+  fake=false
+  step "Using Connect at $base_url"
+else
+  step "Starting the Connect fake"
+  client_id="demo-client"
+  connect-fake -client-id "$client_id" -secret-file "$secret_file" -addr-file "$work/fake.url" \
+    >"$work/fake.log" 2>&1 &
+  pids+=($!)
+  wait_for 10 test -s "$work/fake.url" || fail "the fake did not start: $(cat "$work/fake.log")"
+  base_url="$(cat "$work/fake.url")"
+  fake=true
+  say "listening on $base_url (client id $client_id; its secret is in a 0600 temp file)"
+fi
+
+# --- Vault ------------------------------------------------------------------
+step "Starting a dev Vault with plugin_directory=.bin/plugins"
+port="$(free_port)"
+export VAULT_ADDR="http://127.0.0.1:$port"
+export VAULT_TOKEN="dev-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+cat >"$work/vault.hcl" <<HCL
+plugin_directory = "$bin/plugins"
+api_addr         = "$VAULT_ADDR"
+HCL
+vault server -dev -dev-listen-address="127.0.0.1:$port" -dev-root-token-id="$VAULT_TOKEN" \
+  -config="$work/vault.hcl" >"$work/vault.log" 2>&1 &
+pids+=($!)
+wait_for 30 vault status || fail "Vault did not start: $(tail -20 "$work/vault.log")"
+say "$(vault version) at $VAULT_ADDR"
+
+step "Registering the plugin by checksum and version, enabling it at instacart/"
+sha="$(sha256sum "$bin/plugins/$plugin" | cut -d' ' -f1)"
+vault plugin register -sha256="$sha" -version="$version" secret "$plugin" | sed 's/^/    /'
+vault secrets enable -path=instacart -plugin-version="$version" "$plugin" | sed 's/^/    /'
+vault plugin list secret | grep "$plugin" | sed 's/^/    /'
+
+step "Writing instacart/config (verifies the credentials with a test mint)"
+vault write instacart/config client_id="$client_id" client_secret=@"$secret_file" base_url="$base_url" | sed 's/^/    /'
+vault read instacart/config | sed 's/^/    /'
+
+step "Creating one role per grant"
+vault write instacart/roles/fulfillment grant_type=client_credentials scopes=connect:fulfillment | sed 's/^/    /'
+vault write instacart/roles/shopper grant_type=fulfillment_user_assertion \
+  scopes=connect:recommendations allowed_user_ids='store-*' | sed 's/^/    /'
+vault write instacart/roles/linking grant_type=authorization_code scopes=account_linking \
+  redirect_uri=https://retailer.example/instacart/callback | sed 's/^/    /'
+vault list instacart/roles | sed 's/^/    /'
+
+# issue OUT CMD...: runs a vault command with -format=json into OUT and
+# summarises the token without printing it.
+issue() {
+  local out="$1"; shift
+  "$@" -format=json >"$out"
+  local tok; tok="$(json_field "$out" access_token)"
+  say "lease_id    $(json_field "$out" lease_id)"
+  say "lease ttl   $(grep -o '"lease_duration": *[0-9]*' "$out" | grep -o '[0-9]*$')s (token expires_at $(json_field "$out" expires_at))"
+  say "token       <${#tok} characters, not shown>"
+}
+
+# check FILE: asks Connect's POST /v2/fulfillment/users whether the token works.
+check() {
+  json_field "$1" access_token | connect-fake check-token -base-url "$base_url" | sed 's/^/    /'
+}
+
+step "client_credentials: vault read instacart/creds/fulfillment"
+issue "$work/cc.json" vault read instacart/creds/fulfillment
+check "$work/cc.json"
+lease="$(json_field "$work/cc.json" lease_id)"
+say "vault lease lookup:"
+vault lease lookup "$lease" | sed 's/^/      /'
+
+step "fulfillment_user_assertion: vault write instacart/creds/shopper user_id=store-42"
+issue "$work/shopper.json" vault write instacart/creds/shopper user_id=store-42
+check "$work/shopper.json"
+
+if $fake; then
+  step "authorization_code: exchange a single-use code from Instacart's linking flow"
+  code="$(connect-fake authorize -base-url "$base_url" -client-id "$client_id" \
+    -redirect-uri https://retailer.example/instacart/callback -user-id store-42)"
+  issue "$work/link.json" vault write instacart/creds/linking code="$code"
+  check "$work/link.json"
+
+  step "Revoking the exclusive linking lease: Vault calls Connect's revoke endpoint"
+  vault lease revoke -sync "$(json_field "$work/link.json" lease_id)" | sed 's/^/    /'
+  if check "$work/link.json"; then fail "the revoked token still works"; fi
+  say "(401 is the point: the token is dead upstream)"
+else
+  say "(authorization_code needs a code from Instacart's linking flow; skipped against a real host)"
+fi
+
+if [[ "$mode" == dev ]]; then
+  step "Vault is running. In another shell:"
+  cat <<EOT
+    export VAULT_ADDR=$VAULT_ADDR
+    export VAULT_TOKEN=$VAULT_TOKEN   # dev root token of this throwaway server
+
+    vault read instacart/config
+    vault read instacart/creds/fulfillment
+    vault write instacart/creds/shopper user_id=store-7
+    vault path-help instacart/creds/fulfillment
+    vault lease revoke -prefix instacart/creds/
+
+  Connect: $base_url   Vault log: $work/vault.log
+  Press Ctrl-C to stop.
+EOT
+  wait "${pids[@]}"
+  exit 0
+fi
+
+step "Shutting down"
+say "demo complete"
