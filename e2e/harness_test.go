@@ -547,3 +547,59 @@ func (s *tokenSet) all() []string {
 	defer s.mu.Unlock()
 	return append([]string(nil), s.tokens...)
 }
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+func readFileString(t testing.TB, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// startProcess runs a helper process (e.g. vault agent) for the test's life,
+// logging to logPath.
+func startProcess(t testing.TB, logPath string, name string, args ...string) *exec.Cmd {
+	t.Helper()
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(name, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		logf.Close()
+	})
+	return cmd
+}
+
+type tokenInfo struct {
+	ClientID  string    `json:"client_id"`
+	ExpiresAt time.Time `json:"expires_at"`
+	Revoked   bool      `json:"revoked"`
+	Live      bool      `json:"live"`
+}
+
+// tokenInfo asks the fake what it knows about a token.
+func (f *fake) tokenInfo(t testing.TB, tok string) tokenInfo {
+	t.Helper()
+	var info tokenInfo
+	if st := f.do(t, http.MethodGet, "/_fake/tokens/"+tok, nil, &info); st != 200 {
+		t.Fatalf("fake does not know the token (%d)", st)
+	}
+	return info
+}

@@ -1,0 +1,281 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"net/http"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestOpenAPI checks that Vault's OpenAPI document describes every operation
+// of the mount with a unique, readable operationId and described fields.
+func TestOpenAPI(t *testing.T) {
+	v := startDevVault(t)
+	v.installPlugin(t, nil)
+
+	var doc struct {
+		Paths map[string]map[string]any `json:"paths"`
+	}
+	v.mustAPI(t, http.MethodGet, "sys/internal/specs/openapi", nil, &doc)
+	seen := map[string]string{}
+	for path, item := range doc.Paths {
+		if !strings.HasPrefix(path, "/instacart/") {
+			continue
+		}
+		if d, _ := item["description"].(string); d == "" {
+			t.Errorf("%s has no description", path)
+		}
+		for method, op := range item {
+			opMap, ok := op.(map[string]any)
+			if !ok || method == "parameters" {
+				continue
+			}
+			id, _ := opMap["operationId"].(string)
+			if !strings.HasPrefix(id, "instacart-") {
+				t.Errorf("%s %s: operationId %q", method, path, id)
+			}
+			if prev, dup := seen[id]; dup {
+				t.Errorf("operationId %q used by %s and %s %s", id, prev, method, path)
+			}
+			seen[id] = method + " " + path
+		}
+	}
+	for _, want := range []string{
+		"instacart-read-configuration", "instacart-configure", "instacart-delete-configuration",
+		"instacart-list-roles", "instacart-read-role", "instacart-write-role", "instacart-delete-role",
+		"instacart-read-credentials", "instacart-generate-credentials", "instacart-flush-cached-tokens",
+	} {
+		if _, ok := seen[want]; !ok {
+			t.Errorf("no operation %q; have %v", want, keys(seen))
+		}
+	}
+	// Request bodies: every field is described.
+	var schemas struct {
+		Components struct {
+			Schemas map[string]struct {
+				Properties map[string]struct {
+					Description string `json:"description"`
+				} `json:"properties"`
+			} `json:"schemas"`
+		} `json:"components"`
+	}
+	v.mustAPI(t, http.MethodGet, "sys/internal/specs/openapi", nil, &schemas)
+	n := 0
+	for name, s := range schemas.Components.Schemas {
+		if !strings.HasPrefix(name, "Instacart") {
+			continue
+		}
+		for field, p := range s.Properties {
+			n++
+			if p.Description == "" {
+				t.Errorf("schema %s field %s has no description", name, field)
+			}
+		}
+	}
+	if n == 0 {
+		t.Error("no Instacart request schemas in the OpenAPI document")
+	}
+	t.Logf("%d operations, %d described request fields", len(seen), n)
+}
+
+func keys[M ~map[string]V, V any](m M) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// TestInputFormsAndTidyReads: durations in Vault's usual forms, lists as comma
+// strings or arrays, and reads that show only the documented fields.
+func TestInputFormsAndTidyReads(t *testing.T) {
+	f := startFake(t, 24*time.Hour)
+	v := startDevVault(t)
+	v.installPlugin(t, f)
+
+	v.vault(t, "write", "instacart/roles/a", "grant_type=client_credentials", "scopes=connect:fulfillment,connect:ian", "ttl=90", "max_ttl=2h", "min_remaining_ttl=30m")
+	v.mustAPI(t, http.MethodPost, "instacart/roles/b", map[string]any{
+		"grant_type": "client_credentials", "scopes": []string{"connect:fulfillment", "connect:ian"}, "ttl": 90, "max_ttl": "7200s", "min_remaining_ttl": "1800",
+	}, nil)
+	var a, b struct {
+		Data map[string]any `json:"data"`
+	}
+	v.vaultJSON(t, &a, "read", "instacart/roles/a")
+	v.vaultJSON(t, &b, "read", "instacart/roles/b")
+	if !reflect.DeepEqual(a.Data, b.Data) {
+		t.Errorf("CLI and API forms differ:\n%v\n%v", a.Data, b.Data)
+	}
+	if a.Data["ttl"] != float64(90) || a.Data["max_ttl"] != float64(7200) || a.Data["min_remaining_ttl"] != float64(1800) {
+		t.Errorf("durations read back as %v %v %v", a.Data["ttl"], a.Data["max_ttl"], a.Data["min_remaining_ttl"])
+	}
+	// Only the fields that apply to the role's grant are shown.
+	wantRole := []string{"grant_type", "max_ttl", "min_remaining_ttl", "scopes", "token_reuse", "ttl"}
+	if got := keys(a.Data); !reflect.DeepEqual(got, wantRole) {
+		t.Errorf("role read shows %v, want %v", got, wantRole)
+	}
+	var cfg struct {
+		Data map[string]any `json:"data"`
+	}
+	v.vaultJSON(t, &cfg, "read", "instacart/config")
+	wantCfg := []string{"base_url", "client_id", "client_secret_set", "max_retries", "request_timeout"}
+	if got := keys(cfg.Data); !reflect.DeepEqual(got, wantCfg) {
+		t.Errorf("config read shows %v, want %v", got, wantCfg)
+	}
+}
+
+// TestPolicies applies examples/policies and shows the application policy
+// reaches its role's creds and nothing else.
+func TestPolicies(t *testing.T) {
+	f := startFake(t, 24*time.Hour)
+	v := startDevVault(t)
+	v.installPlugin(t, nil)
+	v.vault(t, "policy", "write", "instacart-operator", filepath.Join(repoRoot, "examples/policies/operator.hcl"))
+	v.vault(t, "policy", "write", "instacart-app", filepath.Join(repoRoot, "examples/policies/app.hcl"))
+	operator := strings.TrimSpace(v.vault(t, "token", "create", "-policy=instacart-operator", "-field=token"))
+	app := strings.TrimSpace(v.vault(t, "token", "create", "-policy=instacart-app", "-field=token"))
+
+	// The operator configures the engine and its roles...
+	for _, args := range [][]string{
+		{"write", "instacart/config", "client_id=" + fakeClient, "client_secret=@" + f.SecretFile(), "base_url=" + f.URL},
+		{"write", "instacart/roles/fulfillment", "grant_type=client_credentials", "scopes=connect:fulfillment"},
+		{"write", "instacart/roles/other", "grant_type=client_credentials", "scopes=connect:ian"},
+		{"list", "instacart/roles"},
+		{"delete", "instacart/cache/fulfillment"},
+	} {
+		if out, errOut, code := v.cli(t, operator, "", args...); code != 0 {
+			t.Errorf("operator: vault %s: exit %d %s%s", strings.Join(redactArgs(args), " "), code, out, errOut)
+		}
+	}
+	// ...but cannot read tokens.
+	if _, _, code := v.cli(t, operator, "", "read", "instacart/creds/fulfillment"); code == 0 {
+		t.Error("operator policy can read creds")
+	}
+
+	// The application reads its role's token and nothing else.
+	out, errOut, code := v.cli(t, app, "", "read", "-field=token_type", "instacart/creds/fulfillment")
+	if code != 0 || strings.TrimSpace(out) != "Bearer" {
+		t.Fatalf("app cannot read its creds: exit %d %s", code, errOut)
+	}
+	for _, args := range [][]string{
+		{"read", "instacart/config"},
+		{"read", "instacart/creds/other"},
+		{"read", "instacart/roles/fulfillment"},
+		{"list", "instacart/roles"},
+		{"write", "instacart/roles/fulfillment", "grant_type=client_credentials"},
+		{"delete", "instacart/cache/fulfillment"},
+	} {
+		_, errOut, code := v.cli(t, app, "", args...)
+		if code == 0 || !strings.Contains(errOut, "403") {
+			t.Errorf("app: vault %s: exit %d, want 403: %s", strings.Join(args, " "), code, errOut)
+		}
+	}
+}
+
+// TestVaultAgent runs `vault agent` with examples/agent: the template renders
+// a working token and re-renders a new one before the old one expires.
+func TestVaultAgent(t *testing.T) {
+	t.Parallel()
+	const lifetime = 60 * time.Second
+	f := startFake(t, lifetime)
+	v := startDevVault(t)
+	v.installPlugin(t, f)
+	v.vault(t, "write", "instacart/roles/fulfillment", "grant_type=client_credentials", "scopes=connect:fulfillment")
+	v.vault(t, "policy", "write", "instacart-app", filepath.Join(repoRoot, "examples/policies/app.hcl"))
+	appToken := strings.TrimSpace(v.vault(t, "token", "create", "-policy=instacart-app", "-field=token"))
+
+	dir := t.TempDir()
+	tokenFile, rendered := filepath.Join(dir, "app-token"), filepath.Join(dir, "instacart-token")
+	writeFile(t, tokenFile, appToken)
+	example, err := os.ReadFile(filepath.Join(repoRoot, "examples/agent/agent.hcl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentPort := freePort(t)
+	cfg := strings.NewReplacer(
+		"http://127.0.0.1:8200", v.Addr,
+		"/etc/vault-agent/app-token", tokenFile,
+		`"instacart-token.ctmpl"`, `"`+filepath.Join(repoRoot, "examples/agent/instacart-token.ctmpl")+`"`,
+		"/run/app/instacart-token", rendered,
+		"127.0.0.1:8100", "127.0.0.1:"+itoa(agentPort),
+	).Replace(string(example))
+	if cfg == string(example) {
+		t.Fatal("examples/agent/agent.hcl no longer has the placeholders this test substitutes")
+	}
+	writeFile(t, filepath.Join(dir, "agent.hcl"), cfg)
+	agent := startProcess(t, filepath.Join(dir, "agent.log"), vaultBin, "agent", "-config="+filepath.Join(dir, "agent.hcl"))
+	_ = agent
+
+	read := func() string {
+		b, _ := os.ReadFile(rendered)
+		return strings.TrimSpace(string(b))
+	}
+	waitFor(t, 30*time.Second, "the agent to render the token", func() bool { return len(read()) == 43 })
+	first := read()
+	info := f.tokenInfo(t, first)
+	if st := f.Users(t, first); st != 200 {
+		t.Fatalf("rendered token: Connect answered %d", st)
+	}
+	if fi, _ := os.Stat(rendered); fi.Mode().Perm() != 0o600 {
+		t.Errorf("rendered file mode %v, want 0600", fi.Mode().Perm())
+	}
+	waitFor(t, lifetime+30*time.Second, "the agent to render a new token", func() bool { return read() != first && len(read()) == 43 })
+	second := read()
+	if time.Now().After(info.ExpiresAt) {
+		t.Errorf("new token rendered after the old one expired (%v)", info.ExpiresAt)
+	}
+	if st := f.Users(t, second); st != 200 {
+		t.Errorf("re-rendered token: Connect answered %d", st)
+	}
+	assertNoSecrets(t, "agent log", readFileString(t, filepath.Join(dir, "agent.log")), f.secret, []string{first, second})
+}
+
+// TestPluginUpgrade registers two versions, enables the older, then upgrades
+// in place: config, roles and the cached token survive.
+func TestPluginUpgrade(t *testing.T) {
+	f := startFake(t, 24*time.Hour)
+	v := startDevVault(t)
+	v.installPlugin(t, f)
+	v.vault(t, "plugin", "register", "-sha256="+pluginSHA[newVersion], "-version="+newVersion,
+		"-command="+pluginName+"-"+newVersion, "secret", pluginName)
+	v.vault(t, "write", "instacart/roles/fulfillment", "grant_type=client_credentials", "scopes=connect:fulfillment", "ttl=2h")
+	var before creds
+	v.vaultJSON(t, &before, "read", "instacart/creds/fulfillment")
+	mints := f.Mints(t)
+
+	v.vault(t, "secrets", "tune", "-plugin-version="+newVersion, "instacart/")
+	v.vault(t, "plugin", "reload", "-type=secret", "-plugin="+pluginName)
+
+	waitFor(t, 30*time.Second, "the mount to run "+newVersion, func() bool {
+		var mounts map[string]struct {
+			RunningPluginVersion string `json:"running_plugin_version"`
+		}
+		v.vaultJSON(t, &mounts, "secrets", "list", "-detailed")
+		return mounts["instacart/"].RunningPluginVersion == newVersion
+	})
+	var role struct {
+		Data map[string]any `json:"data"`
+	}
+	v.vaultJSON(t, &role, "read", "instacart/roles/fulfillment")
+	if role.Data["ttl"] != float64(7200) {
+		t.Errorf("role after upgrade: %v", role.Data)
+	}
+	var cfg struct {
+		Data map[string]any `json:"data"`
+	}
+	v.vaultJSON(t, &cfg, "read", "instacart/config")
+	if cfg.Data["client_id"] != fakeClient || cfg.Data["base_url"] != f.URL {
+		t.Errorf("config after upgrade: %v", cfg.Data)
+	}
+	var after creds
+	v.vaultJSON(t, &after, "read", "instacart/creds/fulfillment")
+	if after.Data.AccessToken != before.Data.AccessToken || f.Mints(t) != mints {
+		t.Error("the cached token did not survive the upgrade")
+	}
+}
