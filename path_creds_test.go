@@ -493,3 +493,43 @@ func TestCredentialRotation(t *testing.T) {
 		t.Errorf("retired credentials kept past every token's expiry: %d", len(cfg.Retired))
 	}
 }
+
+// TestBadUpstreamAnswersAreNeverCached feeds every kind of broken answer to a
+// shared role's first read: each is an error (never a panic, never a token),
+// nothing reaches storage, and the next read mints a working token.
+func TestBadUpstreamAnswersAreNeverCached(t *testing.T) {
+	faults := map[string]connectfake.Fault{
+		"malformed JSON":     {Status: 200, Body: `{"access_token":`},
+		"truncated JSON":     {Status: 200, Body: `{"access_token":"x","token_type":"Bearer","expi`},
+		"expires_in 0":       {Status: 200, Body: `{"access_token":"x","token_type":"Bearer","expires_in":0}`},
+		"expires_in -1":      {Status: 200, Body: `{"access_token":"x","token_type":"Bearer","expires_in":-1}`},
+		"expires_in absurd":  {Status: 200, Body: `{"access_token":"x","token_type":"Bearer","expires_in":99999999999}`},
+		"token_type mac":     {Status: 200, Body: `{"access_token":"x","token_type":"mac","expires_in":86400}`},
+		"empty token":        {Status: 200, Body: `{"access_token":"","token_type":"Bearer","expires_in":86400}`},
+		"connection reset":   {Reset: true},
+		"500 with HTML body": {Status: 500, Body: "<html>oops</html>"},
+	}
+	tried := 0
+	for name, fault := range faults {
+		t.Run(name, func(t *testing.T) {
+			e := newTestEnv(t)
+			setupRoles(e)
+			e.mustOK(logical.UpdateOperation, "config", map[string]any{"max_retries": 0})
+			before := e.storageSnapshot()
+			e.fake.InjectFaults(connectfake.PathToken, fault)
+			resp, err := e.do(logical.ReadOperation, "creds/cc", nil)
+			tried++
+			if err == nil && !resp.IsError() {
+				t.Fatalf("a broken answer produced a token")
+			}
+			if !reflect.DeepEqual(before, e.storageSnapshot()) {
+				t.Errorf("a broken answer changed storage")
+			}
+			tok := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"].(string)
+			if usersStatus(t, e.fake.URL, tok) != 200 {
+				t.Error("the token after recovery does not work")
+			}
+		})
+	}
+	t.Logf("%d broken upstream answers injected, 0 cached", tried)
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -147,6 +148,7 @@ func TestRetriesTransientFailures(t *testing.T) {
 	}{
 		{"429 with Retry-After seconds", []connectfake.Fault{{Status: 429, RetryAfter: "1"}}},
 		{"503 with Retry-After date (second granularity: waits 1-2s)", []connectfake.Fault{{Status: 503, RetryAfter: "date"}}},
+		{"429 without Retry-After", []connectfake.Fault{{Status: 429}}},
 		{"408, 500, 502", []connectfake.Fault{{Status: 408}, {Status: 500}, {Status: 502}}},
 		{"504 then connection reset", []connectfake.Fault{{Status: 504}, {Reset: true}}},
 	}
@@ -280,6 +282,9 @@ func TestRequestTimeoutBoundsEachAttempt(t *testing.T) {
 func TestMalformedSuccessResponses(t *testing.T) {
 	bodies := map[string]string{
 		"malformed JSON":     `{"access_token":`,
+		"truncated JSON":     `{"access_token":"abc","token_type":"Bearer","expires_in":864`,
+		"HTML error page":    `<html><body>Bad Gateway</body></html>`,
+		"JSON array":         `[]`,
 		"no token":           `{"token_type":"Bearer","expires_in":86400,"created_at":1}`,
 		"expires_in zero":    `{"access_token":"abc","token_type":"Bearer","expires_in":0}`,
 		"expires_in < 0":     `{"access_token":"abc","token_type":"Bearer","expires_in":-5}`,
@@ -356,6 +361,30 @@ func TestRevoke(t *testing.T) {
 	if !fake.TokenLive(tok2.AccessToken) {
 		t.Error("token revoked by another client")
 	}
+}
+
+func TestConnectionRefusedIsRetriedThenReported(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens here now
+	fake := newFake(t)
+	c := newClient(t, fake, func(cfg *connect.Config) { cfg.BaseURL = "http://" + addr; cfg.MaxRetries = 2 })
+	start := time.Now()
+	_, err = c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
+	ce, ok := connect.AsError(err)
+	if !ok || !ce.Temporary() || ce.Attempts != 3 {
+		t.Fatalf("err = %#v", err)
+	}
+	if !strings.Contains(err.Error(), "connection refused") {
+		t.Errorf("error does not say why: %v", err)
+	}
+	if time.Since(start) > 2*time.Second {
+		t.Errorf("took %v", time.Since(start))
+	}
+	t.Logf("connection refused: %d attempts, then %v", ce.Attempts, err)
 }
 
 func TestRedirectsAreNotFollowed(t *testing.T) {

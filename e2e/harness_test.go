@@ -603,3 +603,5 @@ func (f *fake) tokenInfo(t testing.TB, tok string) tokenInfo {
 	}
 	return info
 }
+
+func jsonInto(s string, out any) error { return json.Unmarshal([]byte(s), out) }
