@@ -422,9 +422,11 @@ func (v *vault) leaseCount(prefix string) (int, error) {
 	return len(out.Data.Keys), nil
 }
 
-// revokePrefix revokes every lease under prefix and waits for it.
+// revokePrefix revokes every lease under prefix and waits for it. The API
+// refuses a trailing slash but Vault adds one itself, so "creds/bench" does
+// not also match "creds/bench-excl".
 func (v *vault) revokePrefix(prefix string) error {
-	return v.must(http.MethodPut, "sys/leases/revoke-prefix/"+prefix, map[string]any{"sync": true}, nil)
+	return v.must(http.MethodPut, "sys/leases/revoke-prefix/"+strings.TrimSuffix(prefix, "/"), map[string]any{"sync": true}, nil)
 }
 
 // ---------------------------------------------------------------------------

@@ -1,0 +1,196 @@
+// Command bench measures the Instacart secrets engine inside a real dev Vault
+// against a no-op plugin, the oauthapp plugin and KV v2, with the Connect
+// fake as upstream, and writes a markdown report and an SVG chart.
+//
+//	go run ./bench                  # full run (a few minutes on 2 cores)
+//	go run ./bench -smoke           # seconds: checks the harness works
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type options struct {
+	duration    time.Duration // per target per round
+	warmup      time.Duration
+	rounds      int
+	latency     time.Duration // the fake's delay per token request
+	smoke       bool
+	out         string
+	concurrency []int
+	coldReaders int
+	leaseReads  int
+	repo        string
+	vaultBin    string
+}
+
+func main() {
+	var opts options
+	flag.DurationVar(&opts.duration, "duration", 2*time.Second, "measurement time per target, concurrency and round")
+	flag.IntVar(&opts.rounds, "rounds", 5, "interleaved rounds per concurrency (medians are reported)")
+	flag.DurationVar(&opts.latency, "latency", 50*time.Millisecond, "the Connect fake's delay per token request")
+	flag.BoolVar(&opts.smoke, "smoke", false, "a few seconds' run: one short round, concurrency 1 and 8, no oauthapp, no Vault Agent")
+	flag.StringVar(&opts.out, "out", "bench/results", "directory for latest.md and latest.svg (relative to the repository root)")
+	flag.Parse()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if _, err := run(ctx, opts, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// run executes the whole benchmark and returns the report's markdown.
+func run(ctx context.Context, opts options, w interface{ Write([]byte) (int, error) }) (string, error) {
+	logf := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
+	opts.concurrency = []int{1, 8, 32, 128}
+	opts.coldReaders, opts.leaseReads, opts.warmup = 200, 1000, time.Second
+	if opts.smoke {
+		opts.rounds, opts.duration, opts.warmup = 1, 150*time.Millisecond, 100*time.Millisecond
+		opts.concurrency = []int{1, 8}
+		opts.leaseReads = 100
+	}
+	if opts.rounds < 1 || opts.duration <= 0 {
+		return "", errors.New("-rounds and -duration must be positive")
+	}
+	var err error
+	if opts.repo, err = repoRoot(); err != nil {
+		return "", err
+	}
+	if opts.vaultBin = os.Getenv("VAULT_BIN"); opts.vaultBin == "" {
+		opts.vaultBin = filepath.Join(opts.repo, ".bin", "vault")
+	}
+	if _, err := os.Stat(opts.vaultBin); err != nil {
+		return "", fmt.Errorf("no Vault binary at %s: run `make vault` first: %w", opts.vaultBin, err)
+	}
+	if !filepath.IsAbs(opts.out) {
+		opts.out = filepath.Join(opts.repo, opts.out)
+	}
+
+	dir, err := os.MkdirTemp("", "instacart-bench")
+	if err != nil {
+		return "", fmt.Errorf("temp dir: %w", err)
+	}
+	defer os.RemoveAll(dir)
+
+	started := time.Now()
+	logf("==> building plugins and the Connect fake")
+	bins, err := buildAll(ctx, opts.repo, dir, !opts.smoke)
+	if err != nil {
+		return "", err
+	}
+	if bins.oauthappErr != nil && !opts.smoke {
+		logf("    oauthapp not available: %v", bins.oauthappErr)
+	}
+	logf("==> starting the Connect fake (latency %s per token request) and a dev Vault", opts.latency)
+	f, err := startFake(bins.fake, dir, opts.latency)
+	if err != nil {
+		return "", err
+	}
+	defer f.stop()
+	v, err := startDevVault(opts.vaultBin, bins.pluginDir, dir)
+	if err != nil {
+		return "", err
+	}
+	defer v.stop()
+
+	r := &runner{opts: opts, bins: bins, vault: v, fake: f, load: newLoader(v.token), dir: dir, logf: logf}
+	if err := r.setup(); err != nil {
+		return "", fmt.Errorf("setting up Vault: %w\n%s", err, v.redact(v.tail()))
+	}
+	rep := &report{opts: opts, machine: machine(v.version()), started: started}
+	if bins.oauthappErr != nil {
+		rep.oauthappSkip = v.redact(compact(bins.oauthappErr.Error()))
+	}
+
+	// Scenario 6, idle half: after set-up, before any load.
+	time.Sleep(time.Second)
+	pid, err := r.pluginPID()
+	if err != nil {
+		return "", err
+	}
+	if rep.rssIdle, err = rssBytes(pid); err != nil {
+		return "", err
+	}
+
+	logf("==> scenarios 1-2: cached reads, %d rounds x %s per target at concurrency %v", opts.rounds, opts.duration, opts.concurrency)
+	sampler := startRSSSampler(pid)
+	rep.ab, err = r.cachedReads(ctx)
+	rep.rssPeak = sampler.finish()
+	if err != nil {
+		return "", fmt.Errorf("cached reads: %w", err)
+	}
+	if rep.rssAfter, err = rssBytes(pid); err != nil {
+		return "", err
+	}
+
+	reps := min(opts.rounds, 3)
+	logf("==> scenario 3: cold start, %d concurrent readers x %d", opts.coldReaders, reps)
+	if rep.cold, err = r.coldStart(ctx, opts.coldReaders, reps); err != nil {
+		return "", fmt.Errorf("cold start: %w", err)
+	}
+
+	logf("==> scenario 4: exclusive mints")
+	if rep.excl, err = r.exclusive(ctx); err != nil {
+		return "", fmt.Errorf("exclusive mints: %w", err)
+	}
+
+	logf("==> scenario 5: lease volume, %d reads direct and through Vault Agent", opts.leaseReads)
+	if rep.leases, err = r.leaseVolume(ctx, opts.leaseReads, !opts.smoke); err != nil {
+		return "", fmt.Errorf("lease volume: %w", err)
+	}
+	rep.elapsed = time.Since(started)
+
+	md := rep.markdown()
+	logf("\n%s", md)
+	if err := os.MkdirAll(opts.out, 0o755); err != nil {
+		return md, fmt.Errorf("results dir: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(opts.out, "latest.md"), []byte(md), 0o644); err != nil {
+		return md, fmt.Errorf("writing report: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(opts.out, "latest.svg"), []byte(rep.svg()), 0o644); err != nil {
+		return md, fmt.Errorf("writing chart: %w", err)
+	}
+	logf("wrote %s and latest.svg", filepath.Join(opts.out, "latest.md"))
+	return md, nil
+}
+
+// repoRoot walks up from the working directory to the root module's go.mod,
+// so both `go run ./bench` and `go test ./bench` find the repository.
+func repoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", fmt.Errorf("working directory: %w", err)
+	}
+	for {
+		b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && strings.Contains(string(b), "module "+module+"\n") {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("run from inside the repository: no go.mod for " + module + " found")
+		}
+		dir = parent
+	}
+}
+
+// compact makes a multi-line error fit in one markdown table cell.
+func compact(s string) string {
+	s = strings.Join(strings.Fields(strings.ReplaceAll(s, "|", "/")), " ")
+	if len(s) > 400 {
+		s = s[:400] + "…"
+	}
+	return s
+}
