@@ -9,6 +9,7 @@ LDFLAGS     := -s -w -X $(MODULE)/version.version=$(VERSION)
 BIN         := .bin
 PLUGIN_DIR  := $(BIN)/plugins
 FUZZTIME    ?= 5s
+DIST        ?= dist
 
 .DEFAULT_GOAL := build
 .PHONY: build plugin fake vault test test-unit test-fuzz test-e2e demo dev fmt fmtcheck vet tidycheck lint fuzz release bench clean
@@ -68,12 +69,12 @@ fuzz: test-fuzz
 
 ## release: cross-compiled binaries and SHA256SUMS in dist/
 release:
-	rm -rf dist && mkdir -p dist
+	rm -rf $(DIST) && mkdir -p $(DIST)
 	for os in linux darwin; do for arch in amd64 arm64; do \
 	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags "$(LDFLAGS)" \
-	    -o dist/$(PLUGIN)_$(VERSION)_$${os}_$${arch} ./cmd/$(PLUGIN) || exit 1; \
+	    -o $(DIST)/$(PLUGIN)_$(VERSION)_$${os}_$${arch} ./cmd/$(PLUGIN) || exit 1; \
 	done; done
-	cd dist && sha256sum $(PLUGIN)_* > SHA256SUMS && cat SHA256SUMS
+	cd $(DIST) && sha256sum $(PLUGIN)_* > SHA256SUMS && cat SHA256SUMS
 
 clean:
 	rm -rf dist $(PLUGIN_DIR) $(BIN)/connect-fake
