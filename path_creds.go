@@ -178,16 +178,18 @@ func (b *backend) credsResponse(roleName string, r *role, t *cachedToken, warnin
 	}
 
 	resp := b.Secret(secretTypeToken).Response(data, internal)
-	ttl, maxTTL, capWarnings := leaseTTL(remaining, r, b.System().MaxLeaseTTL())
+	ttl, maxTTL, capWarnings := leaseTTL(remaining, r)
 	resp.Secret.TTL, resp.Secret.MaxTTL = ttl, maxTTL
 	resp.Warnings = append(warnings, capWarnings...)
 	return resp, nil
 }
 
-// leaseTTL caps a lease of a token with remaining life: first by the role's
-// max_ttl and ttl, then by the mount's max lease TTL, with one warning per cap
-// that shortened it (as Vault's own engines word it).
-func leaseTTL(remaining time.Duration, r *role, mountMax time.Duration) (ttl, maxTTL time.Duration, warnings []string) {
+// leaseTTL caps a lease of a token with remaining life by the role's max_ttl
+// and ttl, with one warning per cap that shortened it (as Vault's own engines
+// word it). The mount's max_lease_ttl is applied by Vault itself when it
+// registers the lease (framework.CalculateTTL, with its own warning); asking
+// for it here would cost a round trip to Vault on every read.
+func leaseTTL(remaining time.Duration, r *role) (ttl, maxTTL time.Duration, warnings []string) {
 	ttl, maxTTL = remaining, remaining
 	if r.MaxTTL > 0 && r.MaxTTL < maxTTL {
 		warnings = append(warnings, fmt.Sprintf("the token's remaining lifetime of %s is greater than the role's max_ttl of %s; capping accordingly", maxTTL, r.MaxTTL))
@@ -196,10 +198,6 @@ func leaseTTL(remaining time.Duration, r *role, mountMax time.Duration) (ttl, ma
 	if r.TTL > 0 && r.TTL < min(ttl, maxTTL) {
 		warnings = append(warnings, fmt.Sprintf("the token's remaining lifetime of %s is greater than the role's ttl of %s; capping accordingly", ttl, r.TTL))
 		ttl = r.TTL
-	}
-	if mountMax > 0 && mountMax < maxTTL {
-		warnings = append(warnings, fmt.Sprintf("max_ttl of %s is greater than the mount's max_lease_ttl of %s; capping accordingly", maxTTL, mountMax))
-		maxTTL = mountMax
 	}
 	return min(ttl, maxTTL), maxTTL, warnings
 }

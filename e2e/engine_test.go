@@ -157,13 +157,22 @@ func TestEngineInVault(t *testing.T) {
 		}
 	})
 
-	t.Run("ttl cap warns", func(t *testing.T) {
+	t.Run("lease caps warn", func(t *testing.T) {
 		var c creds
 		v.vaultJSON(t, &c, "read", "instacart/creds/capped")
 		issuances++
 		issued.add(c.Data.AccessToken)
 		if c.LeaseDuration != 3600 || len(c.Warnings) == 0 {
 			t.Errorf("capped lease %ds warnings %v, want 3600s with a warning", c.LeaseDuration, c.Warnings)
+		}
+		// The mount's max lease TTL caps too, with Vault's own warning.
+		v.vault(t, "secrets", "tune", "-max-lease-ttl=30m", "instacart/")
+		defer v.vault(t, "secrets", "tune", "-max-lease-ttl=768h", "instacart/")
+		var m creds
+		v.vaultJSON(t, &m, "read", "instacart/creds/fulfillment")
+		issuances++
+		if m.LeaseDuration != 1800 || !strings.Contains(strings.Join(m.Warnings, " "), "max_ttl") {
+			t.Errorf("mount-capped lease %ds warnings %v, want 1800s with a warning", m.LeaseDuration, m.Warnings)
 		}
 	})
 
