@@ -12,7 +12,7 @@ FUZZTIME    ?= 5s
 DIST        ?= dist
 
 .DEFAULT_GOAL := build
-.PHONY: build plugin fake vault test test-unit test-fuzz test-e2e demo dev fmt fmtcheck vet tidycheck lint fuzz release bench clean
+.PHONY: build plugin fake vault test test-unit test-fuzz test-e2e test-bench-smoke demo dev fmt fmtcheck vet tidycheck lint fuzz release bench clean
 
 ## build: the plugin (into .bin/plugins) and the Connect fake (into .bin)
 build: plugin fake
@@ -27,8 +27,9 @@ fake:
 vault:
 	@scripts/vault.sh
 
-## test: lint, unit tests with -race, a short fuzz run, then the end-to-end suite in a real Vault
-test: lint test-unit test-fuzz test-e2e
+## test: lint, unit tests with -race, a short fuzz run, the end-to-end suite in a real Vault,
+## and a smoke run of the benchmark program (it builds and completes; no figures)
+test: lint test-unit test-fuzz test-e2e test-bench-smoke
 
 test-unit:
 	$(GO) test -race -count=1 ./...
@@ -39,6 +40,13 @@ test-fuzz:
 
 test-e2e: vault
 	$(GO) test -tags e2e -count=1 -timeout 40m -v ./e2e/
+
+test-bench-smoke: vault
+	$(GO) test -tags bench -count=1 -timeout 10m ./bench/
+
+## bench: the read-path benchmark in a real Vault → bench/results/latest.{md,svg} (~5 min)
+bench: vault
+	$(GO) run ./bench
 
 ## demo: start Vault + the Connect fake, issue a token per grant, revoke one, stop
 demo: build vault
@@ -57,6 +65,7 @@ fmtcheck:
 vet:
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./e2e/
+	$(GO) vet -tags bench ./bench/
 
 tidycheck:
 	@$(GO) mod tidy -diff >/dev/null || { echo "go.mod/go.sum are not tidy: run go mod tidy"; $(GO) mod tidy -diff; exit 1; }

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -26,6 +27,7 @@ type options struct {
 	latency     time.Duration // the fake's delay per token request
 	smoke       bool
 	out         string
+	pluginBin   string
 	concurrency []int
 	coldReaders int
 	leaseReads  int
@@ -39,6 +41,7 @@ func main() {
 	flag.IntVar(&opts.rounds, "rounds", 5, "interleaved rounds per concurrency (medians are reported)")
 	flag.DurationVar(&opts.latency, "latency", 50*time.Millisecond, "the Connect fake's delay per token request")
 	flag.BoolVar(&opts.smoke, "smoke", false, "a few seconds' run: one short round, concurrency 1 and 8, no oauthapp, no Vault Agent")
+	flag.StringVar(&opts.pluginBin, "plugin-bin", "", "use this prebuilt plugin binary (built with version "+pluginVer+") instead of building ./cmd/"+pluginName)
 	flag.StringVar(&opts.out, "out", "bench/results", "directory for latest.md and latest.svg (relative to the repository root)")
 	flag.Parse()
 
@@ -51,7 +54,7 @@ func main() {
 }
 
 // run executes the whole benchmark and returns the report's markdown.
-func run(ctx context.Context, opts options, w interface{ Write([]byte) (int, error) }) (string, error) {
+func run(ctx context.Context, opts options, w io.Writer) (string, error) {
 	logf := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
 	opts.concurrency = []int{1, 8, 32, 128}
 	opts.coldReaders, opts.leaseReads, opts.warmup = 200, 1000, time.Second
@@ -85,7 +88,7 @@ func run(ctx context.Context, opts options, w interface{ Write([]byte) (int, err
 
 	started := time.Now()
 	logf("==> building plugins and the Connect fake")
-	bins, err := buildAll(ctx, opts.repo, dir, !opts.smoke)
+	bins, err := buildAll(ctx, opts.repo, dir, opts.pluginBin, !opts.smoke)
 	if err != nil {
 		return "", err
 	}

@@ -223,6 +223,10 @@ func (rep *report) markdown() string {
 		p("| through Vault Agent (cache + api_proxy) | — | not run (%s) | — |", l.agentSkip)
 	} else {
 		p("| through Vault Agent (cache + api_proxy) | %d | %d | %d |", l.reads, l.viaAgent, l.agentErrs)
+		if l.agentFirstErr != "" {
+			p("")
+			p("First error through the Agent: `%s`", compact(l.agentFirstErr))
+		}
 	}
 	p("")
 	p("## Plugin memory (scenario 6)")
@@ -270,7 +274,7 @@ func (rep *report) svg() string {
 	ss = append(ss, ex)
 
 	const (
-		width, panelH, top, left, right = 960, 240, 70, 70, 20
+		width, panelH, top, left, right = 960, 240, 90, 60, 20
 		gap                             = 60
 	)
 	height := top + 2*panelH + gap + 40
@@ -278,14 +282,15 @@ func (rep *report) svg() string {
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="11">`+"\n", width, height, width, height)
 	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
 	fmt.Fprintf(&b, `<text x="%d" y="18" font-size="14" font-weight="bold">%s</text>`+"\n", left, html.EscapeString(fmt.Sprintf("vault-plugin-secrets-instacart benchmark — %s, %d cores, Vault %s (%s)", rep.machine.cpu, rep.machine.cores, rep.machine.vaultVersion, runMode(rep.opts))))
-	// Legend.
-	x := left
+	// Legend, wrapped to the chart width.
+	x, y := left, 30
 	for _, s := range ss {
-		fmt.Fprintf(&b, `<rect x="%d" y="30" width="10" height="10" fill="%s"/><text x="%d" y="39">%s</text>`+"\n", x, s.color, x+14, html.EscapeString(s.label))
-		x += 14 + 6*len(s.label) + 16
-		if x > width-200 {
-			x = left
+		w := 14 + 6*len(s.label) + 16 // ~6px per character at 11px
+		if x+w > width-right {
+			x, y = left, y+16
 		}
+		fmt.Fprintf(&b, `<rect x="%d" y="%d" width="10" height="10" fill="%s"/><text x="%d" y="%d">%s</text>`+"\n", x, y, s.color, x+14, y+9, html.EscapeString(s.label))
+		x += w
 	}
 	panel := func(y0 int, title string, val func(series, int) float64, unit string) {
 		maxV := 0.0
@@ -299,8 +304,12 @@ func (rep *report) svg() string {
 		}
 		plotW := width - left - right
 		fmt.Fprintf(&b, `<text x="%d" y="%d" font-weight="bold">%s</text>`+"\n", left, y0-6, html.EscapeString(title))
+		// Axis: zero, half and the maximum, with faint grid lines.
+		for _, frac := range []float64{0, 0.5, 1} {
+			gy := float64(y0+panelH) - frac*float64(panelH)
+			fmt.Fprintf(&b, `<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#ddd"/><text x="%d" y="%.1f" text-anchor="end">%.0f</text>`+"\n", left, gy, left+plotW, gy, left-4, gy+4, frac*maxV)
+		}
 		fmt.Fprintf(&b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#333"/>`+"\n", left, y0+panelH, left+plotW, y0+panelH)
-		fmt.Fprintf(&b, `<text x="%d" y="%d" text-anchor="end">%.0f %s</text><text x="%d" y="%d" text-anchor="end">0</text>`+"\n", left-4, y0+8, maxV, unit, left-4, y0+panelH)
 		groupW := float64(plotW) / float64(len(rep.ab.conc))
 		barW := (groupW - 20) / float64(len(ss))
 		for gi, c := range rep.ab.conc {
@@ -314,8 +323,8 @@ func (rep *report) svg() string {
 			fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle">%d clients</text>`+"\n", gx+(groupW-20)/2, y0+panelH+14, c)
 		}
 	}
-	panel(top, "Throughput (req/s, median)", func(s series, c int) float64 { return s.thr[c] }, "req/s")
-	panel(top+panelH+gap, "p99 latency (ms, median)", func(s series, c int) float64 { return s.p99[c] }, "ms")
+	panel(top, "Throughput (requests/s, median over rounds) by concurrent clients", func(s series, c int) float64 { return s.thr[c] }, "req/s")
+	panel(top+panelH+gap, "p99 latency (ms, median over rounds) by concurrent clients", func(s series, c int) float64 { return s.p99[c] }, "ms")
 	b.WriteString("</svg>\n")
 	return b.String()
 }

@@ -123,7 +123,7 @@ func (r *runner) setupOauthapp() error {
 
 func (r *runner) url(path string) string { return r.vault.Addr + "/v1/" + path }
 
-// pluginRSS samples our plugin's resident memory.
+// rssSampler tracks the peak resident memory of our plugin under load.
 type rssSampler struct {
 	pid  int
 	mu   sync.Mutex
@@ -212,10 +212,11 @@ func (r *runner) cachedReads(ctx context.Context) (*abResult, error) {
 				return nil, ctx.Err()
 			}
 		}
-		r.logf("  c=%-3d %s", c, res.summaryLine(c))
+		t0 := time.Now()
 		if err := r.revokeBenchLeases(); err != nil {
 			return nil, err
 		}
+		r.logf("  c=%-3d %s(leases revoked in %s)", c, res.summaryLine(c), time.Since(t0).Round(time.Millisecond))
 	}
 	return res, nil
 }

@@ -46,12 +46,18 @@ type binaries struct {
 // buildAll compiles our plugin, the no-op plugin and the fake into dir, and
 // the oauthapp plugin from its own module unless skipped. A failed oauthapp
 // build only disables its scenario.
-func buildAll(ctx context.Context, repo, dir string, withOauthapp bool) (*binaries, error) {
+// A prebuilt plugin binary (pluginBin) replaces the build of ours, e.g. to
+// measure a release build or a profiling build; it must report pluginVer.
+func buildAll(ctx context.Context, repo, dir, pluginBin string, withOauthapp bool) (*binaries, error) {
 	b := &binaries{pluginDir: filepath.Join(dir, "plugins"), fake: filepath.Join(dir, "connect-fake")}
 	builds := []struct{ out, pkg, ldflags string }{
-		{filepath.Join(b.pluginDir, pluginName), "./cmd/" + pluginName, "-X " + module + "/version.version=" + pluginVer},
 		{filepath.Join(b.pluginDir, noopName), "./bench/noopplugin", ""},
 		{b.fake, "./cmd/connect-fake", ""},
+	}
+	if pluginBin == "" {
+		builds = append(builds, struct{ out, pkg, ldflags string }{filepath.Join(b.pluginDir, pluginName), "./cmd/" + pluginName, "-X " + module + "/version.version=" + pluginVer})
+	} else if err := copyFile(pluginBin, filepath.Join(b.pluginDir, pluginName)); err != nil {
+		return nil, err
 	}
 	for _, bd := range builds {
 		if err := goBuild(ctx, repo, bd.out, bd.pkg, bd.ldflags); err != nil {
@@ -78,6 +84,26 @@ func goBuild(ctx context.Context, dir, out, pkg, ldflags string) error {
 		return fmt.Errorf("building %s: %w\n%s", pkg, err, lastLines(string(out), 15))
 	}
 	return nil
+}
+
+func copyFile(from, to string) error {
+	src, err := os.Open(from)
+	if err != nil {
+		return fmt.Errorf("plugin binary: %w", err)
+	}
+	defer src.Close()
+	if err := os.MkdirAll(filepath.Dir(to), 0o755); err != nil {
+		return fmt.Errorf("plugin dir: %w", err)
+	}
+	dst, err := os.OpenFile(to, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o755)
+	if err != nil {
+		return fmt.Errorf("plugin binary: %w", err)
+	}
+	if _, err := io.Copy(dst, src); err != nil {
+		dst.Close()
+		return fmt.Errorf("copying plugin binary: %w", err)
+	}
+	return dst.Close()
 }
 
 func lastLines(s string, n int) string {
@@ -144,6 +170,7 @@ func startProc(name, logPath string, env []string, bin string, args ...string) (
 	p := &proc{name: name, cmd: exec.Command(bin, args...), log: logPath, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
 	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.SysProcAttr = childAttr()
 	if err := p.cmd.Start(); err != nil {
 		logf.Close()
 		return nil, fmt.Errorf("starting %s: %w", name, err)

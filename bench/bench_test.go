@@ -1,0 +1,41 @@
+//go:build bench
+
+// The benchmark program's own check: it builds and a smoke run completes.
+// Tagged so `go test ./...` never starts Vault; run it with
+//
+//	go test -tags bench -count=1 -v ./bench/
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestSmokeRun(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	out := t.TempDir() // keep bench/results/latest.* from the last real run
+	var log bytes.Buffer
+	md, err := run(ctx, options{smoke: true, rounds: 1, duration: time.Second, latency: 50 * time.Millisecond, out: out}, &log)
+	if err != nil {
+		t.Fatalf("smoke run: %v\n%s", err, log.String())
+	}
+	for _, want := range []string{"## Targets", "| 3 | cold start", "| 4 | exclusive role", "Smoke run"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+	for _, f := range []string{"latest.md", "latest.svg"} {
+		if b, err := os.ReadFile(filepath.Join(out, f)); err != nil || len(b) == 0 {
+			t.Errorf("%s not written: %v", f, err)
+		}
+	}
+	if svg, _ := os.ReadFile(filepath.Join(out, "latest.svg")); !bytes.HasPrefix(svg, []byte("<svg")) || !bytes.HasSuffix(bytes.TrimSpace(svg), []byte("</svg>")) {
+		t.Error("latest.svg is not a complete SVG document")
+	}
+}
