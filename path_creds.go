@@ -162,18 +162,20 @@ func (b *backend) credsResponse(roleName string, r *role, t *cachedToken, warnin
 		"expires_at":   t.ExpiresAt.Format(time.RFC3339),
 		"created_at":   t.CreatedAt.Format(time.RFC3339),
 	}
+	// The lease keeps what renew (role, expiry) and revoke need. Only exclusive
+	// tokens are revoked upstream, so only their leases carry the token and
+	// the credentials that minted it (stored encrypted by Vault); keeping
+	// shared leases small keeps Vault's lease writes cheap on the hot path.
 	internal := map[string]any{
-		"role":           roleName,
-		"token_reuse":    r.TokenReuse,
-		"credentials_id": t.CredentialsID,
-		"expires_at":     t.ExpiresAt.Format(time.RFC3339Nano),
+		"role":       roleName,
+		"expires_at": t.ExpiresAt.Format(time.RFC3339Nano),
 	}
 	if t.UserID != "" {
 		data["user_id"] = t.UserID
 	}
 	if !r.shared() {
-		// Only exclusive tokens are revoked upstream, so only they need the
-		// token itself in the lease (stored encrypted by Vault).
+		internal["token_reuse"] = r.TokenReuse
+		internal["credentials_id"] = t.CredentialsID
 		internal["access_token"] = t.AccessToken
 	}
 

@@ -87,12 +87,16 @@ func TestCredsAllGrants(t *testing.T) {
 			if expires.Before(before.Add(24*time.Hour - 2*time.Second)) {
 				t.Errorf("expires_at %v", expires)
 			}
-			if resp.Secret.InternalData["token_reuse"] != tc.internal {
-				t.Errorf("lease internal data: %v", resp.Secret.InternalData["token_reuse"])
+			// Shared tokens are not kept in the lease (nothing revokes them);
+			// exclusive ones carry what revoking them upstream needs.
+			exclusive := tc.internal == "exclusive"
+			for _, k := range []string{"token_reuse", "credentials_id", "access_token"} {
+				if _, has := resp.Secret.InternalData[k]; has != exclusive {
+					t.Errorf("lease internal data has %s: %v, want %v", k, has, exclusive)
+				}
 			}
-			// Shared tokens are not kept in the lease: nothing revokes them.
-			if _, has := resp.Secret.InternalData["access_token"]; has != (tc.internal == "exclusive") {
-				t.Errorf("access_token in lease internal data: %v", has)
+			if resp.Secret.InternalData["role"] == nil || resp.Secret.InternalData["expires_at"] == nil {
+				t.Errorf("lease internal data lacks role or expiry: %v", resp.Secret.InternalData)
 			}
 		})
 	}
