@@ -1,0 +1,42 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// TestMakeDemo runs `make demo` as a newcomer would and checks it walks every
+// grant, proves revocation upstream, stops cleanly and prints no token.
+func TestMakeDemo(t *testing.T) {
+	t.Parallel()
+	cmd := exec.Command("make", "demo")
+	cmd.Dir = repoRoot
+	cmd.Env = append(os.Environ(), "CI=true")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("make demo: %v\n%s", err, out)
+	}
+	text := string(out)
+	for _, want := range []string{
+		"Registering the plugin", "vault-plugin-secrets-instacart    v0.1.0",
+		"client_credentials", "fulfillment_user_assertion", "authorization_code",
+		"HTTP 200 OK", "HTTP 401 Unauthorized", "demo complete",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("demo output lacks %q", want)
+		}
+	}
+	// Tokens are 43 URL-safe base64 characters; none may be printed.
+	if tok := regexp.MustCompile(`\b[A-Za-z0-9_-]{43}\b`).FindString(text); tok != "" {
+		t.Errorf("demo output contains something shaped like an access token")
+	}
+	if leftovers, _ := filepath.Glob(filepath.Join(os.TempDir(), "instacart-demo.*")); len(leftovers) > 0 {
+		t.Logf("note: demo temp dirs present (other runs?): %d", len(leftovers))
+	}
+}
