@@ -100,6 +100,38 @@ func TestUpstreamFaultsThroughVault(t *testing.T) {
 			t.Errorf("token still works after recovery and revoke (%d)", st)
 		}
 	})
+	clearFaults()
+	t.Run("reset connection and broken answers", func(t *testing.T) {
+		inject("/v2/oauth/token", map[string]any{"reset": true})
+		var c creds
+		v.vaultJSON(t, &c, "read", "instacart/creds/excl") // the reset attempt is retried
+		if f.Users(t, c.Data.AccessToken) != 200 {
+			t.Error("token after a reset does not work")
+		}
+		for _, body := range []string{`{"access_token":`, `{"access_token":"x","token_type":"Bearer","expires_in":0}`, `<html>502</html>`} {
+			inject("/v2/oauth/token", map[string]any{"status": 200, "body": body, "repeat": 3})
+			_, errOut, code := v.cli(t, v.Token, "", "read", "instacart/creds/excl")
+			if code == 0 || !strings.Contains(errOut, "Code: 502") {
+				t.Errorf("broken 200 answer: exit %d, want a 502: %s", code, errOut)
+			}
+			clearFaults()
+		}
+	})
+
+	t.Run("connection refused", func(t *testing.T) {
+		closed := freePort(t) // nothing listens there
+		v.vault(t, "write", "instacart/config", "base_url=http://127.0.0.1:"+itoa(closed), "verify=false")
+		defer v.vault(t, "write", "instacart/config", "base_url="+f.URL, "verify=false")
+		start := time.Now()
+		_, errOut, code := v.cli(t, v.Token, "", "read", "instacart/creds/excl")
+		if code == 0 || !strings.Contains(errOut, "connection refused") {
+			t.Errorf("exit %d, want an error saying connection refused: %s", code, errOut)
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Errorf("took %v", time.Since(start))
+		}
+		injected++
+	})
 	t.Logf("%d faults injected through Vault; every read either succeeded with a working token or failed cleanly", injected)
 	assertNoSecrets(t, "Vault server log", v.Log(t), f.secret, nil)
 }
