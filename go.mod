@@ -1,6 +1,6 @@
 module github.com/instacart-vault/vault-plugin-secrets-instacart
 
-go 1.26.0
+go 1.25.0
 
 require (
 	github.com/hashicorp/go-hclog v1.6.3
@@ -8,7 +8,7 @@ require (
 	github.com/hashicorp/go-secure-stdlib/strutil v0.1.2
 	github.com/hashicorp/vault/api v1.22.0
 	github.com/hashicorp/vault/sdk v0.20.0
-	golang.org/x/sync v0.25.0
+	golang.org/x/sync v0.22.0
 )
 
 require (
