@@ -212,14 +212,23 @@ func (s *Server) authenticateLocked(p oauthParams) bool {
 	return ok && p.ClientID != "" && p.ClientSecret != "" && secret == p.ClientSecret
 }
 
-func (s *Server) handleToken(w http.ResponseWriter, r *http.Request, body []byte) {
+// oauthRequest refuses credentials in the query string, as Connect does, and
+// parses the body; on failure it has written the error.
+func oauthRequest(w http.ResponseWriter, r *http.Request, body []byte) (oauthParams, bool) {
 	if credentialsInQuery(r) {
 		oauthError(w, http.StatusForbidden, "query_params_forbidden", descQueryParams)
-		return
+		return oauthParams{}, false
 	}
 	p, ok := parseParams(r, body)
 	if !ok {
 		oauthError(w, http.StatusBadRequest, "invalid_request", descInvalidRequest)
+	}
+	return p, ok
+}
+
+func (s *Server) handleToken(w http.ResponseWriter, r *http.Request, body []byte) {
+	p, ok := oauthRequest(w, r, body)
+	if !ok {
 		return
 	}
 
@@ -308,12 +317,11 @@ func decodeAssertion(a string) (string, bool) {
 }
 
 func (s *Server) handleRevoke(w http.ResponseWriter, r *http.Request, body []byte) {
-	if credentialsInQuery(r) {
-		oauthError(w, http.StatusForbidden, "query_params_forbidden", descQueryParams)
+	p, ok := oauthRequest(w, r, body)
+	if !ok {
 		return
 	}
-	p, ok := parseParams(r, body)
-	if !ok || p.Token == "" {
+	if p.Token == "" {
 		oauthError(w, http.StatusBadRequest, "invalid_request", descInvalidRequest)
 		return
 	}
