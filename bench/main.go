@@ -18,6 +18,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/instacart-vault/vault-plugin-secrets-instacart/internal/stack"
 )
 
 type options struct {
@@ -96,24 +98,24 @@ func run(ctx context.Context, opts options, w io.Writer) (string, error) {
 		logf("    oauthapp not available: %v", bins.oauthappErr)
 	}
 	logf("==> starting the Connect fake (latency %s per token request) and a dev Vault", opts.latency)
-	f, err := startFake(bins.fake, dir, opts.latency)
+	f, err := stack.StartFake(stack.FakeOptions{Bin: bins.fake, Dir: dir, ClientID: fakeClientID, Latency: opts.latency})
 	if err != nil {
 		return "", err
 	}
-	defer f.stop()
+	defer f.Stop()
 	v, err := startDevVault(opts.vaultBin, bins.pluginDir, dir)
 	if err != nil {
 		return "", err
 	}
-	defer v.stop()
+	defer v.Stop()
 
-	r := &runner{opts: opts, bins: bins, vault: v, fake: f, load: newLoader(v.token), dir: dir, logf: logf}
+	r := &runner{opts: opts, bins: bins, vault: v, fake: f, load: newLoader(v.Token), dir: dir, logf: logf}
 	if err := r.setup(); err != nil {
-		return "", fmt.Errorf("setting up Vault: %w\n%s", err, v.redact(v.tail()))
+		return "", fmt.Errorf("setting up Vault: %w\n%s", err, v.Tail())
 	}
-	rep := &report{opts: opts, machine: machine(v.version()), started: started}
+	rep := &report{opts: opts, machine: machine(v.Version()), started: started}
 	if bins.oauthappErr != nil {
-		rep.oauthappSkip = v.redact(compact(bins.oauthappErr.Error()))
+		rep.oauthappSkip = v.Redact(compact(bins.oauthappErr.Error()))
 	}
 
 	// Scenario 6, idle half: after set-up, before any load.

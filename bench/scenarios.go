@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/instacart-vault/vault-plugin-secrets-instacart/internal/stack"
 )
 
 // target is one read path compared in the cached-read scenarios.
@@ -39,7 +41,7 @@ type runner struct {
 	opts   options
 	bins   *binaries
 	vault  *vault
-	fake   *fake
+	fake   *stack.Fake
 	load   *loader
 	dir    string
 	logf   func(format string, args ...any)
@@ -49,42 +51,42 @@ type runner struct {
 // setup registers and configures every engine the scenarios read from.
 func (r *runner) setup() error {
 	v, f := r.vault, r.fake
-	v.secrets = append(v.secrets, f.secret)
-	if err := v.register(r.bins.pluginDir, pluginName, pluginVer); err != nil {
+	v.Secrets = append(v.Secrets, f.Secret())
+	if err := v.Register(r.bins.pluginDir, pluginName, pluginVer); err != nil {
 		return err
 	}
-	if err := v.enable("instacart", pluginName, pluginVer, nil); err != nil {
+	if err := v.Enable("instacart", pluginName, pluginVer, nil); err != nil {
 		return err
 	}
 	steps := []struct {
 		path string
 		body map[string]any
 	}{
-		{"instacart/config", map[string]any{"client_id": fakeClientID, "client_secret": f.secret, "base_url": f.URL}},
+		{"instacart/config", map[string]any{"client_id": fakeClientID, "client_secret": f.Secret(), "base_url": f.URL}},
 		{"instacart/roles/bench", map[string]any{"grant_type": "client_credentials", "scopes": "connect:fulfillment"}},
 		{"instacart/roles/bench-excl", map[string]any{"grant_type": "client_credentials", "scopes": "connect:fulfillment", "token_reuse": "exclusive"}},
 	}
 	for _, s := range steps {
-		if err := v.must(http.MethodPut, s.path, s.body, nil); err != nil {
+		if err := v.Must(http.MethodPut, s.path, s.body, nil); err != nil {
 			return fmt.Errorf("configuring our plugin: %w", err)
 		}
 	}
 
 	// Unversioned: the no-op and peer plugins do not report a running version.
-	if err := v.register(r.bins.pluginDir, noopName, ""); err != nil {
+	if err := v.Register(r.bins.pluginDir, noopName, ""); err != nil {
 		return err
 	}
-	if err := v.enable("noop", noopName, "", nil); err != nil {
+	if err := v.Enable("noop", noopName, "", nil); err != nil {
 		return err
 	}
 
-	if err := v.enable("kv", "kv", "", map[string]string{"version": "2"}); err != nil {
+	if err := v.Enable("kv", "kv", "", map[string]string{"version": "2"}); err != nil {
 		return err
 	}
 	// KV v2 upgrades its storage asynchronously after mounting; retry briefly.
 	var kvErr error
-	if err := waitFor(30*time.Second, "KV v2 to accept writes", func() bool {
-		kvErr = v.must(http.MethodPut, "kv/data/bench", map[string]any{"data": map[string]any{"access_token": "kv-value-0123456789abcdef", "token_type": "Bearer"}}, nil)
+	if err := stack.WaitFor(30*time.Second, "KV v2 to accept writes", func() bool {
+		kvErr = v.Must(http.MethodPut, "kv/data/bench", map[string]any{"data": map[string]any{"access_token": "kv-value-0123456789abcdef", "token_type": "Bearer"}}, nil)
 		return kvErr == nil
 	}); err != nil {
 		return fmt.Errorf("%w: %v", err, kvErr)
@@ -103,19 +105,19 @@ func (r *runner) setup() error {
 // client-credentials credential under self/.
 func (r *runner) setupOauthapp() error {
 	v, f := r.vault, r.fake
-	if err := v.register(r.bins.pluginDir, oauthappName, ""); err != nil {
+	if err := v.Register(r.bins.pluginDir, oauthappName, ""); err != nil {
 		return err
 	}
-	if err := v.enable("oauthapp", oauthappName, "", nil); err != nil {
+	if err := v.Enable("oauthapp", oauthappName, "", nil); err != nil {
 		return err
 	}
-	if err := v.must(http.MethodPut, "oauthapp/servers/fake", map[string]any{
+	if err := v.Must(http.MethodPut, "oauthapp/servers/fake", map[string]any{
 		"provider": "custom", "provider_options": map[string]string{"token_url": f.URL + "/v2/oauth/token"},
-		"client_id": fakeClientID, "client_secret": f.secret,
+		"client_id": fakeClientID, "client_secret": f.Secret(),
 	}, nil); err != nil {
 		return fmt.Errorf("configuring oauthapp server: %w", err)
 	}
-	if err := v.must(http.MethodPut, "oauthapp/self/bench", map[string]any{"server": "fake", "scopes": []string{"connect:fulfillment"}}, nil); err != nil {
+	if err := v.Must(http.MethodPut, "oauthapp/self/bench", map[string]any{"server": "fake", "scopes": []string{"connect:fulfillment"}}, nil); err != nil {
 		return fmt.Errorf("configuring oauthapp self/bench: %w", err)
 	}
 	return nil
@@ -192,7 +194,7 @@ func (r *runner) cachedReads(ctx context.Context) (*abResult, error) {
 	// Warm-up: mint/cache tokens, open connections, fault in code paths.
 	for _, t := range active {
 		if s := r.load.run(ctx, r.url(t.path), 8, r.opts.warmup, 0); s.ok == 0 {
-			return nil, fmt.Errorf("warm-up of %s: no successful read (%d errors, first: %s)", t.path, s.errs, r.vault.redact(s.firstErr))
+			return nil, fmt.Errorf("warm-up of %s: no successful read (%d errors, first: %s)", t.path, s.errs, r.vault.Redact(s.firstErr))
 		}
 	}
 	if err := r.revokeBenchLeases(); err != nil {
@@ -204,7 +206,7 @@ func (r *runner) cachedReads(ctx context.Context) (*abResult, error) {
 				t := active[(i+round)%len(active)]
 				s := r.load.run(ctx, r.url(t.path), c, r.opts.duration, 0)
 				if s.errs > 0 {
-					r.logf("  %s c=%d: %d errors (first: %s)", t.path, c, s.errs, r.vault.redact(s.firstErr))
+					r.logf("  %s c=%d: %d errors (first: %s)", t.path, c, s.errs, r.vault.Redact(s.firstErr))
 				}
 				res.samples[t.key][c] = append(res.samples[t.key][c], s)
 			}
@@ -300,10 +302,10 @@ func (r *runner) coldStart(ctx context.Context, readers, reps int) (*coldResult,
 	res := &coldResult{readers: readers}
 	url := r.url("instacart/creds/bench")
 	for range reps {
-		if err := r.vault.must(http.MethodDelete, "instacart/cache/bench", nil, nil); err != nil {
+		if err := r.vault.Must(http.MethodDelete, "instacart/cache/bench", nil, nil); err != nil {
 			return nil, fmt.Errorf("flushing the shared token: %w", err)
 		}
-		if err := r.fake.reset(); err != nil {
+		if err := r.fake.Reset(); err != nil {
 			return nil, err
 		}
 		var (
@@ -333,7 +335,7 @@ func (r *runner) coldStart(ctx context.Context, readers, reps int) (*coldResult,
 				if !ok {
 					failed++
 					if res.firstErr == "" {
-						res.firstErr = r.vault.redact(msg)
+						res.firstErr = r.vault.Redact(msg)
 					}
 					return
 				}
@@ -344,7 +346,7 @@ func (r *runner) coldStart(ctx context.Context, readers, reps int) (*coldResult,
 		close(gate)
 		wg.Wait()
 		elapsed := time.Since(start)
-		st, err := r.fake.stats()
+		st, err := r.fake.Stats()
 		if err != nil {
 			return nil, err
 		}
@@ -368,11 +370,11 @@ type exclResult struct {
 func (r *runner) exclusive(ctx context.Context) ([]exclResult, error) {
 	var out []exclResult
 	for _, c := range r.opts.concurrency {
-		if err := r.fake.reset(); err != nil {
+		if err := r.fake.Reset(); err != nil {
 			return nil, err
 		}
 		s := r.load.run(ctx, r.url("instacart/creds/bench-excl"), c, r.opts.duration, 0)
-		st, err := r.fake.stats()
+		st, err := r.fake.Stats()
 		if err != nil {
 			return nil, err
 		}
@@ -380,11 +382,11 @@ func (r *runner) exclusive(ctx context.Context) ([]exclResult, error) {
 		r.logf("  c=%-3d %.0f reads/s p99 %s, %d token requests for %d reads (%d errors)", c, s.throughput(), fmtDur(s.pct(99)), st.Requests["/v2/oauth/token"], s.ok, s.errs)
 		// Revoking calls Connect's revoke endpoint per lease: do it without
 		// the simulated latency so clean-up does not dominate the run.
-		if err := r.fake.setLatency(0); err != nil {
+		if err := r.fake.SetLatency(0); err != nil {
 			return nil, err
 		}
 		err = r.vault.revokePrefix("instacart/creds/bench-excl/")
-		if lerr := r.fake.setLatency(r.opts.latency); err == nil {
+		if lerr := r.fake.SetLatency(r.opts.latency); err == nil {
 			err = lerr
 		}
 		if err != nil {
@@ -441,28 +443,28 @@ func (r *runner) leaseVolume(ctx context.Context, reads int, withAgent bool) (*l
 			ClientToken string `json:"client_token"`
 		} `json:"auth"`
 	}
-	if err := r.vault.must(http.MethodPost, "auth/token/create", map[string]any{"policies": []string{"root"}, "ttl": "1h"}, &tok); err != nil {
+	if err := r.vault.Must(http.MethodPost, "auth/token/create", map[string]any{"policies": []string{"root"}, "ttl": "1h"}, &tok); err != nil {
 		return nil, fmt.Errorf("token for Vault Agent: %w", err)
 	}
-	r.vault.secrets = append(r.vault.secrets, tok.Auth.ClientToken)
+	r.vault.Secrets = append(r.vault.Secrets, tok.Auth.ClientToken)
 	agentDir := filepath.Join(r.dir, "agent")
 	if err := os.MkdirAll(agentDir, 0o700); err != nil {
 		return nil, fmt.Errorf("agent dir: %w", err)
 	}
 	a, err := startAgent(r.opts.vaultBin, r.vault, agentDir, tok.Auth.ClientToken)
 	if err != nil {
-		res.agentSkip = "Vault Agent did not start: " + r.vault.redact(err.Error())
+		res.agentSkip = "Vault Agent did not start: " + r.vault.Redact(err.Error())
 		return res, r.vault.revokePrefix(prefix)
 	}
-	defer a.stop()
+	defer a.Stop()
 	through := &loader{client: r.load.client} // no token: the agent injects its auto-auth token
 	res.viaAgent, err = count(func() {
 		s := through.run(ctx, a.Addr+"/v1/instacart/creds/bench", 8, time.Hour, reads)
-		res.agentErrs, res.agentFirstErr = s.errs, r.vault.redact(s.firstErr)
+		res.agentErrs, res.agentFirstErr = s.errs, r.vault.Redact(s.firstErr)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("reads through Vault Agent: %w", err)
 	}
-	a.stop()
+	a.Stop()
 	return res, r.vault.revokePrefix(prefix)
 }

@@ -177,10 +177,8 @@ func TestEngineInVault(t *testing.T) {
 	})
 
 	t.Run("renew stops at the token's expiry", func(t *testing.T) {
-		if st := f.do(t, http.MethodPost, "/_fake/lifetime", map[string]int{"seconds": 120}, nil); st != 204 {
-			t.Fatalf("set lifetime: %d", st)
-		}
-		defer f.do(t, http.MethodPost, "/_fake/lifetime", map[string]int{"seconds": 86400}, nil)
+		f.SetLifetime(t, 120*time.Second)
+		defer f.SetLifetime(t, 24*time.Hour)
 		var c creds
 		v.vaultJSON(t, &c, "read", "instacart/creds/fulfillment-exclusive")
 		issuances++
@@ -332,12 +330,12 @@ func TestEngineInVault(t *testing.T) {
 		if hash.Data.Hash == "" || !strings.Contains(audit, hash.Data.Hash) {
 			t.Errorf("sys/audit-hash of the linking token (%q) is not in the audit log", hash.Data.Hash)
 		}
-		assertNoSecrets(t, "audit log", audit, f.secret, issued.all())
+		assertNoSecrets(t, "audit log", audit, f.Secret(), issued.all())
 	})
 
 	t.Run("no secret in Vault's or the plugin's logs", func(t *testing.T) {
-		assertNoSecrets(t, "Vault server log (with plugin output)", v.Log(t), f.secret, issued.all())
-		assertNoSecrets(t, "Connect fake output", f.log.String(), f.secret, issued.all())
+		assertNoSecrets(t, "Vault server log (with plugin output)", v.Log(t), f.Secret(), issued.all())
+		assertNoSecrets(t, "Connect fake output", f.Output(t), f.Secret(), issued.all())
 	})
 }
 

@@ -233,7 +233,7 @@ func TestVaultAgent(t *testing.T) {
 	if st := f.Users(t, second); st != 200 {
 		t.Errorf("re-rendered token: Connect answered %d", st)
 	}
-	assertNoSecrets(t, "agent log", readFileString(t, filepath.Join(dir, "agent.log")), f.secret, []string{first, second})
+	assertNoSecrets(t, "agent log", readFileString(t, filepath.Join(dir, "agent.log")), f.Secret(), []string{first, second})
 }
 
 // TestPluginUpgrade registers two versions, enables the older, then upgrades

@@ -8,13 +8,8 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -24,6 +19,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/instacart-vault/vault-plugin-secrets-instacart/internal/stack"
 )
 
 const (
@@ -74,16 +71,13 @@ func run(m *testing.M) int {
 		{fakeBin, "./cmd/connect-fake", ""},
 	}
 	for _, b := range builds {
-		cmd := exec.Command("go", "build", "-ldflags", "-s -w "+b.ldflags, "-o", b.out, b.pkg)
-		cmd.Dir = repoRoot
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "e2e: building %s: %v\n%s", b.pkg, err, out)
+		if err := stack.GoBuild(context.Background(), repoRoot, b.out, b.pkg, b.ldflags); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
 			return 1
 		}
 	}
 	for v, file := range map[string]string{oldVersion: pluginName, newVersion: pluginName + "-" + newVersion} {
-		sum, err := fileSHA256(filepath.Join(pluginDir, file))
+		sum, err := stack.FileSHA256(filepath.Join(pluginDir, file))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
@@ -93,115 +87,56 @@ func run(m *testing.M) int {
 	return m.Run()
 }
 
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
+func fileSHA256(path string) (string, error) { return stack.FileSHA256(path) }
 
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := stack.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return port
 }
 
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
+func randomHex(n int) string { return stack.RandomHex(n) }
 
 // waitFor polls cond until it holds or timeout passes.
 func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := stack.WaitFor(timeout, what, cond); err != nil {
+		t.Fatal(err)
 	}
 }
 
 // ---------------------------------------------------------------------------
 // The Connect fake, as a process.
 
-type fake struct {
-	URL    string
-	secret string
-	dir    string
-	cmd    *exec.Cmd
-	log    *bytes.Buffer
-}
+// fake wraps the shared process with methods that fail the test.
+type fake struct{ *stack.Fake }
 
 // startFake runs cmd/connect-fake on a free loopback port with a fresh secret.
 func startFake(t testing.TB, lifetime time.Duration) *fake {
 	t.Helper()
-	dir := t.TempDir()
-	f := &fake{secret: "e2e-secret-" + randomHex(16), dir: dir, log: &bytes.Buffer{}}
-	if err := os.WriteFile(filepath.Join(dir, "secret"), []byte(f.secret), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	addrFile := filepath.Join(dir, "url")
-	f.cmd = exec.Command(fakeBin, "-client-id", fakeClient, "-secret-file", filepath.Join(dir, "secret"),
-		"-addr-file", addrFile, "-token-lifetime", lifetime.String())
-	f.cmd.Stdout, f.cmd.Stderr = f.log, f.log
-	if err := f.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = f.cmd.Process.Kill(); _ = f.cmd.Wait() })
-	waitFor(t, 10*time.Second, "the Connect fake", func() bool {
-		b, err := os.ReadFile(addrFile)
-		f.URL = strings.TrimSpace(string(b))
-		return err == nil && f.URL != ""
-	})
-	return f
-}
-
-// SecretFile is where the fake's client secret lives, for `client_secret=@file`.
-func (f *fake) SecretFile() string { return filepath.Join(f.dir, "secret") }
-
-func (f *fake) do(t testing.TB, method, path string, body any, out any) int {
-	t.Helper()
-	var rd io.Reader
-	if body != nil {
-		b, _ := json.Marshal(body)
-		rd = bytes.NewReader(b)
-	}
-	req, _ := http.NewRequest(method, f.URL+path, rd)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
+	sf, err := stack.StartFake(stack.FakeOptions{Bin: fakeBin, Dir: t.TempDir(), ClientID: fakeClient, Lifetime: lifetime})
 	if err != nil {
-		t.Fatalf("fake %s %s: %v", method, path, err)
+		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	if out != nil {
-		_ = json.NewDecoder(resp.Body).Decode(out)
-	}
-	return resp.StatusCode
+	t.Cleanup(sf.Stop)
+	return &fake{sf}
 }
 
-type fakeStats struct {
-	Requests    map[string]int `json:"requests"`
-	Mints       int            `json:"mints"`
-	Revocations int            `json:"revocations"`
-}
-
-func (f *fake) Stats(t testing.TB) fakeStats {
+// check fails the test on a failed admin call.
+func check(t testing.TB, err error) {
 	t.Helper()
-	var st fakeStats
-	f.do(t, http.MethodGet, "/_fake/stats", nil, &st)
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (f *fake) Stats(t testing.TB) stack.FakeStats {
+	t.Helper()
+	st, err := f.Fake.Stats()
+	check(t, err)
 	return st
 }
 
@@ -210,60 +145,76 @@ func (f *fake) Mints(t testing.TB) int { t.Helper(); return f.Stats(t).Mints }
 // Users calls POST /v2/fulfillment/users with the token: 200 = it works.
 func (f *fake) Users(t testing.TB, token string) int {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, f.URL+"/v2/fulfillment/users",
-		strings.NewReader(`{"user_id":"johnsmith6000","first_name":"john","last_name":"smith","phone_number":"800-555-0100"}`))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	return resp.StatusCode
+	st, err := f.Fake.Users(token)
+	check(t, err)
+	return st
 }
 
 func (f *fake) Authorize(t testing.TB, redirectURI, userID string) string {
 	t.Helper()
-	var out struct{ Code string }
-	if st := f.do(t, http.MethodPost, "/_fake/authorize", map[string]string{"client_id": fakeClient, "redirect_uri": redirectURI, "user_id": userID}, &out); st != 200 {
-		t.Fatalf("authorize: %d", st)
-	}
-	return out.Code
+	code, err := f.Fake.Authorize(redirectURI, userID)
+	check(t, err)
+	return code
 }
 
 func (f *fake) InjectFaults(t testing.TB, path string, faults ...map[string]any) {
 	t.Helper()
-	if st := f.do(t, http.MethodPost, "/_fake/faults", map[string]any{"path": path, "faults": faults}, nil); st != 204 {
-		t.Fatalf("inject faults: %d", st)
-	}
+	check(t, f.Fake.InjectFaults(path, faults...))
+}
+
+func (f *fake) SetLifetime(t testing.TB, d time.Duration) {
+	t.Helper()
+	check(t, f.Fake.SetLifetime(d))
+}
+
+// Output is everything the fake printed.
+func (f *fake) Output(t testing.TB) string {
+	t.Helper()
+	out, err := f.Log()
+	check(t, err)
+	return out
+}
+
+// tokenInfo asks the fake what it knows about a token.
+func (f *fake) tokenInfo(t testing.TB, tok string) stack.TokenInfo {
+	t.Helper()
+	info, err := f.TokenInfo(tok)
+	check(t, err)
+	return info
 }
 
 // ---------------------------------------------------------------------------
 // Vault, as a process.
 
+// vault is a shared Vault server plus what the suite needs beyond it: file
+// storage with init, unseal and restart, and the CLI.
 type vault struct {
-	Addr    string
-	Token   string
-	dir     string
-	logPath string
-	args    []string
-	cmd     *exec.Cmd
-	done    chan struct{}
+	*stack.Vault
+	dir string // vault.hcl, vault.log and, with storage, unseal.key
 }
 
 // startDevVault starts `vault server -dev` with the plugin directory and a
-// known root token on a free loopback port.
+// random root token on a free loopback port.
 func startDevVault(t testing.TB) *vault {
 	t.Helper()
 	dir := t.TempDir()
-	port := freePort(t)
-	v := &vault{Addr: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "root-" + randomHex(8), dir: dir, logPath: filepath.Join(dir, "vault.log")}
-	hcl := fmt.Sprintf("plugin_directory = %q\napi_addr = %q\n", pluginDir, v.Addr)
-	writeFile(t, filepath.Join(dir, "vault.hcl"), hcl)
-	t.Cleanup(v.stop)
-	v.args = []string{"server", "-dev", "-dev-listen-address=127.0.0.1:" + strconv.Itoa(port),
-		"-dev-root-token-id=" + v.Token, "-config=" + filepath.Join(dir, "vault.hcl"), "-log-level=debug"}
-	v.start(t)
+	sv, err := stack.StartDevVault(stack.DevVaultOptions{Bin: vaultBin, PluginDir: pluginDir, Dir: dir, LogLevel: "debug"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sv.Stop)
+	return &vault{Vault: sv, dir: dir}
+}
+
+// newVault describes a non-dev server on a free port whose config is
+// dir/vault.hcl; the caller writes the config, then calls start.
+func newVault(t testing.TB, port int) *vault {
+	t.Helper()
+	dir := t.TempDir()
+	sv := stack.NewVault(vaultBin, fmt.Sprintf("http://127.0.0.1:%d", port), filepath.Join(dir, "vault.log"),
+		"server", "-config="+filepath.Join(dir, "vault.hcl"))
+	v := &vault{Vault: sv, dir: dir}
+	t.Cleanup(sv.Stop)
 	return v
 }
 
@@ -271,9 +222,8 @@ func startDevVault(t testing.TB) *vault {
 // unseals it. Restart with v.restart.
 func startFileVault(t testing.TB) *vault {
 	t.Helper()
-	dir := t.TempDir()
 	port := freePort(t)
-	v := &vault{Addr: fmt.Sprintf("http://127.0.0.1:%d", port), dir: dir, logPath: filepath.Join(dir, "vault.log")}
+	v := newVault(t, port)
 	hcl := fmt.Sprintf(`
 storage "file" { path = %q }
 listener "tcp" {
@@ -284,10 +234,8 @@ plugin_directory = %q
 api_addr         = %q
 disable_mlock    = true
 log_level        = "debug"
-`, filepath.Join(dir, "data"), port, pluginDir, v.Addr)
-	writeFile(t, filepath.Join(dir, "vault.hcl"), hcl)
-	t.Cleanup(v.stop)
-	v.args = []string{"server", "-config=" + filepath.Join(dir, "vault.hcl")}
+`, filepath.Join(v.dir, "data"), port, pluginDir, v.Addr)
+	writeFile(t, filepath.Join(v.dir, "vault.hcl"), hcl)
 	v.start(t)
 
 	var initResp struct {
@@ -299,7 +247,7 @@ log_level        = "debug"
 		t.Fatal("sys/init returned no unseal key or root token")
 	}
 	v.Token = initResp.RootToken
-	writeFile(t, filepath.Join(dir, "unseal.key"), initResp.Keys[0])
+	writeFile(t, filepath.Join(v.dir, "unseal.key"), initResp.Keys[0])
 	v.unseal(t)
 	return v
 }
@@ -320,46 +268,13 @@ func (v *vault) unseal(t testing.TB) {
 
 func (v *vault) start(t testing.TB) {
 	t.Helper()
-	logf, err := os.OpenFile(v.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-	if err != nil {
+	if err := v.Vault.Start(); err != nil {
 		t.Fatal(err)
 	}
-	v.cmd = exec.Command(vaultBin, v.args...)
-	v.cmd.Stdout, v.cmd.Stderr = logf, logf
-	v.cmd.Env = append(os.Environ(), "VAULT_ADDR="+v.Addr)
-	if err := v.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	v.done = make(chan struct{})
-	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); logf.Close(); close(done) }(v.cmd, v.done)
-	waitFor(t, 60*time.Second, "Vault to listen", func() bool {
-		resp, err := http.Get(v.Addr + "/v1/sys/health")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return true
-	})
 }
 
 // stop terminates Vault gracefully (SIGTERM), then kills it if it lingers.
-func (v *vault) stop() {
-	if v.cmd == nil || v.cmd.Process == nil {
-		return
-	}
-	select {
-	case <-v.done:
-		return
-	default:
-	}
-	_ = v.cmd.Process.Signal(os.Interrupt)
-	select {
-	case <-v.done:
-	case <-time.After(20 * time.Second):
-		_ = v.cmd.Process.Kill()
-		<-v.done
-	}
-}
+func (v *vault) stop() { v.Stop() }
 
 // restart stops and starts the same server (file storage: unseal again). The
 // process belongs to the test that created v, not to the caller's subtest.
@@ -373,11 +288,11 @@ func (v *vault) restart(t testing.TB) {
 // Log returns everything Vault (and the plugin, whose stderr Vault relays) logged.
 func (v *vault) Log(t testing.TB) string {
 	t.Helper()
-	b, err := os.ReadFile(v.logPath)
+	out, err := v.Vault.Log()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return string(b)
+	return out
 }
 
 // cli runs the vault CLI against this server.
@@ -449,40 +364,21 @@ func redactArgs(args []string) []string {
 	return out
 }
 
-// api calls the HTTP API with the root token; returns status and decodes into out.
+// api calls the HTTP API with the root token; returns status and decodes a
+// 2xx answer into out.
 func (v *vault) api(t testing.TB, method, path string, body any, out any) (int, string) {
 	t.Helper()
-	return v.apiAs(t, v.Token, method, path, body, out)
-}
-
-func (v *vault) apiAs(t testing.TB, token, method, path string, body any, out any) (int, string) {
-	t.Helper()
-	var rd io.Reader
-	if body != nil {
-		b, _ := json.Marshal(body)
-		rd = bytes.NewReader(b)
-	}
-	req, _ := http.NewRequest(method, v.Addr+"/v1/"+path, rd)
-	if token != "" {
-		req.Header.Set("X-Vault-Token", token)
-	}
-	resp, err := http.DefaultClient.Do(req)
+	st, raw, err := v.Call(method, path, body, out)
 	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
+		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	if out != nil && len(raw) > 0 {
-		_ = json.Unmarshal(raw, out)
-	}
-	return resp.StatusCode, string(raw)
+	return st, raw
 }
 
 func (v *vault) mustAPI(t testing.TB, method, path string, body any, out any) {
 	t.Helper()
-	st, raw := v.api(t, method, path, body, out)
-	if st >= 300 {
-		t.Fatalf("%s %s: HTTP %d: %s", method, path, st, raw)
+	if err := v.Must(method, path, body, out); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -561,47 +457,14 @@ func readFileString(t testing.TB, path string) string {
 
 // startProcess runs a helper process (e.g. vault agent) for the test's life,
 // logging to logPath.
-func startProcess(t testing.TB, logPath string, name string, args ...string) *exec.Cmd {
+func startProcess(t testing.TB, logPath string, name string, args ...string) *stack.Proc {
 	t.Helper()
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	p, err := stack.StartProc(filepath.Base(name), logPath, nil, name, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(name, args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-		logf.Close()
-	})
-	return cmd
-}
-
-type tokenInfo struct {
-	ClientID  string    `json:"client_id"`
-	ExpiresAt time.Time `json:"expires_at"`
-	Revoked   bool      `json:"revoked"`
-	Live      bool      `json:"live"`
-}
-
-// tokenInfo asks the fake what it knows about a token.
-func (f *fake) tokenInfo(t testing.TB, tok string) tokenInfo {
-	t.Helper()
-	var info tokenInfo
-	if st := f.do(t, http.MethodGet, "/_fake/tokens/"+tok, nil, &info); st != 200 {
-		t.Fatalf("fake does not know the token (%d)", st)
-	}
-	return info
+	t.Cleanup(p.Stop)
+	return p
 }
 
 func jsonInto(s string, out any) error { return json.Unmarshal([]byte(s), out) }

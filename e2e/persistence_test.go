@@ -85,7 +85,7 @@ func TestSharedTokenSurvivesRestartKillAndReload(t *testing.T) {
 			t.Errorf("token still works after its lease was revoked across a restart (%d)", st)
 		}
 	})
-	assertNoSecrets(t, "Vault server log", v.Log(t), f.secret, []string{first.Data.AccessToken})
+	assertNoSecrets(t, "Vault server log", v.Log(t), f.Secret(), []string{first.Data.AccessToken})
 }
 
 // pluginPIDs finds running processes of this suite's plugin binaries.

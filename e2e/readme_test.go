@@ -4,7 +4,6 @@ package e2e
 
 import (
 	"bytes"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -33,8 +32,8 @@ func TestREADMECommands(t *testing.T) {
 	// A second application for the rotation example.
 	newSecret := "e2e-rotated-" + randomHex(12)
 	writeFile(t, filepath.Join(dir, "new_client_secret"), newSecret)
-	if st := f.do(t, http.MethodPost, "/_fake/clients", map[string]string{"client_id": "e2e-client-2", "client_secret": newSecret}, nil); st != 204 {
-		t.Fatalf("add client: %d", st)
+	if err := f.AddClient("e2e-client-2", newSecret); err != nil {
+		t.Fatal(err)
 	}
 	replacements := []string{
 		"/etc/vault/plugins", pluginDir,
@@ -77,7 +76,7 @@ func TestREADMECommands(t *testing.T) {
 		ran++
 	}
 	t.Logf("ran %d of %d README shell blocks", ran, len(blocks))
-	assertNoSecrets(t, "Vault server log", v.Log(t), f.secret, nil)
+	assertNoSecrets(t, "Vault server log", v.Log(t), f.Secret(), nil)
 }
 
 // shellBlocks returns the bodies of ```shell fenced blocks.

@@ -31,7 +31,7 @@ func TestUpstreamFaultsThroughVault(t *testing.T) {
 		}
 	}
 	// Each subtest starts with no fault left over from the previous one.
-	clearFaults := func() { f.do(t, http.MethodDelete, "/_fake/faults", nil, nil) }
+	clearFaults := func() { check(t, f.ClearFaults()) }
 
 	t.Cleanup(clearFaults)
 	t.Run("429 and 503 with Retry-After are retried", func(t *testing.T) {
@@ -69,8 +69,8 @@ func TestUpstreamFaultsThroughVault(t *testing.T) {
 	t.Run("Connect down: the cached shared token is still served", func(t *testing.T) {
 		// A 12s token is due for replacement once less than half its life
 		// is left; take Connect down in that window.
-		f.do(t, http.MethodPost, "/_fake/lifetime", map[string]int{"seconds": 12}, nil)
-		defer f.do(t, http.MethodPost, "/_fake/lifetime", map[string]int{"seconds": 86400}, nil)
+		f.SetLifetime(t, 12*time.Second)
+		defer f.SetLifetime(t, 24*time.Hour)
 		v.vault(t, "delete", "instacart/cache/shared")
 		var first creds
 		v.vaultJSON(t, &first, "read", "instacart/creds/shared")
@@ -133,7 +133,7 @@ func TestUpstreamFaultsThroughVault(t *testing.T) {
 		injected++
 	})
 	t.Logf("%d faults injected through Vault; every read either succeeded with a working token or failed cleanly", injected)
-	assertNoSecrets(t, "Vault server log", v.Log(t), f.secret, nil)
+	assertNoSecrets(t, "Vault server log", v.Log(t), f.Secret(), nil)
 }
 
 func toInt(v any) int {
@@ -196,9 +196,9 @@ func startRaftCluster(t *testing.T, n int) []*vault {
 		apiPorts[i] = freePort(t)
 	}
 	for i := range nodes {
-		dir := t.TempDir()
 		clusterPort := freePort(t)
-		v := &vault{Addr: fmt.Sprintf("http://127.0.0.1:%d", apiPorts[i]), dir: dir, logPath: filepath.Join(dir, "vault.log")}
+		v := newVault(t, apiPorts[i])
+		dir := v.dir
 		var join strings.Builder
 		for j := range nodes {
 			if j != i {
@@ -226,8 +226,6 @@ log_level        = "debug"
 			t.Fatal(err)
 		}
 		writeFile(t, filepath.Join(dir, "vault.hcl"), hcl)
-		t.Cleanup(v.stop)
-		v.args = []string{"server", "-config=" + filepath.Join(dir, "vault.hcl")}
 		v.start(t)
 		nodes[i] = v
 	}
