@@ -3,12 +3,15 @@
 package e2e
 
 import (
+	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
 	"reflect"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -187,30 +190,19 @@ func TestVaultAgent(t *testing.T) {
 	v := startDevVault(t)
 	v.installPlugin(t, f)
 	v.vault(t, "write", "instacart/roles/fulfillment", "grant_type=client_credentials", "scopes=connect:fulfillment")
-	v.vault(t, "policy", "write", "instacart-app", filepath.Join(repoRoot, "examples/policies/app.hcl"))
-	appToken := strings.TrimSpace(v.vault(t, "token", "create", "-policy=instacart-app", "-field=token"))
+	appToken := v.appToken(t)
 
 	dir := t.TempDir()
 	tokenFile, rendered := filepath.Join(dir, "app-token"), filepath.Join(dir, "instacart-token")
 	writeFile(t, tokenFile, appToken)
-	example, err := os.ReadFile(filepath.Join(repoRoot, "examples/agent/agent.hcl"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	agentPort := freePort(t)
-	cfg := strings.NewReplacer(
+	cfg := exampleConfig(t, "examples/agent/agent.hcl",
 		"http://127.0.0.1:8200", v.Addr,
 		"/etc/vault-agent/app-token", tokenFile,
 		`"instacart-token.ctmpl"`, `"`+filepath.Join(repoRoot, "examples/agent/instacart-token.ctmpl")+`"`,
 		"/run/app/instacart-token", rendered,
-		"127.0.0.1:8100", "127.0.0.1:"+itoa(agentPort),
-	).Replace(string(example))
-	if cfg == string(example) {
-		t.Fatal("examples/agent/agent.hcl no longer has the placeholders this test substitutes")
-	}
+	)
 	writeFile(t, filepath.Join(dir, "agent.hcl"), cfg)
-	agent := startProcess(t, filepath.Join(dir, "agent.log"), vaultBin, "agent", "-config="+filepath.Join(dir, "agent.hcl"))
-	_ = agent
+	startProcess(t, filepath.Join(dir, "agent.log"), vaultBin, "agent", "-config="+filepath.Join(dir, "agent.hcl"))
 
 	read := func() string {
 		b, _ := os.ReadFile(rendered)
@@ -234,6 +226,118 @@ func TestVaultAgent(t *testing.T) {
 		t.Errorf("re-rendered token: Connect answered %d", st)
 	}
 	assertNoSecrets(t, "agent log", readFileString(t, filepath.Join(dir, "agent.log")), f.Secret(), []string{first, second})
+}
+
+// TestVaultProxy runs `vault proxy` with examples/proxy: apps read creds
+// without a Vault token, and many reads share one cached lease.
+func TestVaultProxy(t *testing.T) {
+	t.Parallel()
+	f := startFake(t, time.Hour)
+	v := startDevVault(t)
+	v.installPlugin(t, f)
+	v.vault(t, "write", "instacart/roles/fulfillment", "grant_type=client_credentials", "scopes=connect:fulfillment")
+	appToken := v.appToken(t)
+
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "app-token")
+	writeFile(t, tokenFile, appToken)
+	port := freePort(t)
+	cfg := exampleConfig(t, "examples/proxy/proxy.hcl",
+		"http://127.0.0.1:8200", v.Addr,
+		"/etc/vault-proxy/app-token", tokenFile,
+		"127.0.0.1:8100", "127.0.0.1:"+itoa(port),
+	)
+	writeFile(t, filepath.Join(dir, "proxy.hcl"), cfg)
+	startProcess(t, filepath.Join(dir, "proxy.log"), vaultBin, "proxy", "-config="+filepath.Join(dir, "proxy.hcl"))
+
+	mintsBefore := f.Mints(t) // writing config verified the credentials
+	url := fmt.Sprintf("http://127.0.0.1:%d/v1/instacart/creds/fulfillment", port)
+	readOnce := func() (int, string) {
+		resp, err := http.Get(url) // no X-Vault-Token: the proxy adds its own
+		if err != nil {
+			return 0, ""
+		}
+		defer resp.Body.Close()
+		var out struct {
+			Data struct {
+				AccessToken string `json:"access_token"`
+			} `json:"data"`
+		}
+		_ = json.NewDecoder(resp.Body).Decode(&out)
+		return resp.StatusCode, out.Data.AccessToken
+	}
+	waitFor(t, 30*time.Second, "the proxy to serve creds", func() bool { st, _ := readOnce(); return st == 200 })
+
+	const reads = 100
+	tokens := make(chan string, reads)
+	var wg sync.WaitGroup
+	for range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range reads / 10 {
+				st, tok := readOnce()
+				if st != 200 {
+					t.Errorf("read through the proxy: HTTP %d", st)
+				}
+				tokens <- tok
+			}
+		}()
+	}
+	wg.Wait()
+	close(tokens)
+	seen := map[string]bool{}
+	for tok := range tokens {
+		seen[tok] = true
+	}
+	if len(seen) != 1 {
+		t.Fatalf("%d reads through the proxy returned %d distinct tokens, want 1", reads, len(seen))
+	}
+	for tok := range seen {
+		if st := f.Users(t, tok); st != 200 {
+			t.Errorf("token from the proxy: Connect answered %d", st)
+		}
+	}
+	var leases struct {
+		Data struct {
+			Keys []string `json:"keys"`
+		} `json:"data"`
+	}
+	v.mustAPI(t, "LIST", "sys/leases/lookup/instacart/creds/fulfillment", nil, &leases)
+	if n := len(leases.Data.Keys); n != 1 {
+		t.Errorf("%d reads through the proxy created %d leases, want 1", reads+1, n)
+	}
+	if m := f.Mints(t) - mintsBefore; m != 1 {
+		t.Errorf("%d reads through the proxy: %d mints at Connect, want 1", reads+1, m)
+	}
+	tokList := make([]string, 0, len(seen))
+	for tok := range seen {
+		tokList = append(tokList, tok)
+	}
+	assertNoSecrets(t, "proxy log", readFileString(t, filepath.Join(dir, "proxy.log")), f.Secret(), tokList)
+}
+
+// appToken is a Vault token with examples/policies/app.hcl.
+func (v *vault) appToken(t testing.TB) string {
+	t.Helper()
+	v.vault(t, "policy", "write", "instacart-app", filepath.Join(repoRoot, "examples/policies/app.hcl"))
+	return strings.TrimSpace(v.vault(t, "token", "create", "-policy=instacart-app", "-field=token"))
+}
+
+// exampleConfig is a file under examples/ with its placeholders (old, new
+// pairs) replaced; it fails if a placeholder is gone.
+func exampleConfig(t testing.TB, path string, oldnew ...string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repoRoot, path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < len(oldnew); i += 2 {
+		if !strings.Contains(string(b), oldnew[i]) {
+			t.Fatalf("%s no longer has the placeholder %q this test substitutes", path, oldnew[i])
+		}
+	}
+	return strings.NewReplacer(oldnew...).Replace(string(b))
 }
 
 // TestPluginUpgrade registers two versions, enables the older, then upgrades
