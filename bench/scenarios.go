@@ -415,16 +415,16 @@ func (r *runner) leaseVolume(ctx context.Context, reads int, withAgent bool) (*l
 		if err := r.vault.revokePrefix(prefix); err != nil {
 			return 0, err
 		}
-		before, err := r.vault.leaseCount(prefix)
+		before, err := r.vault.Leases(prefix)
 		if err != nil {
 			return 0, err
 		}
 		f()
-		after, err := r.vault.leaseCount(prefix)
+		after, err := r.vault.Leases(prefix)
 		if err != nil {
 			return 0, err
 		}
-		return after - before, nil
+		return len(after) - len(before), nil
 	}
 	var err error
 	res.direct, err = count(func() {

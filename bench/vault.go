@@ -103,25 +103,6 @@ func startDevVault(bin, pluginDir, dir string) (*vault, error) {
 	return &vault{v}, nil
 }
 
-// leaseCount lists the leases under prefix (which ends in "/").
-func (v *vault) leaseCount(prefix string) (int, error) {
-	var out struct {
-		Data struct {
-			Keys []string `json:"keys"`
-		} `json:"data"`
-	}
-	st, raw, err := v.Call("LIST", "sys/leases/lookup/"+prefix, nil, &out)
-	switch {
-	case err != nil:
-		return 0, err
-	case st == http.StatusNotFound:
-		return 0, nil
-	case st >= 300:
-		return 0, fmt.Errorf("LIST sys/leases/lookup/%s: HTTP %d: %s", prefix, st, v.Redact(raw))
-	}
-	return len(out.Data.Keys), nil
-}
-
 // revokePrefix revokes every lease under prefix and waits for it. The API
 // refuses a trailing slash but Vault adds one itself, so "creds/bench" does
 // not also match "creds/bench-excl".

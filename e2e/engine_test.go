@@ -232,14 +232,8 @@ func TestEngineInVault(t *testing.T) {
 				t.Errorf("token of a prefix-revoked lease still works (%d)", st)
 			}
 		}
-		var leases struct {
-			Data struct {
-				Keys []string `json:"keys"`
-			} `json:"data"`
-		}
-		st, _ := v.api(t, "LIST", "sys/leases/lookup/instacart/creds/fulfillment-exclusive", nil, &leases)
-		if st != 404 && len(leases.Data.Keys) != 0 {
-			t.Errorf("leases left after revoke -prefix: %v", leases.Data.Keys)
+		if left := v.leases(t, "instacart/creds/fulfillment-exclusive/"); len(left) != 0 {
+			t.Errorf("leases left after revoke -prefix: %v", left)
 		}
 		_ = exclusiveLease
 	})

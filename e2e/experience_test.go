@@ -298,13 +298,7 @@ func TestVaultProxy(t *testing.T) {
 			t.Errorf("token from the proxy: Connect answered %d", st)
 		}
 	}
-	var leases struct {
-		Data struct {
-			Keys []string `json:"keys"`
-		} `json:"data"`
-	}
-	v.mustAPI(t, "LIST", "sys/leases/lookup/instacart/creds/fulfillment", nil, &leases)
-	if n := len(leases.Data.Keys); n != 1 {
+	if n := len(v.leases(t, "instacart/creds/fulfillment/")); n != 1 {
 		t.Errorf("%d reads through the proxy created %d leases, want 1", reads+1, n)
 	}
 	if m := f.Mints(t) - mintsBefore; m != 1 {

@@ -375,6 +375,16 @@ func (v *vault) api(t testing.TB, method, path string, body any, out any) (int, 
 	return st, raw
 }
 
+// leases lists the lease ids under prefix (which ends in "/").
+func (v *vault) leases(t testing.TB, prefix string) []string {
+	t.Helper()
+	ids, err := v.Leases(prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ids
+}
+
 func (v *vault) mustAPI(t testing.TB, method, path string, body any, out any) {
 	t.Helper()
 	if err := v.Must(method, path, body, out); err != nil {

@@ -221,3 +221,23 @@ func (v *Vault) Enable(path, typ, version string, options map[string]string) err
 	}
 	return nil
 }
+
+// Leases lists the lease ids under prefix (which ends in "/"); none is an
+// empty list, not an error.
+func (v *Vault) Leases(prefix string) ([]string, error) {
+	var out struct {
+		Data struct {
+			Keys []string `json:"keys"`
+		} `json:"data"`
+	}
+	st, raw, err := v.Call("LIST", "sys/leases/lookup/"+prefix, nil, &out)
+	switch {
+	case err != nil:
+		return nil, err
+	case st == http.StatusNotFound:
+		return nil, nil
+	case st >= 300:
+		return nil, fmt.Errorf("LIST sys/leases/lookup/%s: HTTP %d: %s", prefix, st, v.Redact(raw))
+	}
+	return out.Data.Keys, nil
+}
