@@ -87,8 +87,6 @@ func run(m *testing.M) int {
 	return m.Run()
 }
 
-func fileSHA256(path string) (string, error) { return stack.FileSHA256(path) }
-
 func freePort(t testing.TB) int {
 	t.Helper()
 	port, err := stack.FreePort()
@@ -97,8 +95,6 @@ func freePort(t testing.TB) int {
 	}
 	return port
 }
-
-func randomHex(n int) string { return stack.RandomHex(n) }
 
 // waitFor polls cond until it holds or timeout passes.
 func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
@@ -273,14 +269,11 @@ func (v *vault) start(t testing.TB) {
 	}
 }
 
-// stop terminates Vault gracefully (SIGTERM), then kills it if it lingers.
-func (v *vault) stop() { v.Stop() }
-
 // restart stops and starts the same server (file storage: unseal again). The
 // process belongs to the test that created v, not to the caller's subtest.
 func (v *vault) restart(t testing.TB) {
 	t.Helper()
-	v.stop()
+	v.Stop()
 	v.start(t)
 	v.unseal(t)
 }

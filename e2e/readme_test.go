@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/instacart-vault/vault-plugin-secrets-instacart/internal/stack"
 )
 
 // TestREADMECommands runs every ```shell block of the README, in order, against
@@ -30,7 +32,7 @@ func TestREADMECommands(t *testing.T) {
 	dir := t.TempDir()
 
 	// A second application for the rotation example.
-	newSecret := "e2e-rotated-" + randomHex(12)
+	newSecret := "e2e-rotated-" + stack.RandomHex(12)
 	writeFile(t, filepath.Join(dir, "new_client_secret"), newSecret)
 	if err := f.AddClient("e2e-client-2", newSecret); err != nil {
 		t.Fatal(err)

@@ -10,6 +10,8 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/instacart-vault/vault-plugin-secrets-instacart/internal/stack"
 )
 
 // TestReleaseArtifacts runs `make release` and installs the artifact for this
@@ -41,7 +43,7 @@ func TestReleaseArtifacts(t *testing.T) {
 	}
 	for _, osArch := range []string{"linux_amd64", "linux_arm64", "darwin_amd64", "darwin_arm64"} {
 		name := pluginName + "_" + version + "_" + osArch
-		got, err := fileSHA256(filepath.Join(dist, name))
+		got, err := stack.FileSHA256(filepath.Join(dist, name))
 		if err != nil {
 			t.Errorf("%s: %v", name, err)
 			continue

@@ -157,7 +157,7 @@ func TestRaftFailover(t *testing.T) {
 	leader.vaultJSON(t, &excl, "read", "instacart/creds/excl")
 	mints := f.Mints(t)
 
-	leader.stop()
+	leader.Stop()
 	var active *vault
 	waitFor(t, 60*time.Second, "a new active node", func() bool {
 		for _, n := range nodes[1:] {
