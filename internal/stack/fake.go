@@ -3,9 +3,11 @@ package stack
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -94,6 +96,10 @@ func (f *Fake) Do(method, path string, body, out any) (int, error) {
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := f.client.Do(req)
 	if err != nil {
+		var ue *url.Error // its message repeats the URL, which may hold a token
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
 		return 0, fmt.Errorf("fake %s: %w", where, err)
 	}
 	defer resp.Body.Close()

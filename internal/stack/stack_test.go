@@ -109,4 +109,10 @@ func TestFake(t *testing.T) {
 		t.Error("the fake still runs after Stop")
 	}
 	f.Stop() // twice is fine
+
+	// A failed request's error names the path, never the token in it.
+	const tok = "tok-must-not-be-printed"
+	if _, err := f.TokenInfo(tok); err == nil || strings.Contains(err.Error(), tok) {
+		t.Errorf("TokenInfo on a stopped fake: %v", err)
+	}
 }
