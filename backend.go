@@ -5,6 +5,7 @@ package instacart
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -52,9 +53,16 @@ type backend struct {
 	// configMu serialises config writes and the first load; readers use engine.
 	configMu sync.Mutex
 	engine   atomic.Pointer[engine]
+	// publishMu guards engineGen and publishing into engine: an invalidation
+	// bumps engineGen, and a load that started before it must not publish the
+	// configuration it read.
+	publishMu sync.Mutex
+	engineGen uint64
 
-	// roleMu serialises role writes; readers use the roles cache.
-	roleMu sync.Mutex
+	// roleMu serialises role writes and deletes (exclusive) against loads and
+	// shared-token stores (shared), so a token minted for a role that was
+	// deleted or changed meanwhile is never stored under it.
+	roleMu sync.RWMutex
 	roles  sync.Map // role name -> *role
 
 	tokens tokenCache
@@ -87,6 +95,7 @@ const credentialsRejectedHold = time.Minute
 
 // mint asks Connect for a token unless Connect recently refused the
 // credentials, and remembers the longest lifetime it hands out.
+// e must have a client (configuredEngine).
 func (b *backend) mint(ctx context.Context, e *engine, req connect.TokenRequest) (*connect.Token, error) {
 	now := b.now()
 	if r := e.rejected.Load(); r != nil && now.Before(r.until) {
@@ -109,8 +118,9 @@ func newBackend() *backend {
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
 		PathsSpecial: &logical.Paths{
-			// Seal-wrap the client secret where Vault supports it (Enterprise).
-			SealWrapStorage: []string{configStoragePath},
+			// Seal-wrap where Vault supports it (Enterprise): the client
+			// secret, live bearer tokens, and tokens briefly held in the WAL.
+			SealWrapStorage: []string{configStoragePath, tokenStoragePrefix, framework.WALPrefix},
 		},
 		Paths: framework.PathAppend(
 			[]*framework.Path{pathConfig(b)},
@@ -120,6 +130,8 @@ func newBackend() *backend {
 		Secrets:        []*framework.Secret{secretToken(b)},
 		Invalidate:     b.invalidate,
 		Clean:          b.clean,
+		PeriodicFunc:   b.periodic,
+		WALRollback:    b.walRollback,
 		RunningVersion: version.Version(),
 	}
 	return b
@@ -131,7 +143,7 @@ func (b *backend) invalidate(_ context.Context, key string) {
 	case key == configStoragePath:
 		b.resetEngine()
 	case strings.HasPrefix(key, roleStoragePrefix):
-		b.roleMu.Lock()
+		b.roleMu.Lock() // no load in flight may put the old role back
 		b.roles.Delete(strings.TrimPrefix(key, roleStoragePrefix))
 		b.roleMu.Unlock()
 	case strings.HasPrefix(key, tokenStoragePrefix):
@@ -142,10 +154,20 @@ func (b *backend) invalidate(_ context.Context, key string) {
 // resetEngine forgets the configuration and every shared token held in
 // memory; the next request reloads them from storage.
 func (b *backend) resetEngine() {
-	if old := b.engine.Swap(nil); old != nil && old.client != nil {
+	b.publishEngine(nil)
+	b.tokens.clear()
+}
+
+// publishEngine replaces the current engine, bumping the generation so a load
+// that read storage before this point cannot publish over it.
+func (b *backend) publishEngine(e *engine) {
+	b.publishMu.Lock()
+	b.engineGen++
+	old := b.engine.Swap(e)
+	b.publishMu.Unlock()
+	if old != nil && old != e && old.client != nil {
 		old.client.Close()
 	}
-	b.tokens.clear()
 }
 
 func (b *backend) clean(context.Context) {
@@ -163,6 +185,10 @@ func (b *backend) getEngine(ctx context.Context, s logical.Storage) (*engine, er
 	if e := b.engine.Load(); e != nil {
 		return e, nil
 	}
+	b.publishMu.Lock()
+	gen := b.engineGen
+	b.publishMu.Unlock()
+
 	cfg, err := getConfig(ctx, s)
 	if err != nil {
 		return nil, err
@@ -171,16 +197,25 @@ func (b *backend) getEngine(ctx context.Context, s logical.Storage) (*engine, er
 	if err != nil {
 		return nil, err
 	}
+	b.publishMu.Lock()
+	defer b.publishMu.Unlock()
+	if b.engineGen != gen {
+		// The config changed while it was being read: serve this request
+		// with what was read, but leave the cache empty for the next one.
+		return e, nil
+	}
 	b.engine.Store(e)
 	return e, nil
 }
 
-// newEngine builds the Connect client for cfg (nil cfg: not configured).
+// newEngine builds the Connect client for cfg. Without current credentials
+// (no config, or a deleted one still holding retired credentials) it has no
+// client and paths that mint answer "not configured".
 func (b *backend) newEngine(cfg *connectConfig) (*engine, error) {
-	if cfg == nil {
-		return &engine{}, nil
+	if !cfg.configured() {
+		return &engine{config: cfg}, nil
 	}
-	client, err := cfg.newClient(b.Logger().Named("connect"))
+	client, err := cfg.newClient(b.Logger().Named("connect"), b.clock)
 	if err != nil {
 		return nil, err
 	}
@@ -194,7 +229,7 @@ func (b *backend) configuredEngine(ctx context.Context, s logical.Storage) (*eng
 	if err != nil {
 		return nil, nil, err
 	}
-	if e.config == nil {
+	if e.client == nil {
 		return nil, logical.ErrorResponse("the engine is not configured: write client_id and client_secret to %q first", configStoragePath), nil
 	}
 	return e, nil, nil
@@ -215,4 +250,32 @@ func (b *backend) noteLifetime(d time.Duration) {
 // valid for 24 hours", Get started); a longer lifetime seen here wins.
 func (b *backend) retention() time.Duration {
 	return max(time.Duration(b.longestLifetime.Load()), 24*time.Hour)
+}
+
+// clock reads b.now at call time, so a client built earlier follows the
+// backend's clock (tests move it).
+func (b *backend) clock() time.Time { return b.now() }
+
+// periodic runs on Vault's rollback timer (every minute).
+func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
+	if !b.WriteSafeReplicationState() {
+		return nil
+	}
+	return b.pruneConfig(ctx, req.Storage)
+}
+
+// storageError wraps a storage failure with context, except a write refused
+// by read-only storage (a performance standby or secondary): Vault must get
+// logical.ErrReadOnly itself, which is how it knows to forward the request to
+// the active node. Storage errors reach a plugin over gRPC as plain strings,
+// so the match is by message.
+func storageError(what string, err error) error {
+	if isReadOnly(err) {
+		return logical.ErrReadOnly
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+func isReadOnly(err error) bool {
+	return err != nil && (errors.Is(err, logical.ErrReadOnly) || strings.Contains(err.Error(), logical.ErrReadOnly.Error()))
 }

@@ -12,7 +12,7 @@ import (
 )
 
 // connectErrorAdvice says, per Instacart error code, what went wrong and who
-// must act. Codes and causes are from connect-api.md ("Errors").
+// must act, for the OAuth error codes Instacart Connect documents.
 var connectErrorAdvice = map[string]string{
 	connect.ErrInvalidClient:        "Connect refused the client_id/client_secret at config: check them, or write the rotated credentials Instacart issued",
 	connect.ErrQueryParamsForbidden: "Connect saw the credentials in a query string and considers them exposed: ask Instacart to rotate them and write the new ones to config",
@@ -25,15 +25,18 @@ var connectErrorAdvice = map[string]string{
 
 // upstreamError turns a Connect failure into what Vault should answer:
 // problems a person must fix become a 400 naming Instacart's error code;
-// transient trouble (after retries) becomes a 502 so callers retry later; a
-// cancelled request stays an error of its own.
+// no answer in time (a deadline, or every attempt timing out) is a 504;
+// other transient trouble (after retries) is a 502 so callers retry later.
+// Errors that are not Connect's (storage, a changed role) pass through.
 func upstreamError(err error) (*logical.Response, error) {
 	ce, ok := connect.AsError(err)
 	switch {
 	case !ok && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)):
 		return nil, logical.CodedError(http.StatusGatewayTimeout, fmt.Sprintf("no answer from Instacart Connect in time: %v", err))
 	case !ok:
-		return nil, fmt.Errorf("calling Instacart Connect: %w", err)
+		return nil, err
+	case ce.Timeout():
+		return nil, logical.CodedError(http.StatusGatewayTimeout, fmt.Sprintf("no answer from Instacart Connect in time: %v", ce))
 	case ce.Temporary():
 		return nil, logical.CodedError(http.StatusBadGateway, fmt.Sprintf("Instacart Connect is unavailable, try again later: %v", ce))
 	}
@@ -50,4 +53,20 @@ func upstreamError(err error) (*logical.Response, error) {
 		msg += fmt.Sprintf(" (Connect said: %q)", ce.Description)
 	}
 	return logical.ErrorResponse(msg), nil
+}
+
+// mintError is upstreamError for a token request. An authorization code is
+// single-use: once a request carrying it reached Connect and no usable answer
+// came back, Connect may have spent it, so it is never sent again and the
+// caller is told to get a new one rather than to retry.
+func mintError(err error, g connect.GrantType) (*logical.Response, error) {
+	ce, ok := connect.AsError(err)
+	if g != connect.GrantAuthorizationCode || !ok || !ce.Sent || !ce.Temporary() {
+		return upstreamError(err)
+	}
+	status := http.StatusBadGateway
+	if ce.Timeout() {
+		status = http.StatusGatewayTimeout
+	}
+	return nil, logical.CodedError(status, fmt.Sprintf("Instacart Connect gave no usable answer after the authorization code was sent (%v); the code may have been consumed, so it was not sent again: get a new code from Instacart and try again", ce))
 }

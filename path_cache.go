@@ -3,6 +3,10 @@ package instacart
 import (
 	"context"
 	"fmt"
+	"maps"
+	"net/http"
+	"slices"
+	"strings"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
@@ -31,10 +35,12 @@ func pathCache(b *backend) *framework.Path {
 		},
 		HelpSynopsis: "Drop and revoke a role's shared tokens.",
 		HelpDescription: `
-Deleting cache/<role> revokes the role's shared token(s) at Connect and drops
-them, so the next read of creds/<role> mints a fresh one. Use it when a shared
-token has leaked. A token that cannot be revoked (Connect unavailable) stays
-cached and the flush fails, so it can be retried.
+Deleting cache/<role> revokes the role's shared token(s) at Connect, each at
+the host and with the credentials that minted it, and drops them, so the next
+read of creds/<role> mints a fresh one. Use it when a shared token has leaked.
+A token Connect refuses to revoke is dropped and named in a warning; a token
+that cannot be revoked for now (Connect unavailable) stays cached and the
+flush fails after trying the rest, so it can be retried.
 `,
 	}
 }
@@ -51,33 +57,66 @@ func (b *backend) pathCacheDelete(ctx context.Context, req *logical.Request, d *
 	if r == nil {
 		return logical.ErrorResponse("unknown role %q", name), nil
 	}
-	keys, err := b.tokens.roleKeys(ctx, req.Storage, name)
-	if err != nil || len(keys) == 0 {
+	stored, err := b.tokens.roleKeys(ctx, req.Storage, name)
+	if err != nil {
 		return nil, err
 	}
-	e, resp, err := b.configuredEngine(ctx, req.Storage)
-	if resp != nil || err != nil {
-		return resp, err
+	// Memory may hold tokens storage does not (another node's flush, a lost
+	// invalidation): they are revoked and forgotten too.
+	keys := map[string]bool{}
+	for _, k := range append(stored, b.tokens.memoryKeys(roleTokenPrefix(name))...) {
+		keys[k] = true
 	}
-	now := b.now()
-	for _, key := range keys {
+
+	var refused, pending []string
+	for _, key := range slices.Sorted(maps.Keys(keys)) {
 		t, err := b.tokens.load(ctx, req.Storage, key)
 		if err != nil {
 			return nil, err
 		}
-		if t != nil && now.Before(t.ExpiresAt) {
-			if creds, _, ok := e.config.credentialsFor(t.CredentialsID, now); ok {
-				if err := e.client.Revoke(ctx, creds, t.AccessToken); err != nil {
-					if resp, err := upstreamError(err); resp != nil || err != nil {
-						return resp, err
-					}
-				}
+		held := []*cachedToken{t}
+		if m := b.tokens.get(key); m != nil && (t == nil || m.AccessToken != t.AccessToken) {
+			held = append(held, m)
+		}
+		keep := false
+		for _, t := range held {
+			if t == nil {
+				continue
 			}
+			permanent, err := b.revokeUpstream(ctx, req.Storage, t.CredentialsID, t.AccessToken, t.ExpiresAt)
+			switch {
+			case err == nil:
+			case permanent:
+				refused = append(refused, t.describe())
+				b.Logger().Warn("flush: Connect refused to revoke a token; dropping it anyway", "role", name, "expires_at", t.ExpiresAt, "error", err)
+			default:
+				pending = append(pending, t.describe())
+				b.Logger().Warn("flush: could not revoke a token for now; keeping it for a retry", "role", name, "error", err)
+				keep = true
+			}
+		}
+		if keep {
+			continue
 		}
 		b.tokens.forget(key)
 		if err := req.Storage.Delete(ctx, key); err != nil {
-			return nil, fmt.Errorf("deleting cached token: %w", err)
+			return nil, storageError("deleting cached token", err)
 		}
 	}
-	return nil, nil
+
+	var warnings []string
+	if len(refused) > 0 {
+		warnings = append(warnings, fmt.Sprintf("Connect refused to revoke %d token(s), which were dropped and stay live until they expire: %s", len(refused), strings.Join(refused, ", ")))
+	}
+	if len(pending) > 0 {
+		msg := fmt.Sprintf("could not revoke %d token(s) for now (Connect unavailable): %s; they stay cached, run the flush again", len(pending), strings.Join(pending, ", "))
+		if len(warnings) > 0 {
+			msg += "; " + warnings[0]
+		}
+		return nil, logical.CodedError(http.StatusBadGateway, msg)
+	}
+	if len(warnings) == 0 {
+		return nil, nil
+	}
+	return &logical.Response{Warnings: warnings}, nil
 }

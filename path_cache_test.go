@@ -1,7 +1,9 @@
 package instacart
 
 import (
+	"context"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -57,4 +59,80 @@ func TestCacheFlushValidation(t *testing.T) {
 	expectError(t, resp, err, "unknown role")
 	// Nothing cached: a no-op.
 	e.mustOK(logical.DeleteOperation, "cache/cc", nil)
+}
+
+// After base_url moves to another host, a flush still revokes each token at
+// the host, and with the credentials, that minted it; the new host, which
+// answers 200 for tokens it does not know, is never asked.
+func TestCacheFlushRevokesWhereMinted(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	tok := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"].(string)
+
+	other := connectfake.New()
+	t.Cleanup(other.Close)
+	other.AddClient(testClientID, testSecret)
+	e.mustOK(logical.UpdateOperation, "config", map[string]any{"base_url": other.URL, "client_secret": testSecret})
+	other.ResetCounters()
+
+	e.mustOK(logical.DeleteOperation, "cache/cc", nil)
+	if e.fake.TokenLive(tok) {
+		t.Error("the flushed token is still live at the host that minted it")
+	}
+	if got := other.Requests(connectfake.PathRevoke); got != 0 {
+		t.Errorf("the new host got %d revoke requests for a token it never minted", got)
+	}
+}
+
+// A flush carries on past a token Connect refuses to revoke: it revokes the
+// rest, drops them all, and names the one it could not revoke.
+func TestCacheFlushCarriesOnPastRefusal(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	var toks []string
+	for _, u := range []string{"store-1", "store-2", "store-3"} {
+		toks = append(toks, e.mustOK(logical.UpdateOperation, "creds/shoppers", map[string]any{"user_id": u}).Data["access_token"].(string))
+	}
+	e.fake.InjectFaults(connectfake.PathRevoke, connectfake.Fault{Status: 403, Body: `{"error":"unauthorized_client","error_description":"not yours"}`})
+
+	resp := e.mustOK(logical.DeleteOperation, "cache/shoppers", nil)
+	if len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "refused to revoke 1 token") || !strings.Contains(resp.Warnings[0], "store-") {
+		t.Errorf("warnings = %q, want one naming the refused token's user", resp.Warnings)
+	}
+	live := 0
+	for _, tok := range toks {
+		if e.fake.TokenLive(tok) {
+			live++
+		}
+	}
+	if live != 1 {
+		t.Errorf("%d tokens live after the flush, want 1 (the refused one)", live)
+	}
+	if keys, _ := e.b.tokens.roleKeys(context.Background(), e.storage, "shoppers"); len(keys) != 0 {
+		t.Errorf("%d tokens left in storage", len(keys))
+	}
+	if got := e.b.tokens.memoryKeys(roleTokenPrefix("shoppers")); len(got) != 0 {
+		t.Errorf("%d tokens left in memory", len(got))
+	}
+}
+
+// A flush also revokes and forgets tokens held in memory that storage does
+// not hold.
+func TestCacheFlushForgetsMemoryOnlyTokens(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	tok := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"].(string)
+	if err := e.storage.Delete(context.Background(), tokenKey("cc", "")); err != nil {
+		t.Fatal(err)
+	}
+	e.mustOK(logical.DeleteOperation, "cache/cc", nil)
+	if e.b.tokens.get(tokenKey("cc", "")) != nil {
+		t.Error("a token held only in memory survived the flush")
+	}
+	if e.fake.TokenLive(tok) {
+		t.Error("a token held only in memory was not revoked")
+	}
+	if next := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]; next == tok {
+		t.Error("the flushed token is served again")
+	}
 }

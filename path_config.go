@@ -51,8 +51,30 @@ type retiredCredentials struct {
 	RetainUntil   time.Time `json:"retain_until"`
 }
 
-func (c *connectConfig) newClient(logger hclog.Logger) (*connect.Client, error) {
+// configured reports whether c holds current credentials. A deleted config
+// leaves an entry holding only retired credentials, so leases of tokens they
+// minted can still be revoked upstream.
+func (c *connectConfig) configured() bool { return c != nil && c.CredentialsID != "" }
+
+// retire moves the current credentials to Retired, kept until every token
+// they minted has expired.
+func (c *connectConfig) retire(until time.Time) {
+	if !c.configured() {
+		return
+	}
+	c.Retired = append(c.Retired, retiredCredentials{
+		CredentialsID: c.CredentialsID,
+		ClientID:      c.ClientID,
+		ClientSecret:  c.ClientSecret,
+		BaseURL:       c.BaseURL,
+		RetainUntil:   until,
+	})
+	c.CredentialsID, c.ClientID, c.ClientSecret = "", "", ""
+}
+
+func (c *connectConfig) newClient(logger hclog.Logger, now func() time.Time) (*connect.Client, error) {
 	client, err := connect.New(connect.Config{
+		Now:            now,
 		BaseURL:        c.BaseURL,
 		Credentials:    connect.Credentials{ClientID: c.ClientID, ClientSecret: c.ClientSecret},
 		RequestTimeout: c.RequestTimeout,
@@ -76,6 +98,9 @@ func retriesSetting(n int) int {
 // credentialsFor finds the credentials a token was minted with: the current
 // ones or retired ones not yet past their retention.
 func (c *connectConfig) credentialsFor(id string, now time.Time) (connect.Credentials, string, bool) {
+	if c == nil || id == "" {
+		return connect.Credentials{}, "", false
+	}
 	if id == c.CredentialsID {
 		return connect.Credentials{ClientID: c.ClientID, ClientSecret: c.ClientSecret}, c.BaseURL, true
 	}
@@ -156,14 +181,16 @@ func pathConfig(b *backend) *framework.Path {
 const pathConfigHelp = `
 Stores the Connect application's client_id and client_secret, the Connect host
 (base_url) and how upstream calls are made (request_timeout, max_retries).
-client_secret is write-only. When the credentials change, the previous ones are
-kept only to revoke tokens they minted until those expire; shared tokens minted
-with them are no longer handed out.
+client_secret is write-only, and a write that changes base_url or client_id
+must carry it too, so the stored secret is never sent to a host it was not
+written for. When the credentials change or the config is deleted, the
+previous ones are kept only to revoke tokens they minted until those expire;
+shared tokens minted with them are no longer handed out.
 `
 
 func (b *backend) configExists(ctx context.Context, req *logical.Request, _ *framework.FieldData) (bool, error) {
 	cfg, err := getConfig(ctx, req.Storage)
-	return cfg != nil, err
+	return cfg.configured(), err
 }
 
 func getConfig(ctx context.Context, s logical.Storage) (*connectConfig, error) {
@@ -183,7 +210,7 @@ func getConfig(ctx context.Context, s logical.Storage) (*connectConfig, error) {
 
 func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	cfg, err := getConfig(ctx, req.Storage)
-	if err != nil || cfg == nil {
+	if err != nil || !cfg.configured() {
 		return nil, err
 	}
 	return &logical.Response{Data: map[string]any{
@@ -208,9 +235,12 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		RequestTimeout: connect.DefaultRequestTimeout,
 		MaxRetries:     connect.DefaultMaxRetries,
 	}
-	if old != nil {
+	switch {
+	case old.configured():
 		copied := *old
 		cfg = &copied
+	case old != nil:
+		cfg.Retired = old.Retired // a deleted config: start afresh, keep what revokes
 	}
 
 	if v, ok := d.GetOk("client_id"); ok {
@@ -249,19 +279,23 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	}
 	cfg.BaseURL = base
 
+	// The stored secret was written for one client id at one host. Sending
+	// it anywhere else (verify, mints, revocations) would let anyone with
+	// update on config read it, so a move must bring its own secret.
+	_, secretGiven := d.GetOk("client_secret")
+	if old.configured() && !secretGiven && (cfg.BaseURL != old.BaseURL || cfg.ClientID != old.ClientID) {
+		return logical.ErrorResponse("client_secret is required when base_url or client_id changes: the stored secret is only ever sent to the host and client id it was written with"), nil
+	}
+
 	now := b.now()
-	credsChanged := old == nil || old.ClientID != cfg.ClientID || old.ClientSecret != cfg.ClientSecret || old.BaseURL != cfg.BaseURL
+	credsChanged := !old.configured() || old.ClientID != cfg.ClientID || old.ClientSecret != cfg.ClientSecret || old.BaseURL != cfg.BaseURL
 	if credsChanged {
-		if old != nil {
-			cfg.Retired = append(cfg.Retired, retiredCredentials{
-				CredentialsID: old.CredentialsID,
-				ClientID:      old.ClientID,
-				ClientSecret:  old.ClientSecret,
-				BaseURL:       old.BaseURL,
-				RetainUntil:   now.Add(b.retention()),
-			})
+		if old.configured() {
+			retired := *old
+			retired.retire(now.Add(b.retention()))
+			cfg.Retired = retired.Retired
 		}
-		if cfg.CredentialsID, err = newCredentialsID(); err != nil {
+		if cfg.CredentialsID, err = newRandomID(); err != nil {
 			return nil, err
 		}
 	}
@@ -278,22 +312,28 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		}
 	}
 
-	entry, err := logical.StorageEntryJSON(configStoragePath, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("encoding config: %w", err)
-	}
-	if err := req.Storage.Put(ctx, entry); err != nil {
-		return nil, fmt.Errorf("writing config: %w", err)
+	if err := putConfig(ctx, req.Storage, cfg); err != nil {
+		next.client.Close()
+		return nil, err
 	}
 	// Swap in the new client; shared tokens from other credentials are
 	// skipped by their credentials id, so memory only needs clearing.
-	if prev := b.engine.Swap(next); prev != nil && prev.client != nil {
-		prev.client.Close()
-	}
+	b.publishEngine(next)
 	if credsChanged {
 		b.tokens.clear()
 	}
 	return nil, nil
+}
+
+func putConfig(ctx context.Context, s logical.Storage, cfg *connectConfig) error {
+	entry, err := logical.StorageEntryJSON(configStoragePath, cfg)
+	if err != nil {
+		return fmt.Errorf("encoding config: %w", err)
+	}
+	if err := s.Put(ctx, entry); err != nil {
+		return storageError("writing config", err)
+	}
+	return nil
 }
 
 // verifyCredentials mints (and then revokes) a client_credentials token to
@@ -313,14 +353,51 @@ func (b *backend) verifyCredentials(ctx context.Context, client *connect.Client)
 	return nil, nil
 }
 
+// pathConfigDelete removes the current credentials. Exclusive tokens they
+// minted may still be live at Connect, so, as a rotation does, it keeps them
+// (never returned) as retired until those tokens have expired; lease
+// revocations can still reach Connect, and the periodic prune drops them.
 func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	b.configMu.Lock()
 	defer b.configMu.Unlock()
-	if err := req.Storage.Delete(ctx, configStoragePath); err != nil {
-		return nil, fmt.Errorf("deleting config: %w", err)
+	cfg, err := getConfig(ctx, req.Storage)
+	if err != nil || !cfg.configured() {
+		return nil, err
+	}
+	now := b.now()
+	cfg.retire(now.Add(b.retention()))
+	cfg.Retired = pruneRetired(cfg.Retired, now)
+	if err := putConfig(ctx, req.Storage, cfg); err != nil {
+		return nil, err
 	}
 	b.resetEngine()
 	return nil, nil
+}
+
+// pruneConfig drops retired credentials past their retention, and the config
+// entry itself once a deleted config holds nothing more. It runs from the
+// periodic function, so a deleted config's secret does not outlive its tokens.
+func (b *backend) pruneConfig(ctx context.Context, s logical.Storage) error {
+	b.configMu.Lock()
+	defer b.configMu.Unlock()
+	cfg, err := getConfig(ctx, s)
+	if err != nil || cfg == nil {
+		return err
+	}
+	kept := pruneRetired(cfg.Retired, b.now())
+	if len(kept) == len(cfg.Retired) {
+		return nil
+	}
+	cfg.Retired = kept
+	if !cfg.configured() && len(kept) == 0 {
+		if err := s.Delete(ctx, configStoragePath); err != nil {
+			return storageError("deleting config", err)
+		}
+	} else if err := putConfig(ctx, s, cfg); err != nil {
+		return err
+	}
+	b.resetEngine()
+	return nil
 }
 
 // normalizeBaseURL accepts an https URL, or http for loopback hosts only, with
@@ -353,10 +430,11 @@ func isLoopback(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-func newCredentialsID() (string, error) {
+// newRandomID names a set of credentials or a role's incarnation.
+func newRandomID() (string, error) {
 	var b [8]byte
 	if _, err := rand.Read(b[:]); err != nil {
-		return "", fmt.Errorf("generating credentials id: %w", err)
+		return "", fmt.Errorf("generating an id: %w", err)
 	}
 	return hex.EncodeToString(b[:]), nil
 }

@@ -1,10 +1,17 @@
 package instacart
 
 import (
+	"context"
 	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"reflect"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
 
@@ -158,4 +165,116 @@ func TestRejectedCredentialsStopHammeringConnect(t *testing.T) {
 	e.fake.AddClient("test-client-2", "fake-second-secret-for-tests-98765")
 	e.mustOK(logical.UpdateOperation, "config", map[string]any{"client_id": "test-client-2", "client_secret": "fake-second-secret-for-tests-98765"})
 	e.mustOK(logical.ReadOperation, "creds/cc-excl", nil)
+}
+
+// recordingListener is a loopback HTTP server that records every request
+// body it receives and answers like Connect would to unknown credentials.
+func recordingListener(t *testing.T) (url string, bodies func() []string) {
+	t.Helper()
+	var mu sync.Mutex
+	var seen []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		seen = append(seen, string(b))
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusUnauthorized)
+		_, _ = io.WriteString(w, `{"error":"invalid_client","error_description":"unknown client"}`)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL, func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(seen)
+	}
+}
+
+// The stored secret is write-only: a write that points the engine at another
+// host or client id without bringing its own secret is refused before
+// anything is sent or stored, so update on config cannot exfiltrate it.
+func TestConfigMoveRequiresSecret(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure()
+	listener, bodies := recordingListener(t)
+	before := e.storageSnapshot()
+
+	for _, tc := range []struct {
+		name string
+		data map[string]any
+	}{
+		{"base_url", map[string]any{"base_url": listener}},
+		{"base_url, verify=false", map[string]any{"base_url": listener, "verify": false}},
+		{"client_id", map[string]any{"client_id": "someone-else"}},
+		{"client_id and base_url", map[string]any{"client_id": "someone-else", "base_url": listener, "verify": false}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, err := e.do(logical.UpdateOperation, "config", tc.data)
+			expectError(t, resp, err, "client_secret")
+		})
+	}
+	if !reflect.DeepEqual(before, e.storageSnapshot()) {
+		t.Error("a refused write changed storage")
+	}
+	// Reads and lease revocations still go to the host the secret was written for.
+	e.mustOK(logical.UpdateOperation, "roles/cc", map[string]any{"grant_type": "client_credentials"})
+	e.mustOK(logical.ReadOperation, "creds/cc", nil)
+	for _, b := range bodies() {
+		if strings.Contains(b, testSecret) {
+			t.Fatal("the stored client secret was sent to a host it was not written for")
+		}
+	}
+	if n := len(bodies()); n != 0 {
+		t.Errorf("the other host received %d requests", n)
+	}
+
+	// Moving with a secret of its own is fine: the new host sees that one only.
+	const other = "a-different-placeholder-secret"
+	resp, err := e.do(logical.UpdateOperation, "config", map[string]any{"base_url": listener, "client_secret": other})
+	expectError(t, resp, err, "invalid_client") // the listener refuses it, so nothing is saved
+	for _, b := range bodies() {
+		if strings.Contains(b, testSecret) {
+			t.Fatal("the stored client secret was sent along with the new one")
+		}
+	}
+	if len(bodies()) != 1 || !strings.Contains(bodies()[0], other) {
+		t.Errorf("want one verify request carrying the new secret, got %d requests", len(bodies()))
+	}
+}
+
+// Deleting the config keeps its credentials (never returned) until the
+// tokens they minted have expired, so a lease revoked after the delete still
+// kills its token at Connect; then they are pruned.
+func TestConfigDeleteKeepsCredentialsToRevoke(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	lease := e.mustOK(logical.ReadOperation, "creds/cc-excl", nil)
+	tok := lease.Data["access_token"].(string)
+
+	e.mustOK(logical.DeleteOperation, "config", nil)
+	if resp, err := e.do(logical.ReadOperation, "config", nil); err != nil || resp != nil {
+		t.Errorf("read after delete: %v %v", resp, err)
+	}
+	resp, err := e.do(logical.ReadOperation, "creds/cc", nil)
+	expectError(t, resp, err, "not configured")
+
+	if err := revoke(e, lease.Secret); err != nil {
+		t.Fatalf("revoking a lease after config delete: %v", err)
+	}
+	if e.fake.TokenLive(tok) {
+		t.Fatal("the token of a lease revoked after config delete is still live at Connect")
+	}
+
+	// A new config needs its secret; the retired credentials stay with it.
+	resp, err = e.do(logical.UpdateOperation, "config", map[string]any{"client_id": testClientID, "base_url": e.fake.URL})
+	expectError(t, resp, err, "client_secret")
+
+	// Once every token has expired, the periodic prune removes the entry.
+	e.advance(25 * time.Hour)
+	if _, err := e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.RollbackOperation, Path: "", Storage: e.storage}); err != nil {
+		t.Fatalf("rollback: %v", err)
+	}
+	if _, ok := e.storageSnapshot()[configStoragePath]; ok {
+		t.Error("the deleted config's credentials outlived every token they minted")
+	}
 }

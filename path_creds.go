@@ -85,20 +85,58 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, d *fr
 		return resp, err
 	}
 
-	var t *cachedToken
-	var warnings []string
-	if r.shared() {
-		t, warnings, err = b.sharedToken(ctx, req.Storage, name, r, e, userID)
-	} else {
-		var tok *connect.Token
-		if tok, err = b.mint(ctx, e, tokenRequest(r, userID, code)); err == nil {
-			t = newCachedToken(tok, userID, e.config.CredentialsID, r.hash)
-		}
+	if !r.shared() {
+		return b.exclusiveCreds(ctx, req.Storage, name, r, e, userID, code)
 	}
+	t, warnings, err := b.sharedToken(ctx, req.Storage, name, r, e, userID)
 	if err != nil {
 		return upstreamError(err)
 	}
 	return b.credsResponse(name, r, t, warnings)
+}
+
+// exclusiveCreds mints a token for one reader. A write-ahead log entry covers
+// the gap between the mint and the lease, so a token nobody received is
+// revoked by Vault's rollback even if the plugin dies in that gap.
+func (b *backend) exclusiveCreds(ctx context.Context, s logical.Storage, name string, r *role, e *engine, userID, code string) (*logical.Response, error) {
+	credsID := e.config.CredentialsID
+	// On a performance standby this write fails first, so Vault forwards the
+	// request before anything is minted (or a code is spent).
+	intent, err := putWAL(ctx, s, &walExclusiveToken{Role: name, CredentialsID: credsID})
+	if err != nil {
+		return nil, err
+	}
+	tok, err := b.mint(ctx, e, tokenRequest(r, userID, code))
+	if err != nil {
+		b.deleteWAL(ctx, s, intent)
+		return mintError(err, r.GrantType)
+	}
+	minted, err := putWAL(ctx, s, &walExclusiveToken{Role: name, CredentialsID: credsID, AccessToken: tok.AccessToken, ExpiresAt: tok.ExpiresAt})
+	if err != nil {
+		b.discardToken(ctx, s, name, credsID, tok, "could not be recorded in the write-ahead log")
+		return nil, err
+	}
+	b.deleteWAL(ctx, s, intent)
+
+	t := newCachedToken(tok, userID, credsID, r.hash)
+	if !t.leasable(b.now()) {
+		if b.discardToken(ctx, s, name, credsID, tok, "too short-lived to lease") {
+			b.deleteWAL(ctx, s, minted)
+		}
+		return nil, errTooShortToLease
+	}
+	resp, err := b.credsResponse(name, r, t, nil)
+	if err == nil {
+		err = framework.DeleteWAL(ctx, s, minted)
+	}
+	if err != nil {
+		// Vault would never lease this token; the rollback or this revokes it.
+		if b.discardToken(ctx, s, name, credsID, tok, "the response could not be completed") {
+			b.deleteWAL(ctx, s, minted)
+		}
+		return nil, storageError("completing the write-ahead log", err)
+	}
+	return resp, nil
 }
 
 // credsInput checks the caller's input against the role's grant and returns

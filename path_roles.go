@@ -73,6 +73,10 @@ type role struct {
 	MinRemainingTTL time.Duration     `json:"min_remaining_ttl"`
 	TTL             time.Duration     `json:"ttl"`
 	MaxTTL          time.Duration     `json:"max_ttl"`
+	// Incarnation is set when the role is created and kept by updates, so a
+	// role deleted and created again with the same definition is still a
+	// different role: nothing minted for the old one is stored under it.
+	Incarnation string `json:"incarnation,omitempty"`
 
 	// hash identifies what a token minted for this role depends on, so a
 	// cached token minted before a role edit is never handed out after it.
@@ -83,7 +87,11 @@ func (r *role) shared() bool { return r.TokenReuse == reuseShared }
 
 // computeHash fills r.hash from the fields that shape a minted token.
 func (r *role) computeHash() {
-	b, _ := json.Marshal([]any{r.GrantType, r.Scopes, r.UserID})
+	fields := []any{r.GrantType, r.Scopes, r.UserID}
+	if r.Incarnation != "" { // roles stored before incarnations keep their hash
+		fields = append(fields, r.Incarnation)
+	}
+	b, _ := json.Marshal(fields)
 	sum := sha256.Sum256(b)
 	r.hash = hex.EncodeToString(sum[:8])
 }
@@ -249,14 +257,14 @@ func (b *backend) getRole(ctx context.Context, s logical.Storage, name string) (
 	if r, ok := b.roles.Load(name); ok {
 		return r.(*role), nil
 	}
-	// Load under the writers' lock so a load racing a write or delete cannot
-	// put a stale role back into memory.
-	b.roleMu.Lock()
-	defer b.roleMu.Unlock()
+	// Load under the role lock (shared) so a load racing a write or delete
+	// cannot put a stale role back into memory.
+	b.roleMu.RLock()
+	defer b.roleMu.RUnlock()
 	return b.getRoleLocked(ctx, s, name)
 }
 
-// getRoleLocked is getRole for callers holding roleMu.
+// getRoleLocked is getRole for callers holding roleMu (shared or exclusive).
 func (b *backend) getRoleLocked(ctx context.Context, s logical.Storage, name string) (*role, error) {
 	if r, ok := b.roles.Load(name); ok {
 		return r.(*role), nil
@@ -313,6 +321,11 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	if problem != "" {
 		return logical.ErrorResponse(problem), nil
 	}
+	if old == nil {
+		if r.Incarnation, err = newRandomID(); err != nil {
+			return nil, err
+		}
+	}
 	r.computeHash()
 
 	entry, err := logical.StorageEntryJSON(roleStoragePrefix+name, r)
@@ -320,7 +333,7 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 		return nil, fmt.Errorf("encoding role %q: %w", name, err)
 	}
 	if err := req.Storage.Put(ctx, entry); err != nil {
-		return nil, fmt.Errorf("writing role %q: %w", name, err)
+		return nil, storageError(fmt.Sprintf("writing role %q", name), err)
 	}
 	b.roles.Store(name, r)
 	if old != nil && old.hash != r.hash {
@@ -485,11 +498,13 @@ func validateGrantFields(r *role) string {
 	return ""
 }
 
-// validUserID accepts any valid UTF-8 up to maxUserIDLength bytes: Connect user
-// ids are the retailer's own, and the assertion JSON-encodes whatever they hold.
+// validUserID accepts printable UTF-8 up to maxUserIDLength bytes: Connect user
+// ids are the retailer's own, and the assertion JSON-encodes whatever they
+// hold, but control characters and NUL are never part of a real id and only
+// confuse logs and downstream systems.
 func validUserID(id string) string {
-	if id == "" || len(id) > maxUserIDLength || !utf8.ValidString(id) {
-		return fmt.Sprintf("must be 1 to %d bytes of valid UTF-8", maxUserIDLength)
+	if id == "" || len(id) > maxUserIDLength || !utf8.ValidString(id) || hasControl(id) {
+		return fmt.Sprintf("must be 1 to %d bytes of valid UTF-8 with no control characters", maxUserIDLength)
 	}
 	return ""
 }
@@ -529,7 +544,7 @@ func (b *backend) pathRoleDelete(ctx context.Context, req *logical.Request, d *f
 	b.roleMu.Lock()
 	defer b.roleMu.Unlock()
 	if err := req.Storage.Delete(ctx, roleStoragePrefix+name); err != nil {
-		return nil, fmt.Errorf("deleting role %q: %w", name, err)
+		return nil, storageError(fmt.Sprintf("deleting role %q", name), err)
 	}
 	b.roles.Delete(name)
 	// Shared tokens of a deleted role stay valid upstream for holders of their

@@ -82,51 +82,26 @@ func (b *backend) tokenRenew(ctx context.Context, req *logical.Request, _ *frame
 	return resp, nil
 }
 
-// tokenRevoke revokes an exclusive token at Connect with the credentials that
-// minted it. Shared tokens are left alone (other leases hold them). A token
-// that has expired needs no call; Connect answers 200 for unknown or already
-// revoked tokens. Only transient failures are returned, so Vault retries them;
-// a permanent refusal is logged, since retrying could never succeed and would
-// strand the lease.
+// tokenRevoke revokes an exclusive token where it was minted. Shared tokens
+// are left alone (other leases hold them). Only transient failures are
+// returned, so Vault retries them; a permanent refusal is logged, since
+// retrying could never succeed and would strand the lease.
 func (b *backend) tokenRevoke(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	info, err := parseLease(req.Secret)
 	if err != nil {
 		return nil, err
 	}
-	now := b.now()
-	if info.reuse != reuseExclusive || info.accessToken == "" || !now.Before(info.expiresAt) {
+	if info.reuse != reuseExclusive {
 		return nil, nil
 	}
-	e, err := b.getEngine(ctx, req.Storage)
-	if err != nil {
-		return nil, err
-	}
-	logger := b.Logger().With("role", info.role, "expires_at", info.expiresAt)
-	if e.config == nil {
-		logger.Warn("config was deleted: cannot revoke the token upstream; it expires by itself")
+	permanent, err := b.revokeUpstream(ctx, req.Storage, info.credentialsID, info.accessToken, info.expiresAt)
+	switch {
+	case err == nil:
 		return nil, nil
-	}
-	creds, baseURL, ok := e.config.credentialsFor(info.credentialsID, now)
-	if !ok {
-		logger.Warn("the credentials that minted this token are no longer known: cannot revoke it upstream; it expires by itself")
+	case permanent:
+		b.Logger().Warn("cannot revoke the token upstream; it expires by itself", "role", info.role, "expires_at", info.expiresAt, "error", err)
 		return nil, nil
+	default:
+		return nil, fmt.Errorf("%w (Vault will retry)", err)
 	}
-	client := e.client
-	if baseURL != client.BaseURL() {
-		// Minted at another Connect host before a config change.
-		cfg := *e.config
-		cfg.BaseURL = baseURL
-		if client, err = cfg.newClient(b.Logger().Named("connect")); err != nil {
-			return nil, err
-		}
-		defer client.Close()
-	}
-	if err := client.Revoke(ctx, creds, info.accessToken); err != nil {
-		if resp, rerr := upstreamError(err); rerr != nil {
-			return nil, fmt.Errorf("revoking token at Connect (Vault will retry): %w", err)
-		} else if resp != nil {
-			logger.Warn("Connect refused to revoke the token; it expires by itself", "error", err)
-		}
-	}
-	return nil, nil
 }

@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,13 +24,21 @@ const tokenStoragePrefix = "tokens/"
 // maxMintWait bounds a coalesced mint that outlives the request that started it.
 const maxMintWait = 2 * time.Minute
 
+// minLeasable is the least life a token must have left to be leased: Vault
+// leases whole seconds, so a token with less cannot be handed out.
+const minLeasable = time.Second
+
 // cachedToken is a shared token as stored. Values are immutable once cached.
 type cachedToken struct {
-	AccessToken   string    `json:"access_token"`
-	TokenType     string    `json:"token_type"`
-	Scopes        []string  `json:"scopes"`
-	UserID        string    `json:"user_id,omitempty"`
-	CreatedAt     time.Time `json:"created_at"`
+	AccessToken string   `json:"access_token"`
+	TokenType   string   `json:"token_type"`
+	Scopes      []string `json:"scopes"`
+	UserID      string   `json:"user_id,omitempty"`
+	// CreatedAt is what Connect reported, for information: a server that
+	// reuses tokens reports the original creation time.
+	CreatedAt time.Time `json:"created_at"`
+	// ReceivedAt is when the answer arrived; ExpiresAt counts from it.
+	ReceivedAt    time.Time `json:"received_at,omitzero"`
 	ExpiresAt     time.Time `json:"expires_at"`
 	CredentialsID string    `json:"credentials_id"`
 	RoleHash      string    `json:"role_hash"`
@@ -41,6 +51,7 @@ func newCachedToken(t *connect.Token, userID, credentialsID, roleHash string) *c
 		Scopes:        t.Scopes,
 		UserID:        userID,
 		CreatedAt:     t.CreatedAt,
+		ReceivedAt:    t.ReceivedAt,
 		ExpiresAt:     t.ExpiresAt,
 		CredentialsID: credentialsID,
 		RoleHash:      roleHash,
@@ -53,29 +64,57 @@ func (t *cachedToken) belongsTo(credentialsID, roleHash string) bool {
 	return t != nil && t.CredentialsID == credentialsID && t.RoleHash == roleHash
 }
 
+// leasable reports whether t has enough life left to be leased.
+func (t *cachedToken) leasable(now time.Time) bool {
+	return t.ExpiresAt.Sub(now) >= minLeasable
+}
+
 // fresh reports whether t may still be handed out without replacement: more
-// than minRemaining of life left. minRemaining is capped at half the token's
-// lifetime so a short-lived token is not replaced on every read.
+// than minRemaining of life left (and always enough to lease). minRemaining is
+// capped at half the token's lifetime so a short-lived token is not replaced
+// on every read.
 func (t *cachedToken) fresh(now time.Time, minRemaining time.Duration) bool {
-	if half := t.ExpiresAt.Sub(t.CreatedAt) / 2; minRemaining > half {
+	issued := t.ReceivedAt
+	if issued.IsZero() { // stored before received_at was recorded
+		issued = t.CreatedAt
+	}
+	if half := t.ExpiresAt.Sub(issued) / 2; minRemaining > half {
 		minRemaining = half
 	}
-	return t.ExpiresAt.Sub(now) > minRemaining
+	return t.ExpiresAt.Sub(now) > max(minRemaining, minLeasable)
+}
+
+// describe names a token in messages without revealing it: its user, or
+// that it is the role-wide one.
+func (t *cachedToken) describe() string {
+	if t.UserID != "" {
+		return fmt.Sprintf("the token of user %q", truncateForMessage(t.UserID))
+	}
+	return "the role-wide token"
 }
 
 // tokenCache keeps shared tokens in memory, in front of storage, and
 // coalesces concurrent mints of the same token.
+//
+// Every forget bumps a generation. A token read from (or written to) storage
+// is only remembered if no forget happened since the storage call began, so a
+// flush or invalidation that lands in between is never undone by putting a
+// just-revoked token back into memory.
 type tokenCache struct {
+	mu      sync.Mutex // guards gen, and orders remembering against forgetting
+	gen     uint64
 	entries sync.Map // storage key -> *cachedToken
 	flights singleflight.Group
 }
 
+func roleTokenPrefix(roleName string) string { return tokenStoragePrefix + roleName + "/" }
+
 func tokenKey(roleName, userID string) string {
 	if userID == "" {
-		return tokenStoragePrefix + roleName + "/role"
+		return roleTokenPrefix(roleName) + "role"
 	}
 	sum := sha256.Sum256([]byte(userID))
-	return tokenStoragePrefix + roleName + "/user-" + hex.EncodeToString(sum[:])
+	return roleTokenPrefix(roleName) + "user-" + hex.EncodeToString(sum[:])
 }
 
 func (c *tokenCache) get(key string) *cachedToken {
@@ -85,11 +124,47 @@ func (c *tokenCache) get(key string) *cachedToken {
 	return nil
 }
 
-func (c *tokenCache) remember(key string, t *cachedToken) { c.entries.Store(key, t) }
+// generation is read before a storage call whose result may be remembered.
+func (c *tokenCache) generation() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gen
+}
 
-func (c *tokenCache) forget(key string) { c.entries.Delete(key) }
+// rememberIf keeps t in memory unless something was forgotten since gen.
+func (c *tokenCache) rememberIf(key string, t *cachedToken, gen uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gen == gen {
+		c.entries.Store(key, t)
+	}
+}
 
-func (c *tokenCache) clear() { c.entries.Clear() }
+func (c *tokenCache) forget(key string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen++
+	c.entries.Delete(key)
+}
+
+func (c *tokenCache) clear() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen++
+	c.entries.Clear()
+}
+
+// memoryKeys lists the keys held in memory under prefix.
+func (c *tokenCache) memoryKeys(prefix string) []string {
+	var keys []string
+	c.entries.Range(func(k, _ any) bool {
+		if key := k.(string); strings.HasPrefix(key, prefix) {
+			keys = append(keys, key)
+		}
+		return true
+	})
+	return keys
+}
 
 // load reads a shared token from storage.
 func (c *tokenCache) load(ctx context.Context, s logical.Storage, key string) (*cachedToken, error) {
@@ -107,21 +182,23 @@ func (c *tokenCache) load(ctx context.Context, s logical.Storage, key string) (*
 	return t, nil
 }
 
+// store writes a shared token to storage, then to memory.
 func (c *tokenCache) store(ctx context.Context, s logical.Storage, key string, t *cachedToken) error {
 	entry, err := logical.StorageEntryJSON(key, t)
 	if err != nil {
 		return fmt.Errorf("encoding cached token: %w", err)
 	}
+	gen := c.generation()
 	if err := s.Put(ctx, entry); err != nil {
-		return fmt.Errorf("writing cached token: %w", err)
+		return storageError("writing cached token", err)
 	}
-	c.remember(key, t)
+	c.rememberIf(key, t, gen)
 	return nil
 }
 
 // roleKeys lists the storage keys of a role's shared tokens.
 func (c *tokenCache) roleKeys(ctx context.Context, s logical.Storage, roleName string) ([]string, error) {
-	prefix := tokenStoragePrefix + roleName + "/"
+	prefix := roleTokenPrefix(roleName)
 	keys, err := s.List(ctx, prefix)
 	if err != nil {
 		return nil, fmt.Errorf("listing cached tokens of role %q: %w", roleName, err)
@@ -138,14 +215,24 @@ func (c *tokenCache) dropRole(ctx context.Context, s logical.Storage, roleName s
 	if err != nil {
 		return err
 	}
-	for _, k := range keys {
+	for _, k := range append(keys, c.memoryKeys(roleTokenPrefix(roleName))...) {
 		c.forget(k)
+	}
+	for _, k := range keys {
 		if err := s.Delete(ctx, k); err != nil {
-			return fmt.Errorf("deleting cached token: %w", err)
+			return storageError("deleting cached token", err)
 		}
 	}
 	return nil
 }
+
+// errRoleChanged: the role was deleted or redefined while a token was being
+// minted for it; the token is revoked rather than stored under it.
+var errRoleChanged = logical.CodedError(http.StatusConflict, "the role was deleted or changed while its token was being minted; the token was discarded, read again")
+
+// errTooShortToLease: Connect answered with a token that has less than a
+// second to live.
+var errTooShortToLease = logical.CodedError(http.StatusBadGateway, "Instacart Connect issued a token that expires in under a second; it was revoked, try again")
 
 // sharedToken returns the role's shared token for userID, minting one when
 // none is cached or the cached one is too close to expiry. Concurrent callers
@@ -168,7 +255,7 @@ func (b *backend) sharedToken(ctx context.Context, s logical.Storage, roleName s
 		// other callers wait on it too. Each caller still honours its own deadline.
 		mintCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), maxMintWait)
 		defer cancel()
-		t, warnings, err := b.refreshShared(mintCtx, s, key, r, e, userID)
+		t, warnings, err := b.refreshShared(mintCtx, s, roleName, key, r, e, userID)
 		return result{t, warnings}, err
 	})
 	select {
@@ -187,8 +274,9 @@ func (b *backend) sharedToken(ctx context.Context, s logical.Storage, roleName s
 // another node or an earlier process stored one, else mints and stores one.
 // When Connect is failing it keeps serving a cached token that has not yet
 // expired, with a warning, rather than failing readers.
-func (b *backend) refreshShared(ctx context.Context, s logical.Storage, key string, r *role, e *engine, userID string) (*cachedToken, []string, error) {
+func (b *backend) refreshShared(ctx context.Context, s logical.Storage, roleName, key string, r *role, e *engine, userID string) (*cachedToken, []string, error) {
 	credsID := e.config.CredentialsID
+	gen := b.tokens.generation()
 	candidate := b.tokens.get(key)
 	if !candidate.belongsTo(credsID, r.hash) {
 		stored, err := b.tokens.load(ctx, s, key)
@@ -202,25 +290,51 @@ func (b *backend) refreshShared(ctx context.Context, s logical.Storage, key stri
 	}
 	now := b.now()
 	if candidate != nil && candidate.fresh(now, r.MinRemainingTTL) {
-		b.tokens.remember(key, candidate)
+		b.tokens.rememberIf(key, candidate, gen)
 		return candidate, nil, nil
 	}
 
+	// A performance standby or secondary cannot store what it mints: let
+	// Vault forward the request to the node that can, before minting.
+	if !b.WriteSafeReplicationState() {
+		return nil, nil, logical.ErrReadOnly
+	}
 	tok, err := b.mint(ctx, e, tokenRequest(r, userID, ""))
 	if err != nil {
-		if candidate != nil && candidate.ExpiresAt.After(now) && connect.IsTemporary(err) {
-			b.Logger().Warn("Connect is failing; serving the cached token until it expires", "key", key, "expires_at", candidate.ExpiresAt, "error", err)
+		if candidate != nil && candidate.leasable(now) && connect.IsTemporary(err) {
+			b.Logger().Warn("Connect is failing; serving the cached token until it expires", "role", roleName, "expires_at", candidate.ExpiresAt, "error", err)
 			return candidate, []string{fmt.Sprintf("Instacart Connect could not mint a replacement token (%v); this cached token expires at %s", err, candidate.ExpiresAt.Format(time.RFC3339))}, nil
 		}
 		return nil, nil, err
 	}
 	t := newCachedToken(tok, userID, credsID, r.hash)
-	if err := b.tokens.store(ctx, s, key, t); err != nil {
-		// The token is good; without storage it is only shared by this process.
-		b.Logger().Warn("could not persist a shared token; keeping it in memory only", "key", key, "error", err)
-		b.tokens.remember(key, t)
+	if !t.leasable(b.now()) {
+		b.discardToken(ctx, s, roleName, credsID, tok, "too short-lived to lease")
+		return nil, nil, errTooShortToLease
+	}
+	if err := b.publishShared(ctx, s, roleName, key, r, t); err != nil {
+		// Nobody else can see or flush a token that was not stored.
+		b.discardToken(ctx, s, roleName, credsID, tok, "could not be stored")
+		return nil, nil, err
 	}
 	return t, nil, nil
+}
+
+// publishShared stores a newly minted shared token, unless its role was
+// deleted or redefined while the token was minted. Holding the role lock
+// shared keeps role writes and deletes (which drop a role's tokens) from
+// interleaving with the check and the store.
+func (b *backend) publishShared(ctx context.Context, s logical.Storage, roleName, key string, r *role, t *cachedToken) error {
+	b.roleMu.RLock()
+	defer b.roleMu.RUnlock()
+	current, err := b.getRoleLocked(ctx, s, roleName)
+	if err != nil {
+		return err
+	}
+	if current == nil || current.hash != r.hash {
+		return errRoleChanged
+	}
+	return b.tokens.store(ctx, s, key, t)
 }
 
 // tokenRequest builds the Connect request for a role.

@@ -54,6 +54,9 @@ type Config struct {
 	// Transport is the HTTP transport to use; nil uses a private pooled transport.
 	Transport http.RoundTripper
 	Logger    hclog.Logger
+	// Now is the client's clock, which stamps Token.ReceivedAt and so
+	// Token.ExpiresAt; nil uses time.Now.
+	Now func() time.Time
 }
 
 // Client talks to one Connect host with one set of current credentials.
@@ -94,9 +97,14 @@ func New(cfg Config) (*Client, error) {
 		transport = newTransport()
 	}
 
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+
 	rc := retryablehttp.NewClient()
 	rc.HTTPClient = &http.Client{
-		Transport: transport,
+		Transport: &tracingTransport{next: transport},
 		Timeout:   cfg.RequestTimeout,
 		// Never follow redirects: the request body carries the client secret, and
 		// a 307/308 would replay it to whatever host the Location names.
@@ -119,7 +127,7 @@ func New(cfg Config) (*Client, error) {
 		baseURL: strings.TrimRight(u.String(), "/"),
 		creds:   cfg.Credentials,
 		http:    rc,
-		now:     time.Now,
+		now:     now,
 	}, nil
 }
 
@@ -141,20 +149,21 @@ func (c *Client) Revoke(ctx context.Context, creds Credentials, token string) er
 		"client_secret": creds.ClientSecret,
 		"token":         token,
 	}
-	_, err := c.post(ctx, PathRevoke, body, creds)
+	_, err := c.post(ctx, PathRevoke, body, creds, false)
 	return err
 }
 
 // post sends body as JSON (never as query parameters: Connect rejects
 // credentials there with query_params_forbidden) with retries, and returns the
 // body of a 200 response. Any other outcome is an *Error with credentials
-// stripped from whatever Connect said.
-func (c *Client) post(ctx context.Context, path string, body any, creds Credentials) ([]byte, error) {
+// stripped from whatever Connect said. A singleUse request is never repeated
+// once it may have reached Connect (see retryPolicy).
+func (c *Client) post(ctx context.Context, path string, body any, creds Credentials, singleUse bool) ([]byte, error) {
 	payload, err := json.Marshal(body)
 	if err != nil {
 		return nil, fmt.Errorf("connect: encoding request: %w", err)
 	}
-	st := &attemptState{}
+	st := &attemptState{singleUse: singleUse}
 	req, err := retryablehttp.NewRequestWithContext(withAttemptState(ctx, st), http.MethodPost, c.baseURL+path, payload)
 	if err != nil {
 		return nil, fmt.Errorf("connect: building request: %w", err)
@@ -181,16 +190,18 @@ func (c *Client) post(ctx context.Context, path string, body any, creds Credenti
 		if resp != nil {
 			resp.Body.Close()
 		}
-		attempts, status := st.snapshot()
-		return nil, &Error{Path: path, StatusCode: status, Attempts: attempts, Err: scrub(err, creds)}
+		attempts, status, sent := st.snapshot()
+		return nil, &Error{Path: path, StatusCode: status, Attempts: attempts, Sent: sent, Err: scrub(err, creds)}
 	}
 	if resp.StatusCode != http.StatusOK {
 		if respBody == nil { // retries ran out on a retryable status: the handler never read it
 			respBody, _ = io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
 			resp.Body.Close()
 		}
-		attempts, _ := st.snapshot()
-		return nil, newStatusError(path, resp, respBody, attempts, creds)
+		attempts, _, _ := st.snapshot()
+		e := newStatusError(path, resp, respBody, attempts, creds)
+		e.Sent = true // Connect answered, so it was written
+		return nil, e
 	}
 	return respBody, nil
 }

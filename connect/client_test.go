@@ -5,10 +5,14 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -281,16 +285,18 @@ func TestRequestTimeoutBoundsEachAttempt(t *testing.T) {
 
 func TestMalformedSuccessResponses(t *testing.T) {
 	bodies := map[string]string{
-		"malformed JSON":     `{"access_token":`,
-		"truncated JSON":     `{"access_token":"abc","token_type":"Bearer","expires_in":864`,
-		"HTML error page":    `<html><body>Bad Gateway</body></html>`,
-		"JSON array":         `[]`,
-		"no token":           `{"token_type":"Bearer","expires_in":86400,"created_at":1}`,
-		"expires_in zero":    `{"access_token":"abc","token_type":"Bearer","expires_in":0}`,
-		"expires_in < 0":     `{"access_token":"abc","token_type":"Bearer","expires_in":-5}`,
-		"expires_in absurd":  `{"access_token":"abc","token_type":"Bearer","expires_in":1e12}`,
-		"not bearer":         `{"access_token":"abc","token_type":"mac","expires_in":86400}`,
-		"expired on arrival": `{"access_token":"abc","token_type":"Bearer","expires_in":60,"created_at":1000}`,
+		"malformed JSON":    `{"access_token":`,
+		"truncated JSON":    `{"access_token":"abc","token_type":"Bearer","expires_in":864`,
+		"HTML error page":   `<html><body>Bad Gateway</body></html>`,
+		"JSON array":        `[]`,
+		"no token":          `{"token_type":"Bearer","expires_in":86400,"created_at":1}`,
+		"expires_in zero":   `{"access_token":"abc","token_type":"Bearer","expires_in":0}`,
+		"expires_in < 0":    `{"access_token":"abc","token_type":"Bearer","expires_in":-5}`,
+		"expires_in absurd": `{"access_token":"abc","token_type":"Bearer","expires_in":1e12}`,
+		"not bearer":        `{"access_token":"abc","token_type":"mac","expires_in":86400}`,
+		"created_at string": `{"access_token":"abc","token_type":"Bearer","expires_in":86400,"created_at":"yesterday"}`,
+		"created_at < 0":    `{"access_token":"abc","token_type":"Bearer","expires_in":86400,"created_at":-5}`,
+		"created_at absurd": `{"access_token":"abc","token_type":"Bearer","expires_in":86400,"created_at":1e300}`,
 	}
 	for name, body := range bodies {
 		t.Run(name, func(t *testing.T) {
@@ -299,14 +305,14 @@ func TestMalformedSuccessResponses(t *testing.T) {
 			fake.InjectFaults(connect.PathToken, connectfake.Fault{Status: 200, Body: body})
 			tok, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
 			ce, ok := connect.AsError(err)
-			if tok != nil || !ok || ce.Code != connect.ErrInvalidResponse {
-				t.Fatalf("tok=%v err=%v", tok, err)
+			if tok != nil || !ok || ce.Code != connect.ErrInvalidResponse || !ce.Sent {
+				t.Fatalf("tok=%v err=%#v", tok, err)
 			}
 		})
 	}
 }
 
-func TestClockSkewNeverExtendsExpiry(t *testing.T) {
+func TestClockSkewNeverMovesExpiry(t *testing.T) {
 	for _, skew := range []time.Duration{time.Hour, -time.Hour} {
 		fake := newFake(t)
 		fake.SetClockSkew(skew)
@@ -316,13 +322,47 @@ func TestClockSkewNeverExtendsExpiry(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		limit := time.Now().Add(24 * time.Hour)
-		if tok.ExpiresAt.After(limit) {
-			t.Errorf("skew %v: expiry %v is past receive time + expires_in %v", skew, tok.ExpiresAt, limit)
+		after := time.Now()
+		if tok.ReceivedAt.Before(before) || tok.ReceivedAt.After(after) {
+			t.Errorf("skew %v: received_at %v outside the call", skew, tok.ReceivedAt)
 		}
-		if skew < 0 && tok.ExpiresAt.After(before.Add(23*time.Hour+time.Second)) {
-			t.Errorf("skew %v: expiry %v ignores Connect's earlier created_at", skew, tok.ExpiresAt)
+		if !tok.ExpiresAt.Equal(tok.ReceivedAt.Add(24 * time.Hour)) {
+			t.Errorf("skew %v: expiry %v is not receive time %v + expires_in", skew, tok.ExpiresAt, tok.ReceivedAt)
 		}
+		if tok.CreatedAt.After(tok.ReceivedAt) {
+			t.Errorf("skew %v: created_at %v after receipt %v", skew, tok.CreatedAt, tok.ReceivedAt)
+		}
+		if skew < 0 && tok.CreatedAt.After(before.Add(skew+time.Second)) {
+			t.Errorf("skew %v: created_at %v is not Connect's", skew, tok.CreatedAt)
+		}
+	}
+}
+
+// A Doorkeeper server that reuses a token answers with its original
+// created_at and the remaining expires_in.
+func TestExpiresInCountsFromReceipt(t *testing.T) {
+	now := time.Unix(1_750_000_000, 0)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"access_token":"reused-token","token_type":"Bearer","expires_in":36400,"created_at":%d,"scope":"connect:fulfillment"}`, now.Unix()-50_000)
+	}))
+	defer srv.Close()
+	c := newClient(t, newFake(t), func(cfg *connect.Config) {
+		cfg.BaseURL = srv.URL
+		cfg.Now = func() time.Time { return now }
+	})
+	tok, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
+	if err != nil {
+		t.Fatalf("Token: %v", err)
+	}
+	if !tok.ExpiresAt.Equal(now.Add(36_400 * time.Second)) {
+		t.Errorf("expires_at = %v, want received + 36400s = %v", tok.ExpiresAt, now.Add(36_400*time.Second))
+	}
+	if !tok.CreatedAt.Equal(now.Add(-50_000 * time.Second)) {
+		t.Errorf("created_at = %v, want %v", tok.CreatedAt, now.Add(-50_000*time.Second))
+	}
+	if !tok.ReceivedAt.Equal(now) || tok.ExpiresIn != 36_400*time.Second {
+		t.Errorf("received_at %v, expires_in %v", tok.ReceivedAt, tok.ExpiresIn)
 	}
 }
 
@@ -400,5 +440,372 @@ func TestRedirectsAreNotFollowed(t *testing.T) {
 	}
 	if got := target.Requests(connect.PathToken); got != 0 {
 		t.Errorf("redirect followed: target saw %d requests carrying the credentials", got)
+	}
+}
+
+const testRedirect = "https://example.com/cb"
+
+func codeRequest(fake *connectfake.Server) connect.TokenRequest {
+	return connect.TokenRequest{GrantType: connect.GrantAuthorizationCode, Scopes: []string{"account_linking"},
+		Code: fake.IssueAuthorizationCode(testClientID, testRedirect, "linked-user"), RedirectURI: testRedirect}
+}
+
+// Connect may have processed (and consumed the code of) any request it read,
+// whatever it answered: an authorization code is sent once, while the other
+// grants retry the same failure.
+func TestAuthorizationCodeIsNeverResent(t *testing.T) {
+	tests := []struct {
+		name  string
+		fault connectfake.Fault
+	}{
+		{"connection reset after the body was read", connectfake.Fault{Reset: true}},
+		{"connection reset after Connect consumed the code", connectfake.Fault{Reset: true, AfterHandling: true}},
+		{"hang past the per-attempt timeout", connectfake.Fault{Hang: true}},
+		{"late answer after the per-attempt timeout", connectfake.Fault{Hang: true, AfterHandling: true}},
+		{"500", connectfake.Fault{Status: 500}},
+		{"502", connectfake.Fault{Status: 502}},
+		{"408", connectfake.Fault{Status: 408}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			mod := func(cfg *connect.Config) { cfg.RequestTimeout = 300 * time.Millisecond }
+
+			fake := newFake(t)
+			c := newClient(t, fake, mod)
+			fake.InjectFaults(connect.PathToken, tc.fault)
+			_, err := c.Token(context.Background(), codeRequest(fake))
+			ce, ok := connect.AsError(err)
+			if !ok || !ce.Sent || ce.Attempts != 1 {
+				t.Fatalf("err = %#v", err)
+			}
+			if got := fake.Requests(connect.PathToken); got != 1 {
+				t.Errorf("authorization_code: Connect saw %d requests, want exactly 1", got)
+			}
+
+			// The same failure is retried for a grant that may be repeated.
+			fake = newFake(t)
+			c = newClient(t, fake, mod)
+			fake.InjectFaults(connect.PathToken, tc.fault)
+			if _, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials}); err != nil {
+				t.Fatalf("client_credentials after one fault: %v", err)
+			}
+			if got := fake.Requests(connect.PathToken); got != 2 {
+				t.Errorf("client_credentials: Connect saw %d requests, want 2", got)
+			}
+		})
+	}
+}
+
+// 429 and 503 say Connect did not process the request, so the code is intact.
+func TestAuthorizationCodeRetriedWhenConnectTurnedItAway(t *testing.T) {
+	for _, status := range []int{429, 503} {
+		fake := newFake(t)
+		c := newClient(t, fake, nil)
+		fake.InjectFaults(connect.PathToken, connectfake.Fault{Status: status})
+		tok, err := c.Token(context.Background(), codeRequest(fake))
+		if err != nil {
+			t.Fatalf("%d then 200: %v", status, err)
+		}
+		if got := fake.Requests(connect.PathToken); got != 2 {
+			t.Errorf("%d then 200: %d requests, want 2", status, got)
+		}
+		if info, _ := fake.Token(tok.AccessToken); info.UserID != "linked-user" {
+			t.Errorf("%d then 200: token for %q", status, info.UserID)
+		}
+	}
+}
+
+func TestAuthorizationCodeRetriedWhenNeverSent(t *testing.T) {
+	t.Run("connection refused", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		fake := newFake(t)
+		c := newClient(t, fake, func(cfg *connect.Config) { cfg.BaseURL = "http://" + addr; cfg.MaxRetries = 2 })
+		_, err = c.Token(context.Background(), codeRequest(fake))
+		ce, ok := connect.AsError(err)
+		if !ok || ce.Attempts != 3 || ce.Sent || ce.Timeout() {
+			t.Fatalf("err = %#v", err)
+		}
+	})
+
+	t.Run("TLS handshake failure", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		accepted := make(chan struct{}, 10)
+		go func() {
+			for {
+				conn, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				accepted <- struct{}{}
+				conn.Close() // before any handshake byte comes back
+			}
+		}()
+		fake := newFake(t)
+		c := newClient(t, fake, func(cfg *connect.Config) { cfg.BaseURL = "https://" + ln.Addr().String(); cfg.MaxRetries = 2 })
+		_, err = c.Token(context.Background(), codeRequest(fake))
+		ce, ok := connect.AsError(err)
+		if !ok || ce.Attempts != 3 || ce.Sent {
+			t.Fatalf("err = %#v", err)
+		}
+		if len(accepted) != 3 {
+			t.Errorf("%d connections, want 3", len(accepted))
+		}
+	})
+
+	t.Run("per-attempt timeout while connecting", func(t *testing.T) {
+		fake := newFake(t)
+		var dials atomic.Int32
+		var d net.Dialer
+		tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if dials.Add(1) == 1 {
+				<-ctx.Done() // cancelled when the attempt times out
+				return nil, ctx.Err()
+			}
+			return d.DialContext(ctx, network, addr)
+		}}
+		defer tr.CloseIdleConnections()
+		c := newClient(t, fake, func(cfg *connect.Config) { cfg.Transport = tr; cfg.RequestTimeout = 200 * time.Millisecond })
+		tok, err := c.Token(context.Background(), codeRequest(fake))
+		if err != nil {
+			t.Fatalf("second attempt should succeed: %v", err)
+		}
+		if !fake.TokenLive(tok.AccessToken) || fake.Requests(connect.PathToken) != 1 {
+			t.Errorf("live %v, requests %d", fake.TokenLive(tok.AccessToken), fake.Requests(connect.PathToken))
+		}
+	})
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// failingTransport fails without tracing, so nothing proves the request unsent.
+type failingTransport struct{ calls int }
+
+func (f *failingTransport) RoundTrip(*http.Request) (*http.Response, error) {
+	f.calls++
+	return nil, errors.New("opaque transport failure")
+}
+
+func TestAuthorizationCodeNotRetriedWhenUnsentCannotBeProven(t *testing.T) {
+	fake := newFake(t)
+	tr := &failingTransport{}
+	c := newClient(t, fake, func(cfg *connect.Config) { cfg.Transport = tr })
+	_, err := c.Token(context.Background(), codeRequest(fake))
+	if ce, ok := connect.AsError(err); !ok || !ce.Sent || tr.calls != 1 {
+		t.Fatalf("calls %d, err = %#v", tr.calls, err)
+	}
+	_, _ = c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
+	if tr.calls != 1+4 {
+		t.Errorf("client_credentials: %d calls, want 4", tr.calls-1)
+	}
+}
+
+// A 200 that names a token we cannot use must not leave it live at Connect.
+func TestUnusableTokenIsRevoked(t *testing.T) {
+	bodies := map[string]string{
+		"not bearer":        `{"access_token":"{access_token}","token_type":"mac","expires_in":86400}`,
+		"expires_in zero":   `{"access_token":"{access_token}","token_type":"Bearer","expires_in":0}`,
+		"expires_in < 0":    `{"access_token":"{access_token}","token_type":"Bearer","expires_in":-5}`,
+		"expires_in absurd": `{"access_token":"{access_token}","token_type":"Bearer","expires_in":1e12}`,
+		"expires_in string": `{"access_token":"{access_token}","token_type":"Bearer","expires_in":"86400"}`,
+		"created_at string": `{"access_token":"{access_token}","token_type":"Bearer","expires_in":86400,"created_at":"yesterday"}`,
+		"created_at absurd": `{"access_token":"{access_token}","token_type":"Bearer","expires_in":86400,"created_at":1e300}`,
+	}
+	for name, body := range bodies {
+		t.Run(name, func(t *testing.T) {
+			fake := newFake(t)
+			c := newClient(t, fake, nil)
+			fake.InjectFaults(connect.PathToken, connectfake.Fault{Status: 200, Body: body, AfterHandling: true})
+			tok, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
+			ce, ok := connect.AsError(err)
+			if tok != nil || !ok || ce.Code != connect.ErrInvalidResponse || ce.StatusCode != 200 || !ce.Sent {
+				t.Fatalf("tok=%v err=%v", tok, err)
+			}
+			minted := fake.Tokens()
+			if len(minted) != 1 || !minted[0].Revoked || fake.Revocations() != 1 {
+				t.Fatalf("minted %d, revocations %d", len(minted), fake.Revocations())
+			}
+			if rec := fake.LastRequest(connect.PathRevoke); !strings.Contains(string(rec.Body), testClientID) {
+				t.Errorf("revoked without the client's credentials")
+			}
+		})
+	}
+}
+
+func TestUnusableTokenErrorNeverNamesIt(t *testing.T) {
+	const tok = "Zm9yLXRlc3RzLW9ubHktbm90LWEtcmVhbC10b2tlbg"
+	revokes := make(chan string, 10)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body map[string]string
+		_ = json.NewDecoder(r.Body).Decode(&body)
+		w.Header().Set("Content-Type", "application/json")
+		if r.URL.Path == connect.PathRevoke {
+			revokes <- body["token"]
+			w.WriteHeader(http.StatusBadRequest)
+			fmt.Fprintf(w, `{"error":%q,"error_description":"cannot revoke %s"}`, tok, tok)
+			return
+		}
+		fmt.Fprintf(w, `{"access_token":%q,"token_type":%q,"expires_in":86400}`, tok, tok[:12])
+	}))
+	defer srv.Close()
+	c := newClient(t, newFake(t), func(cfg *connect.Config) { cfg.BaseURL = srv.URL; cfg.MaxRetries = -1 })
+	_, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
+	if ce, ok := connect.AsError(err); !ok || ce.Code != connect.ErrInvalidResponse {
+		t.Fatalf("err = %v", err)
+	}
+	if len(revokes) != 1 || <-revokes != tok {
+		t.Fatal("the token was not sent for revocation")
+	}
+	for i := 0; i+8 <= len(tok); i++ {
+		if strings.Contains(err.Error(), tok[i:i+8]) {
+			t.Fatalf("error text carries part of the token: %v", err)
+		}
+	}
+	t.Logf("error: %v", err)
+}
+
+func TestNothingToRevokeWithoutAnAccessToken(t *testing.T) {
+	for _, body := range []string{`{"token_type":"Bearer","expires_in":86400}`, `{"access_token":42,"token_type":"mac"}`, `{"access_token":"x"`} {
+		fake := newFake(t)
+		c := newClient(t, fake, nil)
+		fake.InjectFaults(connect.PathToken, connectfake.Fault{Status: 200, Body: body})
+		_, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
+		if ce, ok := connect.AsError(err); !ok || ce.Code != connect.ErrInvalidResponse {
+			t.Fatalf("%s: err = %v", body, err)
+		}
+		if got := fake.Requests(connect.PathRevoke); got != 0 {
+			t.Errorf("%s: %d revoke requests", body, got)
+		}
+	}
+}
+
+// cancelOnRevoke cancels the caller's context as the revocation starts.
+type cancelOnRevoke struct {
+	next   http.RoundTripper
+	cancel context.CancelFunc
+}
+
+func (c *cancelOnRevoke) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Path == connect.PathRevoke {
+		c.cancel()
+	}
+	return c.next.RoundTrip(req)
+}
+
+func TestUnusableTokenRevokedAfterCallerGivesUp(t *testing.T) {
+	fake := newFake(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	c := newClient(t, fake, func(cfg *connect.Config) { cfg.Transport = &cancelOnRevoke{next: tr, cancel: cancel} })
+	fake.InjectFaults(connect.PathToken, connectfake.Fault{Status: 200, AfterHandling: true,
+		Body: `{"access_token":"{access_token}","token_type":"mac","expires_in":86400}`})
+	_, err := c.Token(ctx, connect.TokenRequest{GrantType: connect.GrantClientCredentials})
+	if ce, ok := connect.AsError(err); !ok || ce.Code != connect.ErrInvalidResponse {
+		t.Fatalf("err = %v", err)
+	}
+	if ctx.Err() == nil {
+		t.Fatal("the revocation never started")
+	}
+	if fake.Revocations() != 1 {
+		t.Errorf("revocations = %d: the caller's cancellation stopped it", fake.Revocations())
+	}
+}
+
+func TestErrorTimeout(t *testing.T) {
+	t.Run("caller's deadline", func(t *testing.T) {
+		fake := newFake(t)
+		c := newClient(t, fake, func(cfg *connect.Config) { cfg.RequestTimeout = 10 * time.Second })
+		fake.InjectFaults(connect.PathToken, connectfake.Fault{Hang: true})
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		_, err := c.Token(ctx, connect.TokenRequest{GrantType: connect.GrantClientCredentials})
+		if ce, ok := connect.AsError(err); !ok || !ce.Timeout() {
+			t.Fatalf("err = %v", err)
+		}
+	})
+	t.Run("per-attempt timeout", func(t *testing.T) {
+		fake := newFake(t)
+		c := newClient(t, fake, func(cfg *connect.Config) { cfg.RequestTimeout = 200 * time.Millisecond; cfg.MaxRetries = -1 })
+		fake.InjectFaults(connect.PathToken, connectfake.Fault{Hang: true})
+		_, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
+		if ce, ok := connect.AsError(err); !ok || !ce.Timeout() {
+			t.Fatalf("err = %v", err)
+		}
+	})
+	t.Run("network timeout", func(t *testing.T) {
+		tr := roundTripFunc(func(*http.Request) (*http.Response, error) {
+			return nil, &net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded}
+		})
+		c := newClient(t, newFake(t), func(cfg *connect.Config) { cfg.Transport = tr; cfg.MaxRetries = -1 })
+		_, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
+		if ce, ok := connect.AsError(err); !ok || !ce.Timeout() || errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("err = %v", err)
+		}
+	})
+	t.Run("not timeouts", func(t *testing.T) {
+		fake := newFake(t)
+		c := newClient(t, fake, func(cfg *connect.Config) { cfg.MaxRetries = -1 })
+		fake.InjectFaults(connect.PathToken, connectfake.Fault{Status: 503}, connectfake.Fault{Reset: true})
+		for range 2 {
+			_, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
+			if ce, ok := connect.AsError(err); !ok || ce.Timeout() {
+				t.Errorf("err = %v reads as a timeout", err)
+			}
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		_, err := c.Token(ctx, connect.TokenRequest{GrantType: connect.GrantClientCredentials})
+		if ce, ok := connect.AsError(err); !ok || ce.Timeout() {
+			t.Errorf("cancellation: err = %v reads as a timeout", err)
+		}
+	})
+}
+
+// A 200 whose body broke off is a network failure, worth trying later.
+func TestBrokenSuccessIsTemporary(t *testing.T) {
+	fake := newFake(t)
+	c := newClient(t, fake, func(cfg *connect.Config) { cfg.MaxRetries = -1 })
+	fake.InjectFaults(connect.PathToken, connectfake.Fault{Reset: true})
+	_, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
+	ce, ok := connect.AsError(err)
+	if !ok || ce.StatusCode != 200 || !ce.Temporary() || !ce.Sent || !connect.IsTemporary(err) {
+		t.Fatalf("err = %#v", err)
+	}
+}
+
+// A token that arrives as the caller's deadline passes is returned, not
+// dropped: dropping it would leave it live with nobody holding it, and for
+// an authorization code would spend the code for nothing.
+func TestAnswerArrivingAtTheDeadlineIsKept(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	tr := roundTripFunc(func(*http.Request) (*http.Response, error) {
+		cancel() // the caller gives up just as Connect's answer arrives
+		body := `{"access_token":"placeholder-token","token_type":"Bearer","expires_in":86400,"created_at":1603897760}`
+		return &http.Response{
+			StatusCode: http.StatusOK,
+			Header:     http.Header{"Content-Type": {"application/json"}},
+			Body:       io.NopCloser(strings.NewReader(body)),
+		}, nil
+	})
+	c := newClient(t, newFake(t), func(cfg *connect.Config) { cfg.Transport = tr })
+	tok, err := c.Token(ctx, codeRequest(newFake(t)))
+	if err != nil {
+		t.Fatalf("the answer was dropped: %v", err)
+	}
+	if tok.AccessToken != "placeholder-token" {
+		t.Errorf("got %q", tok.AccessToken)
 	}
 }

@@ -1,14 +1,16 @@
 package connect
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
 )
 
-// Instacart's OAuth error codes (connect-api.md, "Errors").
+// Instacart's OAuth error codes (Instacart's Connect docs, "Errors").
 const (
 	ErrInvalidGrant         = "invalid_grant"
 	ErrInvalidRequest       = "invalid_request"
@@ -32,7 +34,11 @@ type Error struct {
 	Code        string // Instacart's "error" code, e.g. invalid_client
 	Description string // Instacart's error_description, credentials removed
 	Attempts    int    // HTTP attempts made, retries included
-	Err         error  // underlying network or decoding error, if any
+	// Sent: the request (or part of it) was written to Connect, so a
+	// single-use authorization code may have been consumed. It is also set
+	// when the client cannot prove an attempt wrote nothing.
+	Sent bool
+	Err  error // underlying network or decoding error, if any
 }
 
 func (e *Error) Error() string {
@@ -59,13 +65,23 @@ func (e *Error) Error() string {
 func (e *Error) Unwrap() error { return e.Err }
 
 // Temporary reports whether trying again later may succeed: network failures,
-// 408/429/5xx and malformed success responses. Everything else needs a person
-// to fix the request, the role or the credentials.
+// 408/429/5xx and success responses that broke off or were malformed.
+// Everything else needs a person to fix the request, the role or the credentials.
 func (e *Error) Temporary() bool {
-	if e.Code == ErrInvalidResponse {
+	if e.Code == ErrInvalidResponse || e.StatusCode == http.StatusOK {
 		return true
 	}
 	return e.StatusCode == 0 || Retryable(e.StatusCode)
+}
+
+// Timeout reports whether the call ended because a deadline passed: the
+// caller's context deadline or the per-attempt RequestTimeout.
+func (e *Error) Timeout() bool {
+	if errors.Is(e.Err, context.DeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(e.Err, &ne) && ne.Timeout()
 }
 
 // CredentialsRejected reports whether Connect refused the application's

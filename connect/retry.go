@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"strconv"
 	"sync"
 	"time"
@@ -20,20 +21,39 @@ import (
 const maxRetryAfter = 30 * time.Second
 
 // Retryable reports whether an HTTP status is one Connect documents as
-// transient ("408, 429, 500, 503: retry later", connect-api.md); other 5xx are
-// treated the same way, as gateways in front of Connect produce them.
+// transient ("408, 429, 500, 503: retry later", Instacart's Connect docs);
+// other 5xx are treated the same way, as gateways in front of Connect produce them.
 func Retryable(status int) bool {
 	return status == http.StatusRequestTimeout || status == http.StatusTooManyRequests ||
 		(status >= 500 && status != http.StatusNotImplemented)
 }
 
-// attemptState records, per call, how many attempts were made and the last
-// status seen, so errors can say so even when the context ends the retry loop.
+// attemptState records, per call, how many attempts were made, the last
+// status seen and whether each attempt may have reached Connect, so errors
+// can say so even when the context ends the retry loop.
 type attemptState struct {
 	mu       sync.Mutex
 	attempts int
 	status   int
+	// singleUse: the request carries a single-use authorization code, so an
+	// attempt that may have reached Connect must never be repeated.
+	singleUse bool
+	tries     []*attemptTrace // one per transport call, the last is the current attempt
+	current   *attemptTrace   // nil until the current attempt reaches the transport
 }
+
+// attemptTrace is what httptrace saw of one attempt; guarded by attemptState.mu.
+type attemptTrace struct {
+	askedConn bool // the transport traces and began looking for a connection
+	reached   bool // a connection was handed over or bytes were written
+}
+
+// unsent reports whether the attempt provably wrote nothing to Connect. The
+// standard transports write only after GotConn, which they report
+// synchronously, so GetConn without GotConn (refused, DNS or TLS failure, or
+// a timeout while connecting) proves it. A transport that does not trace
+// proves nothing.
+func (a *attemptTrace) unsent() bool { return a == nil || a.askedConn && !a.reached }
 
 type attemptStateKey struct{}
 
@@ -51,7 +71,47 @@ func countAttempt(_ retryablehttp.Logger, req *http.Request, _ int) {
 	if st := attemptStateFrom(req.Context()); st != nil {
 		st.mu.Lock()
 		st.attempts++
+		st.current = nil
 		st.mu.Unlock()
+	}
+}
+
+// tracingTransport gives every attempt its own httptrace, so a callback that
+// fires late (a write finishing after its attempt timed out) is charged to
+// the attempt that made it, not to the next one.
+type tracingTransport struct{ next http.RoundTripper }
+
+func (t *tracingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	st := attemptStateFrom(req.Context())
+	if st == nil {
+		return t.next.RoundTrip(req)
+	}
+	a := &attemptTrace{}
+	st.mu.Lock()
+	st.tries = append(st.tries, a)
+	st.current = a
+	st.mu.Unlock()
+	mark := func(reached bool) {
+		st.mu.Lock()
+		if reached {
+			a.reached = true
+		} else {
+			a.askedConn = true
+		}
+		st.mu.Unlock()
+	}
+	trace := &httptrace.ClientTrace{
+		GetConn:      func(string) { mark(false) },
+		GotConn:      func(httptrace.GotConnInfo) { mark(true) },
+		WroteHeaders: func() { mark(true) },
+		WroteRequest: func(httptrace.WroteRequestInfo) { mark(true) },
+	}
+	return t.next.RoundTrip(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
+}
+
+func (t *tracingTransport) CloseIdleConnections() {
+	if c, ok := t.next.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
 	}
 }
 
@@ -64,20 +124,51 @@ func (s *attemptState) recordStatus(resp *http.Response) {
 	s.mu.Unlock()
 }
 
-func (s *attemptState) snapshot() (attempts, status int) {
+// currentUnsent reports whether the current attempt provably wrote nothing.
+func (s *attemptState) currentUnsent() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.attempts, s.status
+	return s.current.unsent()
+}
+
+func (s *attemptState) isSingleUse() bool {
+	if s == nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.singleUse
+}
+
+// snapshot returns the attempts made, the last status and whether any
+// attempt may have written the request.
+func (s *attemptState) snapshot() (attempts, status int, sent bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, a := range s.tries {
+		sent = sent || !a.unsent()
+	}
+	return s.attempts, s.status, sent
 }
 
 // retryPolicy retries network errors and transient statuses, never client
 // errors (4xx other than 408/429: the request itself is wrong and retrying only
-// hammers Connect). It also stops early when the wait Connect asks for cannot
-// fit before the caller's deadline, so the error names Connect's status rather
-// than a bare context timeout.
+// hammers Connect). A single-use request is repeated only when the attempt
+// provably never reached Connect or Connect answered 429 or 503 (it did not
+// process it): otherwise Connect may have consumed the code, and a second
+// POST only earns invalid_grant. It also stops early when the wait Connect
+// asks for cannot fit before the caller's deadline, so the error names
+// Connect's status rather than a bare context timeout.
 func retryPolicy(maxRetryAfter time.Duration) func(context.Context, *http.Response, error) (bool, error) {
 	return func(ctx context.Context, resp *http.Response, err error) (bool, error) {
-		attemptStateFrom(ctx).recordStatus(resp)
+		st := attemptStateFrom(ctx)
+		st.recordStatus(resp)
+		// A complete answer that is not to be retried wins over a deadline
+		// that passed as it arrived: dropping it would lose a minted token
+		// (and, for an authorization code, the code with it).
+		if err == nil && !retryStatus(st, resp.StatusCode) {
+			return false, nil
+		}
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return false, ctxErr
 		}
@@ -86,10 +177,11 @@ func retryPolicy(maxRetryAfter time.Duration) func(context.Context, *http.Respon
 			if errors.As(err, &tlsErr) {
 				return false, err // a bad certificate will not fix itself
 			}
+			// A response whose body broke off was answered, hence processed.
+			if st.isSingleUse() && (resp != nil || !st.currentUnsent()) {
+				return false, nil
+			}
 			return true, nil
-		}
-		if !Retryable(resp.StatusCode) {
-			return false, nil
 		}
 		if wait, ok := retryAfter(resp); ok {
 			if wait > maxRetryAfter {
@@ -101,6 +193,16 @@ func retryPolicy(maxRetryAfter time.Duration) func(context.Context, *http.Respon
 		}
 		return true, nil
 	}
+}
+
+// retryStatus reports whether an answer with status may be retried. A
+// single-use request (an authorization code) only when Connect turned it away
+// unprocessed (429, 503).
+func retryStatus(st *attemptState, status int) bool {
+	if st.isSingleUse() {
+		return status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable
+	}
+	return Retryable(status)
 }
 
 // backoff waits what Connect's Retry-After asks for, otherwise an exponential

@@ -52,11 +52,16 @@ type Token struct {
 	AccessToken string
 	TokenType   string
 	Scopes      []string
-	CreatedAt   time.Time // as Connect reports it, clamped to our receive time
-	ExpiresIn   time.Duration
-	// ExpiresAt is CreatedAt+ExpiresIn, but never later than receive time +
-	// ExpiresIn, so a Connect clock running ahead of ours cannot stretch a lease
-	// past the token's real life.
+	// CreatedAt is Connect's created_at, for information only: a Doorkeeper
+	// server that hands out an existing token reports when it was first
+	// created. Never later than ReceivedAt.
+	CreatedAt time.Time
+	// ReceivedAt is when the answer arrived, by the client's clock (Config.Now).
+	ReceivedAt time.Time
+	// ExpiresIn is the lifetime left from ReceivedAt (Connect's expires_in).
+	ExpiresIn time.Duration
+	// ExpiresAt is ReceivedAt+ExpiresIn: expires_in counts from the response
+	// (RFC 6749 §5.1), so neither created_at nor Connect's clock moves it.
 	ExpiresAt time.Time
 }
 
@@ -72,12 +77,19 @@ type tokenRequestBody struct {
 }
 
 type tokenResponse struct {
-	AccessToken string  `json:"access_token"`
-	TokenType   string  `json:"token_type"`
-	ExpiresIn   float64 `json:"expires_in"`
-	CreatedAt   float64 `json:"created_at"`
-	Scope       string  `json:"scope"`
+	AccessToken string   `json:"access_token"`
+	TokenType   string   `json:"token_type"`
+	ExpiresIn   float64  `json:"expires_in"`
+	CreatedAt   *float64 `json:"created_at"`
+	Scope       string   `json:"scope"`
 }
+
+// maxCreatedAt bounds created_at (in 2242): beyond it the field is garbage,
+// not clock skew.
+const maxCreatedAt = 1 << 33
+
+// revokeUnusableTimeout bounds revoking a token named in an unusable answer.
+const revokeUnusableTimeout = 10 * time.Second
 
 // Token mints a token with the client's current credentials.
 func (c *Client) Token(ctx context.Context, r TokenRequest) (*Token, error) {
@@ -103,15 +115,40 @@ func (c *Client) Token(ctx context.Context, r TokenRequest) (*Token, error) {
 		body.Code, body.RedirectURI = r.Code, r.RedirectURI
 	}
 
-	raw, err := c.post(ctx, PathToken, body, c.creds)
+	raw, err := c.post(ctx, PathToken, body, c.creds, r.GrantType == GrantAuthorizationCode)
 	if err != nil {
 		return nil, err
 	}
-	tok, err := parseToken(raw, c.now())
+	tok, named, err := parseToken(raw, c.now())
 	if err != nil {
-		return nil, &Error{Path: PathToken, StatusCode: 200, Code: ErrInvalidResponse, Err: err}
+		if named != "" {
+			err = c.revokeUnusable(ctx, named, err)
+		}
+		return nil, &Error{Path: PathToken, StatusCode: 200, Code: ErrInvalidResponse, Sent: true, Err: err}
 	}
 	return tok, nil
+}
+
+// revokeUnusable revokes a token Connect minted in an answer we cannot use,
+// so it does not stay live with nobody holding it. Best effort, on a context
+// detached from the caller's cancellation (the caller may give up the moment
+// Token fails) but bounded. It returns cause annotated with the outcome; the
+// token never appears in it.
+func (c *Client) revokeUnusable(ctx context.Context, token string, cause error) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), revokeUnusableTimeout)
+	defer cancel()
+	err := c.Revoke(ctx, c.creds, token)
+	if err == nil {
+		return fmt.Errorf("%w (the token it named was revoked)", cause)
+	}
+	// Connect's own words could echo the token, so only the status is kept.
+	why := "no answer"
+	if ce, ok := AsError(err); ok && ce.StatusCode != 0 {
+		why = fmt.Sprintf("HTTP %d", ce.StatusCode)
+	} else if ok && ce.Timeout() {
+		why = "timed out"
+	}
+	return fmt.Errorf("%w (revoking the token it named failed (%s); it expires by itself)", cause, why)
 }
 
 // Assertion encodes a user id the way the fulfillment_user_assertion grant
@@ -125,44 +162,58 @@ func Assertion(userID string) string {
 }
 
 // parseToken validates a 200 body from the token endpoint. received is the
-// local time the response arrived.
-func parseToken(raw []byte, received time.Time) (*Token, error) {
+// local time the response arrived. When the body is unusable but names a
+// token, named is that token, for the caller to revoke.
+func parseToken(raw []byte, received time.Time) (tok *Token, named string, err error) {
+	// Read access_token alone first: a body that names a token but is wrong
+	// elsewhere (even in a field's type) still minted it.
+	var head struct {
+		AccessToken string `json:"access_token"`
+	}
+	if json.Unmarshal(raw, &head) == nil {
+		named = head.AccessToken
+	}
 	var tr tokenResponse
 	if err := json.Unmarshal(raw, &tr); err != nil {
-		return nil, fmt.Errorf("decoding token response: %w", err)
+		return nil, named, fmt.Errorf("decoding token response: %w", err)
 	}
 	if tr.AccessToken == "" {
-		return nil, errors.New("token response has no access_token")
+		return nil, "", errors.New("token response has no access_token")
 	}
 	if !strings.EqualFold(tr.TokenType, "Bearer") {
-		return nil, fmt.Errorf("token_type %q is not Bearer", truncate(tr.TokenType, 32))
+		// Quote only what is short and not part of the token: errors end up in logs.
+		if len(tr.TokenType) > 16 || tr.TokenType != "" && strings.Contains(tr.AccessToken, tr.TokenType) {
+			return nil, named, fmt.Errorf("token_type (%d bytes) is not Bearer", len(tr.TokenType))
+		}
+		return nil, named, fmt.Errorf("token_type %q is not Bearer", tr.TokenType)
+	}
+	if !(tr.ExpiresIn > 0 && tr.ExpiresIn <= MaxTokenLifetime.Seconds()) {
+		return nil, named, fmt.Errorf("expires_in %v is outside (0, %v]", tr.ExpiresIn, MaxTokenLifetime)
 	}
 	lifetime := time.Duration(tr.ExpiresIn * float64(time.Second))
-	if tr.ExpiresIn <= 0 || tr.ExpiresIn > MaxTokenLifetime.Seconds() {
-		return nil, fmt.Errorf("expires_in %v is outside (0, %v]", tr.ExpiresIn, MaxTokenLifetime)
-	}
 
-	// A Connect clock ahead of ours must not stretch the token past
-	// received+lifetime, so created_at is clamped to the receive time.
+	// created_at is informational: a Doorkeeper server reusing a token sends
+	// the original one with the remaining expires_in. A Connect clock ahead
+	// of ours is clamped so CreatedAt never follows ReceivedAt.
 	created := received
-	if tr.CreatedAt > 0 {
-		created = time.Unix(int64(tr.CreatedAt), 0)
+	if tr.CreatedAt != nil && *tr.CreatedAt != 0 {
+		if *tr.CreatedAt < 0 || *tr.CreatedAt > maxCreatedAt {
+			return nil, named, fmt.Errorf("created_at %v is not a Unix time", *tr.CreatedAt)
+		}
+		created = time.Unix(int64(*tr.CreatedAt), 0)
 	}
 	if created.After(received) {
 		created = received
-	}
-	expires := created.Add(lifetime)
-	if !expires.After(received) {
-		return nil, fmt.Errorf("token expired on arrival (created_at %d, expires_in %v): check clocks", int64(tr.CreatedAt), tr.ExpiresIn)
 	}
 	return &Token{
 		AccessToken: tr.AccessToken,
 		TokenType:   "Bearer",
 		Scopes:      SplitScopes(tr.Scope),
 		CreatedAt:   created.UTC(),
+		ReceivedAt:  received.UTC(),
 		ExpiresIn:   lifetime,
-		ExpiresAt:   expires.UTC(),
-	}, nil
+		ExpiresAt:   received.Add(lifetime).UTC(),
+	}, "", nil
 }
 
 // SplitScopes splits a scope string on commas (what Connect documents) and

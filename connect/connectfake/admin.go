@@ -32,7 +32,7 @@ func (s *Server) Stats() Stats {
 //
 //	GET    /_fake/stats                       counters
 //	POST   /_fake/reset                       zero the counters
-//	POST   /_fake/faults   {"path","faults"}  queue faults (Fault fields, durations in ms)
+//	POST   /_fake/faults   {"path","faults"}  queue faults (Fault fields in snake_case, durations in ms)
 //	DELETE /_fake/faults                      drop queued faults
 //	POST   /_fake/clients  {"client_id","client_secret"}
 //	DELETE /_fake/clients/{id}
@@ -40,6 +40,7 @@ func (s *Server) Stats() Stats {
 //	GET    /_fake/tokens/{token}              TokenInfo plus "live"
 //	POST   /_fake/lifetime {"seconds"}
 //	POST   /_fake/latency  {"milliseconds"}
+//	POST   /_fake/skew     {"seconds"}        created_at offset (may be negative)
 func (s *Server) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /_fake/stats", func(w http.ResponseWriter, r *http.Request) {
@@ -60,6 +61,8 @@ func (s *Server) adminHandler() http.Handler {
 				Hang        bool   `json:"hang"`
 				Reset       bool   `json:"reset"`
 				Repeat      int    `json:"repeat"`
+				// AfterHandling: handle the request for real first (see Fault).
+				AfterHandling bool `json:"after_handling"`
 			} `json:"faults"`
 		}
 		if !decodeAdmin(w, r, &req) {
@@ -69,7 +72,8 @@ func (s *Server) adminHandler() http.Handler {
 		for _, f := range req.Faults {
 			for range max(f.Repeat, 1) {
 				faults = append(faults, Fault{Status: f.Status, RetryAfter: f.RetryAfter, Body: f.Body,
-					Delay: time.Duration(f.DelayMillis) * time.Millisecond, Hang: f.Hang, Reset: f.Reset})
+					Delay: time.Duration(f.DelayMillis) * time.Millisecond, Hang: f.Hang, Reset: f.Reset,
+					AfterHandling: f.AfterHandling})
 			}
 		}
 		s.InjectFaults(req.Path, faults...)
@@ -134,6 +138,16 @@ func (s *Server) adminHandler() http.Handler {
 			return
 		}
 		s.SetTokenLifetime(time.Duration(req.Seconds) * time.Second)
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST /_fake/skew", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Seconds int `json:"seconds"`
+		}
+		if !decodeAdmin(w, r, &req) {
+			return
+		}
+		s.SetClockSkew(time.Duration(req.Seconds) * time.Second)
 		w.WriteHeader(http.StatusNoContent)
 	})
 	mux.HandleFunc("POST /_fake/latency", func(w http.ResponseWriter, r *http.Request) {

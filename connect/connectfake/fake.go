@@ -49,14 +49,28 @@ var defaultScopes = map[string]string{
 
 // Fault is one injected misbehaviour, consumed by the next request to its path.
 // A zero Status with no Hang or Reset serves the request normally after Delay.
+//
+// With AfterHandling the fake first handles the request for real (mints the
+// token, consumes the authorization code, revokes), discards that answer and
+// only then applies the fault: Connect processed the request but the client
+// never learns the outcome (Reset, Hang), learns it late (Delay alone: the
+// real answer is sent after it) or gets another answer (Status, Body).
 type Fault struct {
-	Status     int           // response status to send instead of handling the request
-	RetryAfter string        // Retry-After header value (seconds or HTTP date)
-	Body       string        // raw response body; a generic OAuth error body when empty
-	Delay      time.Duration // wait before answering
-	Hang       bool          // accept the request and never answer (until the client gives up)
-	Reset      bool          // send part of a response and reset the connection
+	Status     int    // response status to send instead of handling the request
+	RetryAfter string // Retry-After header value (seconds or HTTP date)
+	// Body is the raw response body; a generic OAuth error body when empty.
+	// With AfterHandling, PlaceholderAccessToken in it becomes the token just
+	// minted, so a real token can be wrapped in an unusable 200.
+	Body          string
+	Delay         time.Duration // wait before answering
+	Hang          bool          // accept the request and never answer (until the client gives up)
+	Reset         bool          // send part of a response and reset the connection
+	AfterHandling bool          // handle the request for real first, then misbehave
 }
+
+// PlaceholderAccessToken in an AfterHandling fault's Body is replaced with
+// the token the request minted.
+const PlaceholderAccessToken = "{access_token}"
 
 // TokenInfo is what the fake knows about a token it minted.
 type TokenInfo struct {

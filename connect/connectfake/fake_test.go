@@ -207,3 +207,60 @@ func TestAdminAPIIsOffByDefault(t *testing.T) {
 		t.Error("stats reveal the client secret")
 	}
 }
+
+// An after_handling fault (queued through the admin API, as the end-to-end
+// suite does) lets Connect process the request before the client loses the
+// answer: the code is spent and the token live.
+func TestAfterHandlingResetConsumesCode(t *testing.T) {
+	s := newTestFake(t)
+	s.EnableAdmin()
+	code := s.IssueAuthorizationCode(testID, "https://example.com/cb", "u1")
+	resp, err := http.Post(s.URL+"/_fake/faults", "application/json",
+		strings.NewReader(`{"path":"`+PathToken+`","faults":[{"reset":true,"after_handling":true}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("queueing the fault: HTTP %d", resp.StatusCode)
+	}
+
+	exchange := jsonBody(map[string]string{"client_id": testID, "client_secret": testSecret, "grant_type": "authorization_code",
+		"code": code, "redirect_uri": "https://example.com/cb"})
+	resp, err = http.Post(s.URL+PathToken, "application/json", strings.NewReader(exchange))
+	if err == nil {
+		_, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+	}
+	if err == nil {
+		t.Fatal("the answer arrived despite the reset")
+	}
+	tokens := s.Tokens()
+	if len(tokens) != 1 || tokens[0].GrantType != "authorization_code" || tokens[0].UserID != "u1" || s.Mints() != 1 {
+		t.Fatalf("tokens %+v, mints %d", tokens, s.Mints())
+	}
+	if tokens[0].Revoked || !time.Now().Before(tokens[0].ExpiresAt) {
+		t.Errorf("the minted token is not live: %+v", tokens[0])
+	}
+	if status, got := post(t, s, PathToken, "", "application/json", exchange, nil); status != 400 || got["error"] != "invalid_grant" {
+		t.Errorf("second use of the code: %d %v", status, got)
+	}
+}
+
+func TestAfterHandlingBodyCarriesMintedToken(t *testing.T) {
+	s := newTestFake(t)
+	s.InjectFaults(PathToken,
+		Fault{Status: 200, AfterHandling: true, Body: `{"access_token":"` + PlaceholderAccessToken + `","token_type":"mac","expires_in":86400}`},
+		Fault{AfterHandling: true}) // a real answer, merely late
+	body := jsonBody(map[string]string{"client_id": testID, "client_secret": testSecret, "grant_type": "client_credentials"})
+	for i := range 2 {
+		status, got := post(t, s, PathToken, "", "application/json", body, nil)
+		tok, _ := got["access_token"].(string)
+		if status != 200 || !s.TokenLive(tok) {
+			t.Errorf("answer %d: %d %v, live %v", i, status, got, s.TokenLive(tok))
+		}
+	}
+	if s.Mints() != 2 {
+		t.Errorf("mints = %d, want 2", s.Mints())
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"time"
@@ -63,6 +64,11 @@ func (s *Server) withFaults(path string, next func(http.ResponseWriter, *http.Re
 			return
 		}
 		if fault != nil {
+			var handled *httptest.ResponseRecorder
+			if fault.AfterHandling {
+				handled = httptest.NewRecorder()
+				next(handled, r, body)
+			}
 			if fault.Delay > 0 && !s.sleep(r, fault.Delay) {
 				return
 			}
@@ -84,14 +90,36 @@ func (s *Server) withFaults(path string, next func(http.ResponseWriter, *http.Re
 				if body == "" {
 					body = genericErrorBody(fault.Status)
 				}
+				if tok := mintedToken(handled); tok != "" {
+					body = strings.ReplaceAll(body, PlaceholderAccessToken, tok)
+				}
 				w.Header().Set("Content-Type", "application/json; charset=utf-8")
 				w.WriteHeader(fault.Status)
 				_, _ = io.WriteString(w, body)
+				return
+			case handled != nil: // a late answer: send the real one
+				for k, v := range handled.Header() {
+					w.Header()[k] = v
+				}
+				w.WriteHeader(handled.Code)
+				_, _ = w.Write(handled.Body.Bytes())
 				return
 			}
 		}
 		next(w, r, body)
 	}
+}
+
+// mintedToken is the access_token of a recorded 200 answer, if any.
+func mintedToken(rec *httptest.ResponseRecorder) string {
+	if rec == nil || rec.Code != http.StatusOK {
+		return ""
+	}
+	var v struct {
+		AccessToken string `json:"access_token"`
+	}
+	_ = json.Unmarshal(rec.Body.Bytes(), &v)
+	return v.AccessToken
 }
 
 // sleep waits d unless the client goes away or the fake closes first.

@@ -141,7 +141,7 @@ func (f *Fake) Reset() error {
 }
 
 // InjectFaults queues faults for path (fields of connectfake's admin API:
-// status, retry_after, body, delay_ms, hang, reset, repeat).
+// status, retry_after, body, delay_ms, hang, reset, after_handling, repeat).
 func (f *Fake) InjectFaults(path string, faults ...map[string]any) error {
 	return f.admin(http.StatusNoContent, http.MethodPost, "/_fake/faults", map[string]any{"path": path, "faults": faults}, nil)
 }
@@ -154,6 +154,12 @@ func (f *Fake) ClearFaults() error {
 // SetLifetime sets expires_in of tokens minted from now on (whole seconds).
 func (f *Fake) SetLifetime(d time.Duration) error {
 	return f.admin(http.StatusNoContent, http.MethodPost, "/_fake/lifetime", map[string]int{"seconds": int(d / time.Second)}, nil)
+}
+
+// SetClockSkew offsets the created_at the fake reports (whole seconds), as a
+// server that reuses tokens reports their original creation time.
+func (f *Fake) SetClockSkew(d time.Duration) error {
+	return f.admin(http.StatusNoContent, http.MethodPost, "/_fake/skew", map[string]int{"seconds": int(d / time.Second)}, nil)
 }
 
 // SetLatency sets the added delay per token request (whole milliseconds).

@@ -78,6 +78,7 @@ func TestFake(t *testing.T) {
 		"reset":    f.Reset(),
 		"lifetime": f.SetLifetime(2 * time.Minute),
 		"latency":  f.SetLatency(time.Millisecond),
+		"skew":     f.SetClockSkew(-time.Hour),
 		"faults":   f.InjectFaults("/v2/oauth/token", map[string]any{"status": 503}),
 		"clear":    f.ClearFaults(),
 		"client":   f.AddClient("other", "other-secret"),

@@ -1,0 +1,79 @@
+package instacart
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect"
+)
+
+// cleanupTimeout bounds revoking a token nobody will receive (an unusable
+// answer, a mint for a role deleted meanwhile) after the request that minted
+// it has given up.
+const cleanupTimeout = 30 * time.Second
+
+// errCredentialsGone: the credentials that minted a token are no longer kept,
+// which happens only once every token they minted has expired.
+var errCredentialsGone = errors.New("the credentials that minted the token are no longer known")
+
+// revokeUpstream revokes token where it was minted: at the Connect host, and
+// with the client id and secret, named by credentialsID (current or retired
+// credentials). It is the one way this engine revokes a token: lease
+// revocation, cache flushes, WAL rollback and clean-up of tokens nobody
+// received all go through it.
+//
+// A token past its expiry needs no call. On failure, permanent reports
+// whether trying again can ever help (Connect refused, or the credentials are
+// gone); otherwise the failure is transient and the caller should retry.
+// Connect answers 200 for unknown or already revoked tokens, so that counts as
+// revoked.
+func (b *backend) revokeUpstream(ctx context.Context, s logical.Storage, credentialsID, token string, expiresAt time.Time) (permanent bool, err error) {
+	now := b.now()
+	if token == "" || !now.Before(expiresAt) {
+		return false, nil
+	}
+	e, err := b.getEngine(ctx, s)
+	if err != nil {
+		return false, err
+	}
+	creds, baseURL, ok := e.config.credentialsFor(credentialsID, now)
+	if !ok {
+		return true, errCredentialsGone
+	}
+	client := e.client
+	if client == nil || client.BaseURL() != baseURL {
+		// Minted at another host, or the config was deleted since: talk to
+		// the host that minted it, never to whatever is configured now.
+		cfg := *e.config
+		cfg.BaseURL, cfg.ClientID, cfg.ClientSecret = baseURL, creds.ClientID, creds.ClientSecret
+		if client, err = cfg.newClient(b.Logger().Named("connect"), b.clock); err != nil {
+			return false, err
+		}
+		defer client.Close()
+	}
+	if err := client.Revoke(ctx, creds, token); err != nil {
+		if ce, ok := connect.AsError(err); ok && !ce.Temporary() {
+			return true, fmt.Errorf("revocation refused: %w", err)
+		}
+		return false, fmt.Errorf("revoking the token at Connect: %w", err)
+	}
+	return false, nil
+}
+
+// discardToken revokes a token that was minted but will not be handed out,
+// on a context that outlives the request that gave up on it, and reports
+// whether it is gone. Failures are logged.
+func (b *backend) discardToken(ctx context.Context, s logical.Storage, role, credentialsID string, t *connect.Token, why string) bool {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	if _, err := b.revokeUpstream(ctx, s, credentialsID, t.AccessToken, t.ExpiresAt); err != nil {
+		b.Logger().Warn("could not revoke a token that was not handed out",
+			"role", role, "reason", why, "expires_at", t.ExpiresAt, "error", err)
+		return false
+	}
+	return true
+}

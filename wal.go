@@ -1,0 +1,76 @@
+package instacart
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// walKindExclusiveToken marks write-ahead log entries of exclusive mints.
+// An exclusive token is revoked only through its lease; if the plugin dies
+// (or an error strikes) between the mint and the lease, the WAL entry is what
+// lets Vault's rollback revoke it instead of leaving it live for a day.
+const walKindExclusiveToken = "exclusive_token"
+
+// walExclusiveToken is one entry. Before the mint it names only the role and
+// credentials (there is no token yet to revoke); once Connect answers, a
+// second entry with the token replaces it until the response is built.
+type walExclusiveToken struct {
+	Role          string    `json:"role"`
+	CredentialsID string    `json:"credentials_id"`
+	AccessToken   string    `json:"access_token,omitempty"`
+	ExpiresAt     time.Time `json:"expires_at,omitzero"`
+}
+
+func putWAL(ctx context.Context, s logical.Storage, w *walExclusiveToken) (string, error) {
+	id, err := framework.PutWAL(ctx, s, walKindExclusiveToken, w)
+	if err != nil {
+		return "", storageError("writing the write-ahead log", err)
+	}
+	return id, nil
+}
+
+// deleteWAL drops an entry that is no longer needed. A failure only means the
+// rollback will look at it later, so it is logged, not returned.
+func (b *backend) deleteWAL(ctx context.Context, s logical.Storage, id string) {
+	if err := framework.DeleteWAL(ctx, s, id); err != nil {
+		b.Logger().Debug("could not delete a write-ahead log entry; the rollback will", "error", err)
+	}
+}
+
+// walRollback is Vault's rollback of an entry left behind (older than
+// WALRollbackMinAge, 10 minutes by default): it revokes the token it names.
+// A transient failure is returned so Vault tries again on its next pass.
+func (b *backend) walRollback(ctx context.Context, req *logical.Request, kind string, data any) error {
+	if kind != walKindExclusiveToken {
+		return nil
+	}
+	raw, err := json.Marshal(data)
+	if err != nil {
+		return fmt.Errorf("encoding write-ahead log entry: %w", err)
+	}
+	var w walExclusiveToken
+	if err := json.Unmarshal(raw, &w); err != nil {
+		b.Logger().Warn("dropping an unreadable write-ahead log entry", "error", err)
+		return nil
+	}
+	if w.AccessToken == "" {
+		b.Logger().Warn("an exclusive mint was interrupted before Connect answered; a token Connect may have issued expires by itself", "role", w.Role)
+		return nil
+	}
+	permanent, err := b.revokeUpstream(ctx, req.Storage, w.CredentialsID, w.AccessToken, w.ExpiresAt)
+	switch {
+	case err == nil:
+		b.Logger().Info("revoked an exclusive token that was minted but never leased", "role", w.Role)
+		return nil
+	case permanent:
+		b.Logger().Warn("cannot revoke an exclusive token that was never leased; it expires by itself", "role", w.Role, "expires_at", w.ExpiresAt, "error", err)
+		return nil
+	default:
+		return err
+	}
+}
