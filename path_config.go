@@ -396,7 +396,7 @@ func (b *backend) pruneConfig(ctx context.Context, s logical.Storage) error {
 	} else if err := putConfig(ctx, s, cfg); err != nil {
 		return err
 	}
-	b.resetEngine()
+	b.publishEngine(nil) // current credentials and their shared tokens are unchanged
 	return nil
 }
 

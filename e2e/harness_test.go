@@ -163,6 +163,12 @@ func (f *fake) SetLifetime(t testing.TB, d time.Duration) {
 	check(t, f.Fake.SetLifetime(d))
 }
 
+// SetClockSkew offsets the created_at the fake reports (whole seconds).
+func (f *fake) SetClockSkew(t testing.TB, d time.Duration) {
+	t.Helper()
+	check(t, f.Fake.SetClockSkew(d))
+}
+
 // Output is everything the fake printed.
 func (f *fake) Output(t testing.TB) string {
 	t.Helper()
