@@ -67,6 +67,9 @@ type backend struct {
 
 	tokens tokenCache
 
+	// codeMu serialises claiming authorization codes (code_records.go).
+	codeMu sync.Mutex
+
 	// longestLifetime is the longest token lifetime seen, in nanoseconds: how
 	// long retired credentials must be kept to revoke tokens they minted.
 	longestLifetime atomic.Int64
@@ -96,7 +99,7 @@ const credentialsRejectedHold = time.Minute
 // mint asks Connect for a token unless Connect recently refused the
 // credentials, and remembers the longest lifetime it hands out.
 // e must have a client (configuredEngine).
-func (b *backend) mint(ctx context.Context, e *engine, req connect.TokenRequest) (*connect.Token, error) {
+func (b *backend) mint(ctx context.Context, s logical.Storage, e *engine, req connect.TokenRequest) (*connect.Token, error) {
 	now := b.now()
 	if r := e.rejected.Load(); r != nil && now.Before(r.until) {
 		return nil, r.err
@@ -109,7 +112,39 @@ func (b *backend) mint(ctx context.Context, e *engine, req connect.TokenRequest)
 		return nil, err
 	}
 	b.noteLifetime(tok.ExpiresIn)
+	if tok.ExpiresIn > documentedTokenLifetime && tok.ExpiresIn > e.config.LongestTokenLifetime {
+		b.persistLifetime(ctx, s, tok.ExpiresIn)
+	}
 	return tok, nil
+}
+
+// mintDetached is mint on a context that outlives the caller (bounded by
+// maxMintWait): a token Connect issues after the caller gave up is still
+// seen, and handed to abandoned (to revoke it) instead of being left live
+// with nobody holding it; abandoned also learns of a mint that failed after
+// the caller left. The caller gets its answer by its own deadline.
+func (b *backend) mintDetached(ctx context.Context, s logical.Storage, e *engine, req connect.TokenRequest, abandoned func(*connect.Token, error)) (*connect.Token, error) {
+	type result struct {
+		tok *connect.Token
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		mintCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), maxMintWait)
+		defer cancel()
+		tok, err := b.mint(mintCtx, s, e, req)
+		ch <- result{tok, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.tok, r.err
+	case <-ctx.Done():
+		go func() {
+			r := <-ch
+			abandoned(r.tok, r.err)
+		}()
+		return nil, fmt.Errorf("waiting for a token from Connect: %w", ctx.Err())
+	}
 }
 
 func newBackend() *backend {
@@ -120,7 +155,7 @@ func newBackend() *backend {
 		PathsSpecial: &logical.Paths{
 			// Seal-wrap where Vault supports it (Enterprise): the client
 			// secret, live bearer tokens, and tokens briefly held in the WAL.
-			SealWrapStorage: []string{configStoragePath, tokenStoragePrefix, framework.WALPrefix},
+			SealWrapStorage: []string{configStoragePath, tokenStoragePrefix, revokingStoragePrefix, framework.WALPrefix},
 		},
 		Paths: framework.PathAppend(
 			[]*framework.Path{pathConfig(b)},
@@ -245,11 +280,32 @@ func (b *backend) noteLifetime(d time.Duration) {
 	}
 }
 
-// retention is how long retired credentials are kept: long enough for every
-// token they minted to expire. Connect documents 24 h tokens ("The token is
-// valid for 24 hours", Get started); a longer lifetime seen here wins.
-func (b *backend) retention() time.Duration {
-	return max(time.Duration(b.longestLifetime.Load()), 24*time.Hour)
+// documentedTokenLifetime: "The token is valid for 24 hours" (Get started).
+const documentedTokenLifetime = 24 * time.Hour
+
+// retention is how long credentials retired from cfg are kept: long enough
+// for every token they minted to expire. A longer lifetime than Connect
+// documents, seen by this process or recorded in cfg, wins.
+func (b *backend) retention(cfg *connectConfig) time.Duration {
+	return max(time.Duration(b.longestLifetime.Load()), cfg.LongestTokenLifetime, documentedTokenLifetime)
+}
+
+// persistLifetime records a token lifetime longer than any recorded so far,
+// so retired credentials outlive such tokens across restarts and failovers.
+// Best effort: the mint has succeeded either way.
+func (b *backend) persistLifetime(ctx context.Context, s logical.Storage, d time.Duration) {
+	b.configMu.Lock()
+	defer b.configMu.Unlock()
+	cfg, err := getConfig(ctx, s)
+	if err == nil && cfg.configured() && d > cfg.LongestTokenLifetime {
+		cfg.LongestTokenLifetime = d
+		if err = putConfig(ctx, s, cfg); err == nil {
+			b.publishEngine(nil)
+		}
+	}
+	if err != nil {
+		b.Logger().Warn("could not record a token lifetime longer than Connect documents", "lifetime", d, "error", err)
+	}
 }
 
 // clock reads b.now at call time, so a client built earlier follows the
@@ -261,7 +317,11 @@ func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 	if !b.WriteSafeReplicationState() {
 		return nil
 	}
-	return b.pruneConfig(ctx, req.Storage)
+	return errors.Join(
+		b.pruneConfig(ctx, req.Storage),
+		b.pruneCodes(ctx, req.Storage),
+		b.retryPendingRevocations(ctx, req.Storage),
+	)
 }
 
 // storageError wraps a storage failure with context, except a write refused

@@ -60,13 +60,29 @@ func upstreamError(err error) (*logical.Response, error) {
 // came back, Connect may have spent it, so it is never sent again and the
 // caller is told to get a new one rather than to retry.
 func mintError(err error, g connect.GrantType) (*logical.Response, error) {
-	ce, ok := connect.AsError(err)
-	if g != connect.GrantAuthorizationCode || !ok || !ce.Sent || !ce.Temporary() {
+	if g != connect.GrantAuthorizationCode || !codeMayBeConsumed(err) {
 		return upstreamError(err)
 	}
 	status := http.StatusBadGateway
-	if ce.Timeout() {
+	if ce, ok := connect.AsError(err); !ok || ce.Timeout() {
 		status = http.StatusGatewayTimeout
 	}
-	return nil, logical.CodedError(status, fmt.Sprintf("Instacart Connect gave no usable answer after the authorization code was sent (%v); the code may have been consumed, so it was not sent again: get a new code from Instacart and try again", ce))
+	return nil, logical.CodedError(status, fmt.Sprintf("Instacart Connect gave no usable answer after the authorization code was sent (%v); the code may have been consumed, so it was not sent again: get a new code from Instacart and try again", err))
+}
+
+// codeMayBeConsumed reports whether a failed token request may have spent
+// its authorization code: it reached Connect and got no answer that proves
+// it was turned away unprocessed (a 4xx refusal, or 429/503), or the caller
+// stopped waiting while it was in flight.
+func codeMayBeConsumed(err error) bool {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		if _, ok := connect.AsError(err); !ok {
+			return true // the caller gave up while the request was in flight
+		}
+	}
+	ce, ok := connect.AsError(err)
+	if !ok || !ce.Sent || !ce.Temporary() {
+		return false
+	}
+	return ce.StatusCode != http.StatusTooManyRequests && ce.StatusCode != http.StatusServiceUnavailable
 }

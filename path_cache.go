@@ -35,12 +35,13 @@ func pathCache(b *backend) *framework.Path {
 		},
 		HelpSynopsis: "Drop and revoke a role's shared tokens.",
 		HelpDescription: `
-Deleting cache/<role> revokes the role's shared token(s) at Connect, each at
-the host and with the credentials that minted it, and drops them, so the next
-read of creds/<role> mints a fresh one. Use it when a shared token has leaked.
-A token Connect refuses to revoke is dropped and named in a warning; a token
-that cannot be revoked for now (Connect unavailable) stays cached and the
-flush fails after trying the rest, so it can be retried.
+Deleting cache/<role> takes the role's shared token(s) out of service at once
+and revokes them at Connect, each at the host and with the credentials that
+minted it, so the next read of creds/<role> mints a fresh one. Use it when a
+shared token has leaked. A token Connect refuses to revoke is named in a
+warning. A token that cannot be revoked for now (Connect unavailable) is
+never handed out again and is retried every minute and by the next flush;
+the flush then fails with a 502 naming it.
 `,
 	}
 }
@@ -57,6 +58,9 @@ func (b *backend) pathCacheDelete(ctx context.Context, req *logical.Request, d *
 	if r == nil {
 		return logical.ErrorResponse("unknown role %q", name), nil
 	}
+	if !b.WriteSafeReplicationState() {
+		return nil, logical.ErrReadOnly // revoke only where the tokens can also be dropped
+	}
 	stored, err := b.tokens.roleKeys(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err
@@ -67,49 +71,22 @@ func (b *backend) pathCacheDelete(ctx context.Context, req *logical.Request, d *
 	for _, k := range append(stored, b.tokens.memoryKeys(roleTokenPrefix(name))...) {
 		keys[k] = true
 	}
-
-	var refused, pending []string
 	for _, key := range slices.Sorted(maps.Keys(keys)) {
-		t, err := b.tokens.load(ctx, req.Storage, key)
-		if err != nil {
+		if err := b.takeOutOfService(ctx, req.Storage, name, key); err != nil {
 			return nil, err
 		}
-		held := []*cachedToken{t}
-		if m := b.tokens.get(key); m != nil && (t == nil || m.AccessToken != t.AccessToken) {
-			held = append(held, m)
-		}
-		keep := false
-		for _, t := range held {
-			if t == nil {
-				continue
-			}
-			permanent, err := b.revokeUpstream(ctx, req.Storage, t.CredentialsID, t.AccessToken, t.ExpiresAt)
-			switch {
-			case err == nil:
-			case permanent:
-				refused = append(refused, t.describe())
-				b.Logger().Warn("flush: Connect refused to revoke a token; dropping it anyway", "role", name, "expires_at", t.ExpiresAt, "error", err)
-			default:
-				pending = append(pending, t.describe())
-				b.Logger().Warn("flush: could not revoke a token for now; keeping it for a retry", "role", name, "error", err)
-				keep = true
-			}
-		}
-		if keep {
-			continue
-		}
-		b.tokens.forget(key)
-		if err := req.Storage.Delete(ctx, key); err != nil {
-			return nil, storageError("deleting cached token", err)
-		}
 	}
 
+	refused, pending, err := b.revokePending(ctx, req.Storage, name, false)
+	if err != nil {
+		return nil, err
+	}
 	var warnings []string
 	if len(refused) > 0 {
-		warnings = append(warnings, fmt.Sprintf("Connect refused to revoke %d token(s), which were dropped and stay live until they expire: %s", len(refused), strings.Join(refused, ", ")))
+		warnings = append(warnings, fmt.Sprintf("Connect refused to revoke %d token(s), which are no longer handed out but stay live until they expire: %s", len(refused), strings.Join(refused, ", ")))
 	}
 	if len(pending) > 0 {
-		msg := fmt.Sprintf("could not revoke %d token(s) for now (Connect unavailable): %s; they stay cached, run the flush again", len(pending), strings.Join(pending, ", "))
+		msg := fmt.Sprintf("could not revoke %d token(s) for now (Connect unavailable): %s; they are no longer handed out, and are retried every minute and by the next flush", len(pending), strings.Join(pending, ", "))
 		if len(warnings) > 0 {
 			msg += "; " + warnings[0]
 		}
@@ -119,4 +96,36 @@ func (b *backend) pathCacheDelete(ctx context.Context, req *logical.Request, d *
 		return nil, nil
 	}
 	return &logical.Response{Warnings: warnings}, nil
+}
+
+// takeOutOfService moves the token(s) held under key, in storage and in
+// memory, to the pending revocations, so none is handed out while (or after)
+// its revocation is tried. Holding the role lock exclusively keeps a token
+// minted meanwhile (publishShared) from landing between the read and the
+// delete and being dropped unrevoked.
+func (b *backend) takeOutOfService(ctx context.Context, s logical.Storage, role, key string) error {
+	b.roleMu.Lock()
+	defer b.roleMu.Unlock()
+	stored, err := b.tokens.load(ctx, s, key)
+	if err != nil {
+		return err
+	}
+	held := []*cachedToken{stored}
+	if m := b.tokens.get(key); m != nil && (stored == nil || m.AccessToken != stored.AccessToken) {
+		held = append(held, m)
+	}
+	for _, t := range held {
+		if t != nil && b.now().Before(t.ExpiresAt) {
+			if err := queueRevocation(ctx, s, role, t); err != nil {
+				return err
+			}
+		}
+	}
+	b.tokens.forget(key)
+	if stored != nil {
+		if err := s.Delete(ctx, key); err != nil {
+			return storageError("deleting cached token", err)
+		}
+	}
+	return nil
 }

@@ -2,7 +2,6 @@ package instacart
 
 import (
 	"context"
-	"reflect"
 	"strings"
 	"testing"
 
@@ -34,21 +33,45 @@ func TestCacheFlushRevokesSharedTokens(t *testing.T) {
 	}
 }
 
-func TestCacheFlushKeepsTokenWhenRevokeFails(t *testing.T) {
-	e := newTestEnv(t)
-	setupRoles(e)
-	tok := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]
-	e.fake.InjectFaults(connectfake.PathRevoke, connectfake.Fault{Status: 500}, connectfake.Fault{Status: 500}, connectfake.Fault{Status: 500})
-	before := e.storageSnapshot()
-	if _, err := e.do(logical.DeleteOperation, "cache/cc", nil); err == nil {
-		t.Fatal("flush succeeded though the token could not be revoked")
-	}
-	if !reflect.DeepEqual(before, e.storageSnapshot()) {
-		t.Error("the token was dropped without being revoked; the flush could not be retried")
-	}
-	e.mustOK(logical.DeleteOperation, "cache/cc", nil)
-	if e.fake.TokenLive(tok.(string)) {
-		t.Error("token live after the retried flush")
+// A token whose revocation fails for now is taken out of service at once
+// (never handed out again, even while Connect may have processed the
+// revocation), the flush fails naming it, and the revocation is retried by
+// the next flush or the periodic function.
+func TestCacheFlushTakesTokenOutOfServiceWhenRevokeFails(t *testing.T) {
+	for _, retry := range []string{"flush", "periodic"} {
+		t.Run(retry, func(t *testing.T) {
+			e := newTestEnv(t)
+			setupRoles(e)
+			tok := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"].(string)
+			e.fake.InjectFaults(connectfake.PathRevoke, connectfake.Fault{Status: 500}, connectfake.Fault{Status: 500}, connectfake.Fault{Status: 500})
+			_, err := e.do(logical.DeleteOperation, "cache/cc", nil)
+			if err == nil || !strings.Contains(err.Error(), "the role-wide token") {
+				t.Fatalf("flush: err = %v, want a failure naming the token", err)
+			}
+			if !e.fake.TokenLive(tok) {
+				t.Fatal("token revoked despite the failure")
+			}
+			if got := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]; got == tok {
+				t.Fatal("a token being flushed is still handed out")
+			}
+			switch retry {
+			case "flush":
+				e.mustOK(logical.DeleteOperation, "cache/cc", nil)
+			case "periodic":
+				req := &logical.Request{Operation: logical.RollbackOperation, Storage: e.storage}
+				if _, err := e.b.HandleRequest(context.Background(), req); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if e.fake.TokenLive(tok) {
+				t.Error("token live after the retry")
+			}
+			for k := range e.storageSnapshot() {
+				if strings.HasPrefix(k, revokingStoragePrefix) {
+					t.Errorf("pending revocation %s left after it succeeded", k)
+				}
+			}
+		})
 	}
 }
 
@@ -93,7 +116,7 @@ func TestCacheFlushCarriesOnPastRefusal(t *testing.T) {
 	for _, u := range []string{"store-1", "store-2", "store-3"} {
 		toks = append(toks, e.mustOK(logical.UpdateOperation, "creds/shoppers", map[string]any{"user_id": u}).Data["access_token"].(string))
 	}
-	e.fake.InjectFaults(connectfake.PathRevoke, connectfake.Fault{Status: 403, Body: `{"error":"unauthorized_client","error_description":"not yours"}`})
+	e.fake.InjectFaults(connectfake.PathRevoke, connectfake.Fault{Status: 403, Body: `{"error":"unauthorized_client","error_description":"echoed-by-connect"}`})
 
 	resp := e.mustOK(logical.DeleteOperation, "cache/shoppers", nil)
 	if len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "refused to revoke 1 token") || !strings.Contains(resp.Warnings[0], "store-") {
@@ -113,6 +136,14 @@ func TestCacheFlushCarriesOnPastRefusal(t *testing.T) {
 	}
 	if got := e.b.tokens.memoryKeys(roleTokenPrefix("shoppers")); len(got) != 0 {
 		t.Errorf("%d tokens left in memory", len(got))
+	}
+	// What Connect says about a revocation could echo the token: it stays
+	// out of responses and logs, which name the status and code instead.
+	if strings.Contains(resp.Warnings[0], "echoed-by-connect") || strings.Contains(e.logs.String(), "echoed-by-connect") {
+		t.Error("Connect's description of a refused revocation reached a warning or a log line")
+	}
+	if !strings.Contains(e.logs.String(), "HTTP 403 unauthorized_client") {
+		t.Error("the log does not name Connect's status and code")
 	}
 }
 

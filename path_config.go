@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/framework"
@@ -40,6 +41,9 @@ type connectConfig struct {
 	CredentialsID string `json:"credentials_id"`
 	// Retired are previous credentials kept until every token they minted has expired.
 	Retired []retiredCredentials `json:"retired,omitempty"`
+	// LongestTokenLifetime is the longest token life Connect has handed out,
+	// when longer than it documents: retired credentials are kept that long.
+	LongestTokenLifetime time.Duration `json:"longest_token_lifetime,omitempty"`
 }
 
 // retiredCredentials are credentials replaced by a config write.
@@ -223,6 +227,9 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 }
 
 func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	if !b.WriteSafeReplicationState() {
+		return nil, logical.ErrReadOnly // forward before verify sends anything
+	}
 	b.configMu.Lock()
 	defer b.configMu.Unlock()
 
@@ -239,8 +246,8 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	case old.configured():
 		copied := *old
 		cfg = &copied
-	case old != nil:
-		cfg.Retired = old.Retired // a deleted config: start afresh, keep what revokes
+	case old != nil: // a deleted config: start afresh, keep what revokes
+		cfg.Retired, cfg.LongestTokenLifetime = old.Retired, old.LongestTokenLifetime
 	}
 
 	if v, ok := d.GetOk("client_id"); ok {
@@ -292,7 +299,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if credsChanged {
 		if old.configured() {
 			retired := *old
-			retired.retire(now.Add(b.retention()))
+			retired.retire(now.Add(b.retention(old)))
 			cfg.Retired = retired.Retired
 		}
 		if cfg.CredentialsID, err = newRandomID(); err != nil {
@@ -365,7 +372,7 @@ func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ 
 		return nil, err
 	}
 	now := b.now()
-	cfg.retire(now.Add(b.retention()))
+	cfg.retire(now.Add(b.retention(cfg)))
 	cfg.Retired = pruneRetired(cfg.Retired, now)
 	if err := putConfig(ctx, req.Storage, cfg); err != nil {
 		return nil, err
@@ -449,7 +456,12 @@ func pruneRetired(retired []retiredCredentials, now time.Time) []retiredCredenti
 	return kept
 }
 
-// hasControl reports whether s holds control characters (newlines, NUL, ...).
+// hasControl reports whether s holds control characters (newlines, NUL, C1
+// controls) or invisible line and direction overrides that disguise text in
+// logs and consoles.
 func hasControl(s string) bool {
-	return strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f })
+	return strings.ContainsFunc(s, func(r rune) bool {
+		return unicode.IsControl(r) || r == '\u2028' || r == '\u2029' ||
+			(r >= '\u202a' && r <= '\u202e') || (r >= '\u2066' && r <= '\u2069')
+	})
 }

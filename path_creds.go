@@ -2,6 +2,7 @@ package instacart
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -106,9 +107,31 @@ func (b *backend) exclusiveCreds(ctx context.Context, s logical.Storage, name st
 	if err != nil {
 		return nil, err
 	}
-	tok, err := b.mint(ctx, e, tokenRequest(r, userID, code))
+	if code != "" {
+		claimed, err := b.claimCode(ctx, s, code)
+		if err != nil || !claimed {
+			b.deleteWAL(ctx, s, intent)
+			if err != nil {
+				return nil, err
+			}
+			return logical.ErrorResponse("code: this authorization code was already sent to Connect, and codes are single-use: get a new one from Instacart"), nil
+		}
+	}
+	abandoned := func(tok *connect.Token, err error) {
+		// The caller gave up before Connect answered: nobody will lease it.
+		if err == nil && !b.discardToken(ctx, s, name, credsID, tok, "the caller gave up before Connect answered") {
+			return // the intent stays for the rollback to report
+		}
+		b.deleteWAL(context.WithoutCancel(ctx), s, intent)
+	}
+	tok, err := b.mintDetached(ctx, s, e, tokenRequest(r, userID, code), abandoned)
 	if err != nil {
-		b.deleteWAL(ctx, s, intent)
+		if !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+			b.deleteWAL(ctx, s, intent) // Connect answered: nothing in flight
+		}
+		if code != "" && !codeMayBeConsumed(err) {
+			b.releaseCode(ctx, s, code)
+		}
 		return mintError(err, r.GrantType)
 	}
 	minted, err := putWAL(ctx, s, &walExclusiveToken{Role: name, CredentialsID: credsID, AccessToken: tok.AccessToken, ExpiresAt: tok.ExpiresAt})
@@ -126,10 +149,10 @@ func (b *backend) exclusiveCreds(ctx context.Context, s logical.Storage, name st
 		return nil, errTooShortToLease
 	}
 	resp, err := b.credsResponse(name, r, t, nil)
-	if err == nil {
-		err = framework.DeleteWAL(ctx, s, minted)
-	}
 	if err != nil {
+		return nil, err
+	}
+	if err := framework.DeleteWAL(ctx, s, minted); err != nil {
 		// Vault would never lease this token; the rollback or this revokes it.
 		if b.discardToken(ctx, s, name, credsID, tok, "the response could not be completed") {
 			b.deleteWAL(ctx, s, minted)

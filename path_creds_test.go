@@ -345,13 +345,35 @@ func TestCredsInputValidation(t *testing.T) {
 	}
 }
 
+// A code is sent to Connect once: a second use (a client's retry, a replay)
+// is refused here, without asking Connect, naming the field.
 func TestAuthorizationCodeIsSingleUse(t *testing.T) {
 	e := newTestEnv(t)
 	setupRoles(e)
 	code := e.fake.IssueAuthorizationCode(testClientID, redirectURI, "linked-user")
 	e.mustOK(logical.UpdateOperation, "creds/link", map[string]any{"code": code})
+	before := e.storageSnapshot()
 	resp, err := e.do(logical.UpdateOperation, "creds/link", map[string]any{"code": code})
+	expectError(t, resp, err, "code: this authorization code was already sent")
+	if got := e.fake.Requests(connectfake.PathToken); got != 1 {
+		t.Errorf("Connect saw the code %d times, want once", got)
+	}
+	if !reflect.DeepEqual(before, e.storageSnapshot()) {
+		t.Error("a refused code changed storage")
+	}
+	// A code Connect itself refuses (never issued) is still Connect's to judge.
+	resp, err = e.do(logical.UpdateOperation, "creds/link", map[string]any{"code": "never-issued"})
 	expectError(t, resp, err, "invalid_grant")
+	// Records of sent codes are pruned once no code could still be valid.
+	e.advance(codeRecordTTL)
+	if err := e.b.pruneCodes(context.Background(), e.storage); err != nil {
+		t.Fatal(err)
+	}
+	for k := range e.storageSnapshot() {
+		if strings.HasPrefix(k, codeStoragePrefix) {
+			t.Errorf("code record %s outlived its TTL", k)
+		}
+	}
 }
 
 func TestSharedTokenReplacedNearExpiry(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -56,10 +57,20 @@ func (b *backend) revokeUpstream(ctx context.Context, s logical.Storage, credent
 		defer client.Close()
 	}
 	if err := client.Revoke(ctx, creds, token); err != nil {
-		if ce, ok := connect.AsError(err); ok && !ce.Temporary() {
-			return true, fmt.Errorf("revocation refused: %w", err)
+		ce, ok := connect.AsError(err)
+		if !ok {
+			return false, fmt.Errorf("revoking the token at Connect: %w", err)
 		}
-		return false, fmt.Errorf("revoking the token at Connect: %w", err)
+		// Connect's own words are left out: an answer about a token could
+		// echo it, and these errors reach logs.
+		what := fmt.Sprintf("HTTP %d %s", ce.StatusCode, ce.Code)
+		if ce.StatusCode == 0 {
+			what = "no answer"
+		}
+		if !ce.Temporary() {
+			return true, fmt.Errorf("Connect refused the revocation (%s)", strings.TrimSpace(what))
+		}
+		return false, fmt.Errorf("revoking the token at Connect: %s after %d attempt(s)", strings.TrimSpace(what), ce.Attempts)
 	}
 	return false, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/hashicorp/go-hclog"
 	"net/http"
 	"strings"
 	"sync"
@@ -165,6 +166,7 @@ func reloadBackend(t *testing.T, e *testEnv) *backend {
 	conf := logical.TestBackendConfig()
 	conf.StorageView = e.storage
 	conf.System = e.sys
+	conf.Logger = hclog.New(&hclog.LoggerOptions{Output: e.logs, Level: hclog.Trace}) // scanned for secrets
 	lb, err := Factory(context.Background(), conf)
 	if err != nil {
 		t.Fatal(err)

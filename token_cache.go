@@ -37,8 +37,9 @@ type cachedToken struct {
 	// CreatedAt is what Connect reported, for information: a server that
 	// reuses tokens reports the original creation time.
 	CreatedAt time.Time `json:"created_at"`
-	// ReceivedAt is when the answer arrived; ExpiresAt counts from it.
-	ReceivedAt    time.Time `json:"received_at,omitzero"`
+	// RequestedAt is when the request that minted it was sent; ExpiresAt
+	// counts from it.
+	RequestedAt   time.Time `json:"requested_at,omitzero"`
 	ExpiresAt     time.Time `json:"expires_at"`
 	CredentialsID string    `json:"credentials_id"`
 	RoleHash      string    `json:"role_hash"`
@@ -51,7 +52,7 @@ func newCachedToken(t *connect.Token, userID, credentialsID, roleHash string) *c
 		Scopes:        t.Scopes,
 		UserID:        userID,
 		CreatedAt:     t.CreatedAt,
-		ReceivedAt:    t.ReceivedAt,
+		RequestedAt:   t.RequestedAt,
 		ExpiresAt:     t.ExpiresAt,
 		CredentialsID: credentialsID,
 		RoleHash:      roleHash,
@@ -74,8 +75,8 @@ func (t *cachedToken) leasable(now time.Time) bool {
 // capped at half the token's lifetime so a short-lived token is not replaced
 // on every read.
 func (t *cachedToken) fresh(now time.Time, minRemaining time.Duration) bool {
-	issued := t.ReceivedAt
-	if issued.IsZero() { // stored before received_at was recorded
+	issued := t.RequestedAt
+	if issued.IsZero() { // stored before requested_at was recorded
 		issued = t.CreatedAt
 	}
 	if half := t.ExpiresAt.Sub(issued) / 2; minRemaining > half {
@@ -299,7 +300,7 @@ func (b *backend) refreshShared(ctx context.Context, s logical.Storage, roleName
 	if !b.WriteSafeReplicationState() {
 		return nil, nil, logical.ErrReadOnly
 	}
-	tok, err := b.mint(ctx, e, tokenRequest(r, userID, ""))
+	tok, err := b.mint(ctx, s, e, tokenRequest(r, userID, ""))
 	if err != nil {
 		if candidate != nil && candidate.leasable(now) && connect.IsTemporary(err) {
 			b.Logger().Warn("Connect is failing; serving the cached token until it expires", "role", roleName, "expires_at", candidate.ExpiresAt, "error", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -55,8 +56,28 @@ func TestAuthorizationCodeIsNeverSentTwice(t *testing.T) {
 			if got := e.fake.Requests(connectfake.PathToken); got != 1 {
 				t.Errorf("the code was sent %d times, want once", got)
 			}
+			// A client retrying the failed write (the Vault CLI retries 5xx
+			// answers by itself) gets a 400; Connect never sees it again.
+			resp, err := e.do(logical.UpdateOperation, "creds/link", map[string]any{"code": code})
+			expectError(t, resp, err, "already sent")
+			if got := e.fake.Requests(connectfake.PathToken); got != 1 {
+				t.Errorf("a retry sent the code again (%d requests)", got)
+			}
 		})
 	}
+
+	t.Run("a code Connect turned away (429/503 to the end) may be sent again", func(t *testing.T) {
+		e := newTestEnv(t)
+		setupRoles(e)
+		e.mustOK(logical.UpdateOperation, "config", map[string]any{"max_retries": 1})
+		code := e.fake.IssueAuthorizationCode(testClientID, redirectURI, "linked-user")
+		e.fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 429, RetryAfter: "0"})
+		_, err := e.do(logical.UpdateOperation, "creds/link", map[string]any{"code": code})
+		if codedStatus(err) != http.StatusBadGateway || strings.Contains(err.Error(), "new code") {
+			t.Fatalf("err = %v, want a plain 502 (the code was not processed)", err)
+		}
+		e.mustOK(logical.UpdateOperation, "creds/link", map[string]any{"code": code})
+	})
 
 	t.Run("429 and 503 are retried: Connect did not process them", func(t *testing.T) {
 		e := newTestEnv(t)
@@ -212,6 +233,10 @@ func TestReadOnlyStorageForwardsToActive(t *testing.T) {
 		if err != logical.ErrReadOnly {
 			t.Errorf("role write: err = %v, want logical.ErrReadOnly", err)
 		}
+		_, err = e.do(logical.DeleteOperation, "config", nil)
+		if err != logical.ErrReadOnly {
+			t.Errorf("config delete: err = %v, want logical.ErrReadOnly", err)
+		}
 	})
 
 	t.Run("a performance standby forwards before minting", func(t *testing.T) {
@@ -227,8 +252,17 @@ func TestReadOnlyStorageForwardsToActive(t *testing.T) {
 		if _, err := e.do(logical.UpdateOperation, "creds/shoppers", map[string]any{"user_id": "store-9"}); err != logical.ErrReadOnly {
 			t.Errorf("cold shared read on a standby: err = %v, want logical.ErrReadOnly", err)
 		}
-		if e.fake.Mints() != 0 {
-			t.Errorf("a standby minted %d tokens", e.fake.Mints())
+		// Config writes and flushes are forwarded before they call Connect.
+		const newID, newSecret = "test-client-2", "fake-second-secret-for-tests-98765"
+		e.fake.AddClient(newID, newSecret)
+		if _, err := e.do(logical.UpdateOperation, "config", map[string]any{"client_id": newID, "client_secret": newSecret}); err != logical.ErrReadOnly {
+			t.Errorf("config write on a standby: err = %v, want logical.ErrReadOnly", err)
+		}
+		if _, err := e.do(logical.DeleteOperation, "cache/cc", nil); err != logical.ErrReadOnly {
+			t.Errorf("flush on a standby: err = %v, want logical.ErrReadOnly", err)
+		}
+		if e.fake.Mints() != 0 || e.fake.Revocations() != 0 {
+			t.Errorf("a standby minted %d and revoked %d tokens", e.fake.Mints(), e.fake.Revocations())
 		}
 	})
 }
@@ -236,7 +270,7 @@ func TestReadOnlyStorageForwardsToActive(t *testing.T) {
 func TestTokensAreSealWrapped(t *testing.T) {
 	e := newTestEnv(t)
 	wrapped := e.b.PathsSpecial.SealWrapStorage
-	for _, want := range []string{configStoragePath, tokenStoragePrefix} {
+	for _, want := range []string{configStoragePath, tokenStoragePrefix, revokingStoragePrefix, "wal/"} {
 		found := false
 		for _, p := range wrapped {
 			found = found || p == want
@@ -328,5 +362,103 @@ func TestWALRollbackFunction(t *testing.T) {
 	intent := map[string]any{"role": "cc-excl", "credentials_id": cfg.CredentialsID}
 	if err := e.b.walRollback(context.Background(), req, walKindExclusiveToken, intent); err != nil {
 		t.Errorf("rolling back a mint that never got an answer: %v", err)
+	}
+}
+
+// gatedConnect puts a gate in front of the fake: each token request waits
+// until the test releases it, then is served by the fake as usual.
+func gatedConnect(t *testing.T, fake *connectfake.Server) (url string, arrived <-chan struct{}, release chan<- struct{}) {
+	t.Helper()
+	in := make(chan struct{}, 16)
+	out := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == connectfake.PathToken {
+			in <- struct{}{}
+			<-out
+		}
+		fake.Handler().ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() { srv.Close() })
+	return srv.URL, in, out
+}
+
+// An exclusive mint the caller gives up on (the app disconnects, its deadline
+// passes) while Connect is minting is still seen through, and the token that
+// arrives is revoked: nobody will ever hold its lease.
+func TestAbandonedExclusiveMintIsRevoked(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	url, arrived, release := gatedConnect(t, e.fake)
+	e.mustOK(logical.UpdateOperation, "config", map[string]any{"base_url": url, "client_secret": testSecret, "verify": false})
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.doCtx(ctx, logical.ReadOperation, "creds/cc-excl", nil)
+		done <- err
+	}()
+	<-arrived // the token request is at Connect
+	cancel()  // the caller gives up
+	if err := <-done; codedStatus(err) != http.StatusGatewayTimeout {
+		t.Fatalf("abandoned read: err = %v, want a 504", err)
+	}
+	close(release) // Connect answers after all
+	if !waitUntil(func() bool { return e.fake.Mints() == 1 && e.fake.Revocations() == 1 }) {
+		t.Fatalf("mints %d, revocations %d: the abandoned token was not revoked", e.fake.Mints(), e.fake.Revocations())
+	}
+	for _, info := range e.fake.Tokens() {
+		if !info.Revoked {
+			t.Error("the abandoned token is live at Connect")
+		}
+	}
+	if !waitUntil(func() bool { return len(walKeys(t, e.storage)) == 0 }) {
+		t.Errorf("%d write-ahead log entries left", len(walKeys(t, e.storage)))
+	}
+}
+
+// waitUntil polls cond for what happens on a goroutine the test cannot join
+// (a detached clean-up); the bound only keeps a broken build from hanging.
+func waitUntil(cond func() bool) bool {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+	}
+	return cond()
+}
+
+// Retired credentials outlive the longest token Connect handed out, even
+// when that is longer than documented and the process restarted since.
+func TestRetentionOfLongLivedTokensSurvivesRestart(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	e.fake.SetTokenLifetime(72 * time.Hour)
+	lease := e.mustOK(logical.ReadOperation, "creds/cc-excl", nil)
+	tok := lease.Data["access_token"].(string)
+
+	e.b = reloadBackend(t, e) // a restart forgets what was seen in memory
+	const newID, newSecret = "test-client-2", "fake-second-secret-for-tests-98765"
+	e.fake.AddClient(newID, newSecret)
+	e.mustOK(logical.UpdateOperation, "config", map[string]any{"client_id": newID, "client_secret": newSecret})
+	e.advance(48 * time.Hour)
+	e.mustOK(logical.UpdateOperation, "config", map[string]any{"max_retries": 1}) // prunes what has expired
+	if err := revoke(e, lease.Secret); err != nil {
+		t.Fatal(err)
+	}
+	if e.fake.TokenLive(tok) {
+		t.Error("a 72 h token outlived the credentials kept to revoke it")
+	}
+}
+
+// user_id refuses control characters, C1 controls and invisible overrides.
+func TestUserIDRefusesInvisibleCharacters(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	for _, id := range []string{"store-1\x00", "store-\n1", "store-\u0085", "store-\u202e1", "store-\u2028"} {
+		resp, err := e.do(logical.UpdateOperation, "creds/shoppers", map[string]any{"user_id": id})
+		expectError(t, resp, err, "user_id")
+	}
+	if e.fake.Mints() != 0 {
+		t.Errorf("%d tokens minted for refused ids", e.fake.Mints())
 	}
 }

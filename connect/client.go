@@ -54,7 +54,7 @@ type Config struct {
 	// Transport is the HTTP transport to use; nil uses a private pooled transport.
 	Transport http.RoundTripper
 	Logger    hclog.Logger
-	// Now is the client's clock, which stamps Token.ReceivedAt and so
+	// Now is the client's clock, which stamps Token.RequestedAt and so
 	// Token.ExpiresAt; nil uses time.Now.
 	Now func() time.Time
 }
@@ -149,24 +149,24 @@ func (c *Client) Revoke(ctx context.Context, creds Credentials, token string) er
 		"client_secret": creds.ClientSecret,
 		"token":         token,
 	}
-	_, err := c.post(ctx, PathRevoke, body, creds, false)
+	_, _, err := c.post(ctx, PathRevoke, body, creds, false)
 	return err
 }
 
 // post sends body as JSON (never as query parameters: Connect rejects
 // credentials there with query_params_forbidden) with retries, and returns the
-// body of a 200 response. Any other outcome is an *Error with credentials
+// body of a 200 response and when the attempt that got it was sent. Any other outcome is an *Error with credentials
 // stripped from whatever Connect said. A singleUse request is never repeated
 // once it may have reached Connect (see retryPolicy).
-func (c *Client) post(ctx context.Context, path string, body any, creds Credentials, singleUse bool) ([]byte, error) {
+func (c *Client) post(ctx context.Context, path string, body any, creds Credentials, singleUse bool) ([]byte, time.Time, error) {
 	payload, err := json.Marshal(body)
 	if err != nil {
-		return nil, fmt.Errorf("connect: encoding request: %w", err)
+		return nil, time.Time{}, fmt.Errorf("connect: encoding request: %w", err)
 	}
-	st := &attemptState{singleUse: singleUse}
+	st := &attemptState{singleUse: singleUse, now: c.now}
 	req, err := retryablehttp.NewRequestWithContext(withAttemptState(ctx, st), http.MethodPost, c.baseURL+path, payload)
 	if err != nil {
-		return nil, fmt.Errorf("connect: building request: %w", err)
+		return nil, time.Time{}, fmt.Errorf("connect: building request: %w", err)
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json")
@@ -191,7 +191,7 @@ func (c *Client) post(ctx context.Context, path string, body any, creds Credenti
 			resp.Body.Close()
 		}
 		attempts, status, sent := st.snapshot()
-		return nil, &Error{Path: path, StatusCode: status, Attempts: attempts, Sent: sent, Err: scrub(err, creds)}
+		return nil, time.Time{}, &Error{Path: path, StatusCode: status, Attempts: attempts, Sent: sent, Err: scrub(err, creds)}
 	}
 	if resp.StatusCode != http.StatusOK {
 		if respBody == nil { // retries ran out on a retryable status: the handler never read it
@@ -201,9 +201,9 @@ func (c *Client) post(ctx context.Context, path string, body any, creds Credenti
 		attempts, _, _ := st.snapshot()
 		e := newStatusError(path, resp, respBody, attempts, creds)
 		e.Sent = true // Connect answered, so it was written
-		return nil, e
+		return nil, time.Time{}, e
 	}
-	return respBody, nil
+	return respBody, st.startedAt(), nil
 }
 
 // scrub removes the client secret from an error's text, in case a transport

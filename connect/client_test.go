@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -323,14 +324,14 @@ func TestClockSkewNeverMovesExpiry(t *testing.T) {
 			t.Fatal(err)
 		}
 		after := time.Now()
-		if tok.ReceivedAt.Before(before) || tok.ReceivedAt.After(after) {
-			t.Errorf("skew %v: received_at %v outside the call", skew, tok.ReceivedAt)
+		if tok.RequestedAt.Before(before) || tok.RequestedAt.After(after) {
+			t.Errorf("skew %v: requested_at %v outside the call", skew, tok.RequestedAt)
 		}
-		if !tok.ExpiresAt.Equal(tok.ReceivedAt.Add(24 * time.Hour)) {
-			t.Errorf("skew %v: expiry %v is not receive time %v + expires_in", skew, tok.ExpiresAt, tok.ReceivedAt)
+		if !tok.ExpiresAt.Equal(tok.RequestedAt.Add(24 * time.Hour)) {
+			t.Errorf("skew %v: expiry %v is not receive time %v + expires_in", skew, tok.ExpiresAt, tok.RequestedAt)
 		}
-		if tok.CreatedAt.After(tok.ReceivedAt) {
-			t.Errorf("skew %v: created_at %v after receipt %v", skew, tok.CreatedAt, tok.ReceivedAt)
+		if tok.CreatedAt.After(tok.RequestedAt) {
+			t.Errorf("skew %v: created_at %v after receipt %v", skew, tok.CreatedAt, tok.RequestedAt)
 		}
 		if skew < 0 && tok.CreatedAt.After(before.Add(skew+time.Second)) {
 			t.Errorf("skew %v: created_at %v is not Connect's", skew, tok.CreatedAt)
@@ -361,8 +362,8 @@ func TestExpiresInCountsFromReceipt(t *testing.T) {
 	if !tok.CreatedAt.Equal(now.Add(-50_000 * time.Second)) {
 		t.Errorf("created_at = %v, want %v", tok.CreatedAt, now.Add(-50_000*time.Second))
 	}
-	if !tok.ReceivedAt.Equal(now) || tok.ExpiresIn != 36_400*time.Second {
-		t.Errorf("received_at %v, expires_in %v", tok.ReceivedAt, tok.ExpiresIn)
+	if !tok.RequestedAt.Equal(now) || tok.ExpiresIn != 36_400*time.Second {
+		t.Errorf("requested_at %v, expires_in %v", tok.RequestedAt, tok.ExpiresIn)
 	}
 }
 
@@ -807,5 +808,29 @@ func TestAnswerArrivingAtTheDeadlineIsKept(t *testing.T) {
 	}
 	if tok.AccessToken != "placeholder-token" {
 		t.Errorf("got %q", tok.AccessToken)
+	}
+}
+
+// A slow answer does not stretch the token's life past what Connect meant:
+// expires_in counts from when the successful request was sent.
+func TestSlowAnswerDoesNotStretchExpiry(t *testing.T) {
+	t0 := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	var mu sync.Mutex
+	now := t0
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	tr := roundTripFunc(func(*http.Request) (*http.Response, error) {
+		mu.Lock()
+		now = now.Add(30 * time.Second) // the answer takes 30 s to arrive
+		mu.Unlock()
+		body := `{"access_token":"placeholder-token","token_type":"Bearer","expires_in":100}`
+		return &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: io.NopCloser(strings.NewReader(body))}, nil
+	})
+	c := newClient(t, newFake(t), func(cfg *connect.Config) { cfg.Transport = tr; cfg.Now = clock })
+	tok, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := t0.Add(100 * time.Second); !tok.ExpiresAt.Equal(want) {
+		t.Errorf("ExpiresAt = %v, want %v (counted from the send)", tok.ExpiresAt, want)
 	}
 }

@@ -40,6 +40,9 @@ type attemptState struct {
 	singleUse bool
 	tries     []*attemptTrace // one per transport call, the last is the current attempt
 	current   *attemptTrace   // nil until the current attempt reaches the transport
+	// now is the client's clock; started is when the current attempt began.
+	now     func() time.Time
+	started time.Time
 }
 
 // attemptTrace is what httptrace saw of one attempt; guarded by attemptState.mu.
@@ -72,6 +75,7 @@ func countAttempt(_ retryablehttp.Logger, req *http.Request, _ int) {
 		st.mu.Lock()
 		st.attempts++
 		st.current = nil
+		st.started = st.now()
 		st.mu.Unlock()
 	}
 }
@@ -129,6 +133,13 @@ func (s *attemptState) currentUnsent() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.current.unsent()
+}
+
+// startedAt is when the current (for a success, the successful) attempt began.
+func (s *attemptState) startedAt() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.started
 }
 
 func (s *attemptState) isSingleUse() bool {

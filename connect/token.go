@@ -54,13 +54,15 @@ type Token struct {
 	Scopes      []string
 	// CreatedAt is Connect's created_at, for information only: a Doorkeeper
 	// server that hands out an existing token reports when it was first
-	// created. Never later than ReceivedAt.
+	// created. Never later than RequestedAt.
 	CreatedAt time.Time
-	// ReceivedAt is when the answer arrived, by the client's clock (Config.Now).
-	ReceivedAt time.Time
-	// ExpiresIn is the lifetime left from ReceivedAt (Connect's expires_in).
+	// RequestedAt is when the request that got the answer was sent, by the
+	// client's clock (Config.Now). expires_in counts from the answer (RFC 6749
+	// §5.1), which came later, so counting from here never overstates a life.
+	RequestedAt time.Time
+	// ExpiresIn is the lifetime left from RequestedAt (Connect's expires_in).
 	ExpiresIn time.Duration
-	// ExpiresAt is ReceivedAt+ExpiresIn: expires_in counts from the response
+	// ExpiresAt is RequestedAt+ExpiresIn: expires_in counts from the response
 	// (RFC 6749 §5.1), so neither created_at nor Connect's clock moves it.
 	ExpiresAt time.Time
 }
@@ -115,11 +117,13 @@ func (c *Client) Token(ctx context.Context, r TokenRequest) (*Token, error) {
 		body.Code, body.RedirectURI = r.Code, r.RedirectURI
 	}
 
-	raw, err := c.post(ctx, PathToken, body, c.creds, r.GrantType == GrantAuthorizationCode)
+	raw, sent, err := c.post(ctx, PathToken, body, c.creds, r.GrantType == GrantAuthorizationCode)
 	if err != nil {
 		return nil, err
 	}
-	tok, named, err := parseToken(raw, c.now())
+	// Counting expires_in from when the request was sent, not when the body
+	// was read, keeps the lease inside the token's life whatever the latency.
+	tok, named, err := parseToken(raw, sent)
 	if err != nil {
 		if named != "" {
 			err = c.revokeUnusable(ctx, named, err)
@@ -161,10 +165,10 @@ func Assertion(userID string) string {
 	return base64.StdEncoding.EncodeToString(b)
 }
 
-// parseToken validates a 200 body from the token endpoint. received is the
-// local time the response arrived. When the body is unusable but names a
+// parseToken validates a 200 body from the token endpoint. requested is the
+// local time the request that got it was sent. When the body is unusable but names a
 // token, named is that token, for the caller to revoke.
-func parseToken(raw []byte, received time.Time) (tok *Token, named string, err error) {
+func parseToken(raw []byte, requested time.Time) (tok *Token, named string, err error) {
 	// Read access_token alone first: a body that names a token but is wrong
 	// elsewhere (even in a field's type) still minted it.
 	var head struct {
@@ -194,25 +198,25 @@ func parseToken(raw []byte, received time.Time) (tok *Token, named string, err e
 
 	// created_at is informational: a Doorkeeper server reusing a token sends
 	// the original one with the remaining expires_in. A Connect clock ahead
-	// of ours is clamped so CreatedAt never follows ReceivedAt.
-	created := received
+	// of ours is clamped so CreatedAt never follows RequestedAt.
+	created := requested
 	if tr.CreatedAt != nil && *tr.CreatedAt != 0 {
 		if *tr.CreatedAt < 0 || *tr.CreatedAt > maxCreatedAt {
 			return nil, named, fmt.Errorf("created_at %v is not a Unix time", *tr.CreatedAt)
 		}
 		created = time.Unix(int64(*tr.CreatedAt), 0)
 	}
-	if created.After(received) {
-		created = received
+	if created.After(requested) {
+		created = requested
 	}
 	return &Token{
 		AccessToken: tr.AccessToken,
 		TokenType:   "Bearer",
 		Scopes:      SplitScopes(tr.Scope),
 		CreatedAt:   created.UTC(),
-		ReceivedAt:  received.UTC(),
+		RequestedAt: requested.UTC(),
 		ExpiresIn:   lifetime,
-		ExpiresAt:   received.Add(lifetime).UTC(),
+		ExpiresAt:   requested.Add(lifetime).UTC(),
 	}, "", nil
 }
 

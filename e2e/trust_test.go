@@ -256,10 +256,15 @@ func TestTrustAuthorizationCodeSentOnce(t *testing.T) {
 			t.Errorf("a failed write left %d lease(s)", len(leases))
 		}
 
-		// The advice is right: the code is spent, as Connect says.
+		// Sending it again (a client's retry, a replay) is refused by the
+		// engine, and Connect never sees the code a second time.
+		before = f.Stats(t)
 		_, errOut, exit = v.cli(t, v.Token, "", "write", "instacart/creds/linking", "code="+code)
-		if exit == 0 || !strings.Contains(errOut, "invalid_grant") || !strings.Contains(errOut, "Code: 400") {
-			t.Errorf("the same code again: exit %d, want a 400 naming invalid_grant:\n%s", exit, errOut)
+		if exit == 0 || !strings.Contains(errOut, "already sent") || !strings.Contains(errOut, "Code: 400") {
+			t.Errorf("the same code again: exit %d, want a 400 saying it was already sent:\n%s", exit, errOut)
+		}
+		if got := f.Stats(t).Requests[pathToken] - before.Requests[pathToken]; got != 0 {
+			t.Errorf("the code reached Connect again (%d requests)", got)
 		}
 	})
 
