@@ -10,6 +10,13 @@ BIN         := .bin
 PLUGIN_DIR  := $(BIN)/plugins
 FUZZTIME    ?= 5s
 DIST        ?= dist
+# Go modules of their own (the root's ./... does not enter them): linted, and
+# unit-tested where they have tests, with the root module.
+SUBMODULES  := tokensource examples/app-go
+# Node >= 18 and npm run e2e TestClientNodeVault (examples/app-node); without
+# them that test is skipped, and make says so at the end instead of passing quietly.
+NODE_OK      = $(shell node -e 'process.exit(parseInt(process.versions.node) >= 18 ? 0 : 1)' >/dev/null 2>&1 && command -v npm >/dev/null && echo yes)
+NODE_NOTE   := NOTE: Node >= 18 and npm not found: the node-vault example test (e2e TestClientNodeVault, examples/app-node) was skipped
 
 .DEFAULT_GOAL := build
 .PHONY: build plugin fake vault test test-unit test-fuzz test-e2e test-bench-smoke demo dev fmt fmtcheck vet tidycheck lint fuzz release bench clean
@@ -30,9 +37,12 @@ vault:
 ## test: lint, unit tests with -race, a short fuzz run, the end-to-end suite in a real Vault,
 ## and a smoke run of the benchmark program (it builds and completes; no figures)
 test: lint test-unit test-fuzz test-e2e test-bench-smoke
+	@echo "make test: lint, unit, fuzz, e2e and bench-smoke passed"
+	@$(if $(NODE_OK),true,echo "$(NODE_NOTE)")
 
 test-unit:
 	$(GO) test -race -count=1 ./...
+	cd tokensource && $(GO) test -race -count=1 ./...
 
 test-fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzRoleWrite$$' -fuzztime $(FUZZTIME) .
@@ -40,6 +50,7 @@ test-fuzz:
 
 test-e2e: vault
 	$(GO) test -tags e2e -count=1 -timeout 40m -v ./e2e/
+	@$(if $(NODE_OK),true,echo "$(NODE_NOTE)")
 
 test-bench-smoke: vault
 	$(GO) test -tags bench -count=1 -timeout 10m ./bench/
@@ -66,9 +77,12 @@ vet:
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./e2e/
 	$(GO) vet -tags bench ./bench/
+	for m in $(SUBMODULES); do (cd $$m && $(GO) vet ./...); done
 
 tidycheck:
-	@$(GO) mod tidy -diff >/dev/null || { echo "go.mod/go.sum are not tidy: run go mod tidy"; $(GO) mod tidy -diff; exit 1; }
+	@for m in . $(SUBMODULES); do \
+	  (cd $$m && $(GO) mod tidy -diff >/dev/null) || { echo "$$m: go.mod/go.sum are not tidy: run go mod tidy in $$m"; (cd $$m && $(GO) mod tidy -diff); exit 1; }; \
+	done
 
 lint: fmtcheck vet tidycheck
 

@@ -1,0 +1,344 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/instacart-vault/vault-plugin-secrets-instacart/internal/stack"
+)
+
+// The client tests run the examples under examples/app-go and
+// examples/app-node, as committed, against a dev Vault and the Connect fake
+// whose tokens live clientLifetime. Each run spreads its calls over
+// clientRun, a little more than one token life and less than the second
+// token's early re-read, so a client that reads once per token life makes
+// exactly two Vault reads: one at the start and one shortly before the first
+// token expires.
+const (
+	clientLifetime = 24 * time.Second
+	clientRun      = 30 * time.Second
+	clientRole     = "fulfillment"
+	clientPath     = "instacart/creds/" + clientRole
+)
+
+// clientStack is a dev Vault with the plugin, a client_credentials role, a
+// file audit device, the fake minting clientLifetime tokens, and a Vault
+// token for the app: examples/policies/app.hcl plus revoking leases.
+type clientStack struct {
+	f        *fake
+	v        *vault
+	appToken string
+	audit    string // the audit log's path
+	before   stack.FakeStats
+}
+
+func startClientStack(t *testing.T) *clientStack {
+	t.Helper()
+	f := startFake(t, 24*time.Hour)
+	v := startDevVault(t)
+	v.installPlugin(t, f)
+	audit := filepath.Join(t.TempDir(), "audit.log")
+	v.vault(t, "audit", "enable", "file", "file_path="+audit)
+	v.vault(t, "write", "instacart/roles/"+clientRole, "grant_type=client_credentials", "scopes=connect:fulfillment")
+	f.SetLifetime(t, clientLifetime)
+
+	revoke := filepath.Join(t.TempDir(), "revoke.hcl")
+	writeFile(t, revoke, "path \"sys/leases/revoke\" {\n  capabilities = [\"update\"]\n}\n")
+	v.vault(t, "policy", "write", "instacart-app", filepath.Join(repoRoot, "examples/policies/app.hcl"))
+	v.vault(t, "policy", "write", "lease-revoke", revoke)
+	app := strings.TrimSpace(v.vault(t, "token", "create", "-policy=instacart-app", "-policy=lease-revoke", "-field=token"))
+	return &clientStack{f: f, v: v, appToken: app, audit: audit, before: f.Stats(t)}
+}
+
+// clientRunResult is what one run of an example caused.
+type clientRunResult struct {
+	output      string
+	leases      int // distinct leases under clientPath seen while it ran
+	leasesAfter int // leases left once it exited
+	audited     int // creds responses with a lease in the audit log
+	mints       int // tokens the fake minted
+	users       int // calls to the fake's users endpoint
+	revocations int // upstream revocations at the fake
+	took        time.Duration
+}
+
+// run runs an example program with the app's Vault token and the fake's URL
+// in its environment, watching the role's leases while it runs.
+func (s *clientStack) run(t *testing.T, dir string, name string, args ...string) clientRunResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "VAULT_ADDR="+s.v.Addr, "VAULT_TOKEN="+s.appToken, "CONNECT_URL="+s.f.URL)
+
+	w := watchLeases(s.v, clientPath+"/")
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	took := time.Since(start)
+	seen, werr := w.stop()
+	if werr != nil {
+		t.Fatal(werr)
+	}
+	t.Logf("%s (%v):\n%s", filepath.Base(name), took.Round(100*time.Millisecond), out)
+	if err != nil {
+		t.Fatalf("%s %s: %v", filepath.Base(name), strings.Join(args, " "), err)
+	}
+	after := s.f.Stats(t)
+	return clientRunResult{
+		output:      string(out),
+		leases:      len(seen),
+		leasesAfter: len(s.v.leases(t, clientPath+"/")),
+		audited:     auditedLeases(t, s.audit, clientPath),
+		mints:       after.Mints - s.before.Mints,
+		users:       after.Requests["/v2/fulfillment/users"] - s.before.Requests["/v2/fulfillment/users"],
+		revocations: after.Revocations - s.before.Revocations,
+		took:        took,
+	}
+}
+
+// check asserts what reading once per token life means for a run of calls:
+// every call worked, two leases and two mints for a run of a little more than
+// one token life, no upstream revocation (the role's token is shared), the
+// leases revoked on exit, and no token or secret in the output.
+func (s *clientStack) check(t *testing.T, r clientRunResult, calls int) {
+	t.Helper()
+	t.Logf("%d calls over %v: %d leases (audit log: %d), %d mints, %d upstream revocations, %d leases left",
+		r.users, r.took.Round(100*time.Millisecond), r.leases, r.audited, r.mints, r.revocations, r.leasesAfter)
+	if r.users != calls {
+		t.Errorf("the fake's users endpoint saw %d calls, want %d", r.users, calls)
+	}
+	if r.took <= clientLifetime {
+		t.Errorf("the run took %v, not more than one token life (%v)", r.took, clientLifetime)
+	}
+	const lives = 2 // the first token's life and the start of the second's
+	if r.leases != lives || r.audited != lives {
+		t.Errorf("%d Vault leases seen (%d creds reads in the audit log), want %d: one per token life (run took %v)",
+			r.leases, r.audited, lives, r.took)
+	}
+	if r.mints != lives {
+		t.Errorf("%d tokens minted at Connect, want %d: one per token life", r.mints, lives)
+	}
+	if r.revocations != 0 {
+		t.Errorf("%d upstream revocations: revoking a shared token's lease must not revoke it", r.revocations)
+	}
+	if r.leasesAfter != 0 {
+		t.Errorf("%d leases left after the app exited, want 0: it revokes them", r.leasesAfter)
+	}
+	if tok := tokenShape.FindString(r.output); tok != "" {
+		t.Errorf("the app printed something shaped like an access token")
+	}
+	assertNoSecrets(t, "app output", r.output, s.f.Secret(), nil)
+}
+
+// tokenShape matches the fake's access tokens: 43 characters of URL-safe base64.
+var tokenShape = regexp.MustCompile(`(^|[^A-Za-z0-9_-])[A-Za-z0-9_-]{43}([^A-Za-z0-9_-]|$)`)
+
+// leftAtChange finds the example's "the previous one had Ns left" lines and
+// checks that each token was replaced before it expired and near its expiry
+// (in the last half of its life), not early.
+func leftAtChange(t *testing.T, output string, re *regexp.Regexp) {
+	t.Helper()
+	m := re.FindAllStringSubmatch(output, -1)
+	if len(m) != 1 {
+		t.Fatalf("the app reported %d token changes, want 1:\n%s", len(m), output)
+	}
+	left, err := strconv.ParseFloat(m[0][1], 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left <= 0 || left > (clientLifetime/2).Seconds() {
+		t.Errorf("the token changed with %.1fs of its %v life left, want more than 0 and at most half", left, clientLifetime)
+	}
+}
+
+// TestClientGoTokenSource builds examples/app-go and runs it: 10,000 calls to
+// the fake's users endpoint over a little more than one token life, through
+// tokensource.
+func TestClientGoTokenSource(t *testing.T) {
+	t.Parallel()
+	s := startClientStack(t)
+	bin := filepath.Join(t.TempDir(), "app-go")
+	if err := stack.GoBuild(context.Background(), filepath.Join(repoRoot, "examples", "app-go"), bin, ".", ""); err != nil {
+		t.Fatal(err)
+	}
+	const calls = 10000
+	r := s.run(t, repoRoot, bin, clientPath, strconv.Itoa(calls), clientRun.String())
+	want := fmt.Sprintf("calls: %d, tokens: 2, statuses: map[200 OK:%d]", calls, calls)
+	if !strings.Contains(r.output, want) {
+		t.Errorf("the app did not report %q", want)
+	}
+	leftAtChange(t, r.output, regexp.MustCompile(`token \d+: the previous one had (-?[\d.]+)s left`))
+	s.check(t, r, calls)
+}
+
+// TestClientNodeVault runs examples/app-node with node-vault, installed with
+// `npm ci` from the committed package-lock.json into a copy of the example.
+// Without Node >= 18 and npm it is skipped (make test says so in its
+// summary); E2E_REQUIRE_NODE=1 makes that a failure.
+func TestClientNodeVault(t *testing.T) {
+	t.Parallel()
+	if why := nodeMissing(); why != "" {
+		if os.Getenv("E2E_REQUIRE_NODE") != "" {
+			t.Fatalf("Node >= 18 and npm are required (E2E_REQUIRE_NODE is set): %s", why)
+		}
+		t.Skipf("Node >= 18 and npm are needed for the node-vault example (examples/app-node): %s; skipped", why)
+	}
+	dir := t.TempDir()
+	src := filepath.Join(repoRoot, "examples", "app-node")
+	entries, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.Type().IsRegular() { // everything but node_modules
+			writeFile(t, filepath.Join(dir, e.Name()), readFileString(t, filepath.Join(src, e.Name())))
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	npm := exec.CommandContext(ctx, "npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts")
+	npm.Dir = dir
+	if out, err := npm.CombinedOutput(); err != nil {
+		t.Fatalf("npm ci: %v\n%s", err, out)
+	}
+	var pkg struct {
+		Version string `json:"version"`
+	}
+	if err := json.Unmarshal([]byte(readFileString(t, filepath.Join(dir, "node_modules/node-vault/package.json"))), &pkg); err != nil || pkg.Version != "0.12.0" {
+		t.Fatalf("npm ci installed node-vault %q (%v), want 0.12.0", pkg.Version, err)
+	}
+
+	s := startClientStack(t)
+	const calls = 300
+	r := s.run(t, dir, "node", "app.js", clientPath, strconv.Itoa(calls), strconv.Itoa(int(clientRun/time.Second)))
+	want := fmt.Sprintf(`calls: %d, vault reads: 2, tokens: 2, statuses: {"200":%d}`, calls, calls)
+	if !strings.Contains(r.output, want) {
+		t.Errorf("the app did not report %q", want)
+	}
+	leftAtChange(t, r.output, regexp.MustCompile(`read \d+: the previous token had (-?[\d.]+)s left`))
+	s.check(t, r, calls)
+}
+
+// nodeMissing says why Node >= 18 with npm cannot run, or "" if it can.
+func nodeMissing() string {
+	out, err := exec.Command("node", "--version").Output()
+	if err != nil {
+		return "node not found"
+	}
+	v := strings.TrimPrefix(strings.TrimSpace(string(out)), "v")
+	major, _ := strconv.Atoi(strings.SplitN(v, ".", 2)[0])
+	if major < 18 {
+		return "node is " + strings.TrimSpace(string(out))
+	}
+	if _, err := exec.LookPath("npm"); err != nil {
+		return "npm not found"
+	}
+	return ""
+}
+
+// leaseWatcher lists the leases under a prefix every 100 ms and keeps every
+// id it saw: a short-lived token's lease expires, and leaves the list, during
+// a run.
+type leaseWatcher struct {
+	done chan struct{}
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	ids  map[string]bool
+	err  error
+}
+
+func watchLeases(v *vault, prefix string) *leaseWatcher {
+	w := &leaseWatcher{done: make(chan struct{}), ids: map[string]bool{}}
+	poll := func() {
+		ids, err := v.Leases(prefix)
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if err != nil && w.err == nil {
+			w.err = err
+		}
+		for _, id := range ids {
+			w.ids[id] = true
+		}
+	}
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			poll()
+			select {
+			case <-w.done:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return w
+}
+
+// stop ends the watch and returns the lease ids seen.
+func (w *leaseWatcher) stop() ([]string, error) {
+	close(w.done)
+	w.wg.Wait()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	ids := make([]string, 0, len(w.ids))
+	for id := range w.ids {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids, w.err
+}
+
+// auditedLeases counts the responses to path in the audit log that carry a
+// lease: every creds read or write that created one.
+func auditedLeases(t *testing.T, auditPath, path string) int {
+	t.Helper()
+	f, err := os.Open(auditPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	n := 0
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var entry struct {
+			Type    string `json:"type"`
+			Request struct {
+				Path string `json:"path"`
+			} `json:"request"`
+			Response struct {
+				Secret struct {
+					LeaseID string `json:"lease_id"`
+				} `json:"secret"`
+			} `json:"response"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &entry); err != nil {
+			t.Fatalf("audit line is not JSON: %v", err)
+		}
+		if entry.Type == "response" && entry.Request.Path == path && entry.Response.Secret.LeaseID != "" {
+			n++
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}

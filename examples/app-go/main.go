@@ -1,0 +1,69 @@
+// Command app-go calls Instacart Connect with a token from Vault, through
+// tokensource: one Vault read per token life, re-read before the token
+// expires. It prints counts, never a token.
+//
+//	VAULT_ADDR=... VAULT_TOKEN=... CONNECT_URL=https://connect.dev.instacart.tools \
+//	    go run . instacart/creds/fulfillment 10000 30s   # 10,000 calls over 30 s
+package main
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+
+	"github.com/instacart-vault/vault-plugin-secrets-instacart/tokensource"
+)
+
+func main() {
+	if len(os.Args) != 4 {
+		log.Fatal("usage: app-go <creds path> <calls> <spread over, e.g. 30s>")
+	}
+	calls, _ := strconv.Atoi(os.Args[2])
+	over, err := time.ParseDuration(os.Args[3])
+	if calls < 1 || over <= 0 || err != nil {
+		log.Fatal("calls must be a positive number and the spread a duration such as 30s")
+	}
+	vault, err := api.NewClient(api.DefaultConfig()) // VAULT_ADDR, VAULT_TOKEN
+	if err != nil {
+		log.Fatal(err)
+	}
+	src, err := tokensource.New(vault, os.Args[1], tokensource.WithRevokeOnClose())
+	if err != nil {
+		log.Fatal(err)
+	}
+	connect := tokensource.HTTPClient(context.Background(), src)
+
+	statuses, tokens, last, lastExpiry, start := map[string]int{}, 0, "", time.Time{}, time.Now()
+	for i := range calls {
+		time.Sleep(time.Until(start.Add(over * time.Duration(i) / time.Duration(calls))))
+		if tok, err := src.Token(); err == nil && tok.AccessToken != last { // compared, never printed
+			if tokens++; last != "" {
+				fmt.Printf("token %d: the previous one had %.1fs left\n", tokens, time.Until(lastExpiry).Seconds())
+			}
+			last, lastExpiry = tok.AccessToken, tok.Expiry
+		}
+		resp, err := connect.Post(os.Getenv("CONNECT_URL")+"/v2/fulfillment/users", "application/json",
+			strings.NewReader(`{"user_id":"johnsmith6000","first_name":"john","last_name":"smith"}`))
+		if err != nil {
+			if statuses["error"]++; statuses["error"] == 1 {
+				log.Print(err) // names the URL, never the token
+			}
+			continue
+		}
+		resp.Body.Close()
+		statuses[resp.Status]++
+	}
+	fmt.Printf("calls: %d, tokens: %d, statuses: %v\n", calls, tokens, statuses)
+	if err := src.Close(); err != nil { // revokes the leases it holds
+		log.Fatal(err)
+	}
+	if statuses["200 OK"] != calls {
+		os.Exit(1)
+	}
+}
