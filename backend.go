@@ -14,6 +14,7 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect"
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/version"
@@ -65,14 +66,20 @@ type backend struct {
 	roleMu sync.RWMutex
 	roles  sync.Map // role name -> *role
 
-	tokens tokenCache
+	tokens *tokenCache
 
 	// codeMu serialises claiming authorization codes (code_records.go).
 	codeMu sync.Mutex
 
+	// lastTidy is when the periodic function last tidied (unix nanoseconds).
+	lastTidy atomic.Int64
+
 	// longestLifetime is the longest token lifetime seen, in nanoseconds: how
 	// long retired credentials must be kept to revoke tokens they minted.
 	longestLifetime atomic.Int64
+
+	// metrics is this mount's registry and Connect observer (metrics.go).
+	metrics *metrics
 }
 
 // engine is an immutable snapshot of the configuration and the Connect client
@@ -80,6 +87,9 @@ type backend struct {
 type engine struct {
 	config *connectConfig
 	client *connect.Client
+
+	// mintSlots bounds token requests in flight (config max_concurrent_mints).
+	mintSlots *semaphore.Weighted
 
 	// rejected latches Connect's refusal of the credentials themselves, so
 	// readers get the error at once instead of hammering Connect with
@@ -100,6 +110,28 @@ const credentialsRejectedHold = time.Minute
 // credentials, and remembers the longest lifetime it hands out.
 // e must have a client (configuredEngine).
 func (b *backend) mint(ctx context.Context, s logical.Storage, e *engine, req connect.TokenRequest) (*connect.Token, error) {
+	release, err := e.acquireMintSlot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	return b.mintInSlot(ctx, s, e, req)
+}
+
+// errMintQueue: the request's deadline passed while it waited for a mint
+// slot, before anything was sent to Connect.
+var errMintQueue = errors.New("waiting for a free token request slot (config max_concurrent_mints)")
+
+// acquireMintSlot waits, within ctx, for one of the mount's mint slots.
+func (e *engine) acquireMintSlot(ctx context.Context) (release func(), err error) {
+	if err := e.mintSlots.Acquire(ctx, 1); err != nil {
+		return nil, fmt.Errorf("%w: %w", errMintQueue, err)
+	}
+	return func() { e.mintSlots.Release(1) }, nil
+}
+
+// mintInSlot is mint for a caller that holds a mint slot.
+func (b *backend) mintInSlot(ctx context.Context, s logical.Storage, e *engine, req connect.TokenRequest) (*connect.Token, error) {
 	now := b.now()
 	if r := e.rejected.Load(); r != nil && now.Before(r.until) {
 		return nil, r.err
@@ -124,15 +156,22 @@ func (b *backend) mint(ctx context.Context, s logical.Storage, e *engine, req co
 // with nobody holding it; abandoned also learns of a mint that failed after
 // the caller left. The caller gets its answer by its own deadline.
 func (b *backend) mintDetached(ctx context.Context, s logical.Storage, e *engine, req connect.TokenRequest, abandoned func(*connect.Token, error)) (*connect.Token, error) {
+	// Wait for a slot on the caller's own deadline: a caller that leaves
+	// while queued has sent nothing.
+	release, err := e.acquireMintSlot(ctx)
+	if err != nil {
+		return nil, err
+	}
 	type result struct {
 		tok *connect.Token
 		err error
 	}
 	ch := make(chan result, 1)
 	go func() {
+		defer release()
 		mintCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), maxMintWait)
 		defer cancel()
-		tok, err := b.mint(mintCtx, s, e, req)
+		tok, err := b.mintInSlot(mintCtx, s, e, req)
 		ch <- result{tok, err}
 	}()
 	select {
@@ -148,7 +187,8 @@ func (b *backend) mintDetached(ctx context.Context, s logical.Storage, e *engine
 }
 
 func newBackend() *backend {
-	b := &backend{now: time.Now}
+	b := &backend{now: time.Now, tokens: newTokenCache(tokenCacheSize)}
+	b.metrics = newBackendMetrics(b)
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
@@ -160,7 +200,7 @@ func newBackend() *backend {
 		Paths: framework.PathAppend(
 			[]*framework.Path{pathConfig(b)},
 			pathRoles(b),
-			[]*framework.Path{pathCreds(b), pathCache(b)},
+			[]*framework.Path{pathCreds(b), pathCache(b), pathTidy(b), pathMetrics(b)},
 		),
 		Secrets:        []*framework.Secret{secretToken(b)},
 		Invalidate:     b.invalidate,
@@ -250,11 +290,11 @@ func (b *backend) newEngine(cfg *connectConfig) (*engine, error) {
 	if !cfg.configured() {
 		return &engine{config: cfg}, nil
 	}
-	client, err := cfg.newClient(b.Logger().Named("connect"), b.clock)
+	client, err := cfg.newClient(b.Logger().Named("connect"), b.clock, b.metrics)
 	if err != nil {
 		return nil, err
 	}
-	return &engine{config: cfg, client: client}, nil
+	return &engine{config: cfg, client: client, mintSlots: semaphore.NewWeighted(int64(cfg.mintBound()))}, nil
 }
 
 // configuredEngine is getEngine for paths that need credentials: an
@@ -317,8 +357,19 @@ func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 	if !b.WriteSafeReplicationState() {
 		return nil
 	}
+	var tidyErr error
+	if now := b.now(); now.Sub(time.Unix(0, b.lastTidy.Load())) >= tidyInterval {
+		b.lastTidy.Store(now.UnixNano())
+		if rep, err := b.tidy(ctx, req.Storage); err != nil {
+			tidyErr = fmt.Errorf("tidy: %w", err)
+		} else if rep != (tidyReport{}) {
+			b.Logger().Info("tidy", "expired_tokens_removed", rep.expiredTokens, "orphaned_tokens_removed", rep.orphanedTokens, "retired_credentials_removed", rep.retiredCredentials)
+		}
+	}
+	_, pruneErr := b.pruneConfig(ctx, req.Storage)
 	return errors.Join(
-		b.pruneConfig(ctx, req.Storage),
+		tidyErr,
+		pruneErr,
 		b.pruneCodes(ctx, req.Storage),
 		b.retryPendingRevocations(ctx, req.Storage),
 	)

@@ -75,6 +75,9 @@ func mintError(err error, g connect.GrantType) (*logical.Response, error) {
 // it was turned away unprocessed (a 4xx refusal, or 429/503), or the caller
 // stopped waiting while it was in flight.
 func codeMayBeConsumed(err error) bool {
+	if errors.Is(err, errMintQueue) {
+		return false // still queued: nothing was sent
+	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		if _, ok := connect.AsError(err); !ok {
 			return true // the caller gave up while the request was in flight

@@ -26,7 +26,15 @@ const (
 	maxRequestTimeout = 5 * time.Minute
 	maxMaxRetries     = 10
 	maxFieldLength    = 1024
+	// maxMaxConcurrentMints: beyond this the bound protects nothing.
+	maxMaxConcurrentMints = 1024
 )
+
+// defaultMaxConcurrentMints keeps a stampede of first-time readers (a
+// retailer's shoppers arriving at once) from becoming as many simultaneous
+// token requests, while leaving room for Connect's latency: 32 in flight at
+// 50 ms is over 600 mints a second.
+const defaultMaxConcurrentMints = 32
 
 // connectConfig is the stored configuration.
 type connectConfig struct {
@@ -35,6 +43,9 @@ type connectConfig struct {
 	BaseURL        string        `json:"base_url"`
 	RequestTimeout time.Duration `json:"request_timeout"`
 	MaxRetries     int           `json:"max_retries"`
+	// MaxConcurrentMints bounds token requests in flight at once (0: the
+	// default, for entries written before the field existed).
+	MaxConcurrentMints int `json:"max_concurrent_mints,omitempty"`
 	// CredentialsID names the current (client id, secret, base URL): shared
 	// tokens and leases record it so tokens minted with other credentials are
 	// never handed out and are revoked with the credentials that minted them.
@@ -44,6 +55,8 @@ type connectConfig struct {
 	// LongestTokenLifetime is the longest token life Connect has handed out,
 	// when longer than it documents: retired credentials are kept that long.
 	LongestTokenLifetime time.Duration `json:"longest_token_lifetime,omitempty"`
+	// RenewBy is when Instacart wants the credentials rotated (renew_by.go).
+	RenewBy time.Time `json:"renew_by,omitzero"`
 }
 
 // retiredCredentials are credentials replaced by a config write.
@@ -53,6 +66,14 @@ type retiredCredentials struct {
 	ClientSecret  string    `json:"client_secret"`
 	BaseURL       string    `json:"base_url"`
 	RetainUntil   time.Time `json:"retain_until"`
+}
+
+// mintBound is how many token requests may be in flight at once.
+func (c *connectConfig) mintBound() int {
+	if c.MaxConcurrentMints <= 0 {
+		return defaultMaxConcurrentMints
+	}
+	return c.MaxConcurrentMints
 }
 
 // configured reports whether c holds current credentials. A deleted config
@@ -76,8 +97,9 @@ func (c *connectConfig) retire(until time.Time) {
 	c.CredentialsID, c.ClientID, c.ClientSecret = "", "", ""
 }
 
-func (c *connectConfig) newClient(logger hclog.Logger, now func() time.Time) (*connect.Client, error) {
+func (c *connectConfig) newClient(logger hclog.Logger, now func() time.Time, obs connect.Observer) (*connect.Client, error) {
 	client, err := connect.New(connect.Config{
+		Observer:       obs,
 		Now:            now,
 		BaseURL:        c.BaseURL,
 		Credentials:    connect.Credentials{ClientID: c.ClientID, ClientSecret: c.ClientSecret},
@@ -145,12 +167,19 @@ func pathConfig(b *backend) *framework.Path {
 				Default:      int(connect.DefaultRequestTimeout.Seconds()),
 				DisplayAttrs: &framework.DisplayAttributes{Name: "Request timeout"},
 			},
+			"max_concurrent_mints": {
+				Type:         framework.TypeInt,
+				Description:  fmt.Sprintf("Token requests to Connect in flight at once, 1 to %d; more wait (within their request's deadline).", maxMaxConcurrentMints),
+				Default:      defaultMaxConcurrentMints,
+				DisplayAttrs: &framework.DisplayAttributes{Name: "Max concurrent mints"},
+			},
 			"max_retries": {
 				Type:         framework.TypeInt,
 				Description:  fmt.Sprintf("Retries of transient Connect failures (408, 429, 5xx, network errors), 0 to %d.", maxMaxRetries),
 				Default:      connect.DefaultMaxRetries,
 				DisplayAttrs: &framework.DisplayAttributes{Name: "Max retries"},
 			},
+			"renew_by": renewByField,
 			"verify": {
 				Type:         framework.TypeBool,
 				Description:  "Before saving new credentials, mint a client_credentials token with them; refuse the write if Connect rejects them. Not stored.",
@@ -217,13 +246,16 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 	if err != nil || !cfg.configured() {
 		return nil, err
 	}
-	return &logical.Response{Data: map[string]any{
-		"client_id":         cfg.ClientID,
-		"client_secret_set": cfg.ClientSecret != "",
-		"base_url":          cfg.BaseURL,
-		"request_timeout":   int64(cfg.RequestTimeout.Seconds()),
-		"max_retries":       cfg.MaxRetries,
-	}}, nil
+	resp := &logical.Response{Data: map[string]any{
+		"client_id":            cfg.ClientID,
+		"client_secret_set":    cfg.ClientSecret != "",
+		"base_url":             cfg.BaseURL,
+		"request_timeout":      int64(cfg.RequestTimeout.Seconds()),
+		"max_retries":          cfg.MaxRetries,
+		"max_concurrent_mints": cfg.mintBound(),
+	}}
+	addRenewBy(resp, cfg, b.now())
+	return resp, nil
 }
 
 func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
@@ -262,8 +294,16 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if v, ok := d.GetOk("request_timeout"); ok {
 		cfg.RequestTimeout = time.Duration(v.(int)) * time.Second
 	}
+	v, mintsGiven := d.GetOk("max_concurrent_mints")
+	if mintsGiven {
+		cfg.MaxConcurrentMints = v.(int)
+	}
 	if v, ok := d.GetOk("max_retries"); ok {
 		cfg.MaxRetries = v.(int)
+	}
+	renewBy, renewByGiven, problem := renewByInput(d)
+	if problem != "" {
+		return logical.ErrorResponse(problem), nil
 	}
 
 	switch {
@@ -279,6 +319,8 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		return logical.ErrorResponse("request_timeout must be between 1s and %s", maxRequestTimeout), nil
 	case cfg.MaxRetries < 0 || cfg.MaxRetries > maxMaxRetries:
 		return logical.ErrorResponse("max_retries must be between 0 and %d", maxMaxRetries), nil
+	case cfg.MaxConcurrentMints < 0 || cfg.MaxConcurrentMints > maxMaxConcurrentMints || (mintsGiven && cfg.MaxConcurrentMints == 0):
+		return logical.ErrorResponse("max_concurrent_mints must be between 1 and %d", maxMaxConcurrentMints), nil
 	}
 	base, err := normalizeBaseURL(cfg.BaseURL)
 	if err != nil {
@@ -307,6 +349,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		}
 	}
 	cfg.Retired = pruneRetired(cfg.Retired, now)
+	cfg.RenewBy = nextRenewBy(cfg.RenewBy, renewBy, renewByGiven, credsChanged)
 
 	next, err := b.newEngine(cfg)
 	if err != nil {
@@ -346,6 +389,7 @@ func putConfig(ctx context.Context, s logical.Storage, cfg *connectConfig) error
 // verifyCredentials mints (and then revokes) a client_credentials token to
 // prove Connect accepts the credentials before they are saved.
 func (b *backend) verifyCredentials(ctx context.Context, client *connect.Client) (*logical.Response, error) {
+	ctx = b.metrics.verifyContext(ctx)
 	tok, err := client.Token(ctx, connect.TokenRequest{GrantType: connect.GrantClientCredentials})
 	if err != nil {
 		resp, err := upstreamError(err)
@@ -384,27 +428,28 @@ func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ 
 // pruneConfig drops retired credentials past their retention, and the config
 // entry itself once a deleted config holds nothing more. It runs from the
 // periodic function, so a deleted config's secret does not outlive its tokens.
-func (b *backend) pruneConfig(ctx context.Context, s logical.Storage) error {
+func (b *backend) pruneConfig(ctx context.Context, s logical.Storage) (removed int, err error) {
 	b.configMu.Lock()
 	defer b.configMu.Unlock()
 	cfg, err := getConfig(ctx, s)
 	if err != nil || cfg == nil {
-		return err
+		return 0, err
 	}
 	kept := pruneRetired(cfg.Retired, b.now())
-	if len(kept) == len(cfg.Retired) {
-		return nil
+	removed = len(cfg.Retired) - len(kept)
+	if removed == 0 {
+		return 0, nil
 	}
 	cfg.Retired = kept
 	if !cfg.configured() && len(kept) == 0 {
 		if err := s.Delete(ctx, configStoragePath); err != nil {
-			return storageError("deleting config", err)
+			return 0, storageError("deleting config", err)
 		}
 	} else if err := putConfig(ctx, s, cfg); err != nil {
-		return err
+		return 0, err
 	}
 	b.publishEngine(nil) // current credentials and their shared tokens are unchanged
-	return nil
+	return removed, nil
 }
 
 // normalizeBaseURL accepts an https URL, or http for loopback hosts only, with

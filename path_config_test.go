@@ -30,11 +30,12 @@ func TestConfigWriteRead(t *testing.T) {
 
 	resp := e.mustOK(logical.ReadOperation, "config", nil)
 	want := map[string]any{
-		"client_id":         testClientID,
-		"client_secret_set": true,
-		"base_url":          e.fake.URL,
-		"request_timeout":   int64(10),
-		"max_retries":       2,
+		"client_id":            testClientID,
+		"client_secret_set":    true,
+		"base_url":             e.fake.URL,
+		"request_timeout":      int64(10),
+		"max_retries":          2,
+		"max_concurrent_mints": defaultMaxConcurrentMints,
 	}
 	if !reflect.DeepEqual(resp.Data, want) {
 		t.Errorf("read config = %v, want %v", resp.Data, want)
@@ -82,6 +83,8 @@ func TestConfigValidation(t *testing.T) {
 		{name: "bad duration", mod: map[string]any{"request_timeout": "soon"}, field: "request_timeout"},
 		{name: "negative retries", mod: map[string]any{"max_retries": -1}, field: "max_retries"},
 		{name: "too many retries", mod: map[string]any{"max_retries": 11}, field: "max_retries"},
+		{name: "zero mints", mod: map[string]any{"max_concurrent_mints": 0}, field: "max_concurrent_mints"},
+		{name: "too many mints", mod: map[string]any{"max_concurrent_mints": 5000}, field: "max_concurrent_mints"},
 		{name: "wrong secret (verify)", mod: map[string]any{"client_secret": "wrong-secret-value"}, field: "invalid_client"},
 	}
 	for _, tc := range tests {

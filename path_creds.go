@@ -122,9 +122,10 @@ func (b *backend) exclusiveCreds(ctx context.Context, s logical.Storage, name st
 		if err == nil && !b.discardToken(ctx, s, name, credsID, tok, "the caller gave up before Connect answered") {
 			return // the intent stays for the rollback to report
 		}
-		b.deleteWAL(context.WithoutCancel(ctx), s, intent)
+		b.deleteWAL(ctx, s, intent)
 	}
-	tok, err := b.mintDetached(ctx, s, e, tokenRequest(r, userID, code), abandoned)
+	mintCtx, _ := b.metrics.mintContext(ctx, name, r, userID)
+	tok, err := b.mintDetached(mintCtx, s, e, tokenRequest(r, userID, code), abandoned)
 	if err != nil {
 		if !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
 			b.deleteWAL(ctx, s, intent) // Connect answered: nothing in flight
@@ -159,6 +160,7 @@ func (b *backend) exclusiveCreds(ctx context.Context, s logical.Storage, name st
 		}
 		return nil, storageError("completing the write-ahead log", err)
 	}
+	b.metrics.read(name, sourceMinted)
 	return resp, nil
 }
 
@@ -244,6 +246,9 @@ func (b *backend) credsResponse(roleName string, r *role, t *cachedToken, warnin
 	ttl, maxTTL, capWarnings := leaseTTL(remaining, r)
 	resp.Secret.TTL, resp.Secret.MaxTTL = ttl, maxTTL
 	resp.Warnings = append(warnings, capWarnings...)
+	if w := b.credsRenewByWarning(); w != "" {
+		resp.Warnings = append(resp.Warnings, w)
+	}
 	return resp, nil
 }
 

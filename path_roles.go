@@ -310,42 +310,53 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	if resp := validRoleName(name); resp != nil {
 		return resp, nil
 	}
-	b.roleMu.Lock()
-	defer b.roleMu.Unlock()
-
-	old, err := b.getRoleLocked(ctx, req.Storage, name)
-	if err != nil {
-		return nil, err
+	old, r, warnings, resp, err := b.writeRole(ctx, req.Storage, name, d)
+	if resp != nil || err != nil {
+		return resp, err
 	}
-	r, warnings, problem := roleFromRequest(old, d)
-	if problem != "" {
-		return logical.ErrorResponse(problem), nil
-	}
-	if old == nil {
-		if r.Incarnation, err = newRandomID(); err != nil {
-			return nil, err
-		}
-	}
-	r.computeHash()
-
-	entry, err := logical.StorageEntryJSON(roleStoragePrefix+name, r)
-	if err != nil {
-		return nil, fmt.Errorf("encoding role %q: %w", name, err)
-	}
-	if err := req.Storage.Put(ctx, entry); err != nil {
-		return nil, storageError(fmt.Sprintf("writing role %q", name), err)
-	}
-	b.roles.Store(name, r)
 	if old != nil && old.hash != r.hash {
 		// Tokens minted for the old scopes or user must not be handed out.
-		if err := b.tokens.dropRole(ctx, req.Storage, name); err != nil {
-			warnings = append(warnings, fmt.Sprintf("could not drop tokens cached for the previous role definition: %v", err))
+		if background, err := b.dropStaleRoleTokens(ctx, req.Storage, name); err != nil {
+			warnings = append(warnings, fmt.Sprintf("could not drop tokens cached for the previous role definition (tidy will): %v", err))
+		} else if background {
+			warnings = append(warnings, "tokens cached for the previous role definition are being removed in the background")
 		}
 	}
 	if len(warnings) == 0 {
 		return nil, nil
 	}
 	return &logical.Response{Warnings: warnings}, nil
+}
+
+// writeRole validates and stores a role under the role lock.
+func (b *backend) writeRole(ctx context.Context, s logical.Storage, name string, d *framework.FieldData) (old, r *role, warnings []string, resp *logical.Response, err error) {
+	b.roleMu.Lock()
+	defer b.roleMu.Unlock()
+
+	old, err = b.getRoleLocked(ctx, s, name)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	r, warnings, problem := roleFromRequest(old, d)
+	if problem != "" {
+		return nil, nil, nil, logical.ErrorResponse(problem), nil
+	}
+	if old == nil {
+		if r.Incarnation, err = newRandomID(); err != nil {
+			return nil, nil, nil, nil, err
+		}
+	}
+	r.computeHash()
+
+	entry, err := logical.StorageEntryJSON(roleStoragePrefix+name, r)
+	if err != nil {
+		return nil, nil, nil, nil, fmt.Errorf("encoding role %q: %w", name, err)
+	}
+	if err := s.Put(ctx, entry); err != nil {
+		return nil, nil, nil, nil, storageError(fmt.Sprintf("writing role %q", name), err)
+	}
+	b.roles.Store(name, r)
+	return old, r, warnings, nil, nil
 }
 
 // roleFromRequest applies the request's fields to a copy of old (or to
@@ -542,15 +553,22 @@ func (b *backend) pathRoleDelete(ctx context.Context, req *logical.Request, d *f
 		return resp, nil
 	}
 	b.roleMu.Lock()
-	defer b.roleMu.Unlock()
-	if err := req.Storage.Delete(ctx, roleStoragePrefix+name); err != nil {
+	err := req.Storage.Delete(ctx, roleStoragePrefix+name)
+	if err == nil {
+		b.roles.Delete(name)
+	}
+	b.roleMu.Unlock()
+	if err != nil {
 		return nil, storageError(fmt.Sprintf("deleting role %q", name), err)
 	}
-	b.roles.Delete(name)
 	// Shared tokens of a deleted role stay valid upstream for holders of their
 	// leases; only the cache goes.
-	if err := b.tokens.dropRole(ctx, req.Storage, name); err != nil {
-		return nil, err
+	background, err := b.dropStaleRoleTokens(ctx, req.Storage, name)
+	if err != nil {
+		return &logical.Response{Warnings: []string{fmt.Sprintf("the role is deleted, but removing its cached tokens stopped (tidy will finish): %v", err)}}, nil
+	}
+	if background {
+		return &logical.Response{Warnings: []string{"the role is deleted; its cached tokens are being removed in the background"}}, nil
 	}
 	return nil, nil
 }

@@ -66,7 +66,7 @@ func (b *backend) revokePending(ctx context.Context, s logical.Storage, role str
 		if p == nil {
 			continue
 		}
-		permanent, err := b.revokeUpstream(ctx, s, p.CredentialsID, p.AccessToken, p.ExpiresAt)
+		permanent, err := b.revokeUpstream(withRevokeRole(ctx, role), s, p.CredentialsID, p.AccessToken, p.ExpiresAt)
 		switch {
 		case err == nil:
 		case permanent:

@@ -35,8 +35,12 @@ var errCredentialsGone = errors.New("the credentials that minted the token are n
 func (b *backend) revokeUpstream(ctx context.Context, s logical.Storage, credentialsID, token string, expiresAt time.Time) (permanent bool, err error) {
 	now := b.now()
 	if token == "" || !now.Before(expiresAt) {
+		if token != "" {
+			b.metrics.revocation(revocationSkippedExpired)
+		}
 		return false, nil
 	}
+	defer b.metrics.revocationDone(&permanent, &err)
 	e, err := b.getEngine(ctx, s)
 	if err != nil {
 		return false, err
@@ -51,7 +55,7 @@ func (b *backend) revokeUpstream(ctx context.Context, s logical.Storage, credent
 		// the host that minted it, never to whatever is configured now.
 		cfg := *e.config
 		cfg.BaseURL, cfg.ClientID, cfg.ClientSecret = baseURL, creds.ClientID, creds.ClientSecret
-		if client, err = cfg.newClient(b.Logger().Named("connect"), b.clock); err != nil {
+		if client, err = cfg.newClient(b.Logger().Named("connect"), b.clock, b.metrics); err != nil {
 			return false, err
 		}
 		defer client.Close()
@@ -81,7 +85,7 @@ func (b *backend) revokeUpstream(ctx context.Context, s logical.Storage, credent
 func (b *backend) discardToken(ctx context.Context, s logical.Storage, role, credentialsID string, t *connect.Token, why string) bool {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
-	if _, err := b.revokeUpstream(ctx, s, credentialsID, t.AccessToken, t.ExpiresAt); err != nil {
+	if _, err := b.revokeUpstream(withRevokeRole(ctx, role), s, credentialsID, t.AccessToken, t.ExpiresAt); err != nil {
 		b.Logger().Warn("could not revoke a token that was not handed out",
 			"role", role, "reason", why, "expires_at", t.ExpiresAt, "error", err)
 		return false

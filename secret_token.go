@@ -95,7 +95,7 @@ func (b *backend) tokenRevoke(ctx context.Context, req *logical.Request, _ *fram
 	if info.reuse != reuseExclusive {
 		return nil, nil
 	}
-	permanent, err := b.revokeUpstream(ctx, req.Storage, info.credentialsID, info.accessToken, info.expiresAt)
+	permanent, err := b.revokeUpstream(withRevokeRole(ctx, info.role), req.Storage, info.credentialsID, info.accessToken, info.expiresAt)
 	switch {
 	case err == nil:
 		return nil, nil

@@ -40,7 +40,8 @@ func gateStorage(e *testEnv) *gatedStorage {
 	return g
 }
 
-// park gates the next call of op ("get", "put", "delete") on key.
+// park gates the next call of op ("get", "put", "delete") on key; a key
+// ending in "*" gates the next call on any key with that prefix.
 func (g *gatedStorage) park(op, key string) *gate {
 	gt := &gate{reached: make(chan struct{}), release: make(chan struct{})}
 	g.mu.Lock()
@@ -51,8 +52,17 @@ func (g *gatedStorage) park(op, key string) *gate {
 
 func (g *gatedStorage) wait(op, key string) {
 	g.mu.Lock()
-	gt := g.gates[op+":"+key]
-	delete(g.gates, op+":"+key)
+	name := op + ":" + key
+	gt := g.gates[name]
+	if gt == nil {
+		for k, v := range g.gates {
+			if strings.HasSuffix(k, "*") && strings.HasPrefix(name, strings.TrimSuffix(k, "*")) {
+				name, gt = k, v
+				break
+			}
+		}
+	}
+	delete(g.gates, name)
 	g.mu.Unlock()
 	if gt != nil {
 		close(gt.reached)

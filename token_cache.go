@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/hashicorp/vault/sdk/logical"
 	"golang.org/x/sync/singleflight"
 
@@ -94,8 +95,13 @@ func (t *cachedToken) describe() string {
 	return "the role-wide token"
 }
 
-// tokenCache keeps shared tokens in memory, in front of storage, and
-// coalesces concurrent mints of the same token.
+// tokenCacheSize bounds the shared tokens held in memory. Storage stays the
+// source of truth: a token evicted here costs one storage read, never a mint,
+// while it is fresh. Per-user tokens are what can grow (one per shopper).
+const tokenCacheSize = 10_000
+
+// tokenCache keeps shared tokens in memory (least recently used go first),
+// in front of storage, and coalesces concurrent mints of the same token.
 //
 // Every forget bumps a generation. A token read from (or written to) storage
 // is only remembered if no forget happened since the storage call began, so a
@@ -104,7 +110,7 @@ func (t *cachedToken) describe() string {
 type tokenCache struct {
 	mu      sync.Mutex // guards gen, and orders remembering against forgetting
 	gen     uint64
-	entries sync.Map // storage key -> *cachedToken
+	entries *lru.Cache[string, *cachedToken] // storage key -> token
 	flights singleflight.Group
 }
 
@@ -118,11 +124,17 @@ func tokenKey(roleName, userID string) string {
 	return roleTokenPrefix(roleName) + "user-" + hex.EncodeToString(sum[:])
 }
 
-func (c *tokenCache) get(key string) *cachedToken {
-	if v, ok := c.entries.Load(key); ok {
-		return v.(*cachedToken)
+func newTokenCache(size int) *tokenCache {
+	entries, err := lru.New[string, *cachedToken](size)
+	if err != nil {
+		panic(fmt.Sprintf("token cache of size %d: %v", size, err)) // only for a size <= 0
 	}
-	return nil
+	return &tokenCache{entries: entries}
+}
+
+func (c *tokenCache) get(key string) *cachedToken {
+	t, _ := c.entries.Get(key)
+	return t
 }
 
 // generation is read before a storage call whose result may be remembered.
@@ -137,7 +149,7 @@ func (c *tokenCache) rememberIf(key string, t *cachedToken, gen uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.gen == gen {
-		c.entries.Store(key, t)
+		c.entries.Add(key, t)
 	}
 }
 
@@ -145,25 +157,24 @@ func (c *tokenCache) forget(key string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.gen++
-	c.entries.Delete(key)
+	c.entries.Remove(key)
 }
 
 func (c *tokenCache) clear() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.gen++
-	c.entries.Clear()
+	c.entries.Purge()
 }
 
 // memoryKeys lists the keys held in memory under prefix.
 func (c *tokenCache) memoryKeys(prefix string) []string {
 	var keys []string
-	c.entries.Range(func(k, _ any) bool {
-		if key := k.(string); strings.HasPrefix(key, prefix) {
+	for _, key := range c.entries.Keys() {
+		if strings.HasPrefix(key, prefix) {
 			keys = append(keys, key)
 		}
-		return true
-	})
+	}
 	return keys
 }
 
@@ -210,21 +221,13 @@ func (c *tokenCache) roleKeys(ctx context.Context, s logical.Storage, roleName s
 	return keys, nil
 }
 
-// dropRole deletes every shared token of a role from memory and storage.
-func (c *tokenCache) dropRole(ctx context.Context, s logical.Storage, roleName string) error {
-	keys, err := c.roleKeys(ctx, s, roleName)
-	if err != nil {
-		return err
-	}
-	for _, k := range append(keys, c.memoryKeys(roleTokenPrefix(roleName))...) {
-		c.forget(k)
-	}
-	for _, k := range keys {
-		if err := s.Delete(ctx, k); err != nil {
-			return storageError("deleting cached token", err)
+// forgetExpired drops expired tokens from memory.
+func (c *tokenCache) forgetExpired(now time.Time) {
+	for _, key := range c.entries.Keys() {
+		if t, ok := c.entries.Peek(key); ok && !now.Before(t.ExpiresAt) {
+			c.forget(key)
 		}
 	}
-	return nil
 }
 
 // errRoleChanged: the role was deleted or redefined while a token was being
@@ -241,12 +244,14 @@ var errTooShortToLease = logical.CodedError(http.StatusBadGateway, "Instacart Co
 func (b *backend) sharedToken(ctx context.Context, s logical.Storage, roleName string, r *role, e *engine, userID string) (*cachedToken, []string, error) {
 	key := tokenKey(roleName, userID)
 	if t := b.tokens.get(key); t.belongsTo(e.config.CredentialsID, r.hash) && t.fresh(b.now(), r.MinRemainingTTL) {
+		b.metrics.read(roleName, sourceMemory)
 		return t, nil, nil
 	}
 
 	type result struct {
 		token    *cachedToken
 		warnings []string
+		source   readSource // for metrics: where every caller's token came from
 	}
 	// The flight key includes the credentials and role versions so a mint for
 	// a superseded config or role is never shared with callers of the new one.
@@ -256,8 +261,9 @@ func (b *backend) sharedToken(ctx context.Context, s logical.Storage, roleName s
 		// other callers wait on it too. Each caller still honours its own deadline.
 		mintCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), maxMintWait)
 		defer cancel()
+		mintCtx, tag := b.metrics.mintContext(mintCtx, roleName, r, userID)
 		t, warnings, err := b.refreshShared(mintCtx, s, roleName, key, r, e, userID)
-		return result{t, warnings}, err
+		return result{t, warnings, tag.source()}, err
 	})
 	select {
 	case res := <-ch:
@@ -265,6 +271,7 @@ func (b *backend) sharedToken(ctx context.Context, s logical.Storage, roleName s
 			return nil, nil, res.Err
 		}
 		out := res.Val.(result)
+		b.metrics.read(roleName, out.source)
 		return out.token, out.warnings, nil
 	case <-ctx.Done():
 		return nil, nil, fmt.Errorf("waiting for a token from Connect: %w", ctx.Err())

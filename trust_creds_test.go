@@ -418,8 +418,10 @@ func TestAbandonedExclusiveMintIsRevoked(t *testing.T) {
 
 // waitUntil polls cond for what happens on a goroutine the test cannot join
 // (a detached clean-up); the bound only keeps a broken build from hanging.
-func waitUntil(cond func() bool) bool {
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+func waitUntil(cond func() bool) bool { return waitFor(10*time.Second, cond) }
+
+func waitFor(bound time.Duration, cond func() bool) bool {
+	for deadline := time.Now().Add(bound); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
 		if cond() {
 			return true
 		}

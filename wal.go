@@ -36,8 +36,9 @@ func putWAL(ctx context.Context, s logical.Storage, w *walExclusiveToken) (strin
 
 // deleteWAL drops an entry that is no longer needed. A failure only means the
 // rollback will look at it later, so it is logged, not returned.
+// It runs even if the request was cancelled: the entry is done with either way.
 func (b *backend) deleteWAL(ctx context.Context, s logical.Storage, id string) {
-	if err := framework.DeleteWAL(ctx, s, id); err != nil {
+	if err := framework.DeleteWAL(context.WithoutCancel(ctx), s, id); err != nil {
 		b.Logger().Debug("could not delete a write-ahead log entry; the rollback will", "error", err)
 	}
 }
@@ -62,7 +63,7 @@ func (b *backend) walRollback(ctx context.Context, req *logical.Request, kind st
 		b.Logger().Warn("an exclusive mint was interrupted before Connect answered; a token Connect may have issued expires by itself", "role", w.Role)
 		return nil
 	}
-	permanent, err := b.revokeUpstream(ctx, req.Storage, w.CredentialsID, w.AccessToken, w.ExpiresAt)
+	permanent, err := b.revokeUpstream(withRevokeRole(ctx, w.Role), req.Storage, w.CredentialsID, w.AccessToken, w.ExpiresAt)
 	switch {
 	case err == nil:
 		b.Logger().Info("revoked an exclusive token that was minted but never leased", "role", w.Role)

@@ -57,6 +57,8 @@ type Config struct {
 	// Now is the client's clock, which stamps Token.RequestedAt and so
 	// Token.ExpiresAt; nil uses time.Now.
 	Now func() time.Time
+	// Observer, if set, is told about every attempt (for metrics and logs).
+	Observer Observer
 }
 
 // Client talks to one Connect host with one set of current credentials.
@@ -66,6 +68,8 @@ type Client struct {
 	creds   Credentials
 	http    *retryablehttp.Client
 	now     func() time.Time
+	pause   throttle
+	obs     Observer
 }
 
 // New validates cfg and returns a Client.
@@ -120,7 +124,7 @@ func New(cfg Config) (*Client, error) {
 	rc.ErrorHandler = retryablehttp.PassthroughErrorHandler
 	rc.Logger = nil
 	if cfg.Logger != nil {
-		rc.Logger = cfg.Logger
+		rc.Logger = debugLogger{cfg.Logger}
 	}
 
 	return &Client{
@@ -128,6 +132,7 @@ func New(cfg Config) (*Client, error) {
 		creds:   cfg.Credentials,
 		http:    rc,
 		now:     now,
+		obs:     cfg.Observer,
 	}, nil
 }
 
@@ -149,21 +154,23 @@ func (c *Client) Revoke(ctx context.Context, creds Credentials, token string) er
 		"client_secret": creds.ClientSecret,
 		"token":         token,
 	}
-	_, _, err := c.post(ctx, PathRevoke, body, creds, false)
+	st := c.newAttemptState(EndpointRevoke, "", false)
+	_, _, err := c.post(ctx, st, PathRevoke, body, creds)
+	st.finish(ctx, err)
 	return err
 }
 
 // post sends body as JSON (never as query parameters: Connect rejects
 // credentials there with query_params_forbidden) with retries, and returns the
 // body of a 200 response and when the attempt that got it was sent. Any other outcome is an *Error with credentials
-// stripped from whatever Connect said. A singleUse request is never repeated
-// once it may have reached Connect (see retryPolicy).
-func (c *Client) post(ctx context.Context, path string, body any, creds Credentials, singleUse bool) ([]byte, time.Time, error) {
+// stripped from whatever Connect said. A single-use request (st.singleUse) is
+// never repeated once it may have reached Connect (see retryPolicy). The
+// caller reports the last attempt with st.finish once it knows the outcome.
+func (c *Client) post(ctx context.Context, st *attemptState, path string, body any, creds Credentials) ([]byte, time.Time, error) {
 	payload, err := json.Marshal(body)
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("connect: encoding request: %w", err)
 	}
-	st := &attemptState{singleUse: singleUse, now: c.now}
 	req, err := retryablehttp.NewRequestWithContext(withAttemptState(ctx, st), http.MethodPost, c.baseURL+path, payload)
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("connect: building request: %w", err)

@@ -834,3 +834,65 @@ func TestSlowAnswerDoesNotStretchExpiry(t *testing.T) {
 		t.Errorf("ExpiresAt = %v, want %v (counted from the send)", tok.ExpiresAt, want)
 	}
 }
+
+// A 429 slows every request of the client, not only the one that got it: a
+// request started once the 429 has been read reaches Connect only after
+// Retry-After.
+func TestTooManyRequestsPausesTheWholeClient(t *testing.T) {
+	fake := newFake(t)
+	var mu sync.Mutex
+	var arrivals []time.Time
+	read429 := make(chan struct{})
+	tr := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		mu.Lock()
+		arrivals = append(arrivals, time.Now())
+		n := len(arrivals)
+		mu.Unlock()
+		if n == 1 {
+			return &http.Response{
+				StatusCode: http.StatusTooManyRequests,
+				Header:     http.Header{"Retry-After": {"1"}},
+				Body:       &closeSignal{Reader: strings.NewReader(""), closed: read429},
+			}, nil
+		}
+		return http.DefaultTransport.RoundTrip(r)
+	})
+	c := newClient(t, fake, func(cfg *connect.Config) { cfg.Transport = tr })
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if _, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials}); err != nil {
+			t.Errorf("first: %v", err)
+		}
+	}()
+	<-read429 // the client has read the 429 and closed its body
+	answered := time.Now()
+	if _, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials}); err != nil {
+		t.Fatalf("second: %v", err)
+	}
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(arrivals) != 3 {
+		t.Fatalf("%d requests reached Connect, want 3", len(arrivals))
+	}
+	for _, at := range arrivals[1:] {
+		if at.Sub(answered) < 900*time.Millisecond {
+			t.Errorf("a request reached Connect %v after the 429 asked for a 1 s pause", at.Sub(answered))
+		}
+	}
+}
+
+// closeSignal is a response body that says when the client closed it.
+type closeSignal struct {
+	io.Reader
+	closed chan struct{}
+	once   sync.Once
+}
+
+func (c *closeSignal) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return nil
+}

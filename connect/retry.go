@@ -43,6 +43,17 @@ type attemptState struct {
 	// now is the client's clock; started is when the current attempt began.
 	now     func() time.Time
 	started time.Time
+	// pause is the client's: a 429 to any request holds all of them back.
+	pause *throttle
+
+	// For the Observer (observer.go): what the call is, and the current
+	// attempt's wall-clock span and result.
+	obs                 Observer
+	endpoint            Endpoint
+	grant               GrantType
+	first, began, ended time.Time
+	attemptStatus       int
+	attemptErr          error
 }
 
 // attemptTrace is what httptrace saw of one attempt; guarded by attemptState.mu.
@@ -72,11 +83,16 @@ func attemptStateFrom(ctx context.Context) *attemptState {
 // countAttempt is a retryablehttp RequestLogHook: it runs once before every attempt.
 func countAttempt(_ retryablehttp.Logger, req *http.Request, _ int) {
 	if st := attemptStateFrom(req.Context()); st != nil {
+		st.pause.wait(req.Context())
 		st.mu.Lock()
+		prev, retried := st.beginAttemptLocked()
 		st.attempts++
 		st.current = nil
 		st.started = st.now()
 		st.mu.Unlock()
+		if retried {
+			st.obs.Retrying(req.Context(), prev)
+		}
 	}
 }
 
@@ -110,7 +126,9 @@ func (t *tracingTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 		WroteHeaders: func() { mark(true) },
 		WroteRequest: func(httptrace.WroteRequestInfo) { mark(true) },
 	}
-	return t.next.RoundTrip(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
+	resp, err := t.next.RoundTrip(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
+	st.pause.noteAnswer(resp)
+	return resp, err
 }
 
 func (t *tracingTransport) CloseIdleConnections() {
@@ -119,12 +137,16 @@ func (t *tracingTransport) CloseIdleConnections() {
 	}
 }
 
-func (s *attemptState) recordStatus(resp *http.Response) {
-	if s == nil || resp == nil {
+func (s *attemptState) recordStatus(resp *http.Response, err error) {
+	if s == nil {
 		return
 	}
 	s.mu.Lock()
-	s.status = resp.StatusCode
+	status := 0
+	if resp != nil {
+		s.status, status = resp.StatusCode, resp.StatusCode
+	}
+	s.endAttemptLocked(status, err)
 	s.mu.Unlock()
 }
 
@@ -173,7 +195,7 @@ func (s *attemptState) snapshot() (attempts, status int, sent bool) {
 func retryPolicy(maxRetryAfter time.Duration) func(context.Context, *http.Response, error) (bool, error) {
 	return func(ctx context.Context, resp *http.Response, err error) (bool, error) {
 		st := attemptStateFrom(ctx)
-		st.recordStatus(resp)
+		st.recordStatus(resp, err)
 		// A complete answer that is not to be retried wins over a deadline
 		// that passed as it arrived: dropping it would lose a minted token
 		// (and, for an authorization code, the code with it).

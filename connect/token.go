@@ -117,8 +117,10 @@ func (c *Client) Token(ctx context.Context, r TokenRequest) (*Token, error) {
 		body.Code, body.RedirectURI = r.Code, r.RedirectURI
 	}
 
-	raw, sent, err := c.post(ctx, PathToken, body, c.creds, r.GrantType == GrantAuthorizationCode)
+	st := c.newAttemptState(EndpointToken, r.GrantType, r.GrantType == GrantAuthorizationCode)
+	raw, sent, err := c.post(ctx, st, PathToken, body, c.creds)
 	if err != nil {
+		st.finish(ctx, err)
 		return nil, err
 	}
 	// Counting expires_in from when the request was sent, not when the body
@@ -128,8 +130,11 @@ func (c *Client) Token(ctx context.Context, r TokenRequest) (*Token, error) {
 		if named != "" {
 			err = c.revokeUnusable(ctx, named, err)
 		}
-		return nil, &Error{Path: PathToken, StatusCode: 200, Code: ErrInvalidResponse, Sent: true, Err: err}
+		ce := &Error{Path: PathToken, StatusCode: 200, Code: ErrInvalidResponse, Sent: true, Err: err}
+		st.finish(ctx, ce)
+		return nil, ce
 	}
+	st.finish(ctx, nil)
 	return tok, nil
 }
 

@@ -127,7 +127,7 @@ func TestInputFormsAndTidyReads(t *testing.T) {
 		Data map[string]any `json:"data"`
 	}
 	v.vaultJSON(t, &cfg, "read", "instacart/config")
-	wantCfg := []string{"base_url", "client_id", "client_secret_set", "max_retries", "request_timeout"}
+	wantCfg := []string{"base_url", "client_id", "client_secret_set", "max_concurrent_mints", "max_retries", "request_timeout"}
 	if got := keys(cfg.Data); !reflect.DeepEqual(got, wantCfg) {
 		t.Errorf("config read shows %v, want %v", got, wantCfg)
 	}

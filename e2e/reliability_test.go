@@ -120,8 +120,9 @@ func TestUpstreamFaultsThroughVault(t *testing.T) {
 
 	t.Run("connection refused", func(t *testing.T) {
 		closed := freePort(t) // nothing listens there
-		v.vault(t, "write", "instacart/config", "base_url=http://127.0.0.1:"+itoa(closed), "verify=false")
-		defer v.vault(t, "write", "instacart/config", "base_url="+f.URL, "verify=false")
+		// A move to another host carries its secret (the stored one never follows).
+		v.vault(t, "write", "instacart/config", "base_url=http://127.0.0.1:"+itoa(closed), "client_secret=@"+f.SecretFile(), "verify=false")
+		defer v.vault(t, "write", "instacart/config", "base_url="+f.URL, "client_secret=@"+f.SecretFile(), "verify=false")
 		start := time.Now()
 		_, errOut, code := v.cli(t, v.Token, "", "read", "instacart/creds/excl")
 		if code == 0 || !strings.Contains(errOut, "connection refused") {

@@ -1,4 +1,4 @@
-# Operator policy: configure the engine and manage roles and cached tokens.
+# Operator policy: configure the engine, manage roles and cached tokens, and read its metrics.
 # Assumes the engine is mounted at instacart/.
 path "instacart/config" {
   capabilities = ["create", "read", "update", "delete"]
@@ -14,4 +14,8 @@ path "instacart/roles/*" {
 
 path "instacart/cache/*" {
   capabilities = ["delete"]
+}
+
+path "instacart/metrics" {
+  capabilities = ["read"]
 }

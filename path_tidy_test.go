@@ -1,0 +1,153 @@
+package instacart
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// storedTokenKeys lists the stored shared tokens (by listing only, so it is
+// safe while a background removal runs).
+func storedTokenKeys(e *testEnv) []string {
+	e.t.Helper()
+	var keys []string
+	dirs, err := e.storage.List(context.Background(), tokenStoragePrefix)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, d := range dirs {
+		got, err := e.storage.List(context.Background(), tokenStoragePrefix+d)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		for _, k := range got {
+			keys = append(keys, tokenStoragePrefix+d+k)
+		}
+	}
+	return keys
+}
+
+// Tidy removes expired per-user tokens, tokens of deleted roles and retired
+// credentials past their retention, from storage and memory, and says so.
+func TestTidyRemovesExpiredAndOrphanedTokens(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	for i := range 5 {
+		e.mustOK(logical.UpdateOperation, "creds/shoppers", map[string]any{"user_id": fmt.Sprintf("store-%d", i)})
+	}
+	e.mustOK(logical.ReadOperation, "creds/cc", nil)
+	// A token left behind under a role that no longer exists.
+	orphan, err := logical.StorageEntryJSON(tokenKey("gone", ""), &cachedToken{AccessToken: "placeholder", ExpiresAt: time.Now().Add(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.storage.Put(context.Background(), orphan); err != nil {
+		t.Fatal(err)
+	}
+	const newID, newSecret = "test-client-2", "fake-second-secret-for-tests-98765"
+	e.fake.AddClient(newID, newSecret)
+	e.mustOK(logical.UpdateOperation, "config", map[string]any{"client_id": newID, "client_secret": newSecret})
+
+	resp := e.mustOK(logical.UpdateOperation, "tidy", nil)
+	if resp.Data["orphaned_tokens_removed"] != 1 || resp.Data["expired_tokens_removed"] != 0 {
+		t.Errorf("first tidy: %v, want the one orphan", resp.Data)
+	}
+	if got := len(storedTokenKeys(e)); got != 6 {
+		t.Errorf("%d tokens stored after the first tidy, want the 6 live ones", got)
+	}
+
+	e.advance(25 * time.Hour)
+	resp = e.mustOK(logical.UpdateOperation, "tidy", nil)
+	if resp.Data["expired_tokens_removed"] != 6 || resp.Data["retired_credentials_removed"] != 1 {
+		t.Errorf("second tidy: %v, want 6 expired tokens and 1 retired credential set", resp.Data)
+	}
+	if keys := storedTokenKeys(e); len(keys) != 0 {
+		t.Errorf("tokens left in storage: %v", keys)
+	}
+	if keys := e.b.tokens.memoryKeys(tokenStoragePrefix); len(keys) != 0 {
+		t.Errorf("%d expired tokens left in memory", len(keys))
+	}
+}
+
+// The periodic function tidies on its own, once an hour.
+func TestPeriodicTidy(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	e.mustOK(logical.UpdateOperation, "creds/shoppers", map[string]any{"user_id": "store-1"})
+	rollback := func() {
+		t.Helper()
+		if _, err := e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.RollbackOperation, Storage: e.storage}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rollback() // the first pass tidies (nothing to remove) and starts the hour
+	e.advance(25 * time.Hour)
+	rollback()
+	if keys := storedTokenKeys(e); len(keys) != 0 {
+		t.Errorf("the periodic tidy left %d expired tokens", len(keys))
+	}
+}
+
+// Memory holds a bounded number of tokens; an evicted one that is still
+// fresh costs a storage read, never a mint.
+func TestTokenMemoryIsBounded(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	e.b.tokens = newTokenCache(5)
+	var first string
+	for i := range 20 {
+		tok := e.mustOK(logical.UpdateOperation, "creds/shoppers", map[string]any{"user_id": fmt.Sprintf("store-%d", i)}).Data["access_token"].(string)
+		if i == 0 {
+			first = tok
+		}
+	}
+	if n := e.b.tokens.entries.Len(); n > 5 {
+		t.Errorf("%d tokens in memory, bound is 5", n)
+	}
+	mints := e.fake.Mints()
+	if got := e.mustOK(logical.UpdateOperation, "creds/shoppers", map[string]any{"user_id": "store-0"}).Data["access_token"]; got != first {
+		t.Error("an evicted fresh token was not served from storage")
+	}
+	if e.fake.Mints() != mints {
+		t.Error("an evicted fresh token was minted again")
+	}
+}
+
+// Deleting a role with many stored tokens answers at once, removes them in
+// the background, and never holds the role lock across the whole removal:
+// a cold read of another role completes while most of them are still there.
+func TestRoleDeleteAtScale(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	e.mustOK(logical.UpdateOperation, "roles/big", map[string]any{"grant_type": "fulfillment_user_assertion", "scopes": "connect:recommendations", "allowed_user_ids": "*"})
+	const n = 100_000
+	for i := range n {
+		entry, err := logical.StorageEntryJSON(tokenKey("big", fmt.Sprintf("user-%d", i)), &cachedToken{AccessToken: "placeholder", ExpiresAt: time.Now().Add(time.Hour)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.storage.Put(context.Background(), entry); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp := e.mustOK(logical.DeleteOperation, "roles/big", nil)
+	if len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "background") {
+		t.Errorf("warnings = %q, want one saying the tokens go in the background", resp.Warnings)
+	}
+	if resp, err := e.do(logical.ReadOperation, "creds/cc", nil); err != nil || resp.IsError() {
+		t.Fatalf("a cold read of another role during the removal: %v %v", resp, err)
+	}
+	if left := len(storedTokenKeys(e)); left < n/2 {
+		t.Errorf("the other role's read waited until %d of %d tokens were removed", n-left, n)
+	}
+	if !waitFor(time.Minute, func() bool { return len(storedTokenKeys(e)) <= 1 }) { // the cc token stays
+		t.Fatalf("%d tokens left after the background removal", len(storedTokenKeys(e)))
+	}
+	if keys := e.b.tokens.memoryKeys(roleTokenPrefix("big")); len(keys) != 0 {
+		t.Errorf("%d of the deleted role's tokens left in memory", len(keys))
+	}
+}
