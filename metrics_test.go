@@ -147,16 +147,16 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	read("shared", nil) // from storage
 
 	// A 503 retried, then a token.
-	e.fake.InjectFaults(connect.PathToken, connectfake.Fault{Status: 503})
+	e.fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Status: 503})
 	excl = append(excl, read("excl", nil))
 	// A refusal retrying cannot fix.
-	e.fake.InjectFaults(connect.PathToken, connectfake.Fault{Status: 400, Body: `{"error":"invalid_scope","error_description":"no"}`})
+	e.fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Status: 400, Body: `{"error":"invalid_scope","error_description":"no"}`})
 	if resp, err := e.do(logical.ReadOperation, "creds/excl", nil); err == nil && !resp.IsError() {
 		t.Fatal("a 400 from Connect was a successful read")
 	}
 	// A Connect that never answers, without retries.
 	e.mustOK(logical.UpdateOperation, "config", map[string]any{"request_timeout": "1s", "max_retries": 0})
-	e.fake.InjectFaults(connect.PathToken, connectfake.Fault{Hang: true})
+	e.fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Hang: true})
 	if resp, err := e.do(logical.ReadOperation, "creds/excl", nil); err == nil && !resp.IsError() {
 		t.Fatal("a hung Connect gave a token")
 	}
@@ -168,11 +168,11 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	if err := revoke(e, excl[0].Secret); err != nil {
 		t.Fatalf("revoke: %v", err)
 	}
-	e.fake.InjectFaults(connect.PathRevoke, connectfake.Fault{Status: 403, Body: `{"error":"unauthorized_client"}`})
+	e.fake.InjectFaults(connectfake.PathRevoke, connectfake.Fault{Status: 403, Body: `{"error":"unauthorized_client"}`})
 	if err := revoke(e, excl[1].Secret); err != nil {
 		t.Fatalf("a refused revocation is logged, not returned: %v", err)
 	}
-	e.fake.InjectFaults(connect.PathRevoke, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 503})
+	e.fake.InjectFaults(connectfake.PathRevoke, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 503})
 	if err := revoke(e, excl[2].Secret); err == nil {
 		t.Fatal("a revocation Connect could not take succeeded")
 	}
@@ -181,7 +181,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	// Connect down as the shared token is due for replacement: the cached
 	// one is served.
 	e.advance(23*time.Hour + 30*time.Minute)
-	e.fake.InjectFaults(connect.PathToken, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 503})
+	e.fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 503})
 	stale := read("shared", nil)
 	if len(stale.Warnings) == 0 {
 		t.Fatal("no warning with the token served while Connect is down")
@@ -320,7 +320,7 @@ func TestMetricsLogLines(t *testing.T) {
 	linked := e.mustOK(logical.UpdateOperation, "creds/linking", map[string]any{"code": code})
 	// A storm: three reads, each retried twice.
 	for range 3 {
-		e.fake.InjectFaults(connect.PathToken, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 502})
+		e.fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 502})
 		e.mustOK(logical.ReadOperation, "creds/excl", nil)
 	}
 	logs := e.logs.String()[start:]

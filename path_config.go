@@ -104,21 +104,13 @@ func (c *connectConfig) newClient(logger hclog.Logger, now func() time.Time, obs
 		BaseURL:        c.BaseURL,
 		Credentials:    connect.Credentials{ClientID: c.ClientID, ClientSecret: c.ClientSecret},
 		RequestTimeout: c.RequestTimeout,
-		MaxRetries:     retriesSetting(c.MaxRetries),
+		MaxRetries:     c.MaxRetries,
 		Logger:         logger,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("building Connect client: %w", err)
 	}
 	return client, nil
-}
-
-// retriesSetting maps our max_retries (0 = none) onto connect.Config (0 = default, <0 = none).
-func retriesSetting(n int) int {
-	if n == 0 {
-		return -1
-	}
-	return n
 }
 
 // credentialsFor finds the credentials a token was minted with: the current

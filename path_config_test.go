@@ -15,7 +15,7 @@ import (
 
 	"github.com/hashicorp/vault/sdk/logical"
 
-	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect"
+	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect/connectfake"
 )
 
 func TestConfigWriteRead(t *testing.T) {
@@ -110,14 +110,14 @@ func TestConfigVerifyCanBeSkipped(t *testing.T) {
 	e.mustOK(logical.UpdateOperation, "config", map[string]any{
 		"client_id": testClientID, "client_secret": "wrong-secret-value", "base_url": e.fake.URL, "verify": false,
 	})
-	if e.fake.Requests(connect.PathToken) != 0 {
+	if e.fake.Requests(connectfake.PathToken) != 0 {
 		t.Error("verify=false still called Connect")
 	}
 	// The bad secret now surfaces at creds time, as a 400 naming Instacart's code.
 	e.mustOK(logical.UpdateOperation, "roles/cc", map[string]any{"grant_type": "client_credentials"})
 	resp, err := e.do(logical.ReadOperation, "creds/cc", nil)
 	expectError(t, resp, err, "invalid_client")
-	if got := e.fake.Requests(connect.PathToken); got != 1 {
+	if got := e.fake.Requests(connectfake.PathToken); got != 1 {
 		t.Errorf("invalid_client was retried: %d requests", got)
 	}
 }
@@ -161,7 +161,7 @@ func TestRejectedCredentialsStopHammeringConnect(t *testing.T) {
 		resp, err := e.do(logical.ReadOperation, "creds/cc-excl", nil)
 		expectError(t, resp, err, "invalid_client")
 	}
-	if got := e.fake.Requests(connect.PathToken); got != 1 {
+	if got := e.fake.Requests(connectfake.PathToken); got != 1 {
 		t.Errorf("5 reads with refused credentials reached Connect %d times, want 1", got)
 	}
 	// New credentials end the hold at once.

@@ -20,11 +20,11 @@ import (
 
 // Connect endpoints, from Instacart's "Get started" and "Generate a linking token" pages.
 const (
-	PathToken  = "/v2/oauth/token"
-	PathRevoke = "/v2/oauth/token/revoke"
+	pathToken  = "/v2/oauth/token"
+	pathRevoke = "/v2/oauth/token/revoke"
 )
 
-// Defaults for Config fields left zero.
+// Defaults: for Config fields left zero, except MaxRetries (0 means none).
 const (
 	// DefaultBaseURL is Instacart's production Connect host.
 	DefaultBaseURL        = "https://connect.instacart.com"
@@ -42,12 +42,15 @@ type Credentials struct {
 	ClientSecret string
 }
 
-// Config configures a Client. Zero values take the defaults above.
+// Config configures a Client. Zero values take the defaults above, except
+// MaxRetries, where 0 means no retries.
 type Config struct {
 	BaseURL        string
 	Credentials    Credentials
 	RequestTimeout time.Duration // per HTTP attempt
-	MaxRetries     int           // retries after the first attempt, for transient failures only; negative = none
+	// MaxRetries is how many times a transient failure is retried after the
+	// first attempt; 0 means none (DefaultMaxRetries is a good value).
+	MaxRetries int
 	// RetryWaitMin and RetryWaitMax bound the exponential backoff between retries
 	// when Connect sends no Retry-After (defaults 250ms and 10s).
 	RetryWaitMin, RetryWaitMax time.Duration
@@ -85,10 +88,8 @@ func New(cfg Config) (*Client, error) {
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = DefaultRequestTimeout
 	}
-	if cfg.MaxRetries == 0 {
-		cfg.MaxRetries = DefaultMaxRetries
-	} else if cfg.MaxRetries < 0 {
-		cfg.MaxRetries = 0
+	if cfg.MaxRetries < 0 {
+		return nil, fmt.Errorf("connect: MaxRetries %d is negative", cfg.MaxRetries)
 	}
 	if cfg.RetryWaitMin <= 0 {
 		cfg.RetryWaitMin = 250 * time.Millisecond
@@ -155,7 +156,7 @@ func (c *Client) Revoke(ctx context.Context, creds Credentials, token string) er
 		"token":         token,
 	}
 	st := c.newAttemptState(EndpointRevoke, "", false)
-	_, _, err := c.post(ctx, st, PathRevoke, body, creds)
+	_, _, err := c.post(ctx, st, pathRevoke, body, creds)
 	st.finish(ctx, err)
 	return err
 }

@@ -107,7 +107,7 @@ func TestRequestIsJSONBodyNeverQuery(t *testing.T) {
 	if _, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantFulfillmentUserAssertion, Scopes: []string{"connect:recommendations", "connect:post_checkout"}, UserID: "u1"}); err != nil {
 		t.Fatal(err)
 	}
-	rec := fake.LastRequest(connect.PathToken)
+	rec := fake.LastRequest(connectfake.PathToken)
 	if rec.RawQuery != "" {
 		t.Errorf("query string sent: %q", rec.RawQuery)
 	}
@@ -167,7 +167,7 @@ func TestRetriesTransientFailures(t *testing.T) {
 					tc.faults[i].RetryAfter = start.Add(2 * time.Second).UTC().Format(http.TimeFormat)
 				}
 			}
-			fake.InjectFaults(connect.PathToken, tc.faults...)
+			fake.InjectFaults(connectfake.PathToken, tc.faults...)
 			tok, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
 			if err != nil {
 				t.Fatalf("Token after %d faults: %v", len(tc.faults), err)
@@ -175,7 +175,7 @@ func TestRetriesTransientFailures(t *testing.T) {
 			if !fake.TokenLive(tok.AccessToken) {
 				t.Error("token not live")
 			}
-			if got, want := fake.Requests(connect.PathToken), len(tc.faults)+1; got != want {
+			if got, want := fake.Requests(connectfake.PathToken), len(tc.faults)+1; got != want {
 				t.Errorf("requests = %d, want %d", got, want)
 			}
 			if tc.faults[0].RetryAfter != "" && time.Since(start) < 900*time.Millisecond {
@@ -188,13 +188,13 @@ func TestRetriesTransientFailures(t *testing.T) {
 func TestGivesUpAfterMaxRetries(t *testing.T) {
 	fake := newFake(t)
 	c := newClient(t, fake, func(cfg *connect.Config) { cfg.MaxRetries = 2 })
-	fake.InjectFaults(connect.PathToken, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 503})
+	fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 503})
 	_, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
 	ce, ok := connect.AsError(err)
 	if !ok || ce.StatusCode != 503 || !ce.Temporary() || ce.Attempts != 3 {
 		t.Fatalf("err = %#v", err)
 	}
-	if got := fake.Requests(connect.PathToken); got != 3 {
+	if got := fake.Requests(connectfake.PathToken); got != 3 {
 		t.Errorf("requests = %d, want 3", got)
 	}
 	if !strings.Contains(err.Error(), "503") {
@@ -224,7 +224,7 @@ func TestNoRetryOnClientErrors(t *testing.T) {
 			if !ok || ce.StatusCode != tc.status || ce.Code != tc.code || ce.Temporary() || ce.CredentialsRejected() != tc.rejected {
 				t.Fatalf("err = %#v", err)
 			}
-			if got := fake.Requests(connect.PathToken); got != 1 {
+			if got := fake.Requests(connectfake.PathToken); got != 1 {
 				t.Errorf("requests = %d, want exactly 1 (no retry)", got)
 			}
 			if strings.Contains(err.Error(), tc.secret) {
@@ -237,13 +237,13 @@ func TestNoRetryOnClientErrors(t *testing.T) {
 func TestQueryParamsForbiddenIsNotRetried(t *testing.T) {
 	fake := newFake(t)
 	c := newClient(t, fake, nil)
-	fake.InjectFaults(connect.PathToken, connectfake.Fault{Status: 403, Body: `{"error":"query_params_forbidden","error_description":"Providing OAuth credentials as query parameters may cause them to be compromised. Please ensure the credentials are rotated."}`})
+	fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Status: 403, Body: `{"error":"query_params_forbidden","error_description":"Providing OAuth credentials as query parameters may cause them to be compromised. Please ensure the credentials are rotated."}`})
 	_, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
 	ce, ok := connect.AsError(err)
 	if !ok || ce.Code != connect.ErrQueryParamsForbidden || !ce.CredentialsRejected() {
 		t.Fatalf("err = %v", err)
 	}
-	if got := fake.Requests(connect.PathToken); got != 1 {
+	if got := fake.Requests(connectfake.PathToken); got != 1 {
 		t.Errorf("requests = %d, want 1", got)
 	}
 }
@@ -251,7 +251,7 @@ func TestQueryParamsForbiddenIsNotRetried(t *testing.T) {
 func TestHungUpstreamReturnsWithinDeadline(t *testing.T) {
 	fake := newFake(t)
 	c := newClient(t, fake, func(cfg *connect.Config) { cfg.RequestTimeout = 10 * time.Second })
-	fake.InjectFaults(connect.PathToken, connectfake.Fault{Hang: true}, connectfake.Fault{Hang: true})
+	fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Hang: true}, connectfake.Fault{Hang: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	start := time.Now()
@@ -270,7 +270,7 @@ func TestHungUpstreamReturnsWithinDeadline(t *testing.T) {
 func TestRequestTimeoutBoundsEachAttempt(t *testing.T) {
 	fake := newFake(t)
 	c := newClient(t, fake, func(cfg *connect.Config) { cfg.RequestTimeout = 200 * time.Millisecond; cfg.MaxRetries = 1 })
-	fake.InjectFaults(connect.PathToken, connectfake.Fault{Hang: true})
+	fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Hang: true})
 	start := time.Now()
 	tok, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
 	if err != nil {
@@ -302,8 +302,8 @@ func TestMalformedSuccessResponses(t *testing.T) {
 	for name, body := range bodies {
 		t.Run(name, func(t *testing.T) {
 			fake := newFake(t)
-			c := newClient(t, fake, func(cfg *connect.Config) { cfg.MaxRetries = -1 })
-			fake.InjectFaults(connect.PathToken, connectfake.Fault{Status: 200, Body: body})
+			c := newClient(t, fake, func(cfg *connect.Config) { cfg.MaxRetries = 0 })
+			fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Status: 200, Body: body})
 			tok, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
 			ce, ok := connect.AsError(err)
 			if tok != nil || !ok || ce.Code != connect.ErrInvalidResponse || !ce.Sent {
@@ -439,7 +439,7 @@ func TestRedirectsAreNotFollowed(t *testing.T) {
 	if ce, ok := connect.AsError(err); !ok || ce.StatusCode != http.StatusTemporaryRedirect {
 		t.Fatalf("err = %v", err)
 	}
-	if got := target.Requests(connect.PathToken); got != 0 {
+	if got := target.Requests(connectfake.PathToken); got != 0 {
 		t.Errorf("redirect followed: target saw %d requests carrying the credentials", got)
 	}
 }
@@ -473,24 +473,24 @@ func TestAuthorizationCodeIsNeverResent(t *testing.T) {
 
 			fake := newFake(t)
 			c := newClient(t, fake, mod)
-			fake.InjectFaults(connect.PathToken, tc.fault)
+			fake.InjectFaults(connectfake.PathToken, tc.fault)
 			_, err := c.Token(context.Background(), codeRequest(fake))
 			ce, ok := connect.AsError(err)
 			if !ok || !ce.Sent || ce.Attempts != 1 {
 				t.Fatalf("err = %#v", err)
 			}
-			if got := fake.Requests(connect.PathToken); got != 1 {
+			if got := fake.Requests(connectfake.PathToken); got != 1 {
 				t.Errorf("authorization_code: Connect saw %d requests, want exactly 1", got)
 			}
 
 			// The same failure is retried for a grant that may be repeated.
 			fake = newFake(t)
 			c = newClient(t, fake, mod)
-			fake.InjectFaults(connect.PathToken, tc.fault)
+			fake.InjectFaults(connectfake.PathToken, tc.fault)
 			if _, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials}); err != nil {
 				t.Fatalf("client_credentials after one fault: %v", err)
 			}
-			if got := fake.Requests(connect.PathToken); got != 2 {
+			if got := fake.Requests(connectfake.PathToken); got != 2 {
 				t.Errorf("client_credentials: Connect saw %d requests, want 2", got)
 			}
 		})
@@ -502,12 +502,12 @@ func TestAuthorizationCodeRetriedWhenConnectTurnedItAway(t *testing.T) {
 	for _, status := range []int{429, 503} {
 		fake := newFake(t)
 		c := newClient(t, fake, nil)
-		fake.InjectFaults(connect.PathToken, connectfake.Fault{Status: status})
+		fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Status: status})
 		tok, err := c.Token(context.Background(), codeRequest(fake))
 		if err != nil {
 			t.Fatalf("%d then 200: %v", status, err)
 		}
-		if got := fake.Requests(connect.PathToken); got != 2 {
+		if got := fake.Requests(connectfake.PathToken); got != 2 {
 			t.Errorf("%d then 200: %d requests, want 2", status, got)
 		}
 		if info, _ := fake.Token(tok.AccessToken); info.UserID != "linked-user" {
@@ -579,8 +579,8 @@ func TestAuthorizationCodeRetriedWhenNeverSent(t *testing.T) {
 		if err != nil {
 			t.Fatalf("second attempt should succeed: %v", err)
 		}
-		if !fake.TokenLive(tok.AccessToken) || fake.Requests(connect.PathToken) != 1 {
-			t.Errorf("live %v, requests %d", fake.TokenLive(tok.AccessToken), fake.Requests(connect.PathToken))
+		if !fake.TokenLive(tok.AccessToken) || fake.Requests(connectfake.PathToken) != 1 {
+			t.Errorf("live %v, requests %d", fake.TokenLive(tok.AccessToken), fake.Requests(connectfake.PathToken))
 		}
 	})
 }
@@ -626,7 +626,7 @@ func TestUnusableTokenIsRevoked(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			fake := newFake(t)
 			c := newClient(t, fake, nil)
-			fake.InjectFaults(connect.PathToken, connectfake.Fault{Status: 200, Body: body, AfterHandling: true})
+			fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Status: 200, Body: body, AfterHandling: true})
 			tok, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
 			ce, ok := connect.AsError(err)
 			if tok != nil || !ok || ce.Code != connect.ErrInvalidResponse || ce.StatusCode != 200 || !ce.Sent {
@@ -636,7 +636,7 @@ func TestUnusableTokenIsRevoked(t *testing.T) {
 			if len(minted) != 1 || !minted[0].Revoked || fake.Revocations() != 1 {
 				t.Fatalf("minted %d, revocations %d", len(minted), fake.Revocations())
 			}
-			if rec := fake.LastRequest(connect.PathRevoke); !strings.Contains(string(rec.Body), testClientID) {
+			if rec := fake.LastRequest(connectfake.PathRevoke); !strings.Contains(string(rec.Body), testClientID) {
 				t.Errorf("revoked without the client's credentials")
 			}
 		})
@@ -650,7 +650,7 @@ func TestUnusableTokenErrorNeverNamesIt(t *testing.T) {
 		var body map[string]string
 		_ = json.NewDecoder(r.Body).Decode(&body)
 		w.Header().Set("Content-Type", "application/json")
-		if r.URL.Path == connect.PathRevoke {
+		if r.URL.Path == connectfake.PathRevoke {
 			revokes <- body["token"]
 			w.WriteHeader(http.StatusBadRequest)
 			fmt.Fprintf(w, `{"error":%q,"error_description":"cannot revoke %s"}`, tok, tok)
@@ -659,7 +659,7 @@ func TestUnusableTokenErrorNeverNamesIt(t *testing.T) {
 		fmt.Fprintf(w, `{"access_token":%q,"token_type":%q,"expires_in":86400}`, tok, tok[:12])
 	}))
 	defer srv.Close()
-	c := newClient(t, newFake(t), func(cfg *connect.Config) { cfg.BaseURL = srv.URL; cfg.MaxRetries = -1 })
+	c := newClient(t, newFake(t), func(cfg *connect.Config) { cfg.BaseURL = srv.URL; cfg.MaxRetries = 0 })
 	_, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
 	if ce, ok := connect.AsError(err); !ok || ce.Code != connect.ErrInvalidResponse {
 		t.Fatalf("err = %v", err)
@@ -679,12 +679,12 @@ func TestNothingToRevokeWithoutAnAccessToken(t *testing.T) {
 	for _, body := range []string{`{"token_type":"Bearer","expires_in":86400}`, `{"access_token":42,"token_type":"mac"}`, `{"access_token":"x"`} {
 		fake := newFake(t)
 		c := newClient(t, fake, nil)
-		fake.InjectFaults(connect.PathToken, connectfake.Fault{Status: 200, Body: body})
+		fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Status: 200, Body: body})
 		_, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
 		if ce, ok := connect.AsError(err); !ok || ce.Code != connect.ErrInvalidResponse {
 			t.Fatalf("%s: err = %v", body, err)
 		}
-		if got := fake.Requests(connect.PathRevoke); got != 0 {
+		if got := fake.Requests(connectfake.PathRevoke); got != 0 {
 			t.Errorf("%s: %d revoke requests", body, got)
 		}
 	}
@@ -697,7 +697,7 @@ type cancelOnRevoke struct {
 }
 
 func (c *cancelOnRevoke) RoundTrip(req *http.Request) (*http.Response, error) {
-	if req.URL.Path == connect.PathRevoke {
+	if req.URL.Path == connectfake.PathRevoke {
 		c.cancel()
 	}
 	return c.next.RoundTrip(req)
@@ -710,7 +710,7 @@ func TestUnusableTokenRevokedAfterCallerGivesUp(t *testing.T) {
 	tr := &http.Transport{}
 	defer tr.CloseIdleConnections()
 	c := newClient(t, fake, func(cfg *connect.Config) { cfg.Transport = &cancelOnRevoke{next: tr, cancel: cancel} })
-	fake.InjectFaults(connect.PathToken, connectfake.Fault{Status: 200, AfterHandling: true,
+	fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Status: 200, AfterHandling: true,
 		Body: `{"access_token":"{access_token}","token_type":"mac","expires_in":86400}`})
 	_, err := c.Token(ctx, connect.TokenRequest{GrantType: connect.GrantClientCredentials})
 	if ce, ok := connect.AsError(err); !ok || ce.Code != connect.ErrInvalidResponse {
@@ -728,7 +728,7 @@ func TestErrorTimeout(t *testing.T) {
 	t.Run("caller's deadline", func(t *testing.T) {
 		fake := newFake(t)
 		c := newClient(t, fake, func(cfg *connect.Config) { cfg.RequestTimeout = 10 * time.Second })
-		fake.InjectFaults(connect.PathToken, connectfake.Fault{Hang: true})
+		fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Hang: true})
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 		defer cancel()
 		_, err := c.Token(ctx, connect.TokenRequest{GrantType: connect.GrantClientCredentials})
@@ -738,8 +738,8 @@ func TestErrorTimeout(t *testing.T) {
 	})
 	t.Run("per-attempt timeout", func(t *testing.T) {
 		fake := newFake(t)
-		c := newClient(t, fake, func(cfg *connect.Config) { cfg.RequestTimeout = 200 * time.Millisecond; cfg.MaxRetries = -1 })
-		fake.InjectFaults(connect.PathToken, connectfake.Fault{Hang: true})
+		c := newClient(t, fake, func(cfg *connect.Config) { cfg.RequestTimeout = 200 * time.Millisecond; cfg.MaxRetries = 0 })
+		fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Hang: true})
 		_, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
 		if ce, ok := connect.AsError(err); !ok || !ce.Timeout() {
 			t.Fatalf("err = %v", err)
@@ -749,7 +749,7 @@ func TestErrorTimeout(t *testing.T) {
 		tr := roundTripFunc(func(*http.Request) (*http.Response, error) {
 			return nil, &net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded}
 		})
-		c := newClient(t, newFake(t), func(cfg *connect.Config) { cfg.Transport = tr; cfg.MaxRetries = -1 })
+		c := newClient(t, newFake(t), func(cfg *connect.Config) { cfg.Transport = tr; cfg.MaxRetries = 0 })
 		_, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
 		if ce, ok := connect.AsError(err); !ok || !ce.Timeout() || errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("err = %v", err)
@@ -757,8 +757,8 @@ func TestErrorTimeout(t *testing.T) {
 	})
 	t.Run("not timeouts", func(t *testing.T) {
 		fake := newFake(t)
-		c := newClient(t, fake, func(cfg *connect.Config) { cfg.MaxRetries = -1 })
-		fake.InjectFaults(connect.PathToken, connectfake.Fault{Status: 503}, connectfake.Fault{Reset: true})
+		c := newClient(t, fake, func(cfg *connect.Config) { cfg.MaxRetries = 0 })
+		fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Status: 503}, connectfake.Fault{Reset: true})
 		for range 2 {
 			_, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
 			if ce, ok := connect.AsError(err); !ok || ce.Timeout() {
@@ -777,8 +777,8 @@ func TestErrorTimeout(t *testing.T) {
 // A 200 whose body broke off is a network failure, worth trying later.
 func TestBrokenSuccessIsTemporary(t *testing.T) {
 	fake := newFake(t)
-	c := newClient(t, fake, func(cfg *connect.Config) { cfg.MaxRetries = -1 })
-	fake.InjectFaults(connect.PathToken, connectfake.Fault{Reset: true})
+	c := newClient(t, fake, func(cfg *connect.Config) { cfg.MaxRetries = 0 })
+	fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Reset: true})
 	_, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
 	ce, ok := connect.AsError(err)
 	if !ok || ce.StatusCode != 200 || !ce.Temporary() || !ce.Sent || !connect.IsTemporary(err) {

@@ -71,7 +71,7 @@ func (e *Error) Temporary() bool {
 	if e.Code == ErrInvalidResponse || e.StatusCode == http.StatusOK {
 		return true
 	}
-	return e.StatusCode == 0 || Retryable(e.StatusCode)
+	return e.StatusCode == 0 || transientStatus(e.StatusCode)
 }
 
 // Timeout reports whether the call ended because a deadline passed: the

@@ -81,7 +81,7 @@ func TestObserverSeesEveryAttemptOnce(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			fake.ClearFaults()
-			fake.InjectFaults(connect.PathToken, tc.faults...)
+			fake.InjectFaults(connectfake.PathToken, tc.faults...)
 			obs.reset()
 			_, err := c.Token(ctx, cc)
 			if (err == nil) != tc.want.ok {

@@ -3,7 +3,6 @@ package connect
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -20,10 +19,10 @@ import (
 // be served a cached token meanwhile) than spent blocking a Vault request.
 const maxRetryAfter = 30 * time.Second
 
-// Retryable reports whether an HTTP status is one Connect documents as
-// transient ("408, 429, 500, 503: retry later", Instacart's Connect docs);
-// other 5xx are treated the same way, as gateways in front of Connect produce them.
-func Retryable(status int) bool {
+// transientStatus reports whether an HTTP status is one Connect treats as
+// transient (408, 429, 500, 503: retry later); other 5xx but 501 are treated
+// the same way, as gateways in front of Connect produce them.
+func transientStatus(status int) bool {
 	return status == http.StatusRequestTimeout || status == http.StatusTooManyRequests ||
 		(status >= 500 && status != http.StatusNotImplemented)
 }
@@ -184,36 +183,37 @@ func (s *attemptState) snapshot() (attempts, status int, sent bool) {
 	return s.attempts, s.status, sent
 }
 
-// retryPolicy retries network errors and transient statuses, never client
-// errors (4xx other than 408/429: the request itself is wrong and retrying only
-// hammers Connect). A single-use request is repeated only when the attempt
-// provably never reached Connect or Connect answered 429 or 503 (it did not
-// process it): otherwise Connect may have consumed the code, and a second
-// POST only earns invalid_grant. It also stops early when the wait Connect
-// asks for cannot fit before the caller's deadline, so the error names
-// Connect's status rather than a bare context timeout.
-func retryPolicy(maxRetryAfter time.Duration) func(context.Context, *http.Response, error) (bool, error) {
+// retryPolicy is go-retryablehttp's DefaultRetryPolicy (network errors, 429
+// and 5xx but 501; never a context that ended, a bad certificate or a
+// redirect) with what Connect needs on top:
+//   - 408 is retried too;
+//   - a complete answer that is not retried wins over a deadline that passed
+//     as it arrived: dropping it would lose a minted token;
+//   - a single-use request (an authorization code) is repeated only when the
+//     attempt provably never reached Connect, or Connect answered 429 or 503
+//     (it did not process it): otherwise Connect may have consumed the code,
+//     and a second POST only earns invalid_grant;
+//   - a Retry-After longer than maxRetryAfter, or one that cannot fit before
+//     the caller's deadline, stops at once, so the error names Connect's
+//     status rather than a bare context timeout.
+func retryPolicy(maxRetryAfter time.Duration) retryablehttp.CheckRetry {
 	return func(ctx context.Context, resp *http.Response, err error) (bool, error) {
 		st := attemptStateFrom(ctx)
 		st.recordStatus(resp, err)
-		// A complete answer that is not to be retried wins over a deadline
-		// that passed as it arrived: dropping it would lose a minted token
-		// (and, for an authorization code, the code with it).
 		if err == nil && !retryStatus(st, resp.StatusCode) {
 			return false, nil
 		}
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return false, ctxErr
 		}
+		// A response whose body broke off was answered, hence processed.
+		if err != nil && st.isSingleUse() && (resp != nil || !st.currentUnsent()) {
+			return false, nil
+		}
+		if retry, checkErr := retryablehttp.DefaultRetryPolicy(ctx, resp, err); !retry && (err != nil || resp.StatusCode != http.StatusRequestTimeout) {
+			return false, checkErr
+		}
 		if err != nil {
-			var tlsErr *tls.CertificateVerificationError
-			if errors.As(err, &tlsErr) {
-				return false, err // a bad certificate will not fix itself
-			}
-			// A response whose body broke off was answered, hence processed.
-			if st.isSingleUse() && (resp != nil || !st.currentUnsent()) {
-				return false, nil
-			}
 			return true, nil
 		}
 		if wait, ok := retryAfter(resp); ok {
@@ -235,11 +235,12 @@ func retryStatus(st *attemptState, status int) bool {
 	if st.isSingleUse() {
 		return status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable
 	}
-	return Retryable(status)
+	return transientStatus(status)
 }
 
 // backoff waits what Connect's Retry-After asks for, otherwise an exponential
-// delay with full jitter so many clients recovering at once do not retry in step.
+// delay with equal jitter (half fixed, half random) so many clients recovering
+// at once do not retry in step yet none retries at once.
 func backoff(minWait, maxWait time.Duration, attempt int, resp *http.Response) time.Duration {
 	if wait, ok := retryAfter(resp); ok {
 		return wait

@@ -31,10 +31,10 @@ func (g GrantType) Valid() bool {
 	return false
 }
 
-// MaxTokenLifetime is the longest expires_in we accept. Connect documents 24h
+// maxTokenLifetime is the longest expires_in we accept. Connect documents 24h
 // tokens ("The token is valid for 24 hours", Get started); anything beyond a
 // month is a broken response, not a policy we should lease out.
-const MaxTokenLifetime = 31 * 24 * time.Hour
+const maxTokenLifetime = 31 * 24 * time.Hour
 
 // TokenRequest describes one token to mint.
 type TokenRequest struct {
@@ -118,7 +118,7 @@ func (c *Client) Token(ctx context.Context, r TokenRequest) (*Token, error) {
 	}
 
 	st := c.newAttemptState(EndpointToken, r.GrantType, r.GrantType == GrantAuthorizationCode)
-	raw, sent, err := c.post(ctx, st, PathToken, body, c.creds)
+	raw, sent, err := c.post(ctx, st, pathToken, body, c.creds)
 	if err != nil {
 		st.finish(ctx, err)
 		return nil, err
@@ -130,7 +130,7 @@ func (c *Client) Token(ctx context.Context, r TokenRequest) (*Token, error) {
 		if named != "" {
 			err = c.revokeUnusable(ctx, named, err)
 		}
-		ce := &Error{Path: PathToken, StatusCode: 200, Code: ErrInvalidResponse, Sent: true, Err: err}
+		ce := &Error{Path: pathToken, StatusCode: 200, Code: ErrInvalidResponse, Sent: true, Err: err}
 		st.finish(ctx, ce)
 		return nil, ce
 	}
@@ -196,8 +196,8 @@ func parseToken(raw []byte, requested time.Time) (tok *Token, named string, err 
 		}
 		return nil, named, fmt.Errorf("token_type %q is not Bearer", tr.TokenType)
 	}
-	if !(tr.ExpiresIn > 0 && tr.ExpiresIn <= MaxTokenLifetime.Seconds()) {
-		return nil, named, fmt.Errorf("expires_in %v is outside (0, %v]", tr.ExpiresIn, MaxTokenLifetime)
+	if !(tr.ExpiresIn > 0 && tr.ExpiresIn <= maxTokenLifetime.Seconds()) {
+		return nil, named, fmt.Errorf("expires_in %v is outside (0, %v]", tr.ExpiresIn, maxTokenLifetime)
 	}
 	lifetime := time.Duration(tr.ExpiresIn * float64(time.Second))
 
@@ -217,7 +217,7 @@ func parseToken(raw []byte, requested time.Time) (tok *Token, named string, err 
 	return &Token{
 		AccessToken: tr.AccessToken,
 		TokenType:   "Bearer",
-		Scopes:      SplitScopes(tr.Scope),
+		Scopes:      splitScopes(tr.Scope),
 		CreatedAt:   created.UTC(),
 		RequestedAt: requested.UTC(),
 		ExpiresIn:   lifetime,
@@ -225,8 +225,8 @@ func parseToken(raw []byte, requested time.Time) (tok *Token, named string, err 
 	}, "", nil
 }
 
-// SplitScopes splits a scope string on commas (what Connect documents) and
+// splitScopes splits a scope string on commas (what Connect documents) and
 // spaces (what OAuth servers commonly return), dropping empty items.
-func SplitScopes(s string) []string {
+func splitScopes(s string) []string {
 	return strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' })
 }
