@@ -51,14 +51,14 @@ type backend struct {
 	// now is the clock, replaceable in tests.
 	now func() time.Time
 
-	// configMu serialises config writes and the first load; readers use engine.
+	// configMu serialises config writes and the first load; readers use snapshot.
 	configMu sync.Mutex
-	engine   atomic.Pointer[engine]
-	// publishMu guards engineGen and publishing into engine: an invalidation
-	// bumps engineGen, and a load that started before it must not publish the
+	snapshot atomic.Pointer[configSnapshot]
+	// publishMu guards snapshotGen and publishing into snapshot: an invalidation
+	// bumps snapshotGen, and a load that started before it must not publish the
 	// configuration it read.
-	publishMu sync.Mutex
-	engineGen uint64
+	publishMu   sync.Mutex
+	snapshotGen uint64
 
 	// roleMu serialises role writes and deletes (exclusive) against loads and
 	// shared-token stores (shared), so a token minted for a role that was
@@ -82,9 +82,9 @@ type backend struct {
 	metrics *metrics
 }
 
-// engine is an immutable snapshot of the configuration and the Connect client
-// built from it. A nil config means the engine has not been configured.
-type engine struct {
+// configSnapshot is an immutable snapshot of the configuration and the
+// Connect client built from it. Without a client the mount is not configured.
+type configSnapshot struct {
 	config *connectConfig
 	client *connect.Client
 
@@ -93,7 +93,7 @@ type engine struct {
 
 	// rejected latches Connect's refusal of the credentials themselves, so
 	// readers get the error at once instead of hammering Connect with
-	// credentials that cannot work. A config write builds a new engine.
+	// credentials that cannot work. A config write builds a new snapshot.
 	rejected atomic.Pointer[rejection]
 }
 
@@ -108,8 +108,8 @@ const credentialsRejectedHold = time.Minute
 
 // mint asks Connect for a token unless Connect recently refused the
 // credentials, and remembers the longest lifetime it hands out.
-// e must have a client (configuredEngine).
-func (b *backend) mint(ctx context.Context, s logical.Storage, e *engine, req connect.TokenRequest) (*connect.Token, error) {
+// e must have a client (configuredSnapshot).
+func (b *backend) mint(ctx context.Context, s logical.Storage, e *configSnapshot, req connect.TokenRequest) (*connect.Token, error) {
 	release, err := e.acquireMintSlot(ctx)
 	if err != nil {
 		return nil, err
@@ -123,7 +123,7 @@ func (b *backend) mint(ctx context.Context, s logical.Storage, e *engine, req co
 var errMintQueue = errors.New("waiting for a free token request slot (config max_concurrent_mints)")
 
 // acquireMintSlot waits, within ctx, for one of the mount's mint slots.
-func (e *engine) acquireMintSlot(ctx context.Context) (release func(), err error) {
+func (e *configSnapshot) acquireMintSlot(ctx context.Context) (release func(), err error) {
 	if err := e.mintSlots.Acquire(ctx, 1); err != nil {
 		return nil, fmt.Errorf("%w: %w", errMintQueue, err)
 	}
@@ -131,7 +131,7 @@ func (e *engine) acquireMintSlot(ctx context.Context) (release func(), err error
 }
 
 // mintInSlot is mint for a caller that holds a mint slot.
-func (b *backend) mintInSlot(ctx context.Context, s logical.Storage, e *engine, req connect.TokenRequest) (*connect.Token, error) {
+func (b *backend) mintInSlot(ctx context.Context, s logical.Storage, e *configSnapshot, req connect.TokenRequest) (*connect.Token, error) {
 	now := b.now()
 	if r := e.rejected.Load(); r != nil && now.Before(r.until) {
 		return nil, r.err
@@ -155,7 +155,7 @@ func (b *backend) mintInSlot(ctx context.Context, s logical.Storage, e *engine, 
 // seen, and handed to abandoned (to revoke it) instead of being left live
 // with nobody holding it; abandoned also learns of a mint that failed after
 // the caller left. The caller gets its answer by its own deadline.
-func (b *backend) mintDetached(ctx context.Context, s logical.Storage, e *engine, req connect.TokenRequest, abandoned func(*connect.Token, error)) (*connect.Token, error) {
+func (b *backend) mintDetached(ctx context.Context, s logical.Storage, e *configSnapshot, req connect.TokenRequest, abandoned func(*connect.Token, error)) (*connect.Token, error) {
 	// Wait for a slot on the caller's own deadline: a caller that leaves
 	// while queued has sent nothing.
 	release, err := e.acquireMintSlot(ctx)
@@ -216,7 +216,7 @@ func newBackend() *backend {
 func (b *backend) invalidate(_ context.Context, key string) {
 	switch {
 	case key == configStoragePath:
-		b.resetEngine()
+		b.resetSnapshot()
 	case strings.HasPrefix(key, roleStoragePrefix):
 		b.roleMu.Lock() // no load in flight may put the old role back
 		b.roles.Delete(strings.TrimPrefix(key, roleStoragePrefix))
@@ -226,19 +226,19 @@ func (b *backend) invalidate(_ context.Context, key string) {
 	}
 }
 
-// resetEngine forgets the configuration and every shared token held in
+// resetSnapshot forgets the configuration and every shared token held in
 // memory; the next request reloads them from storage.
-func (b *backend) resetEngine() {
-	b.publishEngine(nil)
+func (b *backend) resetSnapshot() {
+	b.publishSnapshot(nil)
 	b.tokens.clear()
 }
 
-// publishEngine replaces the current engine, bumping the generation so a load
+// publishSnapshot replaces the current snapshot, bumping the generation so a load
 // that read storage before this point cannot publish over it.
-func (b *backend) publishEngine(e *engine) {
+func (b *backend) publishSnapshot(e *configSnapshot) {
 	b.publishMu.Lock()
-	b.engineGen++
-	old := b.engine.Swap(e)
+	b.snapshotGen++
+	old := b.snapshot.Swap(e)
 	b.publishMu.Unlock()
 	if old != nil && old != e && old.client != nil {
 		old.client.Close()
@@ -246,61 +246,61 @@ func (b *backend) publishEngine(e *engine) {
 }
 
 func (b *backend) clean(context.Context) {
-	b.resetEngine()
+	b.resetSnapshot()
 }
 
-// getEngine returns the current configuration snapshot, loading it from
+// getSnapshot returns the current configuration snapshot, loading it from
 // storage on first use.
-func (b *backend) getEngine(ctx context.Context, s logical.Storage) (*engine, error) {
-	if e := b.engine.Load(); e != nil {
+func (b *backend) getSnapshot(ctx context.Context, s logical.Storage) (*configSnapshot, error) {
+	if e := b.snapshot.Load(); e != nil {
 		return e, nil
 	}
 	b.configMu.Lock()
 	defer b.configMu.Unlock()
-	if e := b.engine.Load(); e != nil {
+	if e := b.snapshot.Load(); e != nil {
 		return e, nil
 	}
 	b.publishMu.Lock()
-	gen := b.engineGen
+	gen := b.snapshotGen
 	b.publishMu.Unlock()
 
 	cfg, err := getConfig(ctx, s)
 	if err != nil {
 		return nil, err
 	}
-	e, err := b.newEngine(cfg)
+	e, err := b.newSnapshot(cfg)
 	if err != nil {
 		return nil, err
 	}
 	b.publishMu.Lock()
 	defer b.publishMu.Unlock()
-	if b.engineGen != gen {
+	if b.snapshotGen != gen {
 		// The config changed while it was being read: serve this request
 		// with what was read, but leave the cache empty for the next one.
 		return e, nil
 	}
-	b.engine.Store(e)
+	b.snapshot.Store(e)
 	return e, nil
 }
 
-// newEngine builds the Connect client for cfg. Without current credentials
+// newSnapshot builds the Connect client for cfg. Without current credentials
 // (no config, or a deleted one still holding retired credentials) it has no
 // client and paths that mint answer "not configured".
-func (b *backend) newEngine(cfg *connectConfig) (*engine, error) {
+func (b *backend) newSnapshot(cfg *connectConfig) (*configSnapshot, error) {
 	if !cfg.configured() {
-		return &engine{config: cfg}, nil
+		return &configSnapshot{config: cfg}, nil
 	}
 	client, err := cfg.newClient(b.Logger().Named("connect"), b.clock, b.metrics)
 	if err != nil {
 		return nil, err
 	}
-	return &engine{config: cfg, client: client, mintSlots: semaphore.NewWeighted(int64(cfg.mintBound()))}, nil
+	return &configSnapshot{config: cfg, client: client, mintSlots: semaphore.NewWeighted(int64(cfg.mintBound()))}, nil
 }
 
-// configuredEngine is getEngine for paths that need credentials: an
-// unconfigured engine is the operator's to fix, so it is a 400.
-func (b *backend) configuredEngine(ctx context.Context, s logical.Storage) (*engine, *logical.Response, error) {
-	e, err := b.getEngine(ctx, s)
+// configuredSnapshot is getSnapshot for paths that need credentials: an
+// unconfigured mount is the operator's to fix, so it is a 400.
+func (b *backend) configuredSnapshot(ctx context.Context, s logical.Storage) (*configSnapshot, *logical.Response, error) {
+	e, err := b.getSnapshot(ctx, s)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -340,7 +340,7 @@ func (b *backend) persistLifetime(ctx context.Context, s logical.Storage, d time
 	if err == nil && cfg.configured() && d > cfg.LongestTokenLifetime {
 		cfg.LongestTokenLifetime = d
 		if err = putConfig(ctx, s, cfg); err == nil {
-			b.publishEngine(nil)
+			b.publishSnapshot(nil)
 		}
 	}
 	if err != nil {

@@ -552,7 +552,7 @@ func (m *metrics) refreshGauges(ctx context.Context, b *backend, s logical.Stora
 	m.sharedTokens.Reset()
 	m.sharedExpiry.Reset()
 
-	e, err := b.getEngine(ctx, s)
+	e, err := b.getSnapshot(ctx, s)
 	if err != nil {
 		return err
 	}

@@ -20,12 +20,7 @@ func pathCache(b *backend) *framework.Path {
 			OperationSuffix: "cached-tokens",
 		},
 		Fields: map[string]*framework.FieldSchema{
-			"name": {
-				Type:         framework.TypeString,
-				Description:  "Name of the role.",
-				Required:     true,
-				DisplayAttrs: &framework.DisplayAttributes{Name: "Role name"},
-			},
+			"name": roleNameField,
 		},
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.DeleteOperation: &framework.PathOperation{
@@ -47,16 +42,9 @@ the flush then fails with a 502 naming it.
 }
 
 func (b *backend) pathCacheDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	name := d.Get("name").(string)
-	if resp := validRoleName(name); resp != nil {
-		return resp, nil
-	}
-	r, err := b.getRole(ctx, req.Storage, name)
-	if err != nil {
-		return nil, err
-	}
-	if r == nil {
-		return logical.ErrorResponse("unknown role %q", name), nil
+	name, _, resp, err := b.knownRole(ctx, req.Storage, d)
+	if resp != nil || err != nil {
+		return resp, err
 	}
 	if !b.WriteSafeReplicationState() {
 		return nil, logical.ErrReadOnly // revoke only where the tokens can also be dropped
@@ -110,7 +98,7 @@ func (b *backend) takeOutOfService(ctx context.Context, s logical.Storage, role,
 	if err != nil {
 		return err
 	}
-	held := []*cachedToken{stored}
+	held := []*issuedToken{stored}
 	if m := b.tokens.get(key); m != nil && (stored == nil || m.AccessToken != stored.AccessToken) {
 		held = append(held, m)
 	}

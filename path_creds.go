@@ -24,12 +24,7 @@ func pathCreds(b *backend) *framework.Path {
 			OperationSuffix: "credentials",
 		},
 		Fields: map[string]*framework.FieldSchema{
-			"name": {
-				Type:         framework.TypeString,
-				Description:  "Name of the role.",
-				Required:     true,
-				DisplayAttrs: &framework.DisplayAttributes{Name: "Role name"},
-			},
+			"name": roleNameField,
 			"user_id": {
 				Type:         framework.TypeString,
 				Description:  "fulfillment_user_assertion roles with allowed_user_ids: the Connect user id to mint a token for.",
@@ -66,22 +61,15 @@ lease of an exclusive token revokes the token at Connect.
 `
 
 func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	name := d.Get("name").(string)
-	if resp := validRoleName(name); resp != nil {
-		return resp, nil
-	}
-	r, err := b.getRole(ctx, req.Storage, name)
-	if err != nil {
-		return nil, err
-	}
-	if r == nil {
-		return logical.ErrorResponse("unknown role %q", name), nil
+	name, r, resp, err := b.knownRole(ctx, req.Storage, d)
+	if resp != nil || err != nil {
+		return resp, err
 	}
 	userID, code, problem := credsInput(r, d)
 	if problem != "" {
 		return logical.ErrorResponse(problem), nil
 	}
-	e, resp, err := b.configuredEngine(ctx, req.Storage)
+	e, resp, err := b.configuredSnapshot(ctx, req.Storage)
 	if resp != nil || err != nil {
 		return resp, err
 	}
@@ -99,7 +87,7 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, d *fr
 // exclusiveCreds mints a token for one reader. A write-ahead log entry covers
 // the gap between the mint and the lease, so a token nobody received is
 // revoked by Vault's rollback even if the plugin dies in that gap.
-func (b *backend) exclusiveCreds(ctx context.Context, s logical.Storage, name string, r *role, e *engine, userID, code string) (*logical.Response, error) {
+func (b *backend) exclusiveCreds(ctx context.Context, s logical.Storage, name string, r *role, e *configSnapshot, userID, code string) (*logical.Response, error) {
 	credsID := e.config.CredentialsID
 	// On a performance standby this write fails first, so Vault forwards the
 	// request before anything is minted (or a code is spent).
@@ -142,7 +130,7 @@ func (b *backend) exclusiveCreds(ctx context.Context, s logical.Storage, name st
 	}
 	b.deleteWAL(ctx, s, intent)
 
-	t := newCachedToken(tok, userID, credsID, r.hash)
+	t := newIssuedToken(tok, userID, credsID, r.hash)
 	if !t.leasable(b.now()) {
 		if b.discardToken(ctx, s, name, credsID, tok, "too short-lived to lease") {
 			b.deleteWAL(ctx, s, minted)
@@ -208,7 +196,7 @@ func credsInput(r *role, d *framework.FieldData) (userID, code, problem string) 
 }
 
 // credsResponse builds the leased secret for a token.
-func (b *backend) credsResponse(roleName string, r *role, t *cachedToken, warnings []string) (*logical.Response, error) {
+func (b *backend) credsResponse(roleName string, r *role, t *issuedToken, warnings []string) (*logical.Response, error) {
 	now := b.now()
 	remaining := t.ExpiresAt.Sub(now).Truncate(time.Second)
 	if remaining <= 0 {

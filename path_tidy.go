@@ -95,7 +95,7 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage) (tidyReport, erro
 
 // staleness says why a stored token should go: it has expired, or its role
 // (r, nil when deleted) no longer serves it.
-func staleness(t *cachedToken, r *role, now time.Time) (expired, orphaned bool) {
+func staleness(t *issuedToken, r *role, now time.Time) (expired, orphaned bool) {
 	switch {
 	case t == nil:
 		return false, false

@@ -27,7 +27,7 @@ type pendingRevocation struct {
 }
 
 func (p *pendingRevocation) describe() string {
-	return (&cachedToken{UserID: p.UserID}).describe()
+	return (&issuedToken{UserID: p.UserID}).describe()
 }
 
 func pendingKey(role, token string) string {
@@ -36,7 +36,7 @@ func pendingKey(role, token string) string {
 }
 
 // queueRevocation records t as awaiting revocation.
-func queueRevocation(ctx context.Context, s logical.Storage, role string, t *cachedToken) error {
+func queueRevocation(ctx context.Context, s logical.Storage, role string, t *issuedToken) error {
 	p := pendingRevocation{Role: role, UserID: t.UserID, CredentialsID: t.CredentialsID, AccessToken: t.AccessToken, ExpiresAt: t.ExpiresAt}
 	entry, err := logical.StorageEntryJSON(pendingKey(role, t.AccessToken), p)
 	if err != nil {

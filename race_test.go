@@ -19,7 +19,7 @@ func TestConfigInvalidationDuringLoadIsNotLost(t *testing.T) {
 	setupRoles(e)
 	inner := e.storage
 	g := gateStorage(e)
-	e.b.resetEngine() // the next request loads the config from storage
+	e.b.resetSnapshot() // the next request loads the config from storage
 
 	gt := g.park("get", configStoragePath)
 	done := make(chan struct{})
@@ -41,7 +41,7 @@ func TestConfigInvalidationDuringLoadIsNotLost(t *testing.T) {
 	close(gt.release)
 	<-done
 
-	eng, err := e.b.getEngine(context.Background(), e.storage)
+	eng, err := e.b.getSnapshot(context.Background(), e.storage)
 	if err != nil {
 		t.Fatal(err)
 	}

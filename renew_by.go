@@ -108,7 +108,7 @@ func addRenewBy(resp *logical.Response, cfg *connectConfig, now time.Time) {
 // credsRenewByWarning is the reminder for creds responses: one atomic load
 // and a few comparisons while none is due.
 func (b *backend) credsRenewByWarning() string {
-	e := b.engine.Load()
+	e := b.snapshot.Load()
 	if e == nil || e.config == nil || e.config.RenewBy.IsZero() {
 		return ""
 	}

@@ -41,7 +41,7 @@ func (b *backend) revokeUpstream(ctx context.Context, s logical.Storage, credent
 		return false, nil
 	}
 	defer b.metrics.revocationDone(&permanent, &err)
-	e, err := b.getEngine(ctx, s)
+	e, err := b.getSnapshot(ctx, s)
 	if err != nil {
 		return false, err
 	}

@@ -29,8 +29,9 @@ const maxMintWait = 2 * time.Minute
 // leases whole seconds, so a token with less cannot be handed out.
 const minLeasable = time.Second
 
-// cachedToken is a shared token as stored. Values are immutable once cached.
-type cachedToken struct {
+// issuedToken is a token Connect issued: a shared one as stored and cached,
+// or an exclusive one on its way to its lease. Values are immutable once cached.
+type issuedToken struct {
 	AccessToken string   `json:"access_token"`
 	TokenType   string   `json:"token_type"`
 	Scopes      []string `json:"scopes"`
@@ -46,8 +47,8 @@ type cachedToken struct {
 	RoleHash      string    `json:"role_hash"`
 }
 
-func newCachedToken(t *connect.Token, userID, credentialsID, roleHash string) *cachedToken {
-	return &cachedToken{
+func newIssuedToken(t *connect.Token, userID, credentialsID, roleHash string) *issuedToken {
+	return &issuedToken{
 		AccessToken:   t.AccessToken,
 		TokenType:     t.TokenType,
 		Scopes:        t.Scopes,
@@ -62,12 +63,12 @@ func newCachedToken(t *connect.Token, userID, credentialsID, roleHash string) *c
 
 // belongsTo reports whether t was minted with the current credentials for the
 // current definition of the role.
-func (t *cachedToken) belongsTo(credentialsID, roleHash string) bool {
+func (t *issuedToken) belongsTo(credentialsID, roleHash string) bool {
 	return t != nil && t.CredentialsID == credentialsID && t.RoleHash == roleHash
 }
 
 // leasable reports whether t has enough life left to be leased.
-func (t *cachedToken) leasable(now time.Time) bool {
+func (t *issuedToken) leasable(now time.Time) bool {
 	return t.ExpiresAt.Sub(now) >= minLeasable
 }
 
@@ -75,7 +76,7 @@ func (t *cachedToken) leasable(now time.Time) bool {
 // than minRemaining of life left (and always enough to lease). minRemaining is
 // capped at half the token's lifetime so a short-lived token is not replaced
 // on every read.
-func (t *cachedToken) fresh(now time.Time, minRemaining time.Duration) bool {
+func (t *issuedToken) fresh(now time.Time, minRemaining time.Duration) bool {
 	issued := t.RequestedAt
 	if issued.IsZero() { // stored before requested_at was recorded
 		issued = t.CreatedAt
@@ -88,7 +89,7 @@ func (t *cachedToken) fresh(now time.Time, minRemaining time.Duration) bool {
 
 // describe names a token in messages without revealing it: its user, or
 // that it is the role-wide one.
-func (t *cachedToken) describe() string {
+func (t *issuedToken) describe() string {
 	if t.UserID != "" {
 		return fmt.Sprintf("the token of user %q", truncateForMessage(t.UserID))
 	}
@@ -110,7 +111,7 @@ const tokenCacheSize = 10_000
 type tokenCache struct {
 	mu      sync.Mutex // guards gen, and orders remembering against forgetting
 	gen     uint64
-	entries *lru.Cache[string, *cachedToken] // storage key -> token
+	entries *lru.Cache[string, *issuedToken] // storage key -> token
 	flights singleflight.Group
 }
 
@@ -125,14 +126,14 @@ func tokenKey(roleName, userID string) string {
 }
 
 func newTokenCache(size int) *tokenCache {
-	entries, err := lru.New[string, *cachedToken](size)
+	entries, err := lru.New[string, *issuedToken](size)
 	if err != nil {
 		panic(fmt.Sprintf("token cache of size %d: %v", size, err)) // only for a size <= 0
 	}
 	return &tokenCache{entries: entries}
 }
 
-func (c *tokenCache) get(key string) *cachedToken {
+func (c *tokenCache) get(key string) *issuedToken {
 	t, _ := c.entries.Get(key)
 	return t
 }
@@ -145,7 +146,7 @@ func (c *tokenCache) generation() uint64 {
 }
 
 // rememberIf keeps t in memory unless something was forgotten since gen.
-func (c *tokenCache) rememberIf(key string, t *cachedToken, gen uint64) {
+func (c *tokenCache) rememberIf(key string, t *issuedToken, gen uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.gen == gen {
@@ -179,7 +180,7 @@ func (c *tokenCache) memoryKeys(prefix string) []string {
 }
 
 // load reads a shared token from storage.
-func (c *tokenCache) load(ctx context.Context, s logical.Storage, key string) (*cachedToken, error) {
+func (c *tokenCache) load(ctx context.Context, s logical.Storage, key string) (*issuedToken, error) {
 	entry, err := s.Get(ctx, key)
 	if err != nil {
 		return nil, fmt.Errorf("reading cached token: %w", err)
@@ -187,7 +188,7 @@ func (c *tokenCache) load(ctx context.Context, s logical.Storage, key string) (*
 	if entry == nil {
 		return nil, nil
 	}
-	t := new(cachedToken)
+	t := new(issuedToken)
 	if err := entry.DecodeJSON(t); err != nil {
 		return nil, fmt.Errorf("decoding cached token: %w", err)
 	}
@@ -195,7 +196,7 @@ func (c *tokenCache) load(ctx context.Context, s logical.Storage, key string) (*
 }
 
 // store writes a shared token to storage, then to memory.
-func (c *tokenCache) store(ctx context.Context, s logical.Storage, key string, t *cachedToken) error {
+func (c *tokenCache) store(ctx context.Context, s logical.Storage, key string, t *issuedToken) error {
 	entry, err := logical.StorageEntryJSON(key, t)
 	if err != nil {
 		return fmt.Errorf("encoding cached token: %w", err)
@@ -241,7 +242,7 @@ var errTooShortToLease = logical.CodedError(http.StatusBadGateway, "Instacart Co
 // sharedToken returns the role's shared token for userID, minting one when
 // none is cached or the cached one is too close to expiry. Concurrent callers
 // that need a new token share one Connect request.
-func (b *backend) sharedToken(ctx context.Context, s logical.Storage, roleName string, r *role, e *engine, userID string) (*cachedToken, []string, error) {
+func (b *backend) sharedToken(ctx context.Context, s logical.Storage, roleName string, r *role, e *configSnapshot, userID string) (*issuedToken, []string, error) {
 	key := tokenKey(roleName, userID)
 	if t := b.tokens.get(key); t.belongsTo(e.config.CredentialsID, r.hash) && t.fresh(b.now(), r.MinRemainingTTL) {
 		b.metrics.read(roleName, sourceMemory)
@@ -249,7 +250,7 @@ func (b *backend) sharedToken(ctx context.Context, s logical.Storage, roleName s
 	}
 
 	type result struct {
-		token    *cachedToken
+		token    *issuedToken
 		warnings []string
 		source   readSource // for metrics: where every caller's token came from
 	}
@@ -282,7 +283,7 @@ func (b *backend) sharedToken(ctx context.Context, s logical.Storage, roleName s
 // another node or an earlier process stored one, else mints and stores one.
 // When Connect is failing it keeps serving a cached token that has not yet
 // expired, with a warning, rather than failing readers.
-func (b *backend) refreshShared(ctx context.Context, s logical.Storage, roleName, key string, r *role, e *engine, userID string) (*cachedToken, []string, error) {
+func (b *backend) refreshShared(ctx context.Context, s logical.Storage, roleName, key string, r *role, e *configSnapshot, userID string) (*issuedToken, []string, error) {
 	credsID := e.config.CredentialsID
 	gen := b.tokens.generation()
 	candidate := b.tokens.get(key)
@@ -315,7 +316,7 @@ func (b *backend) refreshShared(ctx context.Context, s logical.Storage, roleName
 		}
 		return nil, nil, err
 	}
-	t := newCachedToken(tok, userID, credsID, r.hash)
+	t := newIssuedToken(tok, userID, credsID, r.hash)
 	if !t.leasable(b.now()) {
 		b.discardToken(ctx, s, roleName, credsID, tok, "too short-lived to lease")
 		return nil, nil, errTooShortToLease
@@ -332,7 +333,7 @@ func (b *backend) refreshShared(ctx context.Context, s logical.Storage, roleName
 // deleted or redefined while the token was minted. Holding the role lock
 // shared keeps role writes and deletes (which drop a role's tokens) from
 // interleaving with the check and the store.
-func (b *backend) publishShared(ctx context.Context, s logical.Storage, roleName, key string, r *role, t *cachedToken) error {
+func (b *backend) publishShared(ctx context.Context, s logical.Storage, roleName, key string, r *role, t *issuedToken) error {
 	b.roleMu.RLock()
 	defer b.roleMu.RUnlock()
 	current, err := b.getRoleLocked(ctx, s, roleName)
