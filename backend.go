@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -60,11 +61,13 @@ type backend struct {
 	publishMu   sync.Mutex
 	snapshotGen uint64
 
-	// roleMu serialises role writes and deletes (exclusive) against loads and
-	// shared-token stores (shared), so a token minted for a role that was
-	// deleted or changed meanwhile is never stored under it.
-	roleMu sync.RWMutex
-	roles  sync.Map // role name -> *role
+	// roleLocks serialise, per role, writes and deletes (exclusive) against
+	// loads and shared-token stores (shared), so a token minted for a role
+	// that was deleted or changed meanwhile is never stored under it. Roles
+	// are spread over stripes so work on one role (a large clean-up) does
+	// not hold up the others.
+	roleLocks [roleLockStripes]sync.RWMutex
+	roles     sync.Map // role name -> *role
 
 	tokens *tokenCache
 
@@ -218,9 +221,11 @@ func (b *backend) invalidate(_ context.Context, key string) {
 	case key == configStoragePath:
 		b.resetSnapshot()
 	case strings.HasPrefix(key, roleStoragePrefix):
-		b.roleMu.Lock() // no load in flight may put the old role back
-		b.roles.Delete(strings.TrimPrefix(key, roleStoragePrefix))
-		b.roleMu.Unlock()
+		name := strings.TrimPrefix(key, roleStoragePrefix)
+		mu := b.roleLock(name)
+		mu.Lock() // no load in flight may put the old role back
+		b.roles.Delete(name)
+		mu.Unlock()
 	case strings.HasPrefix(key, tokenStoragePrefix):
 		b.tokens.forget(key)
 	}
@@ -375,18 +380,12 @@ func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 	)
 }
 
-// storageError wraps a storage failure with context, except a write refused
-// by read-only storage (a performance standby or secondary): Vault must get
-// logical.ErrReadOnly itself, which is how it knows to forward the request to
-// the active node. Storage errors reach a plugin over gRPC as plain strings,
-// so the match is by message.
-func storageError(what string, err error) error {
-	if isReadOnly(err) {
-		return logical.ErrReadOnly
-	}
-	return fmt.Errorf("%s: %w", what, err)
-}
+// roleLockStripes is how many locks the roles are spread over.
+const roleLockStripes = 64
 
-func isReadOnly(err error) bool {
-	return err != nil && (errors.Is(err, logical.ErrReadOnly) || strings.Contains(err.Error(), logical.ErrReadOnly.Error()))
+// roleLock is the lock of one role's stripe.
+func (b *backend) roleLock(name string) *sync.RWMutex {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(name))
+	return &b.roleLocks[h.Sum32()%roleLockStripes]
 }

@@ -43,12 +43,8 @@ func (b *backend) claimCode(ctx context.Context, s logical.Storage, code string)
 	if prev != nil && now.Sub(prev.SentAt) < codeRecordTTL {
 		return false, nil
 	}
-	entry, err := logical.StorageEntryJSON(key, codeRecord{SentAt: now})
-	if err != nil {
-		return false, fmt.Errorf("encoding code record: %w", err)
-	}
-	if err := s.Put(ctx, entry); err != nil {
-		return false, storageError("recording the authorization code", err)
+	if err := putJSON(ctx, s, key, codeRecord{SentAt: now}); err != nil {
+		return false, err
 	}
 	return true, nil
 }
@@ -80,20 +76,4 @@ func (b *backend) pruneCodes(ctx context.Context, s logical.Storage) error {
 		}
 	}
 	return nil
-}
-
-// getJSON reads and decodes one storage entry; nil when there is none.
-func getJSON[T any](ctx context.Context, s logical.Storage, key string) (*T, error) {
-	entry, err := s.Get(ctx, key)
-	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", key, err)
-	}
-	if entry == nil {
-		return nil, nil
-	}
-	v := new(T)
-	if err := entry.DecodeJSON(v); err != nil {
-		return nil, fmt.Errorf("decoding %s: %w", key, err)
-	}
-	return v, nil
 }

@@ -130,29 +130,11 @@ func (c *connectConfig) credentialsFor(id string, now time.Time) (connect.Creden
 }
 
 func getConfig(ctx context.Context, s logical.Storage) (*connectConfig, error) {
-	entry, err := s.Get(ctx, configStoragePath)
-	if err != nil {
-		return nil, fmt.Errorf("reading config: %w", err)
-	}
-	if entry == nil {
-		return nil, nil
-	}
-	cfg := new(connectConfig)
-	if err := entry.DecodeJSON(cfg); err != nil {
-		return nil, fmt.Errorf("decoding config: %w", err)
-	}
-	return cfg, nil
+	return getJSON[connectConfig](ctx, s, configStoragePath)
 }
 
 func putConfig(ctx context.Context, s logical.Storage, cfg *connectConfig) error {
-	entry, err := logical.StorageEntryJSON(configStoragePath, cfg)
-	if err != nil {
-		return fmt.Errorf("encoding config: %w", err)
-	}
-	if err := s.Put(ctx, entry); err != nil {
-		return storageError("writing config", err)
-	}
-	return nil
+	return putJSON(ctx, s, configStoragePath, cfg)
 }
 
 // normalizeBaseURL accepts an https URL, or http for loopback hosts only, with

@@ -92,8 +92,9 @@ func (b *backend) pathCacheDelete(ctx context.Context, req *logical.Request, d *
 // minted meanwhile (publishShared) from landing between the read and the
 // delete and being dropped unrevoked.
 func (b *backend) takeOutOfService(ctx context.Context, s logical.Storage, role, key string) error {
-	b.roleMu.Lock()
-	defer b.roleMu.Unlock()
+	mu := b.roleLock(role)
+	mu.Lock()
+	defer mu.Unlock()
 	stored, err := b.tokens.load(ctx, s, key)
 	if err != nil {
 		return err

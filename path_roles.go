@@ -199,8 +199,9 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 
 // writeRole validates and stores a role under the role lock.
 func (b *backend) writeRole(ctx context.Context, s logical.Storage, name string, d *framework.FieldData) (old, r *role, warnings []string, resp *logical.Response, err error) {
-	b.roleMu.Lock()
-	defer b.roleMu.Unlock()
+	mu := b.roleLock(name)
+	mu.Lock()
+	defer mu.Unlock()
 
 	old, err = b.getRoleLocked(ctx, s, name)
 	if err != nil {
@@ -217,12 +218,8 @@ func (b *backend) writeRole(ctx context.Context, s logical.Storage, name string,
 	}
 	r.computeHash()
 
-	entry, err := logical.StorageEntryJSON(roleStoragePrefix+name, r)
-	if err != nil {
-		return nil, nil, nil, nil, fmt.Errorf("encoding role %q: %w", name, err)
-	}
-	if err := s.Put(ctx, entry); err != nil {
-		return nil, nil, nil, nil, storageError(fmt.Sprintf("writing role %q", name), err)
+	if err := putJSON(ctx, s, roleStoragePrefix+name, r); err != nil {
+		return nil, nil, nil, nil, err
 	}
 	b.roles.Store(name, r)
 	return old, r, warnings, nil, nil
@@ -233,12 +230,13 @@ func (b *backend) pathRoleDelete(ctx context.Context, req *logical.Request, d *f
 	if resp := validRoleName(name); resp != nil {
 		return resp, nil
 	}
-	b.roleMu.Lock()
+	mu := b.roleLock(name)
+	mu.Lock()
 	err := req.Storage.Delete(ctx, roleStoragePrefix+name)
 	if err == nil {
 		b.roles.Delete(name)
 	}
-	b.roleMu.Unlock()
+	mu.Unlock()
 	if err != nil {
 		return nil, storageError(fmt.Sprintf("deleting role %q", name), err)
 	}

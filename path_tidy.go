@@ -155,8 +155,9 @@ func (b *backend) removeIfStale(ctx context.Context, s logical.Storage, role str
 	if len(keys) == 0 {
 		return 0, 0, nil
 	}
-	b.roleMu.Lock()
-	defer b.roleMu.Unlock()
+	mu := b.roleLock(role)
+	mu.Lock()
+	defer mu.Unlock()
 	r, err := b.getRoleLocked(ctx, s, role)
 	if err != nil {
 		return 0, 0, err

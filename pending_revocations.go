@@ -38,14 +38,7 @@ func pendingKey(role, token string) string {
 // queueRevocation records t as awaiting revocation.
 func queueRevocation(ctx context.Context, s logical.Storage, role string, t *issuedToken) error {
 	p := pendingRevocation{Role: role, UserID: t.UserID, CredentialsID: t.CredentialsID, AccessToken: t.AccessToken, ExpiresAt: t.ExpiresAt}
-	entry, err := logical.StorageEntryJSON(pendingKey(role, t.AccessToken), p)
-	if err != nil {
-		return fmt.Errorf("encoding pending revocation: %w", err)
-	}
-	if err := s.Put(ctx, entry); err != nil {
-		return storageError("queueing a revocation", err)
-	}
-	return nil
+	return putJSON(ctx, s, pendingKey(role, t.AccessToken), p)
 }
 
 // revokePending tries every pending revocation of a role. A token revoked,

@@ -130,26 +130,20 @@ func (b *backend) getRole(ctx context.Context, s logical.Storage, name string) (
 	}
 	// Load under the role lock (shared) so a load racing a write or delete
 	// cannot put a stale role back into memory.
-	b.roleMu.RLock()
-	defer b.roleMu.RUnlock()
+	mu := b.roleLock(name)
+	mu.RLock()
+	defer mu.RUnlock()
 	return b.getRoleLocked(ctx, s, name)
 }
 
-// getRoleLocked is getRole for callers holding roleMu (shared or exclusive).
+// getRoleLocked is getRole for callers holding the role's lock (shared or exclusive).
 func (b *backend) getRoleLocked(ctx context.Context, s logical.Storage, name string) (*role, error) {
 	if r, ok := b.roles.Load(name); ok {
 		return r.(*role), nil
 	}
-	entry, err := s.Get(ctx, roleStoragePrefix+name)
-	if err != nil {
-		return nil, fmt.Errorf("reading role %q: %w", name, err)
-	}
-	if entry == nil {
-		return nil, nil
-	}
-	r := new(role)
-	if err := entry.DecodeJSON(r); err != nil {
-		return nil, fmt.Errorf("decoding role %q: %w", name, err)
+	r, err := getJSON[role](ctx, s, roleStoragePrefix+name)
+	if err != nil || r == nil {
+		return nil, err
 	}
 	r.computeHash()
 	b.roles.Store(name, r)

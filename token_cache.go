@@ -181,29 +181,14 @@ func (c *tokenCache) memoryKeys(prefix string) []string {
 
 // load reads a shared token from storage.
 func (c *tokenCache) load(ctx context.Context, s logical.Storage, key string) (*issuedToken, error) {
-	entry, err := s.Get(ctx, key)
-	if err != nil {
-		return nil, fmt.Errorf("reading cached token: %w", err)
-	}
-	if entry == nil {
-		return nil, nil
-	}
-	t := new(issuedToken)
-	if err := entry.DecodeJSON(t); err != nil {
-		return nil, fmt.Errorf("decoding cached token: %w", err)
-	}
-	return t, nil
+	return getJSON[issuedToken](ctx, s, key)
 }
 
 // store writes a shared token to storage, then to memory.
 func (c *tokenCache) store(ctx context.Context, s logical.Storage, key string, t *issuedToken) error {
-	entry, err := logical.StorageEntryJSON(key, t)
-	if err != nil {
-		return fmt.Errorf("encoding cached token: %w", err)
-	}
 	gen := c.generation()
-	if err := s.Put(ctx, entry); err != nil {
-		return storageError("writing cached token", err)
+	if err := putJSON(ctx, s, key, t); err != nil {
+		return err
 	}
 	c.rememberIf(key, t, gen)
 	return nil
@@ -334,8 +319,9 @@ func (b *backend) refreshShared(ctx context.Context, s logical.Storage, roleName
 // shared keeps role writes and deletes (which drop a role's tokens) from
 // interleaving with the check and the store.
 func (b *backend) publishShared(ctx context.Context, s logical.Storage, roleName, key string, r *role, t *issuedToken) error {
-	b.roleMu.RLock()
-	defer b.roleMu.RUnlock()
+	mu := b.roleLock(roleName)
+	mu.RLock()
+	defer mu.RUnlock()
 	current, err := b.getRoleLocked(ctx, s, roleName)
 	if err != nil {
 		return err
