@@ -15,7 +15,6 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
-	"golang.org/x/sync/semaphore"
 
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect"
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/version"
@@ -71,6 +70,14 @@ type backend struct {
 
 	tokens *tokenCache
 
+	bg *background // work outside requests (background.go)
+
+	// mintSlots bound token requests in flight (mint.go); throttle holds them
+	// all back after a 429. Both belong to the mount, whatever client is used.
+	mintSlots    atomic.Pointer[mintSlots]
+	throttle     connect.Throttle
+	onMintQueued func() // tests: called when a mint must wait for a slot
+
 	// codeMu serialises claiming authorization codes (code_records.go).
 	codeMu sync.Mutex
 
@@ -91,106 +98,14 @@ type configSnapshot struct {
 	config *connectConfig
 	client *connect.Client
 
-	// mintSlots bounds token requests in flight (config max_concurrent_mints).
-	mintSlots *semaphore.Weighted
-
 	// rejected latches Connect's refusal of the credentials themselves, so
 	// readers get the error at once instead of hammering Connect with
 	// credentials that cannot work. A config write builds a new snapshot.
 	rejected atomic.Pointer[rejection]
 }
 
-type rejection struct {
-	err   error
-	until time.Time
-}
-
-// credentialsRejectedHold is how long a credentials refusal is replayed
-// without asking Connect again.
-const credentialsRejectedHold = time.Minute
-
-// mint asks Connect for a token unless Connect recently refused the
-// credentials, and remembers the longest lifetime it hands out.
-// e must have a client (configuredSnapshot).
-func (b *backend) mint(ctx context.Context, s logical.Storage, e *configSnapshot, req connect.TokenRequest) (*connect.Token, error) {
-	release, err := e.acquireMintSlot(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer release()
-	return b.mintInSlot(ctx, s, e, req)
-}
-
-// errMintQueue: the request's deadline passed while it waited for a mint
-// slot, before anything was sent to Connect.
-var errMintQueue = errors.New("waiting for a free token request slot (config max_concurrent_mints)")
-
-// acquireMintSlot waits, within ctx, for one of the mount's mint slots.
-func (e *configSnapshot) acquireMintSlot(ctx context.Context) (release func(), err error) {
-	if err := e.mintSlots.Acquire(ctx, 1); err != nil {
-		return nil, fmt.Errorf("%w: %w", errMintQueue, err)
-	}
-	return func() { e.mintSlots.Release(1) }, nil
-}
-
-// mintInSlot is mint for a caller that holds a mint slot.
-func (b *backend) mintInSlot(ctx context.Context, s logical.Storage, e *configSnapshot, req connect.TokenRequest) (*connect.Token, error) {
-	now := b.now()
-	if r := e.rejected.Load(); r != nil && now.Before(r.until) {
-		return nil, r.err
-	}
-	tok, err := e.client.Token(ctx, req)
-	if err != nil {
-		if ce, ok := connect.AsError(err); ok && ce.CredentialsRejected() {
-			e.rejected.Store(&rejection{err: err, until: now.Add(credentialsRejectedHold)})
-		}
-		return nil, err
-	}
-	b.noteLifetime(tok.ExpiresIn)
-	if tok.ExpiresIn > documentedTokenLifetime && tok.ExpiresIn > e.config.LongestTokenLifetime {
-		b.persistLifetime(ctx, s, tok.ExpiresIn)
-	}
-	return tok, nil
-}
-
-// mintDetached is mint on a context that outlives the caller (bounded by
-// maxMintWait): a token Connect issues after the caller gave up is still
-// seen, and handed to abandoned (to revoke it) instead of being left live
-// with nobody holding it; abandoned also learns of a mint that failed after
-// the caller left. The caller gets its answer by its own deadline.
-func (b *backend) mintDetached(ctx context.Context, s logical.Storage, e *configSnapshot, req connect.TokenRequest, abandoned func(*connect.Token, error)) (*connect.Token, error) {
-	// Wait for a slot on the caller's own deadline: a caller that leaves
-	// while queued has sent nothing.
-	release, err := e.acquireMintSlot(ctx)
-	if err != nil {
-		return nil, err
-	}
-	type result struct {
-		tok *connect.Token
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		defer release()
-		mintCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), maxMintWait)
-		defer cancel()
-		tok, err := b.mintInSlot(mintCtx, s, e, req)
-		ch <- result{tok, err}
-	}()
-	select {
-	case r := <-ch:
-		return r.tok, r.err
-	case <-ctx.Done():
-		go func() {
-			r := <-ch
-			abandoned(r.tok, r.err)
-		}()
-		return nil, fmt.Errorf("waiting for a token from Connect: %w", ctx.Err())
-	}
-}
-
 func newBackend() *backend {
-	b := &backend{now: time.Now, tokens: newTokenCache(tokenCacheSize)}
+	b := &backend{now: time.Now, tokens: newTokenCache(tokenCacheSize), bg: newBackground()}
 	b.metrics = newBackendMetrics(b)
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),
@@ -251,6 +166,7 @@ func (b *backend) publishSnapshot(e *configSnapshot) {
 }
 
 func (b *backend) clean(context.Context) {
+	b.stopBackground() // background tidy and clean-ups end with the mount
 	b.resetSnapshot()
 }
 
@@ -295,11 +211,11 @@ func (b *backend) newSnapshot(cfg *connectConfig) (*configSnapshot, error) {
 	if !cfg.configured() {
 		return &configSnapshot{config: cfg}, nil
 	}
-	client, err := cfg.newClient(b.Logger().Named("connect"), b.clock, b.metrics)
+	client, err := b.newClient(cfg)
 	if err != nil {
 		return nil, err
 	}
-	return &configSnapshot{config: cfg, client: client, mintSlots: semaphore.NewWeighted(int64(cfg.mintBound()))}, nil
+	return &configSnapshot{config: cfg, client: client}, nil
 }
 
 // configuredSnapshot is getSnapshot for paths that need credentials: an
@@ -315,44 +231,6 @@ func (b *backend) configuredSnapshot(ctx context.Context, s logical.Storage) (*c
 	return e, nil, nil
 }
 
-// noteLifetime remembers the longest token lifetime Connect has handed out.
-func (b *backend) noteLifetime(d time.Duration) {
-	for {
-		cur := b.longestLifetime.Load()
-		if int64(d) <= cur || b.longestLifetime.CompareAndSwap(cur, int64(d)) {
-			return
-		}
-	}
-}
-
-// documentedTokenLifetime: "The token is valid for 24 hours" (Get started).
-const documentedTokenLifetime = 24 * time.Hour
-
-// retention is how long credentials retired from cfg are kept: long enough
-// for every token they minted to expire. A longer lifetime than Connect
-// documents, seen by this process or recorded in cfg, wins.
-func (b *backend) retention(cfg *connectConfig) time.Duration {
-	return max(time.Duration(b.longestLifetime.Load()), cfg.LongestTokenLifetime, documentedTokenLifetime)
-}
-
-// persistLifetime records a token lifetime longer than any recorded so far,
-// so retired credentials outlive such tokens across restarts and failovers.
-// Best effort: the mint has succeeded either way.
-func (b *backend) persistLifetime(ctx context.Context, s logical.Storage, d time.Duration) {
-	b.configMu.Lock()
-	defer b.configMu.Unlock()
-	cfg, err := getConfig(ctx, s)
-	if err == nil && cfg.configured() && d > cfg.LongestTokenLifetime {
-		cfg.LongestTokenLifetime = d
-		if err = putConfig(ctx, s, cfg); err == nil {
-			b.publishSnapshot(nil)
-		}
-	}
-	if err != nil {
-		b.Logger().Warn("could not record a token lifetime longer than Connect documents", "lifetime", d, "error", err)
-	}
-}
-
 // clock reads b.now at call time, so a client built earlier follows the
 // backend's clock (tests move it).
 func (b *backend) clock() time.Time { return b.now() }
@@ -362,18 +240,15 @@ func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 	if !b.WriteSafeReplicationState() {
 		return nil
 	}
-	var tidyErr error
 	if now := b.now(); now.Sub(time.Unix(0, b.lastTidy.Load())) >= tidyInterval {
-		b.lastTidy.Store(now.UnixNano())
-		if rep, err := b.tidy(ctx, req.Storage); err != nil {
-			tidyErr = fmt.Errorf("tidy: %w", err)
-		} else if rep != (tidyReport{}) {
-			b.Logger().Info("tidy", "expired_tokens_removed", rep.expiredTokens, "orphaned_tokens_removed", rep.orphanedTokens, "retired_credentials_removed", rep.retiredCredentials)
+		// Vault runs this under its rollback deadline (90 s): a tidy of a
+		// million tokens runs beside it instead.
+		if b.startTidy(req.Storage) {
+			b.lastTidy.Store(now.UnixNano())
 		}
 	}
 	_, pruneErr := b.pruneConfig(ctx, req.Storage)
 	return errors.Join(
-		tidyErr,
 		pruneErr,
 		b.pruneCodes(ctx, req.Storage),
 		b.retryPendingRevocations(ctx, req.Storage),
@@ -388,4 +263,23 @@ func (b *backend) roleLock(name string) *sync.RWMutex {
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(name))
 	return &b.roleLocks[h.Sum32()%roleLockStripes]
+}
+
+// newClient builds a Connect client for cfg's host and credentials, sharing
+// the mount's clock, metrics and 429 throttle.
+func (b *backend) newClient(cfg *connectConfig) (*connect.Client, error) {
+	client, err := connect.New(connect.Config{
+		BaseURL:        cfg.BaseURL,
+		Credentials:    connect.Credentials{ClientID: cfg.ClientID, ClientSecret: cfg.ClientSecret},
+		RequestTimeout: cfg.RequestTimeout,
+		MaxRetries:     cfg.MaxRetries,
+		Now:            b.clock,
+		Observer:       b.metrics,
+		Throttle:       &b.throttle,
+		Logger:         b.Logger().Named("connect"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("building Connect client: %w", err)
+	}
+	return client, nil
 }

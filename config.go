@@ -11,7 +11,6 @@ import (
 	"time"
 	"unicode"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect"
@@ -94,22 +93,6 @@ func (c *connectConfig) retire(until time.Time) {
 		RetainUntil:   until,
 	})
 	c.CredentialsID, c.ClientID, c.ClientSecret = "", "", ""
-}
-
-func (c *connectConfig) newClient(logger hclog.Logger, now func() time.Time, obs connect.Observer) (*connect.Client, error) {
-	client, err := connect.New(connect.Config{
-		Observer:       obs,
-		Now:            now,
-		BaseURL:        c.BaseURL,
-		Credentials:    connect.Credentials{ClientID: c.ClientID, ClientSecret: c.ClientSecret},
-		RequestTimeout: c.RequestTimeout,
-		MaxRetries:     c.MaxRetries,
-		Logger:         logger,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("building Connect client: %w", err)
-	}
-	return client, nil
 }
 
 // credentialsFor finds the credentials a token was minted with: the current

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/hashicorp/vault/sdk/logical"
 
@@ -88,4 +89,26 @@ func codeMayBeConsumed(err error) bool {
 		return false
 	}
 	return ce.StatusCode != http.StatusTooManyRequests && ce.StatusCode != http.StatusServiceUnavailable
+}
+
+// connectSummary says what Connect answered in words fit for logs and
+// warnings: the status, Instacart's error code and the attempts, but not
+// Connect's own description, which could echo what the request carried.
+func connectSummary(ce *connect.Error) string {
+	what := "no answer"
+	if ce.StatusCode != 0 {
+		what = strings.TrimSpace(fmt.Sprintf("HTTP %d %s", ce.StatusCode, ce.Code))
+	}
+	if ce.Attempts > 1 {
+		what += fmt.Sprintf(" after %d attempts", ce.Attempts)
+	}
+	return what
+}
+
+// errorSummary is connectSummary for any error: others are said as they are.
+func errorSummary(err error) string {
+	if ce, ok := connect.AsError(err); ok {
+		return connectSummary(ce)
+	}
+	return err.Error()
 }

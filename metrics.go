@@ -106,8 +106,10 @@ type metrics struct {
 	// use (a role deleted and created again may have another grant).
 	mints sync.Map // mintKey -> *[numOutcomes]prometheus.Counter
 
-	// scrapeMu serialises scrapes: gauges are rebuilt from storage by each.
+	// scrapeMu serialises scrapes; gaugesAt is when the gauges were last
+	// rebuilt from storage.
 	scrapeMu sync.Mutex
+	gaugesAt time.Time
 
 	storm retryStorm
 }
@@ -523,13 +525,21 @@ func (s *retryStorm) healthy(l hclog.Logger, a connect.Attempt) {
 	}
 }
 
+// gaugeRefreshInterval bounds how often a scrape rebuilds the gauges from
+// storage: counting a role's per-user tokens lists them all, and anyone who
+// may read metrics could otherwise make every scrape do it.
+const gaugeRefreshInterval = time.Minute
+
 // scrape renders the registry in Prometheus' text format, after rebuilding
-// the gauges from what storage holds.
+// the gauges from what storage holds (at most once per gaugeRefreshInterval).
 func (m *metrics) scrape(ctx context.Context, b *backend, s logical.Storage) ([]byte, error) {
 	m.scrapeMu.Lock()
 	defer m.scrapeMu.Unlock()
-	if err := m.refreshGauges(ctx, b, s); err != nil {
-		return nil, err
+	if now := b.now(); m.gaugesAt.IsZero() || now.Sub(m.gaugesAt) >= gaugeRefreshInterval {
+		if err := m.refreshGauges(ctx, b, s); err != nil {
+			return nil, err
+		}
+		m.gaugesAt = now
 	}
 	families, err := m.registry.Gather()
 	if err != nil {

@@ -82,39 +82,66 @@ func TestConcurrentMintsAreBounded(t *testing.T) {
 }
 
 // A reader waiting for a mint slot honours its request's deadline, and one
-// that leaves while queued sends nothing to Connect.
+// that leaves while queued sends nothing to Connect and leaves nothing
+// behind: for an exclusive read, no write-ahead log entry; for a shared one,
+// no mint started on its behalf.
 func TestQueuedMintHonoursDeadline(t *testing.T) {
-	e := newTestEnv(t)
-	setupRoles(e)
-	gate, url := newCountingGate(t, e.fake)
-	e.mustOK(logical.UpdateOperation, "config", map[string]any{"base_url": url, "client_secret": testSecret, "verify": false, "max_concurrent_mints": 1})
+	for _, tc := range []struct {
+		name, path string
+		data       map[string]any
+	}{
+		{"exclusive", "creds/cc-excl", nil},
+		{"shared", "creds/shoppers", map[string]any{"user_id": "store-2"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newTestEnv(t)
+			setupRoles(e)
+			gate, url := newCountingGate(t, e.fake)
+			e.mustOK(logical.UpdateOperation, "config", map[string]any{"base_url": url, "client_secret": testSecret, "verify": false, "max_concurrent_mints": 1})
+			queued := make(chan struct{}, 1)
+			e.b.onMintQueued = func() { queued <- struct{}{} }
 
-	first := make(chan error, 1)
-	go func() {
-		_, err := e.do(logical.ReadOperation, "creds/cc-excl", nil)
-		first <- err
-	}()
-	<-gate.arrived // the only slot is taken
+			first := make(chan error, 1)
+			go func() {
+				_, err := e.do(logical.UpdateOperation, "creds/shoppers", map[string]any{"user_id": "store-1"})
+				first <- err
+			}()
+			<-gate.arrived // the only slot is taken
 
-	g := gateStorage(e)
-	gt := g.park("put", "wal/*") // the second read's WAL entry: next it queues for a slot
-	ctx, cancel := context.WithCancel(context.Background())
-	queued := make(chan error, 1)
-	go func() {
-		_, err := e.doCtx(ctx, logical.ReadOperation, "creds/cc-excl", nil)
-		queued <- err
-	}()
-	gt.awaitParked(t)
-	cancel()
-	close(gt.release)
-	if err := <-queued; codedStatus(err) != http.StatusGatewayTimeout {
-		t.Errorf("queued read: err = %v, want a 504", err)
-	}
-	gate.release <- struct{}{}
-	if err := <-first; err != nil {
-		t.Fatal(err)
-	}
-	if got := e.fake.Requests(connectfake.PathToken); got != 1 {
-		t.Errorf("Connect saw %d token requests, want 1: the queued read left before sending", got)
+			ctx, cancel := context.WithCancel(context.Background())
+			waiting := make(chan error, 1)
+			go func() {
+				_, err := e.doCtx(ctx, logical.UpdateOperation, tc.path, tc.data)
+				waiting <- err
+			}()
+			<-queued // the second read waits for the slot
+			cancel()
+			if err := <-waiting; codedStatus(err) != http.StatusGatewayTimeout {
+				t.Errorf("queued read: err = %v, want a 504", err)
+			}
+			gate.release <- struct{}{}
+			if err := <-first; err != nil {
+				t.Fatal(err)
+			}
+			e.b.onMintQueued = nil
+			// Anything still queued would now reach the gate; a later read
+			// proves the gate is empty by being the next to arrive.
+			later := make(chan error, 1)
+			go func() {
+				_, err := e.do(logical.UpdateOperation, "creds/shoppers", map[string]any{"user_id": "store-3"})
+				later <- err
+			}()
+			<-gate.arrived
+			gate.release <- struct{}{}
+			if err := <-later; err != nil {
+				t.Fatal(err)
+			}
+			if got := e.fake.Requests(connectfake.PathToken); got != 2 {
+				t.Errorf("Connect saw %d token requests, want 2: the queued read left before sending", got)
+			}
+			if keys := walKeys(t, e.storage); len(keys) != 0 {
+				t.Errorf("%d write-ahead log entries left", len(keys))
+			}
+		})
 	}
 }

@@ -115,8 +115,9 @@ func (b *backend) exclusiveCreds(ctx context.Context, s logical.Storage, name st
 	mintCtx, _ := b.metrics.mintContext(ctx, name, r, userID)
 	tok, err := b.mintDetached(mintCtx, s, e, tokenRequest(r, userID, code), abandoned)
 	if err != nil {
-		if !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
-			b.deleteWAL(ctx, s, intent) // Connect answered: nothing in flight
+		inFlight := errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+		if !inFlight || errors.Is(err, errMintQueue) {
+			b.deleteWAL(ctx, s, intent) // Connect answered, or was never asked: nothing in flight
 		}
 		if code != "" && !codeMayBeConsumed(err) {
 			b.releaseCode(ctx, s, code)

@@ -20,9 +20,6 @@ const tidyInterval = time.Hour
 // per-user tokens is deleted at once.
 const syncCleanupLimit = 1000
 
-// backgroundCleanupTimeout bounds a background removal of a role's tokens.
-const backgroundCleanupTimeout = time.Hour
-
 func pathTidy(b *backend) *framework.Path {
 	return &framework.Path{
 		Pattern: "tidy$",
@@ -56,7 +53,7 @@ func (b *backend) pathTidyWrite(ctx context.Context, req *logical.Request, _ *fr
 	if !b.WriteSafeReplicationState() {
 		return nil, logical.ErrReadOnly
 	}
-	rep, err := b.tidy(ctx, req.Storage)
+	rep, err := b.tidyNow(ctx, req.Storage)
 	if err != nil {
 		return nil, err
 	}
@@ -124,6 +121,11 @@ func (b *backend) removeStaleTokens(ctx context.Context, s logical.Storage, role
 		expired, orphaned, batch = expired+e, orphaned+o, batch[:0]
 		return err
 	}
+	// The role as it was when the pass began; the locked check uses it as it is now.
+	current, err := b.getRole(ctx, s, role)
+	if err != nil {
+		return 0, 0, err
+	}
 	for _, key := range keys {
 		if err := ctx.Err(); err != nil {
 			return expired, orphaned, err
@@ -133,11 +135,7 @@ func (b *backend) removeStaleTokens(ctx context.Context, s logical.Storage, role
 			if err != nil {
 				return expired, orphaned, err
 			}
-			r, err := b.getRole(ctx, s, role)
-			if err != nil {
-				return expired, orphaned, err
-			}
-			if e, o := staleness(t, r, b.now()); !e && !o {
+			if e, o := staleness(t, current, b.now()); !e && !o {
 				continue
 			}
 		}
@@ -200,15 +198,6 @@ func (b *backend) dropStaleRoleTokens(ctx context.Context, s logical.Storage, ro
 		_, _, err := b.removeStaleTokens(ctx, s, role, keys, false)
 		return false, err
 	}
-	go func() {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), backgroundCleanupTimeout)
-		defer cancel()
-		expired, orphaned, err := b.removeStaleTokens(ctx, s, role, keys, false)
-		if err != nil {
-			b.Logger().Warn("background removal of a role's tokens stopped; tidy removes the rest", "role", role, "removed", expired+orphaned, "error", err)
-			return
-		}
-		b.Logger().Info("removed a role's stored tokens in the background", "role", role, "removed", expired+orphaned)
-	}()
+	b.startRoleCleanup(s, role, keys)
 	return true, nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -55,7 +54,7 @@ func (b *backend) revokeUpstream(ctx context.Context, s logical.Storage, credent
 		// the host that minted it, never to whatever is configured now.
 		cfg := *e.config
 		cfg.BaseURL, cfg.ClientID, cfg.ClientSecret = baseURL, creds.ClientID, creds.ClientSecret
-		if client, err = cfg.newClient(b.Logger().Named("connect"), b.clock, b.metrics); err != nil {
+		if client, err = b.newClient(&cfg); err != nil {
 			return false, err
 		}
 		defer client.Close()
@@ -65,16 +64,10 @@ func (b *backend) revokeUpstream(ctx context.Context, s logical.Storage, credent
 		if !ok {
 			return false, fmt.Errorf("revoking the token at Connect: %w", err)
 		}
-		// Connect's own words are left out: an answer about a token could
-		// echo it, and these errors reach logs.
-		what := fmt.Sprintf("HTTP %d %s", ce.StatusCode, ce.Code)
-		if ce.StatusCode == 0 {
-			what = "no answer"
-		}
 		if !ce.Temporary() {
-			return true, fmt.Errorf("Connect refused the revocation (%s)", strings.TrimSpace(what))
+			return true, fmt.Errorf("Connect refused the revocation (%s)", connectSummary(ce))
 		}
-		return false, fmt.Errorf("revoking the token at Connect: %s after %d attempt(s)", strings.TrimSpace(what), ce.Attempts)
+		return false, fmt.Errorf("revoking the token at Connect: %s", connectSummary(ce))
 	}
 	return false, nil
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"hash/fnv"
 	"net/http"
 	"strings"
 	"sync"
@@ -104,15 +106,26 @@ const tokenCacheSize = 10_000
 // tokenCache keeps shared tokens in memory (least recently used go first),
 // in front of storage, and coalesces concurrent mints of the same token.
 //
-// Every forget bumps a generation. A token read from (or written to) storage
-// is only remembered if no forget happened since the storage call began, so a
-// flush or invalidation that lands in between is never undone by putting a
-// just-revoked token back into memory.
+// Every forget bumps the generation of its key's stripe. A token read from
+// (or written to) storage is only remembered if no forget hit its stripe since
+// the storage call began, so a flush or invalidation that lands in between is
+// never undone by putting a just-revoked token back into memory. Stripes keep
+// busy forgetting of other keys (tidy, another node's mints) from getting in
+// the way.
 type tokenCache struct {
-	mu      sync.Mutex // guards gen, and orders remembering against forgetting
-	gen     uint64
+	mu      sync.Mutex // guards gens, and orders remembering against forgetting
+	gens    [genStripes]uint64
 	entries *lru.Cache[string, *issuedToken] // storage key -> token
 	flights singleflight.Group
+}
+
+// genStripes is how many generations the keys are spread over.
+const genStripes = 256
+
+func genStripe(key string) int {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(key))
+	return int(h.Sum32() % genStripes)
 }
 
 func roleTokenPrefix(roleName string) string { return tokenStoragePrefix + roleName + "/" }
@@ -138,18 +151,20 @@ func (c *tokenCache) get(key string) *issuedToken {
 	return t
 }
 
-// generation is read before a storage call whose result may be remembered.
-func (c *tokenCache) generation() uint64 {
+// generation is read before a storage call whose result for key may be
+// remembered.
+func (c *tokenCache) generation(key string) uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.gen
+	return c.gens[genStripe(key)]
 }
 
-// rememberIf keeps t in memory unless something was forgotten since gen.
+// rememberIf keeps t in memory unless something under key's stripe was
+// forgotten since gen.
 func (c *tokenCache) rememberIf(key string, t *issuedToken, gen uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.gen == gen {
+	if c.gens[genStripe(key)] == gen {
 		c.entries.Add(key, t)
 	}
 }
@@ -157,14 +172,16 @@ func (c *tokenCache) rememberIf(key string, t *issuedToken, gen uint64) {
 func (c *tokenCache) forget(key string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.gen++
+	c.gens[genStripe(key)]++
 	c.entries.Remove(key)
 }
 
 func (c *tokenCache) clear() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.gen++
+	for i := range c.gens {
+		c.gens[i]++
+	}
 	c.entries.Purge()
 }
 
@@ -186,7 +203,7 @@ func (c *tokenCache) load(ctx context.Context, s logical.Storage, key string) (*
 
 // store writes a shared token to storage, then to memory.
 func (c *tokenCache) store(ctx context.Context, s logical.Storage, key string, t *issuedToken) error {
-	gen := c.generation()
+	gen := c.generation(key)
 	if err := putJSON(ctx, s, key, t); err != nil {
 		return err
 	}
@@ -242,25 +259,31 @@ func (b *backend) sharedToken(ctx context.Context, s logical.Storage, roleName s
 	// The flight key includes the credentials and role versions so a mint for
 	// a superseded config or role is never shared with callers of the new one.
 	flight := key + "\x00" + e.config.CredentialsID + "\x00" + r.hash
-	ch := b.tokens.flights.DoChan(flight, func() (any, error) {
-		// The mint must not die with the request that happened to start it:
-		// other callers wait on it too. Each caller still honours its own deadline.
-		mintCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), maxMintWait)
-		defer cancel()
-		mintCtx, tag := b.metrics.mintContext(mintCtx, roleName, r, userID)
-		t, warnings, err := b.refreshShared(mintCtx, s, roleName, key, r, e, userID)
-		return result{t, warnings, tag.source()}, err
-	})
-	select {
-	case res := <-ch:
-		if res.Err != nil {
-			return nil, nil, res.Err
+	for {
+		ch := b.tokens.flights.DoChan(flight, func() (any, error) {
+			// The mint must not die with the request that happened to start
+			// it: other callers wait on it too. Each caller still honours its
+			// own deadline.
+			mintCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), maxMintWait)
+			defer cancel()
+			mintCtx, tag := b.metrics.mintContext(mintCtx, roleName, r, userID)
+			t, warnings, err := b.refreshShared(ctx, mintCtx, s, roleName, key, r, e, userID)
+			return result{t, warnings, tag.source()}, err
+		})
+		select {
+		case res := <-ch:
+			if errors.Is(res.Err, errMintQueue) && ctx.Err() == nil {
+				continue // the reader that started the flight left while queued; this one has time
+			}
+			if res.Err != nil {
+				return nil, nil, res.Err
+			}
+			out := res.Val.(result)
+			b.metrics.read(roleName, out.source)
+			return out.token, out.warnings, nil
+		case <-ctx.Done():
+			return nil, nil, fmt.Errorf("waiting for a token from Connect: %w", ctx.Err())
 		}
-		out := res.Val.(result)
-		b.metrics.read(roleName, out.source)
-		return out.token, out.warnings, nil
-	case <-ctx.Done():
-		return nil, nil, fmt.Errorf("waiting for a token from Connect: %w", ctx.Err())
 	}
 }
 
@@ -268,9 +291,13 @@ func (b *backend) sharedToken(ctx context.Context, s logical.Storage, roleName s
 // another node or an earlier process stored one, else mints and stores one.
 // When Connect is failing it keeps serving a cached token that has not yet
 // expired, with a warning, rather than failing readers.
-func (b *backend) refreshShared(ctx context.Context, s logical.Storage, roleName, key string, r *role, e *configSnapshot, userID string) (*issuedToken, []string, error) {
+//
+// slotCtx is the context of the caller that started the flight: a mint slot
+// is waited for within its deadline, so a reader that leaves while queued
+// sends nothing (sharedToken tries again for readers that still have time).
+func (b *backend) refreshShared(slotCtx, ctx context.Context, s logical.Storage, roleName, key string, r *role, e *configSnapshot, userID string) (*issuedToken, []string, error) {
 	credsID := e.config.CredentialsID
-	gen := b.tokens.generation()
+	gen := b.tokens.generation(key)
 	candidate := b.tokens.get(key)
 	if !candidate.belongsTo(credsID, r.hash) {
 		stored, err := b.tokens.load(ctx, s, key)
@@ -293,11 +320,16 @@ func (b *backend) refreshShared(ctx context.Context, s logical.Storage, roleName
 	if !b.WriteSafeReplicationState() {
 		return nil, nil, logical.ErrReadOnly
 	}
-	tok, err := b.mint(ctx, s, e, tokenRequest(r, userID, ""))
+	release, err := b.acquireMintSlot(slotCtx, e)
+	if err != nil {
+		return nil, nil, err
+	}
+	tok, err := b.mintInSlot(ctx, s, e, tokenRequest(r, userID, ""))
+	release()
 	if err != nil {
 		if candidate != nil && candidate.leasable(now) && connect.IsTemporary(err) {
-			b.Logger().Warn("Connect is failing; serving the cached token until it expires", "role", roleName, "expires_at", candidate.ExpiresAt, "error", err)
-			return candidate, []string{fmt.Sprintf("Instacart Connect could not mint a replacement token (%v); this cached token expires at %s", err, candidate.ExpiresAt.Format(time.RFC3339))}, nil
+			b.Logger().Warn("Connect is failing; serving the cached token until it expires", "role", roleName, "expires_at", candidate.ExpiresAt, "error", errorSummary(err))
+			return candidate, []string{fmt.Sprintf("Instacart Connect could not mint a replacement token (%s); this cached token expires at %s", errorSummary(err), candidate.ExpiresAt.Format(time.RFC3339))}, nil
 		}
 		return nil, nil, err
 	}

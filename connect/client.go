@@ -62,6 +62,9 @@ type Config struct {
 	Now func() time.Time
 	// Observer, if set, is told about every attempt (for metrics and logs).
 	Observer Observer
+	// Throttle, if set, is shared with other Clients, so a 429 to any of
+	// them holds back all of them; nil gives the Client its own.
+	Throttle *Throttle
 }
 
 // Client talks to one Connect host with one set of current credentials.
@@ -71,7 +74,7 @@ type Client struct {
 	creds   Credentials
 	http    *retryablehttp.Client
 	now     func() time.Time
-	pause   throttle
+	pause   *Throttle
 	obs     Observer
 }
 
@@ -128,12 +131,17 @@ func New(cfg Config) (*Client, error) {
 		rc.Logger = debugLogger{cfg.Logger}
 	}
 
+	pause := cfg.Throttle
+	if pause == nil {
+		pause = new(Throttle)
+	}
 	return &Client{
 		baseURL: strings.TrimRight(u.String(), "/"),
 		creds:   cfg.Credentials,
 		http:    rc,
 		now:     now,
 		obs:     cfg.Observer,
+		pause:   pause,
 	}, nil
 }
 

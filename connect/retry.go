@@ -43,7 +43,7 @@ type attemptState struct {
 	now     func() time.Time
 	started time.Time
 	// pause is the client's: a 429 to any request holds all of them back.
-	pause *throttle
+	pause *Throttle
 
 	// For the Observer (observer.go): what the call is, and the current
 	// attempt's wall-clock span and result.

@@ -10,15 +10,16 @@ import (
 // defaultPause is how long a 429 without Retry-After holds requests back.
 const defaultPause = time.Second
 
-// throttle holds back every request of a Client while Connect has asked it to
-// slow down: a 429 pauses them all for its Retry-After (capped), not only the
-// request that got it, so a stampede of first-time mints backs off together.
-type throttle struct {
+// Throttle holds back every request of the Clients that share it while
+// Connect has asked them to slow down: a 429 pauses them all for its
+// Retry-After (capped), not only the request that got it, so a stampede of
+// first-time mints backs off together. The zero value is ready to use.
+type Throttle struct {
 	until atomic.Int64 // unix nanoseconds
 }
 
 // noteAnswer pauses the client when resp is a 429.
-func (t *throttle) noteAnswer(resp *http.Response) {
+func (t *Throttle) noteAnswer(resp *http.Response) {
 	if t == nil || resp == nil || resp.StatusCode != http.StatusTooManyRequests {
 		return
 	}
@@ -36,7 +37,7 @@ func (t *throttle) noteAnswer(resp *http.Response) {
 }
 
 // wait blocks until the pause is over or ctx ends.
-func (t *throttle) wait(ctx context.Context) {
+func (t *Throttle) wait(ctx context.Context) {
 	if t == nil {
 		return
 	}

@@ -1,0 +1,160 @@
+package instacart
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+	"golang.org/x/sync/semaphore"
+
+	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect"
+)
+
+// rejection is Connect's refusal of the credentials, replayed until until.
+type rejection struct {
+	err   error
+	until time.Time
+}
+
+// credentialsRejectedHold is how long a credentials refusal is replayed
+// without asking Connect again.
+const credentialsRejectedHold = time.Minute
+
+// errMintQueue: the request's deadline passed while it waited for a mint
+// slot, before anything was sent to Connect.
+var errMintQueue = errors.New("waiting for a free token request slot (config max_concurrent_mints)")
+
+// mintSlots bounds the mount's token requests in flight. It belongs to the
+// backend, not to a config snapshot, so rebuilding the snapshot (any config
+// write, an invalidation) neither forgets the requests in flight nor lets
+// twice the bound through; it is replaced only when the bound changes.
+type mintSlots struct {
+	size int
+	sem  *semaphore.Weighted
+}
+
+// slots returns the mount's mint slots for a bound of size.
+func (b *backend) slots(size int) *semaphore.Weighted {
+	for {
+		cur := b.mintSlots.Load()
+		if cur != nil && cur.size == size {
+			return cur.sem
+		}
+		next := &mintSlots{size: size, sem: semaphore.NewWeighted(int64(size))}
+		if b.mintSlots.CompareAndSwap(cur, next) {
+			return next.sem
+		}
+	}
+}
+
+// acquireMintSlot waits, within ctx, for one of the mount's mint slots.
+func (b *backend) acquireMintSlot(ctx context.Context, e *configSnapshot) (release func(), err error) {
+	sem := b.slots(e.config.mintBound())
+	if !sem.TryAcquire(1) {
+		if b.onMintQueued != nil {
+			b.onMintQueued()
+		}
+		if err := sem.Acquire(ctx, 1); err != nil {
+			return nil, fmt.Errorf("%w: %w", errMintQueue, err)
+		}
+	}
+	return func() { sem.Release(1) }, nil
+}
+
+// mintInSlot asks Connect for a token, for a caller that holds a mint slot,
+// unless Connect recently refused the credentials, and remembers the longest
+// lifetime it hands out. e must have a client (configuredSnapshot).
+func (b *backend) mintInSlot(ctx context.Context, s logical.Storage, e *configSnapshot, req connect.TokenRequest) (*connect.Token, error) {
+	now := b.now()
+	if r := e.rejected.Load(); r != nil && now.Before(r.until) {
+		return nil, r.err
+	}
+	tok, err := e.client.Token(ctx, req)
+	if err != nil {
+		if ce, ok := connect.AsError(err); ok && ce.CredentialsRejected() {
+			e.rejected.Store(&rejection{err: err, until: now.Add(credentialsRejectedHold)})
+		}
+		return nil, err
+	}
+	b.noteLifetime(tok.ExpiresIn)
+	if tok.ExpiresIn > documentedTokenLifetime && tok.ExpiresIn > e.config.LongestTokenLifetime {
+		b.persistLifetime(ctx, s, tok.ExpiresIn)
+	}
+	return tok, nil
+}
+
+// mintDetached is mint on a context that outlives the caller (bounded by
+// maxMintWait): a token Connect issues after the caller gave up is still
+// seen, and handed to abandoned (to revoke it) instead of being left live
+// with nobody holding it; abandoned also learns of a mint that failed after
+// the caller left. The caller gets its answer by its own deadline.
+func (b *backend) mintDetached(ctx context.Context, s logical.Storage, e *configSnapshot, req connect.TokenRequest, abandoned func(*connect.Token, error)) (*connect.Token, error) {
+	// Wait for a slot on the caller's own deadline: a caller that leaves
+	// while queued has sent nothing.
+	release, err := b.acquireMintSlot(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	type result struct {
+		tok *connect.Token
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		defer release()
+		mintCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), maxMintWait)
+		defer cancel()
+		tok, err := b.mintInSlot(mintCtx, s, e, req)
+		ch <- result{tok, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.tok, r.err
+	case <-ctx.Done():
+		go func() {
+			r := <-ch
+			abandoned(r.tok, r.err)
+		}()
+		return nil, fmt.Errorf("waiting for a token from Connect: %w", ctx.Err())
+	}
+}
+
+// noteLifetime remembers the longest token lifetime Connect has handed out.
+func (b *backend) noteLifetime(d time.Duration) {
+	for {
+		cur := b.longestLifetime.Load()
+		if int64(d) <= cur || b.longestLifetime.CompareAndSwap(cur, int64(d)) {
+			return
+		}
+	}
+}
+
+// documentedTokenLifetime: "The token is valid for 24 hours" (Get started).
+const documentedTokenLifetime = 24 * time.Hour
+
+// retention is how long credentials retired from cfg are kept: long enough
+// for every token they minted to expire. A longer lifetime than Connect
+// documents, seen by this process or recorded in cfg, wins.
+func (b *backend) retention(cfg *connectConfig) time.Duration {
+	return max(time.Duration(b.longestLifetime.Load()), cfg.LongestTokenLifetime, documentedTokenLifetime)
+}
+
+// persistLifetime records a token lifetime longer than any recorded so far,
+// so retired credentials outlive such tokens across restarts and failovers.
+// Best effort: the mint has succeeded either way.
+func (b *backend) persistLifetime(ctx context.Context, s logical.Storage, d time.Duration) {
+	b.configMu.Lock()
+	defer b.configMu.Unlock()
+	cfg, err := getConfig(ctx, s)
+	if err == nil && cfg.configured() && d > cfg.LongestTokenLifetime {
+		cfg.LongestTokenLifetime = d
+		if err = putConfig(ctx, s, cfg); err == nil {
+			b.publishSnapshot(nil)
+		}
+	}
+	if err != nil {
+		b.Logger().Warn("could not record a token lifetime longer than Connect documents", "lifetime", d, "error", err)
+	}
+}
