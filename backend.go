@@ -77,6 +77,7 @@ type backend struct {
 	mintSlots    atomic.Pointer[mintSlots]
 	throttle     connect.Throttle
 	onMintQueued func() // tests: called when a mint must wait for a slot
+	onSharedWait func() // tests: called when a reader waits on a shared mint
 
 	// codeMu serialises claiming authorization codes (code_records.go).
 	codeMu sync.Mutex

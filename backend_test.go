@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
-	"sort"
+	"net/http/httptest"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -166,15 +168,6 @@ func (e *testEnv) storageSnapshot() map[string]string {
 	return out
 }
 
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
-
 // usersStatus calls Connect's POST /v2/fulfillment/users with token, which only
 // live tokens may do, and returns the HTTP status.
 func usersStatus(t testing.TB, baseURL, token string) int {
@@ -203,7 +196,7 @@ func expectError(t testing.TB, resp *logical.Response, err error, field string) 
 	if resp == nil || !resp.IsError() {
 		t.Fatalf("want an error response naming %q, got %v", field, resp)
 	}
-	if msg := resp.Error().Error(); !strings.Contains(msg, field) {
+	if msg := resp.Error().Error(); !namesWord(msg, field) {
 		t.Errorf("error %q does not name %q", msg, field)
 	}
 }
@@ -212,4 +205,103 @@ func expectError(t testing.TB, resp *logical.Response, err error, field string) 
 func (e *testEnv) advance(d time.Duration) {
 	prev := e.b.now
 	e.b.now = func() time.Time { return prev().Add(d) }
+}
+
+// namesWord reports whether msg holds word as a word of its own: "ttl" is
+// not named by "min_remaining_ttl", nor "name" by "hostname".
+func namesWord(msg, word string) bool {
+	re := regexp.MustCompile(`(^|[^A-Za-z0-9_])` + regexp.QuoteMeta(word) + `([^A-Za-z0-9_]|$)`)
+	return re.MatchString(msg)
+}
+
+// codedStatus returns the HTTP status a coded error carries (0 if none).
+func codedStatus(err error) int {
+	var coded logical.HTTPCodedError
+	if errors.As(err, &coded) {
+		return coded.Code()
+	}
+	return 0
+}
+
+func TestTokensAreSealWrapped(t *testing.T) {
+	e := newTestEnv(t)
+	wrapped := e.b.PathsSpecial.SealWrapStorage
+	for _, want := range []string{configStoragePath, tokenStoragePrefix, revokingStoragePrefix, "wal/"} {
+		found := false
+		for _, p := range wrapped {
+			found = found || p == want
+		}
+		if !found {
+			t.Errorf("%q is not seal-wrapped (%v)", want, wrapped)
+		}
+	}
+}
+
+// gatedConnect puts a gate in front of the fake: each token request waits
+// until the test releases it, then is served by the fake as usual.
+func gatedConnect(t *testing.T, fake *connectfake.Server) (url string, arrived <-chan struct{}, release chan<- struct{}) {
+	t.Helper()
+	in := make(chan struct{}, 16)
+	out := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == connectfake.PathToken {
+			in <- struct{}{}
+			<-out
+		}
+		fake.Handler().ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() { srv.Close() })
+	return srv.URL, in, out
+}
+
+// waitUntil polls cond for what happens on a goroutine the test cannot join
+// (a detached clean-up); the bound only keeps a broken build from hanging.
+func waitUntil(cond func() bool) bool { return waitFor(10*time.Second, cond) }
+
+func waitFor(bound time.Duration, cond func() bool) bool {
+	for deadline := time.Now().Add(bound); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+	}
+	return cond()
+}
+
+// A config change from another node (storage written, then Invalidate) that
+// lands while this node loads the old config must not leave the old engine
+// cached.
+func TestConfigInvalidationDuringLoadIsNotLost(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	inner := e.storage
+	g := gateStorage(e)
+	e.b.resetSnapshot() // the next request loads the config from storage
+
+	gt := g.park("get", configStoragePath)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = e.do(logical.ReadOperation, "creds/cc", nil)
+	}()
+	gt.awaitParked(t) // the old config has been read, not yet published
+
+	cfg, err := getConfig(context.Background(), inner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.CredentialsID = "rotated-elsewhere"
+	if err := putConfig(context.Background(), inner, cfg); err != nil {
+		t.Fatal(err)
+	}
+	e.b.invalidate(context.Background(), configStoragePath)
+	close(gt.release)
+	<-done
+
+	eng, err := e.b.getSnapshot(context.Background(), e.storage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if eng.config.CredentialsID != "rotated-elsewhere" {
+		t.Errorf("the engine loaded before the invalidation is still cached (credentials %q)", eng.config.CredentialsID)
+	}
 }

@@ -99,7 +99,7 @@ func FuzzAssertionUserID(f *testing.F) {
 // namesAField reports whether an error message names one of the role's fields.
 func namesAField(msg string) bool {
 	for field := range roleFields {
-		if strings.Contains(msg, field) {
+		if namesWord(msg, field) {
 			return true
 		}
 	}

@@ -167,3 +167,60 @@ func TestCacheFlushForgetsMemoryOnlyTokens(t *testing.T) {
 		t.Error("the flushed token is served again")
 	}
 }
+
+// A token minted and stored while a flush is taking the role's tokens out of
+// service is never dropped unrevoked: every token Connect issued is either
+// revoked or still held where the next flush finds it.
+func TestMintDuringFlushIsNotOrphaned(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	url, arrived, release := gatedConnect(t, e.fake)
+	e.mustOK(logical.UpdateOperation, "config", map[string]any{"base_url": url, "client_secret": testSecret, "verify": false})
+	read := func() chan *logical.Response {
+		ch := make(chan *logical.Response, 1)
+		go func() {
+			resp, _ := e.do(logical.ReadOperation, "creds/cc", nil)
+			ch <- resp
+		}()
+		return ch
+	}
+	first := read()
+	<-arrived
+	release <- struct{}{}
+	old := (<-first).Data["access_token"].(string)
+
+	key := tokenKey("cc", "")
+	g := gateStorage(e)
+	gt := g.park("delete", key)
+	flushed := make(chan error, 1)
+	go func() {
+		_, err := e.do(logical.DeleteOperation, "cache/cc", nil)
+		flushed <- err
+	}()
+	gt.awaitParked(t) // the flush has taken the old token out, and holds the role lock
+
+	second := read() // a reader mints a replacement meanwhile
+	<-arrived
+	release <- struct{}{}
+	close(gt.release)
+	if err := <-flushed; err != nil {
+		t.Fatal(err)
+	}
+	resp := <-second
+	if resp == nil || resp.IsError() {
+		t.Fatalf("the read during the flush failed: %v", resp)
+	}
+	if e.fake.TokenLive(old) {
+		t.Error("the flushed token is live")
+	}
+	held := e.b.tokens.get(key)
+	if held == nil || !e.fake.TokenLive(held.AccessToken) {
+		t.Fatal("the replacement is not held where a flush can find it")
+	}
+	if live := liveTokenCount(e); live != 1 {
+		t.Errorf("%d live tokens at Connect, want 1 (the held replacement)", live)
+	}
+	if next := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]; next != held.AccessToken {
+		t.Error("the replacement minted during the flush is not served")
+	}
+}

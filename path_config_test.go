@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -99,7 +100,7 @@ func TestConfigValidation(t *testing.T) {
 			resp, err := e.do(logical.UpdateOperation, "config", data)
 			expectError(t, resp, err, tc.field)
 			if after := e.storageSnapshot(); !reflect.DeepEqual(before, after) {
-				t.Errorf("storage changed by a rejected write: %v", sortedKeys(after))
+				t.Errorf("storage changed by a rejected write: %v", slices.Sorted(maps.Keys(after)))
 			}
 		})
 	}

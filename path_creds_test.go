@@ -2,9 +2,9 @@ package instacart
 
 import (
 	"context"
+	"net/http"
 	"reflect"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -102,212 +102,6 @@ func TestCredsAllGrants(t *testing.T) {
 	}
 }
 
-func TestSharedAndExclusiveReuse(t *testing.T) {
-	e := newTestEnv(t)
-	setupRoles(e)
-
-	first := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]
-	second := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]
-	if first != second || e.fake.Mints() != 1 {
-		t.Errorf("shared role: tokens equal %v, mints %d", first == second, e.fake.Mints())
-	}
-
-	a := e.mustOK(logical.ReadOperation, "creds/cc-excl", nil).Data["access_token"]
-	b := e.mustOK(logical.ReadOperation, "creds/cc-excl", nil).Data["access_token"]
-	if a == b || e.fake.Mints() != 3 {
-		t.Errorf("exclusive role: tokens equal %v, mints %d", a == b, e.fake.Mints())
-	}
-
-	// Assertion roles share one token per user.
-	u1 := e.mustOK(logical.UpdateOperation, "creds/shoppers", map[string]any{"user_id": "store-1"}).Data["access_token"]
-	u2 := e.mustOK(logical.UpdateOperation, "creds/shoppers", map[string]any{"user_id": "store-2"}).Data["access_token"]
-	u1again := e.mustOK(logical.UpdateOperation, "creds/shoppers", map[string]any{"user_id": "store-1"}).Data["access_token"]
-	if u1 == u2 || u1 != u1again || e.fake.Mints() != 5 {
-		t.Errorf("per-user sharing: u1==u2 %v, u1 stable %v, mints %d", u1 == u2, u1 == u1again, e.fake.Mints())
-	}
-}
-
-func TestConcurrentColdReadsMintOnce(t *testing.T) {
-	e := newTestEnv(t)
-	setupRoles(e)
-	e.fake.SetLatency(50 * time.Millisecond) // keep the flight open while readers pile up
-
-	const readers = 100
-	var wg sync.WaitGroup
-	tokens := make([]string, readers)
-	errs := make([]error, readers)
-	for i := range readers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			resp, err := e.do(logical.ReadOperation, "creds/cc", nil)
-			if err == nil && resp.IsError() {
-				err = resp.Error()
-			}
-			if err == nil {
-				tokens[i] = resp.Data["access_token"].(string)
-			}
-			errs[i] = err
-		}()
-	}
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			t.Fatalf("reader %d: %v", i, err)
-		}
-		if tokens[i] != tokens[0] {
-			t.Fatalf("reader %d got a different token", i)
-		}
-	}
-	if got := e.fake.Mints(); got != 1 {
-		t.Errorf("%d concurrent cold reads minted %d tokens, want 1", readers, got)
-	}
-}
-
-func TestLeaseCaps(t *testing.T) {
-	e := newTestEnv(t)
-	setupRoles(e)
-
-	resp := e.mustOK(logical.ReadOperation, "creds/cc-capped", nil)
-	if resp.Secret.TTL != time.Hour || resp.Secret.MaxTTL != 2*time.Hour {
-		t.Errorf("role caps: ttl %v max %v", resp.Secret.TTL, resp.Secret.MaxTTL)
-	}
-	if len(resp.Warnings) != 2 || !strings.Contains(resp.Warnings[0], "max_ttl") || !strings.Contains(resp.Warnings[1], "role's ttl") {
-		t.Errorf("warnings = %q", resp.Warnings)
-	}
-
-	// Uncapped: the lease is the token's remaining life, no warnings. The
-	// mount's max_lease_ttl is Vault's to apply when it registers the lease
-	// (see e2e "lease caps"), so the backend never asks for it per read.
-	e.sys.MaxLeaseTTLVal = 30 * time.Minute
-	resp = e.mustOK(logical.ReadOperation, "creds/cc", nil)
-	if len(resp.Warnings) != 0 || resp.Secret.TTL < 24*time.Hour-2*time.Second {
-		t.Errorf("uncapped: ttl %v warnings %q", resp.Secret.TTL, resp.Warnings)
-	}
-}
-
-func TestLeaseTTLTracksSharedTokenAge(t *testing.T) {
-	e := newTestEnv(t)
-	setupRoles(e)
-	e.mustOK(logical.ReadOperation, "creds/cc", nil)
-	e.advance(5 * time.Hour)
-	resp := e.mustOK(logical.ReadOperation, "creds/cc", nil)
-	if want := 19 * time.Hour; resp.Secret.TTL > want+2*time.Second || resp.Secret.TTL < want-2*time.Second {
-		t.Errorf("lease of a 5h-old shared token: %v, want about %v", resp.Secret.TTL, want)
-	}
-	if e.fake.Mints() != 1 {
-		t.Errorf("mints = %d", e.fake.Mints())
-	}
-}
-
-func renew(e *testEnv, secret *logical.Secret, increment time.Duration) (*logical.Response, error) {
-	s := *secret
-	s.IssueTime = time.Now()
-	s.Increment = increment
-	return e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.RenewOperation, Secret: &s, Storage: e.storage})
-}
-
-func revoke(e *testEnv, secret *logical.Secret) error {
-	_, err := e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.RevokeOperation, Secret: secret, Storage: e.storage})
-	return err
-}
-
-func TestRenewNeverPastExpiry(t *testing.T) {
-	e := newTestEnv(t)
-	setupRoles(e)
-	resp := e.mustOK(logical.ReadOperation, "creds/cc-excl", nil)
-	expires, _ := time.Parse(time.RFC3339, resp.Data["expires_at"].(string))
-
-	r, err := renew(e, resp.Secret, 48*time.Hour)
-	if err != nil || r.IsError() {
-		t.Fatalf("renew: %v %v", r, err)
-	}
-	// Vault caps the increment at IssueTime+MaxTTL; MaxTTL must end at the token's expiry.
-	if end := r.Secret.IssueTime.Add(r.Secret.MaxTTL); end.After(expires) || end.Before(expires.Add(-2*time.Second)) {
-		t.Errorf("renewal ceiling %v, token expires %v", end, expires)
-	}
-	if r.Secret.TTL > time.Until(expires) {
-		t.Errorf("renewed TTL %v beyond remaining %v", r.Secret.TTL, time.Until(expires))
-	}
-
-	e.advance(25 * time.Hour)
-	r, err = renew(e, resp.Secret, time.Hour)
-	if err != nil || r == nil || !r.IsError() || !strings.Contains(r.Error().Error(), "expired") {
-		t.Errorf("renew after expiry: %v %v", r, err)
-	}
-}
-
-func TestRevokeExclusiveButNotShared(t *testing.T) {
-	e := newTestEnv(t)
-	setupRoles(e)
-
-	excl := e.mustOK(logical.ReadOperation, "creds/cc-excl", nil)
-	tok := excl.Data["access_token"].(string)
-	if err := revoke(e, excl.Secret); err != nil {
-		t.Fatalf("revoke: %v", err)
-	}
-	if e.fake.Requests(connectfake.PathRevoke) != 1 || e.fake.TokenLive(tok) {
-		t.Errorf("exclusive revoke: %d revoke calls, live %v", e.fake.Requests(connectfake.PathRevoke), e.fake.TokenLive(tok))
-	}
-	if got := usersStatus(t, e.fake.URL, tok); got != 401 {
-		t.Errorf("revoked token: Connect answered %d, want 401", got)
-	}
-
-	shared := e.mustOK(logical.ReadOperation, "creds/cc", nil)
-	if err := revoke(e, shared.Secret); err != nil {
-		t.Fatalf("revoke shared: %v", err)
-	}
-	if e.fake.Requests(connectfake.PathRevoke) != 1 || !e.fake.TokenLive(shared.Data["access_token"].(string)) {
-		t.Error("revoking a shared lease revoked the token upstream")
-	}
-	// Other readers keep getting the same live token.
-	again := e.mustOK(logical.ReadOperation, "creds/cc", nil)
-	if again.Data["access_token"] != shared.Data["access_token"] {
-		t.Error("shared token replaced after a lease revoke")
-	}
-}
-
-func TestRevokeExpiredTokenSkipsConnect(t *testing.T) {
-	e := newTestEnv(t)
-	setupRoles(e)
-	resp := e.mustOK(logical.ReadOperation, "creds/cc-excl", nil)
-	e.fake.InjectFaults(connectfake.PathRevoke, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 503})
-	e.advance(25 * time.Hour)
-	if err := revoke(e, resp.Secret); err != nil {
-		t.Fatalf("revoke of an expired token: %v", err)
-	}
-	if got := e.fake.Requests(connectfake.PathRevoke); got != 0 {
-		t.Errorf("expired token revoke called Connect %d times", got)
-	}
-}
-
-func TestRevokeRetriesWhenConnectIsDown(t *testing.T) {
-	e := newTestEnv(t)
-	setupRoles(e)
-	resp := e.mustOK(logical.ReadOperation, "creds/cc-excl", nil)
-	tok := resp.Data["access_token"].(string)
-
-	// Down for longer than one call's retries: the revoke fails so Vault retries it.
-	faults := make([]connectfake.Fault, 3)
-	for i := range faults {
-		faults[i] = connectfake.Fault{Status: 503}
-	}
-	e.fake.InjectFaults(connectfake.PathRevoke, faults...)
-	if err := revoke(e, resp.Secret); err == nil {
-		t.Fatal("revoke with Connect down succeeded; Vault would never retry it")
-	}
-	if !e.fake.TokenLive(tok) {
-		t.Fatal("token revoked despite the failure")
-	}
-	// Connect recovers: Vault's retry revokes it.
-	if err := revoke(e, resp.Secret); err != nil {
-		t.Fatalf("revoke after recovery: %v", err)
-	}
-	if e.fake.TokenLive(tok) {
-		t.Error("token still live after recovery")
-	}
-}
-
 func TestCredsInputValidation(t *testing.T) {
 	e := newTestEnv(t)
 	setupRoles(e)
@@ -342,110 +136,6 @@ func TestCredsInputValidation(t *testing.T) {
 	}
 	if got := e.fake.Requests(connectfake.PathToken); got != 1 {
 		t.Errorf("Connect saw %d token requests; only the bad code should reach it, once", got)
-	}
-}
-
-// A code is sent to Connect once: a second use (a client's retry, a replay)
-// is refused here, without asking Connect, naming the field.
-func TestAuthorizationCodeIsSingleUse(t *testing.T) {
-	e := newTestEnv(t)
-	setupRoles(e)
-	code := e.fake.IssueAuthorizationCode(testClientID, redirectURI, "linked-user")
-	e.mustOK(logical.UpdateOperation, "creds/link", map[string]any{"code": code})
-	before := e.storageSnapshot()
-	resp, err := e.do(logical.UpdateOperation, "creds/link", map[string]any{"code": code})
-	expectError(t, resp, err, "code: this authorization code was already sent")
-	if got := e.fake.Requests(connectfake.PathToken); got != 1 {
-		t.Errorf("Connect saw the code %d times, want once", got)
-	}
-	if !reflect.DeepEqual(before, e.storageSnapshot()) {
-		t.Error("a refused code changed storage")
-	}
-	// A code Connect itself refuses (never issued) is still Connect's to judge.
-	resp, err = e.do(logical.UpdateOperation, "creds/link", map[string]any{"code": "never-issued"})
-	expectError(t, resp, err, "invalid_grant")
-	// Records of sent codes are pruned once no code could still be valid.
-	e.advance(codeRecordTTL)
-	if err := e.b.pruneCodes(context.Background(), e.storage); err != nil {
-		t.Fatal(err)
-	}
-	for k := range e.storageSnapshot() {
-		if strings.HasPrefix(k, codeStoragePrefix) {
-			t.Errorf("code record %s outlived its TTL", k)
-		}
-	}
-}
-
-func TestSharedTokenReplacedNearExpiry(t *testing.T) {
-	e := newTestEnv(t)
-	setupRoles(e)
-	first := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]
-	e.advance(22*time.Hour + 30*time.Minute) // 1h30m left: still above min_remaining_ttl
-	if got := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]; got != first {
-		t.Error("replaced too early")
-	}
-	e.advance(time.Hour) // 30m left: below the default 1h
-	second := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]
-	if second == first || e.fake.Mints() != 2 {
-		t.Errorf("not replaced near expiry (mints %d)", e.fake.Mints())
-	}
-}
-
-func TestShortLivedTokensAreNotMintedPerRead(t *testing.T) {
-	e := newTestEnv(t)
-	setupRoles(e)
-	e.fake.SetTokenLifetime(time.Minute) // shorter than min_remaining_ttl (1h)
-	for range 5 {
-		e.mustOK(logical.ReadOperation, "creds/cc", nil)
-	}
-	if got := e.fake.Mints(); got != 1 {
-		t.Errorf("5 reads of a 60 s token minted %d times, want 1", got)
-	}
-}
-
-func TestServesCachedTokenWhileConnectIsDown(t *testing.T) {
-	e := newTestEnv(t)
-	setupRoles(e)
-	first := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]
-	e.advance(23*time.Hour + 30*time.Minute) // inside min_remaining_ttl: a refresh is due
-	e.fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 503})
-	resp := e.mustOK(logical.ReadOperation, "creds/cc", nil)
-	if resp.Data["access_token"] != first || len(resp.Warnings) == 0 {
-		t.Errorf("want the cached token with a warning, got warnings %q", resp.Warnings)
-	}
-	// Once it has expired there is nothing safe to serve.
-	e.advance(time.Hour)
-	e.fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 503})
-	if _, err := e.do(logical.ReadOperation, "creds/cc", nil); err == nil || !strings.Contains(err.Error(), "503") {
-		t.Errorf("expired cache + Connect down: err = %v, want one naming 503", err)
-	}
-}
-
-func TestSharedTokenSurvivesRestart(t *testing.T) {
-	e := newTestEnv(t)
-	setupRoles(e)
-	first := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]
-
-	e.b = reloadBackend(t, e) // as after a Vault restart or plugin reload
-	again := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]
-	if again != first || e.fake.Mints() != 1 {
-		t.Errorf("after restart: same token %v, mints %d", again == first, e.fake.Mints())
-	}
-}
-
-func TestRoleChangeDropsSharedToken(t *testing.T) {
-	e := newTestEnv(t)
-	setupRoles(e)
-	first := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]
-	e.mustOK(logical.UpdateOperation, "roles/cc", map[string]any{"scopes": "connect:fulfillment,connect:ian"})
-	resp := e.mustOK(logical.ReadOperation, "creds/cc", nil)
-	if resp.Data["access_token"] == first || !reflect.DeepEqual(resp.Data["scopes"], []string{"connect:fulfillment", "connect:ian"}) {
-		t.Errorf("token minted for the old scopes was served: %v", resp.Data["scopes"])
-	}
-	// A ttl change does not touch what the token is, so it stays.
-	e.mustOK(logical.UpdateOperation, "roles/cc", map[string]any{"ttl": "2h"})
-	if again := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]; again != resp.Data["access_token"] {
-		t.Error("ttl change dropped the shared token")
 	}
 }
 
@@ -512,42 +202,67 @@ func TestCredentialRotation(t *testing.T) {
 	}
 }
 
-// TestBadUpstreamAnswersAreNeverCached feeds every kind of broken answer to a
-// shared role's first read: each is an error (never a panic, never a token),
-// nothing reaches storage, and the next read mints a working token.
-func TestBadUpstreamAnswersAreNeverCached(t *testing.T) {
-	faults := map[string]connectfake.Fault{
-		"malformed JSON":     {Status: 200, Body: `{"access_token":`},
-		"truncated JSON":     {Status: 200, Body: `{"access_token":"x","token_type":"Bearer","expi`},
-		"expires_in 0":       {Status: 200, Body: `{"access_token":"x","token_type":"Bearer","expires_in":0}`},
-		"expires_in -1":      {Status: 200, Body: `{"access_token":"x","token_type":"Bearer","expires_in":-1}`},
-		"expires_in absurd":  {Status: 200, Body: `{"access_token":"x","token_type":"Bearer","expires_in":99999999999}`},
-		"token_type mac":     {Status: 200, Body: `{"access_token":"x","token_type":"mac","expires_in":86400}`},
-		"empty token":        {Status: 200, Body: `{"access_token":"","token_type":"Bearer","expires_in":86400}`},
-		"connection reset":   {Reset: true},
-		"500 with HTML body": {Status: 500, Body: "<html>oops</html>"},
+// expires_in counts from the answer (RFC 6749 §5.1): a server that reuses a
+// token answers with its original created_at and the remaining expires_in.
+func TestExpiresInCountsFromArrival(t *testing.T) {
+	for _, role := range []string{"cc", "cc-excl"} {
+		t.Run(role, func(t *testing.T) {
+			e := newTestEnv(t)
+			setupRoles(e)
+			now := time.Now().Truncate(time.Second)
+			e.b.now = func() time.Time { return now }
+			e.fake.SetClockSkew(-50000 * time.Second)
+			e.fake.SetTokenLifetime(36400 * time.Second)
+
+			resp := e.mustOK(logical.ReadOperation, "creds/"+role, nil)
+			if resp.Secret.TTL != 36400*time.Second {
+				t.Errorf("lease TTL = %v, want 36400s", resp.Secret.TTL)
+			}
+			if want := now.Add(36400 * time.Second).UTC().Format(time.RFC3339); resp.Data["expires_at"] != want {
+				t.Errorf("expires_at = %v, want %v", resp.Data["expires_at"], want)
+			}
+			created, err := time.Parse(time.RFC3339, resp.Data["created_at"].(string))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := now.Sub(created); d < 49990*time.Second || d > 50010*time.Second {
+				t.Errorf("created_at is %v before now, want Connect's 50000s", d)
+			}
+		})
 	}
-	tried := 0
-	for name, fault := range faults {
+}
+
+// An exclusive token that arrives unusable is revoked at Connect before the
+// error is returned: too short to lease, or in a 200 whose body fails checks.
+func TestUnusableExclusiveTokenIsRevoked(t *testing.T) {
+	for name, body := range map[string]string{
+		"too short to lease": `{"access_token":"{access_token}","token_type":"Bearer","expires_in":0.5}`,
+		"not Bearer":         `{"access_token":"{access_token}","token_type":"mac","expires_in":86400}`,
+	} {
 		t.Run(name, func(t *testing.T) {
 			e := newTestEnv(t)
 			setupRoles(e)
 			e.mustOK(logical.UpdateOperation, "config", map[string]any{"max_retries": 0})
-			before := e.storageSnapshot()
-			e.fake.InjectFaults(connectfake.PathToken, fault)
-			resp, err := e.do(logical.ReadOperation, "creds/cc", nil)
-			tried++
+			e.fake.ResetCounters()
+			e.fake.InjectFaults(connectfake.PathToken, connectfake.Fault{AfterHandling: true, Status: 200, Body: body})
+			resp, err := e.do(logical.ReadOperation, "creds/cc-excl", nil)
 			if err == nil && !resp.IsError() {
-				t.Fatalf("a broken answer produced a token")
+				t.Fatal("an unusable token was handed out")
 			}
-			if !reflect.DeepEqual(before, e.storageSnapshot()) {
-				t.Errorf("a broken answer changed storage")
+			if codedStatus(err) != http.StatusBadGateway {
+				t.Errorf("error %v, want a 502", err)
 			}
-			tok := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"].(string)
-			if usersStatus(t, e.fake.URL, tok) != 200 {
-				t.Error("the token after recovery does not work")
+			for _, info := range e.fake.Tokens() {
+				if !info.Revoked {
+					t.Error("the unusable token is still live at Connect")
+				}
+			}
+			if e.fake.Revocations() != 1 {
+				t.Errorf("revocations = %d, want 1", e.fake.Revocations())
+			}
+			if keys := walKeys(t, e.storage); len(keys) != 0 {
+				t.Errorf("%d write-ahead log entries left", len(keys))
 			}
 		})
 	}
-	t.Logf("%d broken upstream answers injected, 0 cached", tried)
 }

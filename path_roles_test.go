@@ -1,7 +1,9 @@
 package instacart
 
 import (
+	"maps"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -100,7 +102,7 @@ func TestRoleValidation(t *testing.T) {
 			resp, err := e.do(logical.UpdateOperation, "roles/r", tc.data)
 			expectError(t, resp, err, tc.field)
 			if after := e.storageSnapshot(); !reflect.DeepEqual(before, after) {
-				t.Errorf("storage changed by a rejected write: %v", sortedKeys(after))
+				t.Errorf("storage changed by a rejected write: %v", slices.Sorted(maps.Keys(after)))
 			}
 		})
 	}

@@ -43,7 +43,8 @@ const roleStoragePrefix = "roles/"
 var roleNamePattern = regexp.MustCompile(`^\w([\w.-]*\w)?$`)
 
 // scopeGrant maps each scope Connect documents to the grant it belongs to
-// (connect-api.md, "Known scopes"). Scopes of one request must share a grant.
+// (Get started; Get a user access token for the Recommendations API; Generate
+// a linking token). Scopes of one request must share a grant.
 var scopeGrant = map[string]connect.GrantType{
 	"connect:fulfillment":            connect.GrantClientCredentials,
 	"connect:data_ingestion":         connect.GrantClientCredentials,

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/vault/sdk/helper/consts"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -131,4 +132,68 @@ func hasPrefix(keys []string, prefix string) bool {
 		}
 	}
 	return false
+}
+
+// On a performance standby storage refuses writes with logical.ErrReadOnly;
+// returning exactly that is how Vault knows to forward the request to the
+// active node. No token minted there may be kept in memory only.
+func TestReadOnlyStorageForwardsToActive(t *testing.T) {
+	t.Run("storage refuses the write", func(t *testing.T) {
+		e := newTestEnv(t)
+		setupRoles(e)
+		g := gateStorage(e)
+		g.readOnly.Store(true)
+		for _, path := range []string{"creds/cc", "creds/cc-excl"} {
+			_, err := e.do(logical.ReadOperation, path, nil)
+			if err != logical.ErrReadOnly {
+				t.Errorf("%s: err = %v, want logical.ErrReadOnly", path, err)
+			}
+		}
+		for _, info := range e.fake.Tokens() {
+			if !info.Revoked {
+				t.Error("a token minted on read-only storage is live and held nowhere")
+			}
+		}
+		if e.b.tokens.get(tokenKey("cc", "")) != nil {
+			t.Error("a shared token was kept in memory only")
+		}
+		if e.fake.Mints() > 1 {
+			t.Errorf("mints = %d: the exclusive read minted before finding storage read-only", e.fake.Mints())
+		}
+		_, err := e.do(logical.UpdateOperation, "roles/new", map[string]any{"grant_type": "client_credentials"})
+		if err != logical.ErrReadOnly {
+			t.Errorf("role write: err = %v, want logical.ErrReadOnly", err)
+		}
+		_, err = e.do(logical.DeleteOperation, "config", nil)
+		if err != logical.ErrReadOnly {
+			t.Errorf("config delete: err = %v, want logical.ErrReadOnly", err)
+		}
+	})
+
+	t.Run("a performance standby forwards before minting", func(t *testing.T) {
+		e := newTestEnv(t)
+		setupRoles(e)
+		cached := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]
+		e.b.tokens.clear()
+		e.fake.ResetCounters()
+		e.sys.ReplicationStateVal = consts.ReplicationPerformanceStandby
+		if got := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]; got != cached {
+			t.Error("a standby did not serve the stored shared token")
+		}
+		if _, err := e.do(logical.UpdateOperation, "creds/shoppers", map[string]any{"user_id": "store-9"}); err != logical.ErrReadOnly {
+			t.Errorf("cold shared read on a standby: err = %v, want logical.ErrReadOnly", err)
+		}
+		// Config writes and flushes are forwarded before they call Connect.
+		const newID, newSecret = "test-client-2", "fake-second-secret-for-tests-98765"
+		e.fake.AddClient(newID, newSecret)
+		if _, err := e.do(logical.UpdateOperation, "config", map[string]any{"client_id": newID, "client_secret": newSecret}); err != logical.ErrReadOnly {
+			t.Errorf("config write on a standby: err = %v, want logical.ErrReadOnly", err)
+		}
+		if _, err := e.do(logical.DeleteOperation, "cache/cc", nil); err != logical.ErrReadOnly {
+			t.Errorf("flush on a standby: err = %v, want logical.ErrReadOnly", err)
+		}
+		if e.fake.Mints() != 0 || e.fake.Revocations() != 0 {
+			t.Errorf("a standby minted %d and revoked %d tokens", e.fake.Mints(), e.fake.Revocations())
+		}
+	})
 }

@@ -270,6 +270,9 @@ func (b *backend) sharedToken(ctx context.Context, s logical.Storage, roleName s
 			t, warnings, err := b.refreshShared(ctx, mintCtx, s, roleName, key, r, e, userID)
 			return result{t, warnings, tag.source()}, err
 		})
+		if b.onSharedWait != nil {
+			b.onSharedWait()
+		}
 		select {
 		case res := <-ch:
 			if errors.Is(res.Err, errMintQueue) && ctx.Err() == nil {

@@ -44,8 +44,10 @@ func TestEngineInVault(t *testing.T) {
 			t.Errorf("mount = %+v, want %s running %s", m, pluginName, oldVersion)
 		}
 		help := v.vault(t, "path-help", "instacart/creds/anything")
-		if !strings.Contains(help, "access_token") && !strings.Contains(help, "Instacart") {
-			t.Errorf("path-help for creds says nothing useful:\n%s", help)
+		for _, want := range []string{"Read a leased Instacart Connect token for a role", "user_id", "code", "lease"} {
+			if !strings.Contains(help, want) {
+				t.Errorf("path-help for creds does not mention %q:\n%s", want, help)
+			}
 		}
 	})
 

@@ -7,19 +7,68 @@ import (
 	"net/http/httptest"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect/connectfake"
 )
 
-// countingGate holds every token request at a gate, counting how many are
-// in flight at Connect at once.
-type countingGate struct {
-	mu                sync.Mutex
-	inFlight, maxSeen int
-	arrived           chan struct{}
-	release           chan struct{}
+// An exclusive mint the caller gives up on (the app disconnects, its deadline
+// passes) while Connect is minting is still seen through, and the token that
+// arrives is revoked: nobody will ever hold its lease.
+func TestAbandonedExclusiveMintIsRevoked(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	url, arrived, release := gatedConnect(t, e.fake)
+	e.mustOK(logical.UpdateOperation, "config", map[string]any{"base_url": url, "client_secret": testSecret, "verify": false})
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.doCtx(ctx, logical.ReadOperation, "creds/cc-excl", nil)
+		done <- err
+	}()
+	<-arrived // the token request is at Connect
+	cancel()  // the caller gives up
+	if err := <-done; codedStatus(err) != http.StatusGatewayTimeout {
+		t.Fatalf("abandoned read: err = %v, want a 504", err)
+	}
+	close(release) // Connect answers after all
+	if !waitUntil(func() bool { return e.fake.Mints() == 1 && e.fake.Revocations() == 1 }) {
+		t.Fatalf("mints %d, revocations %d: the abandoned token was not revoked", e.fake.Mints(), e.fake.Revocations())
+	}
+	for _, info := range e.fake.Tokens() {
+		if !info.Revoked {
+			t.Error("the abandoned token is live at Connect")
+		}
+	}
+	if !waitUntil(func() bool { return len(walKeys(t, e.storage)) == 0 }) {
+		t.Errorf("%d write-ahead log entries left", len(walKeys(t, e.storage)))
+	}
+}
+
+// Retired credentials outlive the longest token Connect handed out, even
+// when that is longer than documented and the process restarted since.
+func TestRetentionOfLongLivedTokensSurvivesRestart(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	e.fake.SetTokenLifetime(72 * time.Hour)
+	lease := e.mustOK(logical.ReadOperation, "creds/cc-excl", nil)
+	tok := lease.Data["access_token"].(string)
+
+	e.b = reloadBackend(t, e) // a restart forgets what was seen in memory
+	const newID, newSecret = "test-client-2", "fake-second-secret-for-tests-98765"
+	e.fake.AddClient(newID, newSecret)
+	e.mustOK(logical.UpdateOperation, "config", map[string]any{"client_id": newID, "client_secret": newSecret})
+	e.advance(48 * time.Hour)
+	e.mustOK(logical.UpdateOperation, "config", map[string]any{"max_retries": 1}) // prunes what has expired
+	if err := revoke(e, lease.Secret); err != nil {
+		t.Fatal(err)
+	}
+	if e.fake.TokenLive(tok) {
+		t.Error("a 72 h token outlived the credentials kept to revoke it")
+	}
 }
 
 func newCountingGate(t *testing.T, fake *connectfake.Server) (*countingGate, string) {
@@ -144,4 +193,13 @@ func TestQueuedMintHonoursDeadline(t *testing.T) {
 			}
 		})
 	}
+}
+
+// countingGate holds every token request at a gate, counting how many are
+// in flight at Connect at once.
+type countingGate struct {
+	mu                sync.Mutex
+	inFlight, maxSeen int
+	arrived           chan struct{}
+	release           chan struct{}
 }

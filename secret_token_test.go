@@ -1,0 +1,156 @@
+package instacart
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect/connectfake"
+)
+
+func TestLeaseCaps(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+
+	resp := e.mustOK(logical.ReadOperation, "creds/cc-capped", nil)
+	if resp.Secret.TTL != time.Hour || resp.Secret.MaxTTL != 2*time.Hour {
+		t.Errorf("role caps: ttl %v max %v", resp.Secret.TTL, resp.Secret.MaxTTL)
+	}
+	if len(resp.Warnings) != 2 || !strings.Contains(resp.Warnings[0], "max_ttl") || !strings.Contains(resp.Warnings[1], "role's ttl") {
+		t.Errorf("warnings = %q", resp.Warnings)
+	}
+
+	// Uncapped: the lease is the token's remaining life, no warnings. The
+	// mount's max_lease_ttl is Vault's to apply when it registers the lease
+	// (see e2e "lease caps"), so the backend never asks for it per read.
+	e.sys.MaxLeaseTTLVal = 30 * time.Minute
+	resp = e.mustOK(logical.ReadOperation, "creds/cc", nil)
+	if len(resp.Warnings) != 0 || resp.Secret.TTL < 24*time.Hour-2*time.Second {
+		t.Errorf("uncapped: ttl %v warnings %q", resp.Secret.TTL, resp.Warnings)
+	}
+}
+
+func TestLeaseTTLTracksSharedTokenAge(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	e.mustOK(logical.ReadOperation, "creds/cc", nil)
+	e.advance(5 * time.Hour)
+	resp := e.mustOK(logical.ReadOperation, "creds/cc", nil)
+	if want := 19 * time.Hour; resp.Secret.TTL > want+2*time.Second || resp.Secret.TTL < want-2*time.Second {
+		t.Errorf("lease of a 5h-old shared token: %v, want about %v", resp.Secret.TTL, want)
+	}
+	if e.fake.Mints() != 1 {
+		t.Errorf("mints = %d", e.fake.Mints())
+	}
+}
+
+func renew(e *testEnv, secret *logical.Secret, increment time.Duration) (*logical.Response, error) {
+	s := *secret
+	s.IssueTime = time.Now()
+	s.Increment = increment
+	return e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.RenewOperation, Secret: &s, Storage: e.storage})
+}
+
+func revoke(e *testEnv, secret *logical.Secret) error {
+	_, err := e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.RevokeOperation, Secret: secret, Storage: e.storage})
+	return err
+}
+
+func TestRenewNeverPastExpiry(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	resp := e.mustOK(logical.ReadOperation, "creds/cc-excl", nil)
+	expires, _ := time.Parse(time.RFC3339, resp.Data["expires_at"].(string))
+
+	r, err := renew(e, resp.Secret, 48*time.Hour)
+	if err != nil || r.IsError() {
+		t.Fatalf("renew: %v %v", r, err)
+	}
+	// Vault caps the increment at IssueTime+MaxTTL; MaxTTL must end at the token's expiry.
+	if end := r.Secret.IssueTime.Add(r.Secret.MaxTTL); end.After(expires) || end.Before(expires.Add(-2*time.Second)) {
+		t.Errorf("renewal ceiling %v, token expires %v", end, expires)
+	}
+	if r.Secret.TTL > time.Until(expires) {
+		t.Errorf("renewed TTL %v beyond remaining %v", r.Secret.TTL, time.Until(expires))
+	}
+
+	e.advance(25 * time.Hour)
+	r, err = renew(e, resp.Secret, time.Hour)
+	if err != nil || r == nil || !r.IsError() || !strings.Contains(r.Error().Error(), "expired") {
+		t.Errorf("renew after expiry: %v %v", r, err)
+	}
+}
+
+func TestRevokeExclusiveButNotShared(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+
+	excl := e.mustOK(logical.ReadOperation, "creds/cc-excl", nil)
+	tok := excl.Data["access_token"].(string)
+	if err := revoke(e, excl.Secret); err != nil {
+		t.Fatalf("revoke: %v", err)
+	}
+	if e.fake.Requests(connectfake.PathRevoke) != 1 || e.fake.TokenLive(tok) {
+		t.Errorf("exclusive revoke: %d revoke calls, live %v", e.fake.Requests(connectfake.PathRevoke), e.fake.TokenLive(tok))
+	}
+	if got := usersStatus(t, e.fake.URL, tok); got != 401 {
+		t.Errorf("revoked token: Connect answered %d, want 401", got)
+	}
+
+	shared := e.mustOK(logical.ReadOperation, "creds/cc", nil)
+	if err := revoke(e, shared.Secret); err != nil {
+		t.Fatalf("revoke shared: %v", err)
+	}
+	if e.fake.Requests(connectfake.PathRevoke) != 1 || !e.fake.TokenLive(shared.Data["access_token"].(string)) {
+		t.Error("revoking a shared lease revoked the token upstream")
+	}
+	// Other readers keep getting the same live token.
+	again := e.mustOK(logical.ReadOperation, "creds/cc", nil)
+	if again.Data["access_token"] != shared.Data["access_token"] {
+		t.Error("shared token replaced after a lease revoke")
+	}
+}
+
+func TestRevokeExpiredTokenSkipsConnect(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	resp := e.mustOK(logical.ReadOperation, "creds/cc-excl", nil)
+	e.fake.InjectFaults(connectfake.PathRevoke, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 503})
+	e.advance(25 * time.Hour)
+	if err := revoke(e, resp.Secret); err != nil {
+		t.Fatalf("revoke of an expired token: %v", err)
+	}
+	if got := e.fake.Requests(connectfake.PathRevoke); got != 0 {
+		t.Errorf("expired token revoke called Connect %d times", got)
+	}
+}
+
+func TestRevokeRetriesWhenConnectIsDown(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	resp := e.mustOK(logical.ReadOperation, "creds/cc-excl", nil)
+	tok := resp.Data["access_token"].(string)
+
+	// Down for longer than one call's retries: the revoke fails so Vault retries it.
+	faults := make([]connectfake.Fault, 3)
+	for i := range faults {
+		faults[i] = connectfake.Fault{Status: 503}
+	}
+	e.fake.InjectFaults(connectfake.PathRevoke, faults...)
+	if err := revoke(e, resp.Secret); err == nil {
+		t.Fatal("revoke with Connect down succeeded; Vault would never retry it")
+	}
+	if !e.fake.TokenLive(tok) {
+		t.Fatal("token revoked despite the failure")
+	}
+	// Connect recovers: Vault's retry revokes it.
+	if err := revoke(e, resp.Secret); err != nil {
+		t.Fatalf("revoke after recovery: %v", err)
+	}
+	if e.fake.TokenLive(tok) {
+		t.Error("token still live after recovery")
+	}
+}
