@@ -254,13 +254,13 @@ func TestHungUpstreamReturnsWithinDeadline(t *testing.T) {
 	fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Hang: true}, connectfake.Fault{Hang: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	start := time.Now()
 	_, err := c.Token(ctx, connect.TokenRequest{GrantType: connect.GrantClientCredentials})
 	if err == nil {
 		t.Fatal("expected an error")
 	}
-	if elapsed := time.Since(start); elapsed > time.Second {
-		t.Errorf("returned after %v, deadline was 300ms", elapsed)
+	// Ignoring the deadline would wait out the 10 s attempt and retry.
+	if got := fake.Requests(connectfake.PathToken); got != 1 {
+		t.Errorf("%d attempts, want 1: the deadline ends the call", got)
 	}
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("err = %v, want deadline exceeded", err)
@@ -271,13 +271,12 @@ func TestRequestTimeoutBoundsEachAttempt(t *testing.T) {
 	fake := newFake(t)
 	c := newClient(t, fake, func(cfg *connect.Config) { cfg.RequestTimeout = 200 * time.Millisecond; cfg.MaxRetries = 1 })
 	fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Hang: true})
-	start := time.Now()
 	tok, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
 	if err != nil {
 		t.Fatalf("second attempt should succeed: %v", err)
 	}
-	if elapsed := time.Since(start); elapsed > 2*time.Second {
-		t.Errorf("took %v", elapsed)
+	if got := fake.Requests(connectfake.PathToken); got != 2 {
+		t.Errorf("%d attempts, want 2: the hung one timed out, the next succeeded", got)
 	}
 	if !fake.TokenLive(tok.AccessToken) {
 		t.Error("token not live")
@@ -413,7 +412,6 @@ func TestConnectionRefusedIsRetriedThenReported(t *testing.T) {
 	ln.Close() // nothing listens here now
 	fake := newFake(t)
 	c := newClient(t, fake, func(cfg *connect.Config) { cfg.BaseURL = "http://" + addr; cfg.MaxRetries = 2 })
-	start := time.Now()
 	_, err = c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
 	ce, ok := connect.AsError(err)
 	if !ok || !ce.Temporary() || ce.Attempts != 3 {
@@ -422,10 +420,6 @@ func TestConnectionRefusedIsRetriedThenReported(t *testing.T) {
 	if !strings.Contains(err.Error(), "connection refused") {
 		t.Errorf("error does not say why: %v", err)
 	}
-	if time.Since(start) > 2*time.Second {
-		t.Errorf("took %v", time.Since(start))
-	}
-	t.Logf("connection refused: %d attempts, then %v", ce.Attempts, err)
 }
 
 func TestRedirectsAreNotFollowed(t *testing.T) {

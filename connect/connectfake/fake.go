@@ -120,6 +120,7 @@ type Server struct {
 	skew        time.Duration
 	latency     time.Duration
 	admin       bool
+	advance     time.Duration // added to the wall clock: see Advance
 }
 
 // New starts a fake on a free loopback port.
@@ -300,7 +301,7 @@ func (s *Server) LastRequest(path string) RecordedRequest {
 
 func (s *Server) liveLocked(tok string) bool {
 	info, ok := s.tokens[tok]
-	return ok && !info.Revoked && time.Now().Before(info.ExpiresAt)
+	return ok && !info.Revoked && s.nowLocked().Before(info.ExpiresAt)
 }
 
 func (i *TokenInfo) clone() TokenInfo {
@@ -318,3 +319,14 @@ func randomToken() string {
 	}
 	return base64.RawURLEncoding.EncodeToString(b)
 }
+
+// Advance moves the fake's clock forward by d, so tests see tokens expire
+// without waiting for them.
+func (s *Server) Advance(d time.Duration) {
+	s.mu.Lock()
+	s.advance += d
+	s.mu.Unlock()
+}
+
+// nowLocked is the fake's clock; s.mu must be held.
+func (s *Server) nowLocked() time.Time { return time.Now().Add(s.advance) }

@@ -133,7 +133,7 @@ func TestUsersEndpointFollowsTokenState(t *testing.T) {
 	if status, got := post(t, s, PathUsers, "", "application/json", user, bearer); status != 200 || got["user_id"] != "johnsmith6000" {
 		t.Fatalf("live token: %d %v", status, got)
 	}
-	time.Sleep(1100 * time.Millisecond)
+	s.Advance(time.Second)
 	status, got := post(t, s, PathUsers, "", "application/json", user, bearer)
 	errObj, _ := got["error"].(map[string]any)
 	if status != 401 || errObj["code"] != float64(1001) || got["meta"] == nil {

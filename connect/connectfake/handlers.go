@@ -309,7 +309,7 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request, body []byte
 		info.UserID = c.userID
 	}
 
-	now := time.Now()
+	now := s.nowLocked()
 	tok := randomToken()
 	info.CreatedAt = now.Add(s.skew)
 	info.ExpiresAt = now.Add(s.lifetime)
