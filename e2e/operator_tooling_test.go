@@ -5,11 +5,12 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
 	"reflect"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -55,7 +56,7 @@ func TestOpenAPI(t *testing.T) {
 		"instacart-read-credentials", "instacart-generate-credentials", "instacart-flush-cached-tokens",
 	} {
 		if _, ok := seen[want]; !ok {
-			t.Errorf("no operation %q; have %v", want, keys(seen))
+			t.Errorf("no operation %q; have %v", want, slices.Sorted(maps.Keys(seen)))
 		}
 	}
 	// Request bodies: every field is described.
@@ -87,15 +88,6 @@ func TestOpenAPI(t *testing.T) {
 	t.Logf("%d operations, %d described request fields", len(seen), n)
 }
 
-func keys[M ~map[string]V, V any](m M) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
-
 // TestInputFormsAndTidyReads: durations in Vault's usual forms, lists as comma
 // strings or arrays, and reads that show only the documented fields.
 func TestInputFormsAndTidyReads(t *testing.T) {
@@ -120,7 +112,7 @@ func TestInputFormsAndTidyReads(t *testing.T) {
 	}
 	// Only the fields that apply to the role's grant are shown.
 	wantRole := []string{"grant_type", "max_ttl", "min_remaining_ttl", "scopes", "token_reuse", "ttl"}
-	if got := keys(a.Data); !reflect.DeepEqual(got, wantRole) {
+	if got := slices.Sorted(maps.Keys(a.Data)); !reflect.DeepEqual(got, wantRole) {
 		t.Errorf("role read shows %v, want %v", got, wantRole)
 	}
 	var cfg struct {
@@ -128,7 +120,7 @@ func TestInputFormsAndTidyReads(t *testing.T) {
 	}
 	v.vaultJSON(t, &cfg, "read", "instacart/config")
 	wantCfg := []string{"base_url", "client_id", "client_secret_set", "max_concurrent_mints", "max_retries", "request_timeout"}
-	if got := keys(cfg.Data); !reflect.DeepEqual(got, wantCfg) {
+	if got := slices.Sorted(maps.Keys(cfg.Data)); !reflect.DeepEqual(got, wantCfg) {
 		t.Errorf("config read shows %v, want %v", got, wantCfg)
 	}
 }
