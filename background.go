@@ -5,7 +5,6 @@ import (
 	"sync"
 
 	"github.com/hashicorp/vault/sdk/logical"
-	"golang.org/x/sync/semaphore"
 )
 
 // background runs the mount's long work (tidy passes, removing a role's many
@@ -16,13 +15,14 @@ type background struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	tidy     *semaphore.Weighted // one tidy pass at a time
-	cleanups sync.Map            // role name -> struct{}: one removal per role
+	tidyMu   sync.Mutex // guards tidying
+	tidying  *tidyPass  // the pass running, nil when none
+	cleanups sync.Map   // role name -> struct{}: one removal per role
 }
 
 func newBackground() *background {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &background{ctx: ctx, cancel: cancel, tidy: semaphore.NewWeighted(1)}
+	return &background{ctx: ctx, cancel: cancel}
 }
 
 // stopBackground cancels background work and waits for it to end.
@@ -31,34 +31,34 @@ func (b *backend) stopBackground() {
 	b.bg.wg.Wait()
 }
 
-// startTidy starts a tidy pass in the background unless one is running.
-func (b *backend) startTidy(s logical.Storage) bool {
-	if !b.bg.tidy.TryAcquire(1) {
-		return false
+// startTidy starts a tidy pass in the background, or returns the one
+// already running: a pass over a million tokens outlasts both Vault's
+// rollback deadline and a request's.
+func (b *backend) startTidy(s logical.Storage) *tidyPass {
+	b.bg.tidyMu.Lock()
+	defer b.bg.tidyMu.Unlock()
+	if p := b.bg.tidying; p != nil {
+		return p
 	}
+	p := &tidyPass{done: make(chan struct{})}
+	b.bg.tidying = p
 	b.bg.wg.Add(1)
 	go func() {
 		defer b.bg.wg.Done()
-		defer b.bg.tidy.Release(1)
-		rep, err := b.tidy(b.bg.ctx, s)
-		if err != nil {
-			b.Logger().Warn("tidy stopped; the next pass goes on", "error", err)
-			return
-		}
-		if rep != (tidyReport{}) {
+		p.err = b.tidy(b.bg.ctx, s, p)
+		b.bg.tidyMu.Lock()
+		b.bg.tidying = nil
+		b.bg.tidyMu.Unlock()
+		close(p.done)
+		rep := p.report()
+		switch {
+		case p.err != nil:
+			b.Logger().Warn("tidy stopped; the next pass goes on", "removed", rep.expiredTokens+rep.orphanedTokens, "error", p.err)
+		case rep != (tidyReport{}):
 			b.Logger().Info("tidy", "expired_tokens_removed", rep.expiredTokens, "orphaned_tokens_removed", rep.orphanedTokens, "retired_credentials_removed", rep.retiredCredentials)
 		}
 	}()
-	return true
-}
-
-// tidyNow runs a tidy pass in the request, after any pass already running.
-func (b *backend) tidyNow(ctx context.Context, s logical.Storage) (tidyReport, error) {
-	if err := b.bg.tidy.Acquire(ctx, 1); err != nil {
-		return tidyReport{}, err
-	}
-	defer b.bg.tidy.Release(1)
-	return b.tidy(ctx, s)
+	return p
 }
 
 // startRoleCleanup removes a role's stale tokens in the background, unless a

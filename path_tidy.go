@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -35,10 +36,11 @@ func pathTidy(b *backend) *framework.Path {
 		},
 		HelpSynopsis: "Remove expired and orphaned shared tokens and retired credentials now.",
 		HelpDescription: `
-Runs now the pass the engine runs by itself every hour: removes from storage
-and memory the shared tokens that have expired or whose role was deleted or
-redefined, and drops retired credentials past their retention. Returns how
-many of each it removed. Nothing is revoked: expired tokens need no call, and
+Starts now (or joins) the pass the engine runs by itself every hour: removes
+from storage and memory the shared tokens that have expired or whose role was
+deleted or redefined, and drops retired credentials past their retention.
+Returns how many of each it removed; a pass that would outlast the request
+answers with the counts so far and goes on in the background. Nothing is revoked: expired tokens need no call, and
 a deleted role's tokens stay valid for the leases that hold them.
 `,
 	}
@@ -53,41 +55,76 @@ func (b *backend) pathTidyWrite(ctx context.Context, req *logical.Request, _ *fr
 	if !b.WriteSafeReplicationState() {
 		return nil, logical.ErrReadOnly
 	}
-	rep, err := b.tidyNow(ctx, req.Storage)
-	if err != nil {
-		return nil, err
+	pass := b.startTidy(req.Storage)
+	wait := time.NewTimer(tidyResponseWait(ctx))
+	defer wait.Stop()
+	var warnings []string
+	select {
+	case <-pass.done:
+		if pass.err != nil {
+			return nil, pass.err
+		}
+	case <-wait.C:
+		warnings = append(warnings, "tidy goes on in the background: these are the counts so far; the hourly pass or another call reports the rest")
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	return &logical.Response{Data: map[string]any{
+	rep := pass.report()
+	return &logical.Response{Warnings: warnings, Data: map[string]any{
 		"expired_tokens_removed":      rep.expiredTokens,
 		"orphaned_tokens_removed":     rep.orphanedTokens,
 		"retired_credentials_removed": rep.retiredCredentials,
 	}}, nil
 }
 
+// tidyResponseMargin is left between answering a tidy call that is still
+// running and the request's deadline (Vault's is 90 s by default).
+const tidyResponseMargin = 10 * time.Second
+
+// tidyResponseWait is how long a tidy call waits for its pass to finish.
+func tidyResponseWait(ctx context.Context) time.Duration {
+	if deadline, ok := ctx.Deadline(); ok {
+		return max(time.Until(deadline)-tidyResponseMargin, 0)
+	}
+	return time.Minute
+}
+
+// tidyPass is one tidy pass: its counts grow as it goes, and done closes
+// when it ends (err then says how).
+type tidyPass struct {
+	done                       chan struct{}
+	err                        error
+	expired, orphaned, retired atomic.Int64
+}
+
+func (p *tidyPass) report() tidyReport {
+	return tidyReport{int(p.expired.Load()), int(p.orphaned.Load()), int(p.retired.Load())}
+}
+
 // tidy removes stale shared tokens of every role, then retired credentials
-// past their retention.
-func (b *backend) tidy(ctx context.Context, s logical.Storage) (tidyReport, error) {
-	var rep tidyReport
+// past their retention, counting into p.
+func (b *backend) tidy(ctx context.Context, s logical.Storage, p *tidyPass) error {
 	dirs, err := s.List(ctx, tokenStoragePrefix)
 	if err != nil {
-		return rep, fmt.Errorf("listing cached tokens: %w", err)
+		return fmt.Errorf("listing cached tokens: %w", err)
 	}
 	for _, dir := range dirs {
 		role := strings.TrimSuffix(dir, "/")
 		keys, err := b.tokens.roleKeys(ctx, s, role)
 		if err != nil {
-			return rep, err
+			return err
 		}
 		expired, orphaned, err := b.removeStaleTokens(ctx, s, role, keys, true)
-		rep.expiredTokens += expired
-		rep.orphanedTokens += orphaned
+		p.expired.Add(int64(expired))
+		p.orphaned.Add(int64(orphaned))
 		if err != nil {
-			return rep, err
+			return err
 		}
 	}
 	b.tokens.forgetExpired(b.now())
-	rep.retiredCredentials, err = b.pruneConfig(ctx, s)
-	return rep, err
+	retired, err := b.pruneConfig(ctx, s)
+	p.retired.Add(int64(retired))
+	return err
 }
 
 // staleness says why a stored token should go: it has expired, or its role

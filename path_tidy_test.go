@@ -162,3 +162,32 @@ func TestRoleDeleteAtScale(t *testing.T) {
 		t.Errorf("%d of the deleted role's tokens left in memory", len(keys))
 	}
 }
+
+// A tidy call that would outlast its request answers before the deadline
+// with the counts so far, and the pass goes on in the background.
+func TestTidyCallOutlastingItsRequest(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	for i := range 3 {
+		e.mustOK(logical.UpdateOperation, "creds/shoppers", map[string]any{"user_id": fmt.Sprintf("store-%d", i)})
+	}
+	e.advance(25 * time.Hour)
+	g := gateStorage(e)
+	gt := g.park("get", roleTokenPrefix("shoppers")+"*") // the pass, held mid-way
+
+	ctx, cancel := context.WithTimeout(context.Background(), tidyResponseMargin) // no time to wait
+	defer cancel()
+	resp, err := e.doCtx(ctx, logical.UpdateOperation, "tidy", nil)
+	if err != nil || resp.IsError() {
+		t.Fatalf("tidy: %v %v", resp, err)
+	}
+	if len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "background") {
+		t.Errorf("warnings = %q, want one saying tidy goes on in the background", resp.Warnings)
+	}
+	gt.awaitParked(t)
+	close(gt.release)
+	e.b.bg.wg.Wait()
+	if keys := storedTokenKeys(e); len(keys) != 0 {
+		t.Errorf("the background pass left %d expired tokens", len(keys))
+	}
+}
