@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -84,7 +85,20 @@ func run(m *testing.M) int {
 		}
 		pluginSHA[v] = sum
 	}
-	return m.Run()
+	code := m.Run()
+	// Nothing the suite started may outlive it: a plugin process left behind
+	// means some Vault was not ended with its whole process group.
+	stray, err := suitePluginProcs()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
+		return 1
+	}
+	for _, p := range stray {
+		fmt.Fprintf(os.Stderr, "e2e: FAIL: plugin process %d (parent %d) is still running after the suite\n", p.Pid, p.PPid)
+		_ = syscall.Kill(p.Pid, syscall.SIGKILL)
+		code = 1
+	}
+	return code
 }
 
 func freePort(t testing.TB) int {

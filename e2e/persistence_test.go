@@ -3,13 +3,13 @@
 package e2e
 
 import (
-	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/instacart-vault/vault-plugin-secrets-instacart/internal/stack"
 )
 
 // TestSharedTokenSurvivesRestartKillAndReload runs a real (non-dev) Vault on
@@ -58,7 +58,7 @@ func TestSharedTokenSurvivesRestartKillAndReload(t *testing.T) {
 		}
 		waitFor(t, 10*time.Second, "the plugin process to die", func() bool {
 			for _, pid := range pids {
-				if syscall.Kill(pid, 0) == nil && !isZombie(pid) {
+				if stack.Alive(pid) {
 					return false
 				}
 			}
@@ -91,33 +91,18 @@ func TestSharedTokenSurvivesRestartKillAndReload(t *testing.T) {
 // pluginPIDs finds running processes of this suite's plugin binaries.
 func pluginPIDs(t testing.TB) []int {
 	t.Helper()
-	entries, err := os.ReadDir("/proc")
+	procs, err := suitePluginProcs()
 	if err != nil {
-		t.Fatalf("reading /proc: %v", err)
+		t.Fatal(err)
 	}
 	var pids []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || isZombie(pid) {
-			continue
-		}
-		if exe, _, _ := strings.Cut(string(cmdline), "\x00"); strings.HasPrefix(exe, filepath.Join(pluginDir, pluginName)) {
-			pids = append(pids, pid)
-		}
+	for _, p := range procs {
+		pids = append(pids, p.Pid)
 	}
 	return pids
 }
 
-func isZombie(pid int) bool {
-	stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
-	if err != nil {
-		return true
-	}
-	// The state follows the ")" closing the command name.
-	i := strings.LastIndexByte(string(stat), ')')
-	return i < 0 || i+2 >= len(stat) || stat[i+2] == 'Z'
+// suitePluginProcs lists the live processes of this suite's plugin binaries.
+func suitePluginProcs() ([]stack.ProcInfo, error) {
+	return stack.Procs(func(argv0 string) bool { return strings.HasPrefix(argv0, filepath.Join(pluginDir, pluginName)) })
 }

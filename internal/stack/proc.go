@@ -52,24 +52,29 @@ func StartProc(name, logPath string, env []string, bin string, args ...string) (
 	return p, nil
 }
 
-// Stop asks the process to exit (SIGTERM), then kills it if it lingers. It
-// is safe on a nil or already stopped process.
+// Stop asks the process and everything it started (its process group: for
+// Vault, its plugin processes) to exit (SIGTERM), then kills the group if it
+// lingers. It is safe on a nil or already stopped process.
 func (p *Proc) Stop() {
 	if p == nil || p.cmd.Process == nil {
 		return
 	}
 	select {
 	case <-p.done:
+		_ = signalGroup(p.cmd.Process, syscall.SIGKILL) // anything it left behind
 		return
 	default:
 	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	_ = signalGroup(p.cmd.Process, syscall.SIGTERM)
 	select {
 	case <-p.done:
 	case <-time.After(stopGrace):
-		_ = p.cmd.Process.Kill()
+		_ = signalGroup(p.cmd.Process, syscall.SIGKILL)
 		<-p.done
 	}
+	// Whatever the leader left running in its group (a plugin whose Vault
+	// is gone) goes with it.
+	_ = signalGroup(p.cmd.Process, syscall.SIGKILL)
 }
 
 // Exited reports whether the process has ended (a nil Proc has).

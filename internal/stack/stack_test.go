@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -115,5 +116,32 @@ func TestFake(t *testing.T) {
 	const tok = "tok-must-not-be-printed"
 	if _, err := f.TokenInfo(tok); err == nil || strings.Contains(err.Error(), tok) {
 		t.Errorf("TokenInfo on a stopped fake: %v", err)
+	}
+}
+
+func TestProcfs(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("reads /proc")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	procs, err := Procs(func(argv0 string) bool { return argv0 == os.Args[0] || argv0 == self })
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, p := range procs {
+		found = found || (p.Pid == os.Getpid() && p.PPid == os.Getppid())
+	}
+	if !found {
+		t.Errorf("this test process (%d) is not among %+v", os.Getpid(), procs)
+	}
+	if rss, err := RSSBytes(os.Getpid()); err != nil || rss < 1<<20 {
+		t.Errorf("RSS of this process: %d, %v", rss, err)
+	}
+	if !Alive(os.Getpid()) || Alive(1<<30) {
+		t.Error("Alive is wrong about this process or a pid that cannot exist")
 	}
 }
