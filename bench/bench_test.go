@@ -25,12 +25,14 @@ func TestSmokeRun(t *testing.T) {
 	if err != nil {
 		t.Fatalf("smoke run: %v\n%s", err, log.String())
 	}
-	for _, want := range []string{"## Targets", "| 3 | cold start", "| 4 | exclusive role", "Smoke run"} {
+	for _, want := range []string{"## Targets", "| 3 | cold start", "| 4 | exclusive role", "| 1c | raft:", "| 7b | raft: through Vault Proxy",
+		"| 8a | 400 users: 0 failures | 0 failed, 400 served | met |", "| 8b |", "| 8d |", "| 8e | raft: cold per-user read", "| 8f | inmem:", "stored tokens after tidy | 0 |",
+		"## Per-user tokens on raft", "## What a lease per read costs", "## Through Vault Proxy on raft", "### Vault's CPU profile", "Smoke run"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
 		}
 	}
-	for _, f := range []string{"latest.md", "latest.svg"} {
+	for _, f := range []string{"latest.md", "latest.svg", "vault-cpu-users.txt"} {
 		if b, err := os.ReadFile(filepath.Join(out, f)); err != nil || len(b) == 0 {
 			t.Errorf("%s not written: %v", f, err)
 		}

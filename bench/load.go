@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -55,12 +56,25 @@ func (s sample) pct(p float64) time.Duration {
 // get does one read and reports whether it returned 200; body is filled when
 // non-nil (the cold-start scenario compares tokens).
 func (l *loader) get(ctx context.Context, url string, body *bytes.Buffer) (bool, string) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	return l.do(ctx, http.MethodGet, url, nil, body)
+}
+
+// do sends one request (with a JSON payload when non-nil) and reports
+// whether it returned 200; body is filled when non-nil.
+func (l *loader) do(ctx context.Context, method, url string, payload []byte, body *bytes.Buffer) (bool, string) {
+	var rd io.Reader
+	if payload != nil {
+		rd = bytes.NewReader(payload)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, rd)
 	if err != nil {
 		return false, err.Error()
 	}
 	if l.token != "" {
 		req.Header.Set("X-Vault-Token", l.token)
+	}
+	if payload != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := l.client.Do(req)
 	if err != nil {
@@ -86,15 +100,19 @@ func (l *loader) get(ctx context.Context, url string, body *bytes.Buffer) (bool,
 // run keeps conc workers reading url for d (or, with n > 0, until n reads in
 // total have been made) and measures every request.
 func (l *loader) run(ctx context.Context, url string, conc int, d time.Duration, n int) sample {
+	return runEach(ctx, conc, d, n, func(ctx context.Context, _ int) (bool, string) { return l.get(ctx, url, nil) })
+}
+
+// runEach keeps conc workers calling op for d (or, with n > 0, until op has
+// been called n times in total) and measures every call. op gets the call's
+// index, 0, 1, 2, ... across all workers (e.g. to pick a distinct user).
+func runEach(ctx context.Context, conc int, d time.Duration, n int, op func(ctx context.Context, i int) (bool, string)) sample {
 	var (
-		mu      sync.Mutex
-		s       sample
-		wg      sync.WaitGroup
-		counter = make(chan struct{}, max(n, 1))
+		mu   sync.Mutex
+		s    sample
+		wg   sync.WaitGroup
+		next atomic.Int64
 	)
-	for range n {
-		counter <- struct{}{}
-	}
 	deadline := time.Now().Add(d)
 	start := time.Now()
 	for range conc {
@@ -104,24 +122,13 @@ func (l *loader) run(ctx context.Context, url string, conc int, d time.Duration,
 			lat := make([]time.Duration, 0, 4096)
 			var errs int
 			var firstErr string
-			// more reports whether this worker should make another request.
-			more := func() bool {
-				if ctx.Err() != nil {
-					return false
+			for ctx.Err() == nil && (n > 0 || time.Now().Before(deadline)) {
+				i := int(next.Add(1) - 1)
+				if n > 0 && i >= n {
+					break
 				}
-				if n > 0 {
-					select {
-					case <-counter:
-						return true
-					default:
-						return false
-					}
-				}
-				return time.Now().Before(deadline)
-			}
-			for more() {
 				t0 := time.Now()
-				ok, msg := l.get(ctx, url, nil)
+				ok, msg := op(ctx, i)
 				if ok {
 					lat = append(lat, time.Since(t0))
 				} else {

@@ -1,9 +1,12 @@
-// Command bench measures the Instacart secrets engine inside a real dev Vault
-// against a no-op plugin, the oauthapp plugin and KV v2, with the Connect
-// fake as upstream, and writes a markdown report and an SVG chart.
+// Command bench measures the Instacart secrets engine inside real Vault
+// servers, the dev server (in-memory storage) and a single-node server on
+// integrated storage (raft, as production runs), against a no-op plugin, the
+// oauthapp plugin and KV v2, with the Connect fake as upstream; on raft also
+// through Vault Proxy and with 100,000 distinct users on one assertion role.
+// It writes a markdown report and an SVG chart.
 //
-//	go run ./bench                  # full run (a few minutes on 2 cores)
-//	go run ./bench -smoke           # seconds: checks the harness works
+//	go run ./bench                  # full run (about 15-20 minutes on 2 cores)
+//	go run ./bench -smoke           # under a minute: checks the harness works
 package main
 
 import (
@@ -35,6 +38,13 @@ type options struct {
 	leaseReads  int
 	repo        string
 	vaultBin    string
+	// The per-user scenario: distinct users, concurrent clients, and the
+	// token lifetime the fake hands out meanwhile (short, so every token
+	// expires within the run).
+	users        int
+	userClients  int
+	userLifetime time.Duration
+	raftOnly     bool // skip the dev server's scenarios (for working on the raft ones)
 }
 
 func main() {
@@ -45,6 +55,9 @@ func main() {
 	flag.BoolVar(&opts.smoke, "smoke", false, "a few seconds' run: one short round, concurrency 1 and 8, no oauthapp, no Vault Agent")
 	flag.StringVar(&opts.pluginBin, "plugin-bin", "", "use this prebuilt plugin binary (built with version "+pluginVer+") instead of building ./cmd/"+pluginName)
 	flag.StringVar(&opts.out, "out", "bench/results", "directory for latest.md and latest.svg (relative to the repository root)")
+	flag.IntVar(&opts.users, "users", 100_000, "distinct users in the per-user scenario")
+	flag.DurationVar(&opts.userLifetime, "user-token-lifetime", 2*time.Minute, "token lifetime during the per-user scenario (every token must expire before its tidy)")
+	flag.BoolVar(&opts.raftOnly, "raft-only", false, "run only the raft, Vault Proxy and per-user scenarios")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -60,10 +73,15 @@ func run(ctx context.Context, opts options, w io.Writer) (string, error) {
 	logf := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
 	opts.concurrency = []int{1, 8, 32, 128}
 	opts.coldReaders, opts.leaseReads, opts.warmup = 200, 1000, time.Second
+	opts.userClients = 32
 	if opts.smoke {
 		opts.rounds, opts.duration, opts.warmup = 1, 150*time.Millisecond, 100*time.Millisecond
 		opts.concurrency = []int{1, 8}
 		opts.leaseReads = 100
+		opts.users, opts.userLifetime = 400, 3*time.Second
+	}
+	if opts.users < 1 || opts.userLifetime < 2*time.Second {
+		return "", errors.New("-users must be positive and -user-token-lifetime at least 2s")
 	}
 	if opts.rounds < 1 || opts.duration <= 0 {
 		return "", errors.New("-rounds and -duration must be positive")
@@ -88,7 +106,7 @@ func run(ctx context.Context, opts options, w io.Writer) (string, error) {
 	}
 	defer os.RemoveAll(dir)
 
-	started := time.Now()
+	started, loadStart := time.Now(), loadAvg()
 	logf("==> building plugins and the Connect fake")
 	bins, err := buildAll(ctx, opts.repo, dir, opts.pluginBin, !opts.smoke)
 	if err != nil {
@@ -97,64 +115,25 @@ func run(ctx context.Context, opts options, w io.Writer) (string, error) {
 	if bins.oauthappErr != nil && !opts.smoke {
 		logf("    oauthapp not available: %v", bins.oauthappErr)
 	}
-	logf("==> starting the Connect fake (latency %s per token request) and a dev Vault", opts.latency)
+	logf("==> starting the Connect fake (latency %s per token request)", opts.latency)
 	f, err := stack.StartFake(stack.FakeOptions{Bin: bins.fake, Dir: dir, ClientID: fakeClientID, Latency: opts.latency})
 	if err != nil {
 		return "", err
 	}
 	defer f.Stop()
-	v, err := startDevVault(opts.vaultBin, bins.pluginDir, dir)
-	if err != nil {
-		return "", err
-	}
-	defer v.Stop()
-
-	r := &runner{opts: opts, bins: bins, vault: v, fake: f, load: newLoader(v.Token), dir: dir, logf: logf}
-	if err := r.setup(); err != nil {
-		return "", fmt.Errorf("setting up Vault: %w\n%s", err, v.Tail())
-	}
-	rep := &report{opts: opts, machine: machine(v.Version()), started: started}
+	rep := &report{opts: opts, started: started, loadStart: loadStart}
 	if bins.oauthappErr != nil {
-		rep.oauthappSkip = v.Redact(compact(bins.oauthappErr.Error()))
+		rep.oauthappSkip = compact(bins.oauthappErr.Error())
 	}
-
-	// Scenario 6, idle half: after set-up, before any load.
-	time.Sleep(time.Second)
-	pid, err := r.pluginPID()
-	if err != nil {
+	if !opts.raftOnly {
+		if err := runInmem(ctx, opts, bins, f, dir, logf, rep); err != nil {
+			return "", err
+		}
+	}
+	if err := runRaft(ctx, opts, bins, f, dir, logf, rep); err != nil {
 		return "", err
 	}
-	if rep.rssIdle, err = rssBytes(pid); err != nil {
-		return "", err
-	}
-
-	logf("==> scenarios 1-2: cached reads, %d rounds x %s per target at concurrency %v", opts.rounds, opts.duration, opts.concurrency)
-	sampler := startRSSSampler(pid)
-	rep.ab, err = r.cachedReads(ctx)
-	rep.rssPeak = sampler.finish()
-	if err != nil {
-		return "", fmt.Errorf("cached reads: %w", err)
-	}
-	if rep.rssAfter, err = rssBytes(pid); err != nil {
-		return "", err
-	}
-
-	reps := min(opts.rounds, 3)
-	logf("==> scenario 3: cold start, %d concurrent readers x %d", opts.coldReaders, reps)
-	if rep.cold, err = r.coldStart(ctx, opts.coldReaders, reps); err != nil {
-		return "", fmt.Errorf("cold start: %w", err)
-	}
-
-	logf("==> scenario 4: exclusive mints")
-	if rep.excl, err = r.exclusive(ctx); err != nil {
-		return "", fmt.Errorf("exclusive mints: %w", err)
-	}
-
-	logf("==> scenario 5: lease volume, %d reads direct and through Vault Agent", opts.leaseReads)
-	if rep.leases, err = r.leaseVolume(ctx, opts.leaseReads, !opts.smoke); err != nil {
-		return "", fmt.Errorf("lease volume: %w", err)
-	}
-	rep.elapsed = time.Since(started)
+	rep.elapsed, rep.loadEnd = time.Since(started), loadAvg()
 
 	md := rep.markdown()
 	logf("\n%s", md)
@@ -167,8 +146,130 @@ func run(ctx context.Context, opts options, w io.Writer) (string, error) {
 	if err := os.WriteFile(filepath.Join(opts.out, "latest.svg"), []byte(rep.svg()), 0o644); err != nil {
 		return md, fmt.Errorf("writing chart: %w", err)
 	}
+	if u := rep.users; u != nil && u.profile.err == "" && u.profile.top != "" {
+		txt := "Vault CPU profile (sys/pprof/profile) during the per-user run, " + rep.started.UTC().Format("2006-01-02 15:04 MST") + "\n\n== by own time ==\n" + u.profile.top + "\n== by cumulative time ==\n" + u.profile.cum
+		if err := os.WriteFile(filepath.Join(opts.out, profileFile), []byte(txt), 0o644); err != nil {
+			return md, fmt.Errorf("writing profile: %w", err)
+		}
+	}
 	logf("wrote %s and latest.svg", filepath.Join(opts.out, "latest.md"))
 	return md, nil
+}
+
+// runInmem is scenarios 1-6 on the dev server (in-memory storage).
+func runInmem(ctx context.Context, opts options, bins *binaries, f *stack.Fake, dir string, logf func(string, ...any), rep *report) error {
+	logf("==> starting a dev Vault (in-memory storage)")
+	v, err := startDevVault(opts.vaultBin, bins.pluginDir, dir)
+	if err != nil {
+		return err
+	}
+	defer v.Stop()
+	r := &runner{opts: opts, storage: "inmem", bins: bins, vault: v, fake: f, load: newLoader(v.Token), dir: dir, logf: logf}
+	if err := r.setup(); err != nil {
+		return fmt.Errorf("setting up Vault: %w\n%s", err, v.Tail())
+	}
+	rep.machine = machine(v.Version())
+
+	// Scenario 6, idle half: after set-up, before any load.
+	time.Sleep(time.Second)
+	pid, err := r.pluginPID()
+	if err != nil {
+		return err
+	}
+	if rep.rssIdle, err = rssBytes(pid); err != nil {
+		return err
+	}
+
+	logf("==> scenarios 1-2 (inmem): cached reads, %d rounds x %s per target at concurrency %v", opts.rounds, opts.duration, opts.concurrency)
+	sampler := startRSSSampler(pid)
+	rep.ab, err = r.cachedReads(ctx)
+	rep.rssPeak = sampler.finish()
+	if err != nil {
+		return fmt.Errorf("cached reads: %w", err)
+	}
+	if rep.rssAfter, err = rssBytes(pid); err != nil {
+		return err
+	}
+
+	reps := min(opts.rounds, 3)
+	logf("==> scenario 3: cold start, %d concurrent readers x %d", opts.coldReaders, reps)
+	if rep.cold, err = r.coldStart(ctx, opts.coldReaders, reps); err != nil {
+		return fmt.Errorf("cold start: %w", err)
+	}
+
+	logf("==> scenario 4: exclusive mints")
+	if rep.excl, err = r.exclusive(ctx); err != nil {
+		return fmt.Errorf("exclusive mints: %w", err)
+	}
+
+	logf("==> scenario 5: lease volume, %d reads direct and through Vault Agent", opts.leaseReads)
+	if rep.leases, err = r.leaseVolume(ctx, opts.leaseReads, !opts.smoke); err != nil {
+		return fmt.Errorf("lease volume: %w", err)
+	}
+
+	logf("==> scenario 8, inmem part: cold per-user reads at 1, 8 and %d clients", opts.userClients)
+	if rep.inmemUsers, err = r.coldUserReads(ctx, usersRole, coldSweep(opts, true)); err != nil {
+		return fmt.Errorf("cold per-user reads: %w", err)
+	}
+	return nil
+}
+
+// coldSweep is how many new users the cold per-user read takes at each
+// concurrency: a few seconds each (on raft the per-user run itself covers
+// userClients).
+func coldSweep(opts options, withMain bool) map[int]int {
+	m := map[int]int{1: 200, 8: 1000}
+	if withMain {
+		m[opts.userClients] = min(opts.users, 5000)
+	}
+	if opts.smoke {
+		m = map[int]int{1: 20, 8: 100}
+		if withMain {
+			m[opts.userClients] = 200
+		}
+	}
+	return m
+}
+
+// runRaft is scenarios 7-8 on a single-node raft server: the cached reads
+// again, with reads through Vault Proxy among them, then the per-user run.
+func runRaft(ctx context.Context, opts options, bins *binaries, f *stack.Fake, dir string, logf func(string, ...any), rep *report) error {
+	logf("==> starting a single-node Vault on integrated storage (raft) and Vault Proxy (examples/proxy/proxy.hcl)")
+	v, err := startRaftVault(opts.vaultBin, bins.pluginDir, filepath.Join(dir, "raft-vault"))
+	if err != nil {
+		return err
+	}
+	defer v.Stop()
+	r := &runner{opts: opts, storage: "raft", bins: bins, vault: v, fake: f, load: newLoader(v.Token), dir: dir, logf: logf}
+	if err := r.setup(); err != nil {
+		return fmt.Errorf("setting up the raft Vault: %w\n%s", err, v.Tail())
+	}
+	if err := r.setupRaft(); err != nil {
+		return fmt.Errorf("setting up the raft Vault: %w\n%s", err, v.Tail())
+	}
+	defer r.proxy.Stop()
+	if rep.machine.vaultVersion == "" {
+		rep.machine = machine(v.Version())
+	}
+
+	logf("==> scenario 7 (raft): cached reads and reads through Vault Proxy, %d rounds x %s per target at concurrency %v", opts.rounds, opts.duration, opts.concurrency)
+	if rep.raftAB, err = r.cachedReads(ctx, r.proxyTarget()); err != nil {
+		return fmt.Errorf("cached reads on raft: %w", err)
+	}
+	if rep.proxy, err = r.proxyLeases(rep.raftAB); err != nil {
+		return fmt.Errorf("counting the proxy's leases: %w", err)
+	}
+	r.proxy.Stop()
+
+	logf("==> scenario 8 (raft): cold per-user reads at 1 and 8 clients (role %s)", probeRole)
+	if rep.raftUsers, err = r.coldUserReads(ctx, probeRole, coldSweep(opts, false)); err != nil {
+		return fmt.Errorf("cold per-user reads: %w", err)
+	}
+	logf("==> scenario 8 (raft): %d distinct users on one assertion role, %d clients, tokens living %s", opts.users, opts.userClients, opts.userLifetime)
+	if rep.users, err = r.perUser(ctx, opts.users, opts.userClients, opts.userLifetime); err != nil {
+		return fmt.Errorf("per-user tokens: %w\n%s", err, v.Tail())
+	}
+	return nil
 }
 
 // repoRoot walks up from the working directory to the root module's go.mod,

@@ -34,11 +34,29 @@ type report struct {
 	started                    time.Time
 	elapsed                    time.Duration
 	oauthappSkip               string
-	ab                         *abResult
+	ab                         *abResult // the dev server (inmem); nil with -raft-only
 	cold                       *coldResult
 	excl                       []exclResult
 	leases                     *leaseResult
 	rssIdle, rssPeak, rssAfter int64
+	raftAB                     *abResult // the raft server, with the Vault Proxy target
+	proxy                      *proxyResult
+	users                      *usersResult
+	inmemUsers, raftUsers      []*coldUsers // cold per-user reads by concurrency
+	loadStart, loadEnd         string       // /proc/loadavg's 1, 5 and 15 minute averages
+}
+
+// loadAvg is the 1, 5 and 15 minute load averages.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 const (
@@ -46,9 +64,11 @@ const (
 	missed = "**missed**"
 )
 
-// check is one row of the targets table.
+// check is one row of the targets table; why explains a miss from the
+// run's own figures.
 type check struct {
 	id, target, measured, result string
+	why                          string
 }
 
 func verdict(ok bool) string {
@@ -60,10 +80,22 @@ func verdict(ok bool) string {
 
 func notRun(reason string) string { return "not run (" + reason + ")" }
 
-func (rep *report) checks() []check {
-	var cs []check
-	ab := rep.ab
-	// 1: cached read vs the no-op leased read, at every concurrency.
+// spread is the lowest and highest per-round ratio num/den at c.
+func (a *abResult) spread(num, den string, c int, metric func(sample) float64) (lo, hi float64) {
+	lo, hi = math.Inf(1), 0
+	sn, sd := a.samples[num][c], a.samples[den][c]
+	for i := range sn {
+		if i < len(sd) && metric(sd[i]) > 0 {
+			r := metric(sn[i]) / metric(sd[i])
+			lo, hi = min(lo, r), max(hi, r)
+		}
+	}
+	return lo, hi
+}
+
+// vsNoop is targets 1a/1b (inmem) or 1c/1d (raft): our cached read against
+// the no-op leased read at every concurrency.
+func vsNoop(ab *abResult, storage, idThr, idP99 string) []check {
 	minThr, maxP99 := math.Inf(1), 0.0
 	var at1, at2 int
 	for _, c := range ab.conc {
@@ -74,53 +106,318 @@ func (rep *report) checks() []check {
 			maxP99, at2 = r, c
 		}
 	}
-	cs = append(cs,
-		check{"1a", "cached read throughput ≥ 0.95× no-op leased read, every concurrency", fmt.Sprintf("worst %.2f× (c=%d)", minThr, at1), verdict(minThr >= 0.95)},
-		check{"1b", "cached read p99 ≤ 1.2× no-op leased read, every concurrency", fmt.Sprintf("worst %.2f× (c=%d)", maxP99, at2), verdict(maxP99 <= 1.2)})
-	// 2: vs oauthapp's cached self/ read.
-	if rep.oauthappSkip != "" {
-		cs = append(cs, check{"2", "cached read throughput ≥ 1.5× oauthapp's cached read, every concurrency", "—", notRun(rep.oauthappSkip)})
-	} else {
-		minO := math.Inf(1)
-		var atO int
-		for _, c := range ab.conc {
-			if r, ok := ab.ratio(tInstacart, tOauthapp, c, thr); ok && r < minO {
-				minO, atO = r, c
+	ct := check{id: idThr, target: storage + ": cached read throughput ≥ 0.95× no-op leased read, every concurrency", measured: fmt.Sprintf("worst %.3f× (c=%d)", minThr, at1), result: verdict(minThr >= 0.95)}
+	cp := check{id: idP99, target: storage + ": cached read p99 ≤ 1.2× no-op leased read, every concurrency", measured: fmt.Sprintf("worst %.3f× (c=%d)", maxP99, at2), result: verdict(maxP99 <= 1.2)}
+	rounds := len(ab.samples[tNoop][ab.conc[0]])
+	if ct.result == missed {
+		lo, hi := ab.spread(tInstacart, tNoop, at1, thr)
+		ct.why = fmt.Sprintf("At c=%d the per-round ratios ranged %.2f–%.2f× over %d round(s)", at1, lo, hi, rounds)
+		if hi >= 0.95 {
+			ct.why += ": some rounds met the line, so the miss is inside this machine's round-to-round noise."
+		} else {
+			ct.why += ": every round was below the line."
+		}
+		ct.why += fmt.Sprintf(" Both reads register the same lease, and %s.", leaseCost(ab, storage, at1))
+	}
+	if cp.result == missed {
+		lo, hi := ab.spread(tInstacart, tNoop, at2, p99)
+		ours, _ := ab.stat(tInstacart, at2)
+		noop, _ := ab.stat(tNoop, at2)
+		cp.why = fmt.Sprintf("At c=%d our p99 was %s against %s, per-round ratios %.2f–%.2f× over %d round(s)", at2, fmtDur(ours.p99), fmtDur(noop.p99), lo, hi, rounds)
+		if lo <= 1.2 {
+			cp.why += ": some rounds met the line; a p99 over one round rests on its slowest 1% of reads, which a single stall on this shared machine (GC, an fsync, the load generator) decides."
+		} else {
+			cp.why += ": every round was above the line."
+		}
+		cp.why += fmt.Sprintf(" Medians: ours p50 %s, no-op p50 %s; %s.", fmtDur(ours.p50), fmtDur(noop.p50), leaseCost(ab, storage, at2))
+	}
+	return []check{ct, cp}
+}
+
+// leaseCost says what registering a lease costs on this storage at c: the
+// no-op plugin's unleased read against its leased one.
+func leaseCost(ab *abResult, storage string, c int) string {
+	l, okL := ab.stat(tNoop, c)
+	u, okU := ab.stat(tNoopPlain, c)
+	if !okL || !okU || l.thr == 0 {
+		return "no lease-cost figure"
+	}
+	return fmt.Sprintf("on %s an unleased no-op read runs at %.2f× the leased one (%.0f vs %.0f req/s)", storage, u.thr/l.thr, u.thr, l.thr)
+}
+
+func (rep *report) checks() []check {
+	var cs []check
+	if ab := rep.ab; ab != nil {
+		// 1: cached read vs the no-op leased read, at every concurrency.
+		cs = append(cs, vsNoop(ab, "inmem", "1a", "1b")...)
+		// 2: vs oauthapp's cached self/ read.
+		if rep.oauthappSkip != "" {
+			cs = append(cs, check{id: "2", target: "inmem: cached read throughput ≥ 1.5× oauthapp's cached read, every concurrency", measured: "—", result: notRun(rep.oauthappSkip)})
+		} else {
+			minO := math.Inf(1)
+			var atO int
+			for _, c := range ab.conc {
+				if r, ok := ab.ratio(tInstacart, tOauthapp, c, thr); ok && r < minO {
+					minO, atO = r, c
+				}
+			}
+			c2 := check{id: "2", target: "inmem: cached read throughput ≥ 1.5× oauthapp's cached read, every concurrency", measured: fmt.Sprintf("worst %.2f× (c=%d)", minO, atO), result: verdict(minO >= 1.5)}
+			if c2.result == missed {
+				nr, _ := ab.ratio(tNoop, tOauthapp, atO, thr)
+				c2.why = fmt.Sprintf("At c=%d the no-op leased plugin itself is only %.2f× oauthapp: the time is Vault's own per-request work plus the lease that oauthapp's unleased `self/` read skips, not this plugin's.", atO, nr)
+			}
+			cs = append(cs, c2)
+		}
+		// 3: cold start.
+		okCold := true
+		for i := range rep.cold.mints {
+			okCold = okCold && rep.cold.mints[i] == 1 && rep.cold.distinct[i] == 1 && rep.cold.failed[i] == 0
+		}
+		cs = append(cs, check{id: "3", target: fmt.Sprintf("cold start: exactly 1 mint for %d concurrent readers", rep.cold.readers),
+			measured: fmt.Sprintf("mints %v, distinct tokens %v, failed reads %v", rep.cold.mints, rep.cold.distinct, rep.cold.failed), result: verdict(okCold)})
+		// 4: exclusive.
+		okExcl, reads, reqs := true, 0, 0
+		for _, e := range rep.excl {
+			okExcl = okExcl && e.tokenRequests == e.s.ok && e.s.errs == 0
+			reads, reqs = reads+e.s.ok, reqs+e.tokenRequests
+		}
+		perRead := 0.0
+		if reads > 0 {
+			perRead = float64(reqs) / float64(reads)
+		}
+		cs = append(cs, check{id: "4", target: "exclusive role: 1 upstream token request per read", measured: fmt.Sprintf("%.3f (%d requests / %d reads)", perRead, reqs, reads), result: verdict(okExcl && reads > 0)})
+		// 5: lease volume.
+		l := rep.leases
+		if l.agentSkip != "" {
+			cs = append(cs, check{id: "5", target: fmt.Sprintf("through Vault Agent: %d reads → 1 lease", l.reads), measured: fmt.Sprintf("direct: %d leases", l.direct), result: notRun(l.agentSkip)})
+		} else {
+			cs = append(cs, check{id: "5", target: fmt.Sprintf("through Vault Agent: %d reads → 1 lease", l.reads),
+				measured: fmt.Sprintf("%d lease(s) via Agent (%d errors); %d leases direct", l.viaAgent, l.agentErrs, l.direct), result: verdict(l.viaAgent == 1 && l.agentErrs == 0)})
+		}
+		// 6: memory.
+		cs = append(cs,
+			check{id: "6a", target: "plugin RSS idle < 40 MiB", measured: mib(rep.rssIdle), result: verdict(rep.rssIdle < 40<<20)},
+			check{id: "6b", target: "plugin RSS under load < 60 MiB", measured: fmt.Sprintf("peak %s (after: %s)", mib(rep.rssPeak), mib(rep.rssAfter)), result: verdict(rep.rssPeak < 60<<20)})
+	}
+	if rep.raftAB != nil {
+		cs = append(cs, vsNoop(rep.raftAB, "raft", "1c", "1d")...)
+		cs = append(cs, rep.proxyChecks()...)
+	}
+	if rep.users != nil {
+		cs = append(cs, rep.userChecks()...)
+	}
+	return cs
+}
+
+// proxyClients is the concurrency of target 7a.
+const proxyClients = 32
+
+// proxyChecks is target 7: reads through Vault Proxy on raft.
+func (rep *report) proxyChecks() []check {
+	ab := rep.raftAB
+	c7a := check{id: "7a", target: fmt.Sprintf("raft: read through Vault Proxy ≥ 5× oauthapp's direct cached read at %d clients", proxyClients)}
+	_, have32 := ab.stat(tProxy, proxyClients)
+	switch {
+	case rep.oauthappSkip != "":
+		c7a.measured, c7a.result = "—", notRun(rep.oauthappSkip)
+		if st, ok := ab.stat(tProxy, ab.conc[len(ab.conc)-1]); ok {
+			c7a.measured = fmt.Sprintf("proxy %.0f req/s at c=%d", st.thr, ab.conc[len(ab.conc)-1])
+		}
+	case !have32:
+		c7a.measured, c7a.result = "—", notRun(fmt.Sprintf("no %d-client round", proxyClients))
+	default:
+		r, _ := ab.ratio(tProxy, tOauthapp, proxyClients, thr)
+		ps, _ := ab.stat(tProxy, proxyClients)
+		oa, _ := ab.stat(tOauthapp, proxyClients)
+		c7a.measured, c7a.result = fmt.Sprintf("%.2f× (%.0f vs %.0f req/s)", r, ps.thr, oa.thr), verdict(r >= 5)
+		if c7a.result == missed {
+			ks, _ := ab.stat(tKV, proxyClients)
+			c7a.why = fmt.Sprintf("The proxy answers from its cache without calling Vault, so its rate is the proxy process's own HTTP work sharing %d cores with the load generator: %.0f req/s against KV v2 read directly at %.0f req/s; oauthapp read directly managed %.0f req/s.",
+				rep.machine.cores, ps.thr, ks.thr, oa.thr)
+		}
+	}
+	p := rep.proxy
+	c7b := check{id: "7b", target: "raft: through Vault Proxy, one lease per token life",
+		measured: fmt.Sprintf("%d reads → %d lease(s) (token life 24 h)", p.reads, p.leases), result: verdict(p.leases == 1 && p.reads > 0)}
+	if c7b.result == missed {
+		c7b.why = "The proxy's cache did not answer every repeated read: each lease above 1 is a read it forwarded to Vault."
+	}
+	return []check{c7a, c7b}
+}
+
+// userChecks is target 8: the per-user scenario.
+func (rep *report) userChecks() []check {
+	u := rep.users
+	n := fmt.Sprintf("%d users", u.users)
+	c8a := check{id: "8a", target: n + ": 0 failures", measured: fmt.Sprintf("%d failed, %d served", u.s.errs, u.s.ok), result: verdict(u.s.errs == 0 && u.s.ok == u.users)}
+	if c8a.result == missed {
+		c8a.why = fmt.Sprintf("First failure: `%s`.", compact(u.s.firstErr))
+	}
+	c8b := check{id: "8b", target: n + ": exactly one upstream token request per user", measured: fmt.Sprintf("%d token requests for %d users", u.tokenRequests, u.users), result: verdict(u.tokenRequests == u.users)}
+	if c8b.result == missed {
+		c8b.why = fmt.Sprintf("%d more requests than users: retries after failures (%d failed reads) or tokens re-minted.", u.tokenRequests-u.users, u.s.errs)
+	}
+	endRSS := max(u.rssEnd, u.rssAfterTidy)
+	c8c := check{id: "8c", target: n + ": plugin RSS < 64 MiB at the end", measured: fmt.Sprintf("%s after the users, %s after tidy (before %s, peak during the users %s)", mib(u.rssEnd), mib(u.rssAfterTidy), mib(u.rssBefore), mib(u.rssPeak)), result: verdict(endRSS < 64<<20)}
+	if c8c.result == missed {
+		held := min(u.users, lruSize)
+		c8c.why = fmt.Sprintf("RSS grew %s over the run, about %.1f KB for each of the %d tokens memory holds at most: heap the Go runtime has not returned to the OS counts too.", mib(endRSS-u.rssBefore), float64(endRSS-u.rssBefore)/1024/float64(held), held)
+	}
+	c8d := check{id: "8d", target: n + ": stored tokens after expiry + tidy = 0",
+		measured: fmt.Sprintf("%d stored after the run, %d once expired, %d after %d tidy call(s) taking %s", u.storedEnd, u.storedExpired, u.storedAfter, len(u.tidyCalls), u.tidyTook.Round(time.Second)), result: verdict(u.storedAfter == 0)}
+	if c8d.result == missed {
+		c8d.why = fmt.Sprintf("%d tidy calls over %s left %d of %d stored tokens.", len(u.tidyCalls), u.tidyTook.Round(time.Second), u.storedAfter, u.storedExpired)
+	}
+	limit := u.latency + 25*time.Millisecond
+	c8e := check{id: "8e", target: fmt.Sprintf("raft: cold per-user read p99 at %d clients ≤ the fake's latency + 25 ms (%s), mint bound %d", u.clients, fmtDur(limit), u.mintBound),
+		measured: fmt.Sprintf("p99 %s over all %d reads (p50 %s); before any token expired: p99 %s over %d reads", fmtDur(u.s.pct(99)), u.s.ok, fmtDur(u.s.pct(50)), fmtDur(u.preExpiry.pct(99)), u.preExpiry.ok),
+		result:   verdict(u.s.pct(99) <= limit && u.s.ok > 0)}
+	if u.clients > u.mintBound {
+		c8e.result = notRun(fmt.Sprintf("%d clients exceed the mint bound %d", u.clients, u.mintBound))
+	}
+	if c8e.result == missed {
+		c8e.why = joinSentences(
+			fmt.Sprintf("Upstream is a fixed %s and %d clients never wait for the mint bound (%d), so everything above %s is Vault, the plugin and the machine. The median read took %s.",
+				fmtDur(u.latency), u.clients, u.mintBound, fmtDur(u.latency), fmtDur(u.s.pct(50))),
+			rep.sweepSentence(), u.cpuSentence(rep.machine.cores), u.raftSentence())
+	}
+	cs := []check{c8a, c8b, c8c, c8d, c8e}
+	if iu := coldAt(rep.inmemUsers, u.clients); iu != nil {
+		c8f := check{id: "8f", target: fmt.Sprintf("inmem: cold per-user read p99 at %d clients ≤ the fake's latency + 25 ms (%s)", iu.clients, fmtDur(limit)),
+			measured: fmt.Sprintf("p99 %s (p50 %s) over %d users, %d failed, %d token requests", fmtDur(iu.s.pct(99)), fmtDur(iu.s.pct(50)), iu.users, iu.s.errs, iu.tokenRequests),
+			result:   verdict(iu.s.pct(99) <= limit && iu.s.errs == 0)}
+		if c8f.result == missed {
+			c8f.why = joinSentences(fmt.Sprintf("Upstream is a fixed %s; the median read took %s at %.0f users/s on %d cores shared by the load generator, Vault, the plugin and the fake.", fmtDur(u.latency), fmtDur(iu.s.pct(50)), iu.s.throughput(), rep.machine.cores), rep.sweepSentence())
+		}
+		cs = append(cs, c8f)
+	}
+	return cs
+}
+
+// profileFile is the full Vault CPU profile summary beside latest.md.
+const profileFile = "vault-cpu-users.txt"
+
+// profileRows are the frames of Vault's profile the report names: where a
+// durable write, a lease and a request spend Vault's CPU.
+var profileRows = [][2]string{
+	{"raft: writing the log and applying it", "github.com/hashicorp/raft.(*raftState).goFunc.func1"},
+	{"… of which bbolt transaction commits", "go.etcd.io/bbolt.(*Tx).Commit"},
+	{"… of which fdatasync", "go.etcd.io/bbolt.fdatasync"},
+	{"revoking expired leases", "github.com/hashicorp/vault/vault.(*ExpirationManager).revokeCommon"},
+	{"serving the HTTP API", "net/http.(*conn).serve"},
+	{"gRPC served to plugins (their storage calls)", "google.golang.org/grpc.(*Server).handleStream"},
+	{"garbage collection", "runtime.gcBgMarkWorker"},
+}
+
+// breakdown is the cum% of each of profileRows found in the profile.
+func (p cpuProfile) breakdown() [][2]string {
+	cum := map[string]string{}
+	for _, line := range strings.Split(p.cum, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 6 && strings.HasSuffix(f[4], "%") {
+			cum[strings.Join(f[5:], " ")] = f[4]
+		}
+	}
+	var out [][2]string
+	for _, r := range profileRows {
+		if v, ok := cum[r[1]]; ok {
+			out = append(out, [2]string{fmt.Sprintf("%s (`%s`)", r[0], r[1]), v})
+		}
+	}
+	return out
+}
+
+// total is pprof's "Duration: …, Total samples = …" line.
+func (p cpuProfile) total() string {
+	for _, line := range strings.Split(p.cum, "\n") {
+		if strings.HasPrefix(line, "Duration:") {
+			return strings.TrimSpace(line)
+		}
+	}
+	return "no duration line"
+}
+
+// coldAt is the cold per-user run at c clients, if any.
+func coldAt(runs []*coldUsers, c int) *coldUsers {
+	for _, r := range runs {
+		if r.clients == c {
+			return r
+		}
+	}
+	return nil
+}
+
+// coldRuns are every cold per-user run: the sweeps, and the raft per-user
+// run itself at its concurrency.
+func (rep *report) coldRuns() []*coldUsers {
+	runs := append([]*coldUsers(nil), rep.inmemUsers...)
+	runs = append(runs, rep.raftUsers...)
+	if u := rep.users; u != nil {
+		runs = append(runs, &coldUsers{storage: "raft", users: u.users, clients: u.clients, tokenRequests: u.tokenRequests, s: u.s})
+	}
+	return runs
+}
+
+// sweepSentence sets the cold per-user p99 at each concurrency side by side:
+// with fewer readers competing for the cores, the read comes closer to the
+// upstream latency.
+func (rep *report) sweepSentence() string {
+	var parts []string
+	for _, st := range []string{"inmem", "raft"} {
+		var xs []string
+		for _, r := range rep.coldRuns() {
+			if r.storage == st {
+				xs = append(xs, fmt.Sprintf("%s at %d", fmtDur(r.s.pct(99)), r.clients))
 			}
 		}
-		cs = append(cs, check{"2", "cached read throughput ≥ 1.5× oauthapp's cached read, every concurrency", fmt.Sprintf("worst %.2f× (c=%d)", minO, atO), verdict(minO >= 1.5)})
+		if len(xs) > 0 {
+			parts = append(parts, st+" "+strings.Join(xs, ", "))
+		}
 	}
-	// 3: cold start.
-	okCold := true
-	for i := range rep.cold.mints {
-		okCold = okCold && rep.cold.mints[i] == 1 && rep.cold.distinct[i] == 1 && rep.cold.failed[i] == 0
+	if len(parts) == 0 {
+		return ""
 	}
-	cs = append(cs, check{"3", fmt.Sprintf("cold start: exactly 1 mint for %d concurrent readers", rep.cold.readers),
-		fmt.Sprintf("mints %v, distinct tokens %v, failed reads %v", rep.cold.mints, rep.cold.distinct, rep.cold.failed), verdict(okCold)})
-	// 4: exclusive.
-	okExcl, reads, reqs := true, 0, 0
-	for _, e := range rep.excl {
-		okExcl = okExcl && e.tokenRequests == e.s.ok && e.s.errs == 0
-		reads, reqs = reads+e.s.ok, reqs+e.tokenRequests
+	return "Cold per-user p99 by clients (the mint bound is never reached): " + strings.Join(parts, "; ") + ": the same read slows only as more readers run at once, queueing for the cores (and, on raft, for the log's fsync)."
+}
+
+// joinSentences joins the non-empty ones with a space.
+func joinSentences(ss ...string) string {
+	var out []string
+	for _, s := range ss {
+		if s != "" {
+			out = append(out, s)
+		}
 	}
-	perRead := 0.0
-	if reads > 0 {
-		perRead = float64(reqs) / float64(reads)
+	return strings.Join(out, " ")
+}
+
+// cpuSentence says how busy the machine was during the per-user run and
+// where the CPU went, per user.
+func (u *usersResult) cpuSentence(cores int) string {
+	if u.cpu.wall == 0 || u.s.ok == 0 {
+		return ""
 	}
-	cs = append(cs, check{"4", "exclusive role: 1 upstream token request per read", fmt.Sprintf("%.3f (%d requests / %d reads)", perRead, reqs, reads), verdict(okExcl && reads > 0)})
-	// 5: lease volume.
-	l := rep.leases
-	if l.agentSkip != "" {
-		cs = append(cs, check{"5", fmt.Sprintf("through Vault Agent: %d reads → 1 lease", l.reads), fmt.Sprintf("direct: %d leases", l.direct), notRun(l.agentSkip)})
-	} else {
-		cs = append(cs, check{"5", fmt.Sprintf("through Vault Agent: %d reads → 1 lease", l.reads),
-			fmt.Sprintf("%d lease(s) via Agent (%d errors); %d leases direct", l.viaAgent, l.agentErrs, l.direct), verdict(l.viaAgent == 1 && l.agentErrs == 0)})
+	var parts []string
+	var ours time.Duration
+	for _, n := range u.cpu.names() {
+		ours += u.cpu.procs[n]
+		parts = append(parts, fmt.Sprintf("%s %s", n, fmtDur(u.cpu.procs[n]/time.Duration(u.s.ok))))
 	}
-	// 6: memory.
-	cs = append(cs,
-		check{"6a", "plugin RSS idle < 40 MiB", mib(rep.rssIdle), verdict(rep.rssIdle < 40<<20)},
-		check{"6b", "plugin RSS under load < 60 MiB", fmt.Sprintf("peak %s (after: %s)", mib(rep.rssPeak), mib(rep.rssAfter)), verdict(rep.rssPeak < 60<<20)})
-	return cs
+	if other := time.Duration(u.cpu.busy*float64(cores)*float64(u.cpu.wall)) - ours; other > 0 {
+		parts = append(parts, fmt.Sprintf("everything else (the kernel's own threads, e.g. for fsync, and any other process) %s", fmtDur(other/time.Duration(u.s.ok))))
+	}
+	return fmt.Sprintf("The %d cores were %.0f%% busy during the run; CPU time per user: %s.", cores, 100*u.cpu.busy, strings.Join(parts, ", "))
+}
+
+// raftSentence is what Vault's metrics say raft storage cost per user.
+func (u *usersResult) raftSentence() string {
+	r := u.raft
+	if r.windows == 0 || u.s.throughput() == 0 {
+		return ""
+	}
+	perUser := float64(r.puts) / (u.s.throughput() * r.span.Seconds())
+	return fmt.Sprintf("Raft storage (Vault's metrics over %s of the run): %.1f writes per user, each %.2f ms as the request waits for it (commit %.2f ms; the fsync'd log write %.2f ms per batch of %.1f entries).",
+		r.span, perUser, r.putMean, r.commit, r.store, r.batch)
 }
 
 func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
@@ -145,51 +442,210 @@ func (rep *report) markdown() string {
 	p("")
 	p("%s · %s, %d cores · %s · Vault %s · %s", rep.started.UTC().Format("2006-01-02 15:04 MST"), m.cpu, m.cores, m.goVersion, m.vaultVersion, runMode(rep.opts))
 	p("")
-	p("Connect fake latency %s per token request; %d round(s) × %s per target and concurrency, target order rotated each round; one shared keep-alive HTTP transport; client, Vault and plugins share the same cores. Total run %s.",
+	p("Two Vault servers, one after the other: the dev server (**inmem**: in-memory storage) and a single-node server on integrated storage (**raft**, as production runs: every lease and every stored token is a durable raft write). Connect fake latency %s per token request; %d round(s) × %s per target and concurrency, target order rotated each round; one shared keep-alive HTTP transport; client, Vault, Vault Proxy, the fake and plugins share the same cores. Total run %s.",
 		rep.opts.latency, rep.opts.rounds, rep.opts.duration, rep.elapsed.Round(time.Second))
+	p("")
+	p("Load average (1, 5, 15 min) at the start: %s; at the end: %s. Anything else running on the machine shows in the figures.", rep.loadStart, rep.loadEnd)
 	p("")
 	p("## Targets")
 	p("")
 	p("| # | target | measured | result |")
 	p("|---|---|---|---|")
-	for _, c := range rep.checks() {
+	cs := rep.checks()
+	var whys []check
+	for _, c := range cs {
 		p("| %s | %s | %s | %s |", c.id, c.target, c.measured, c.result)
+		if c.result == missed {
+			whys = append(whys, c)
+		}
 	}
-	p("")
-	p("## Cached reads (scenarios 1–2, medians over rounds)")
-	p("")
+	if len(whys) > 0 {
+		p("")
+		p("### Missed, and why (from this run's figures)")
+		p("")
+		for _, c := range whys {
+			p("- **%s** (%s): %s", c.id, c.measured, c.why)
+		}
+	}
+	if rep.ab != nil {
+		p("")
+		p("## Cached reads on inmem (scenarios 1–2, medians over rounds)")
+		p("")
+		rep.abTable(p, rep.ab)
+		p("")
+		p("oauthapp's `self/` read returns unleased data, so it skips Vault's lease bookkeeping that ours (and noop/leased) pay for; noop/unleased shows that cost.")
+	}
+	if ab := rep.raftAB; ab != nil {
+		p("")
+		p("## Cached reads on raft (scenario 7, medians over rounds)")
+		p("")
+		rep.abTable(p, ab)
+		p("")
+		p("## Through Vault Proxy on raft (scenario 7)")
+		p("")
+		p("`vault proxy` with [`examples/proxy/proxy.hcl`](../../examples/proxy/proxy.hcl) as committed (`cache {}`, API proxy with its auto-auth token, a token with [`examples/policies/app.hcl`](../../examples/policies/app.hcl)); the same rounds as the table above. Ratios are medians of per-round ratios.")
+		p("")
+		p("| clients | via Proxy req/s | p50 | p99 | errors | ÷ oauthapp direct | ÷ our direct read | p99 ÷ our direct |")
+		p("|---:|---:|---:|---:|---:|---:|---:|---:|")
+		for _, c := range ab.conc {
+			st, ok := ab.stat(tProxy, c)
+			if !ok {
+				continue
+			}
+			ro, rd, rp := "—", "—", "—"
+			if r, ok := ab.ratio(tProxy, tOauthapp, c, thr); ok {
+				ro = fmt.Sprintf("%.2f×", r)
+			}
+			if r, ok := ab.ratio(tProxy, tInstacart, c, thr); ok {
+				rd = fmt.Sprintf("%.2f×", r)
+			}
+			if r, ok := ab.ratio(tProxy, tInstacart, c, p99); ok {
+				rp = fmt.Sprintf("%.2f×", r)
+			}
+			p("| %d | %.0f | %s | %s | %d | %s | %s | %s |", c, st.thr, fmtDur(st.p50), fmtDur(st.p99), st.errs, ro, rd, rp)
+		}
+		p("")
+		p("%d reads through the proxy created %d lease(s) in Vault; the same reads made directly create one lease each.", rep.proxy.reads, rep.proxy.leases)
+	}
+	if rep.ab != nil || rep.raftAB != nil {
+		p("")
+		p("## What a lease per read costs")
+		p("")
+		p("The no-op plugin's two paths differ only in the lease: noop/unleased ÷ noop/leased (medians over rounds).")
+		p("")
+		p("| clients | storage | leased req/s | unleased req/s | unleased ÷ leased throughput | leased p99 | unleased p99 |")
+		p("|---:|---|---:|---:|---:|---:|---:|")
+		for _, x := range []struct {
+			name string
+			ab   *abResult
+		}{{"inmem", rep.ab}, {"raft", rep.raftAB}} {
+			if x.ab == nil {
+				continue
+			}
+			for _, c := range x.ab.conc {
+				l, okL := x.ab.stat(tNoop, c)
+				u, okU := x.ab.stat(tNoopPlain, c)
+				if !okL || !okU || l.thr == 0 {
+					continue
+				}
+				p("| %d | %s | %.0f | %.0f | %.2f× | %s | %s |", c, x.name, l.thr, u.thr, u.thr/l.thr, fmtDur(l.p99), fmtDur(u.p99))
+			}
+		}
+	}
+	if rep.ab != nil {
+		rep.inmemSections(p)
+	}
+	if u := rep.users; u != nil {
+		p("")
+		p("## Per-user tokens on raft (scenario 8)")
+		p("")
+		p("%d distinct user ids, each written once to `creds/%s` (an assertion role with `allowed_user_ids='*'`, `token_reuse=shared`) by %d clients; the fake answers each token request after %s and hands out tokens living %s, so every token expires within the run; `max_concurrent_mints` = %d (the mount's setting), so at most %.0f mints/s.",
+			u.users, usersRole, u.clients, u.latency, u.lifetime, u.mintBound, float64(u.mintBound)/u.latency.Seconds())
+		p("")
+		p("| measure | value |")
+		p("|---|---:|")
+		p("| users served / failed | %d / %d |", u.s.ok, u.s.errs)
+		p("| users/s | %.0f |", u.s.throughput())
+		p("| read latency p50 / p90 / p99 / max | %s / %s / %s / %s |", fmtDur(u.s.pct(50)), fmtDur(u.s.pct(90)), fmtDur(u.s.pct(99)), fmtDur(u.s.pct(100)))
+		p("| reads that started before the first token expired: count, p50 / p99 | %d, %s / %s |", u.preExpiry.ok, fmtDur(u.preExpiry.pct(50)), fmtDur(u.preExpiry.pct(99)))
+		p("| upstream token requests | %d (%.3f per user) |", u.tokenRequests, float64(u.tokenRequests)/float64(max(u.users, 1)))
+		p("| plugin RSS before / peak / end / after tidy | %s / %s / %s / %s |", mib(u.rssBefore), mib(u.rssPeak), mib(u.rssEnd), mib(u.rssAfterTidy))
+		p("| stored tokens right after the run | %d |", u.storedEnd)
+		p("| stored tokens once all expired (waited %s), before tidy | %d |", u.waited.Round(time.Second), u.storedExpired)
+		for i, c := range u.tidyCalls {
+			p("| `POST instacart/tidy`, call %d of %d | %s |", i+1, len(u.tidyCalls), strings.ReplaceAll(c.String(), "|", "/"))
+		}
+		if u.tidyTook > 0 && u.storedExpired > u.storedAfter {
+			p("| tidy rate (tokens removed ÷ time until none was left) | %.0f tokens/s |", float64(u.storedExpired-u.storedAfter)/u.tidyTook.Seconds())
+		}
+		p("| stored tokens after tidy | %d |", u.storedAfter)
+		if n := u.rereads.ok + u.rereads.errs; n > 0 {
+			where := "still in memory"
+			if u.rereadEvicted {
+				where = fmt.Sprintf("evicted from memory (older than the %d most recent)", lruSize)
+			}
+			p("| re-reads of fresh tokens %s | %d reads, %d failed, %d upstream token requests, p99 %s |", where, n, u.rereads.errs, u.rereadTokenRequests, fmtDur(u.rereads.pct(99)))
+		}
+		if u.s.firstErr != "" {
+			p("")
+			p("First failure: `%s`", compact(u.s.firstErr))
+		}
+		p("")
+		p("Cold per-user reads by concurrency (new user ids each; inmem on the dev server, raft at 1 and 8 clients on a second role like it, at %d clients the run above):", u.clients)
+		p("")
+		p("| storage | clients | users | users/s | p50 | p90 | p99 | max | failed | token requests |")
+		p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+		for _, r := range rep.coldRuns() {
+			p("| %s | %d | %d | %.0f | %s | %s | %s | %s | %d | %d |", r.storage, r.clients, r.users, r.s.throughput(), fmtDur(r.s.pct(50)), fmtDur(r.s.pct(90)), fmtDur(r.s.pct(99)), fmtDur(r.s.pct(100)), r.s.errs, r.tokenRequests)
+		}
+		if cs := u.cpuSentence(rep.machine.cores); cs != "" {
+			p("")
+			p("Where the time went: %s %s", cs, u.raftSentence())
+		}
+		p("")
+		p("Stored tokens are counted in Vault's storage itself (`LIST sys/raw/logical/<mount uuid>/tokens/%s/`).", usersRole)
+		if pr := u.profile; pr.err != "" {
+			p("")
+			p("Vault CPU profile: not taken (%s).", compact(pr.err))
+		} else if pr.top != "" {
+			p("")
+			p("### Vault's CPU profile during the per-user run")
+			p("")
+			p("Taken through Vault's own `sys/pprof/profile` for %s during the run (%s). Share of Vault's CPU time spent in (cumulative, so nested rows overlap):", pr.took.Round(time.Second), pr.total())
+			p("")
+			p("| where | share |")
+			p("|---|---:|")
+			for _, g := range pr.breakdown() {
+				p("| %s | %s |", g[0], g[1])
+			}
+			p("")
+			p("Full listing, by own and by cumulative time: [`%s`](%s).", profileFile, profileFile)
+		}
+	}
+	if rep.opts.smoke {
+		p("")
+		p("Smoke run: numbers are not meaningful; oauthapp and Vault Agent were skipped.")
+	}
+	return b.String()
+}
+
+// abTable is the cached-read table of one server (the Vault Proxy target
+// has its own table).
+func (rep *report) abTable(p func(string, ...any), ab *abResult) {
 	p("Ratios are medians of per-round ratios instacart ÷ target (throughput: higher is better for us; p99: lower is better for us).")
 	p("")
 	p("| clients | target | req/s | p50 | p90 | p99 | errors | thr ratio | p99 ratio |")
 	p("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-	for _, c := range rep.ab.conc {
-		for _, t := range rep.ab.targets {
-			if t.skip != "" {
+	for _, c := range ab.conc {
+		for _, t := range ab.targets {
+			if t.skip != "" || t.key == tProxy {
 				continue
 			}
-			st, _ := rep.ab.stat(t.key, c)
+			st, _ := ab.stat(t.key, c)
 			tr, pr := "—", "—"
 			if t.key != tInstacart {
-				if r, ok := rep.ab.ratio(tInstacart, t.key, c, thr); ok {
+				if r, ok := ab.ratio(tInstacart, t.key, c, thr); ok {
 					tr = fmt.Sprintf("%.2f×", r)
 				}
-				if r, ok := rep.ab.ratio(tInstacart, t.key, c, p99); ok {
+				if r, ok := ab.ratio(tInstacart, t.key, c, p99); ok {
 					pr = fmt.Sprintf("%.2f×", r)
 				}
 			}
 			p("| %d | %s | %.0f | %s | %s | %s | %d | %s | %s |", c, t.label, st.thr, fmtDur(st.p50), fmtDur(st.p90), fmtDur(st.p99), st.errs, tr, pr)
 		}
 	}
-	for _, t := range rep.ab.targets {
+	for _, t := range ab.targets {
 		if t.skip != "" {
 			p("")
 			p("%s: not run (%s).", t.label, t.skip)
 		}
 	}
+}
+
+// inmemSections are scenarios 3-6 on the dev server.
+func (rep *report) inmemSections(p func(string, ...any)) {
 	p("")
-	p("oauthapp's `self/` read returns unleased data, so it skips Vault's lease bookkeeping that ours (and noop/leased) pay for; noop/unleased shows that cost.")
-	p("")
-	p("## Cold start (scenario 3)")
+	p("## Cold start on inmem (scenario 3)")
 	p("")
 	p("| rep | readers | upstream token requests | distinct tokens | failed reads | all readers served in |")
 	p("|---:|---:|---:|---:|---:|---:|")
@@ -201,7 +657,7 @@ func (rep *report) markdown() string {
 		p("First failure: `%s`", rep.cold.firstErr)
 	}
 	p("")
-	p("## Exclusive mints (scenario 4, one run per concurrency)")
+	p("## Exclusive mints on inmem (scenario 4, one run per concurrency)")
 	p("")
 	p("| clients | reads/s | p50 | p90 | p99 | errors | token requests | per read |")
 	p("|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -213,7 +669,7 @@ func (rep *report) markdown() string {
 		p("| %d | %.0f | %s | %s | %s | %d | %d | %.3f |", e.conc, e.s.throughput(), fmtDur(e.s.pct(50)), fmtDur(e.s.pct(90)), fmtDur(e.s.pct(99)), e.s.errs, e.tokenRequests, per)
 	}
 	p("")
-	p("## Lease volume (scenario 5)")
+	p("## Lease volume on inmem (scenario 5)")
 	p("")
 	l := rep.leases
 	p("| path | reads | leases created | errors |")
@@ -229,14 +685,9 @@ func (rep *report) markdown() string {
 		}
 	}
 	p("")
-	p("## Plugin memory (scenario 6)")
+	p("## Plugin memory on inmem (scenario 6)")
 	p("")
 	p("VmRSS of the plugin process: idle %s, peak during cached reads %s, after %s.", mib(rep.rssIdle), mib(rep.rssPeak), mib(rep.rssAfter))
-	if rep.opts.smoke {
-		p("")
-		p("Smoke run: numbers are not meaningful; oauthapp and Vault Agent were skipped.")
-	}
-	return b.String()
 }
 
 func runMode(o options) string {
@@ -246,56 +697,85 @@ func runMode(o options) string {
 	return "full run"
 }
 
-// svg draws two grouped bar charts (throughput, p99) by concurrency, one bar
-// per target, plus the exclusive-mint role. Hand-written: no dependencies.
+// svg draws grouped bar charts (throughput, p99) by concurrency, one bar per
+// target: the inmem server with the exclusive-mint role, then the raft
+// server with reads through Vault Proxy. Hand-written: no dependencies.
 func (rep *report) svg() string {
 	type series struct {
 		label, color string
 		thr          map[int]float64
 		p99          map[int]float64
 	}
-	colors := []string{"#2f6fde", "#7a7a7a", "#b5b5b5", "#e0892b", "#3a9a5b", "#b03a8c"}
-	var ss []series
-	for i, t := range rep.ab.targets {
-		if t.skip != "" {
-			continue
+	colors := map[string]string{tInstacart: "#2f6fde", tNoop: "#7a7a7a", tNoopPlain: "#b5b5b5", tOauthapp: "#e0892b", tKV: "#3a9a5b", "excl": "#b03a8c", tProxy: "#17a2b8"}
+	fromAB := func(ab *abResult) []series {
+		var ss []series
+		for _, t := range ab.targets {
+			if t.skip != "" {
+				continue
+			}
+			s := series{label: t.label, color: colors[t.key], thr: map[int]float64{}, p99: map[int]float64{}}
+			for _, c := range ab.conc {
+				st, _ := ab.stat(t.key, c)
+				s.thr[c], s.p99[c] = st.thr, float64(st.p99)/float64(time.Millisecond)
+			}
+			ss = append(ss, s)
 		}
-		s := series{label: t.label, color: colors[i%len(colors)], thr: map[int]float64{}, p99: map[int]float64{}}
-		for _, c := range rep.ab.conc {
-			st, _ := rep.ab.stat(t.key, c)
-			s.thr[c], s.p99[c] = st.thr, float64(st.p99)/float64(time.Millisecond)
+		return ss
+	}
+	type section struct {
+		name string
+		conc []int
+		ss   []series
+	}
+	var secs []section
+	if rep.ab != nil {
+		ss := fromAB(rep.ab)
+		ex := series{label: "instacart/creds/bench-excl (mint)", color: colors["excl"], thr: map[int]float64{}, p99: map[int]float64{}}
+		for _, e := range rep.excl {
+			ex.thr[e.conc], ex.p99[e.conc] = e.s.throughput(), float64(e.s.pct(99))/float64(time.Millisecond)
 		}
-		ss = append(ss, s)
+		secs = append(secs, section{"inmem (dev server)", rep.ab.conc, append(ss, ex)})
 	}
-	ex := series{label: "instacart/creds/bench-excl (mint)", color: colors[5], thr: map[int]float64{}, p99: map[int]float64{}}
-	for _, e := range rep.excl {
-		ex.thr[e.conc], ex.p99[e.conc] = e.s.throughput(), float64(e.s.pct(99))/float64(time.Millisecond)
+	if rep.raftAB != nil {
+		secs = append(secs, section{"raft (integrated storage)", rep.raftAB.conc, fromAB(rep.raftAB)})
 	}
-	ss = append(ss, ex)
 
 	const (
-		width, panelH, top, left, right = 960, 240, 90, 60, 20
-		gap                             = 60
+		width, panelH, left, right = 960, 220, 60, 20
+		gap                        = 60
 	)
-	height := top + 2*panelH + gap + 40
-	var b strings.Builder
-	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="11">`+"\n", width, height, width, height)
-	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
-	fmt.Fprintf(&b, `<text x="%d" y="18" font-size="14" font-weight="bold">%s</text>`+"\n", left, html.EscapeString(fmt.Sprintf("vault-plugin-secrets-instacart benchmark — %s, %d cores, Vault %s (%s)", rep.machine.cpu, rep.machine.cores, rep.machine.vaultVersion, runMode(rep.opts))))
-	// Legend, wrapped to the chart width.
+	// Legend: every series once, wrapped to the chart width.
+	var legend []series
+	seen := map[string]bool{}
+	for _, sec := range secs {
+		for _, s := range sec.ss {
+			if !seen[s.label] {
+				seen[s.label] = true
+				legend = append(legend, s)
+			}
+		}
+	}
+	var lb strings.Builder
 	x, y := left, 30
-	for _, s := range ss {
+	for _, s := range legend {
 		w := 14 + 6*len(s.label) + 16 // ~6px per character at 11px
 		if x+w > width-right {
 			x, y = left, y+16
 		}
-		fmt.Fprintf(&b, `<rect x="%d" y="%d" width="10" height="10" fill="%s"/><text x="%d" y="%d">%s</text>`+"\n", x, y, s.color, x+14, y+9, html.EscapeString(s.label))
+		fmt.Fprintf(&lb, `<rect x="%d" y="%d" width="10" height="10" fill="%s"/><text x="%d" y="%d">%s</text>`+"\n", x, y, s.color, x+14, y+9, html.EscapeString(s.label))
 		x += w
 	}
-	panel := func(y0 int, title string, val func(series, int) float64, unit string) {
+	top := y + 50
+	height := top + len(secs)*2*(panelH+gap) + 10
+	var b strings.Builder
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="11">`+"\n", width, height, width, height)
+	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
+	fmt.Fprintf(&b, `<text x="%d" y="18" font-size="14" font-weight="bold">%s</text>`+"\n", left, html.EscapeString(fmt.Sprintf("vault-plugin-secrets-instacart benchmark — %s, %d cores, Vault %s (%s)", rep.machine.cpu, rep.machine.cores, rep.machine.vaultVersion, runMode(rep.opts))))
+	b.WriteString(lb.String())
+	panel := func(y0 int, title string, conc []int, ss []series, val func(series, int) float64, unit string) {
 		maxV := 0.0
 		for _, s := range ss {
-			for _, c := range rep.ab.conc {
+			for _, c := range conc {
 				maxV = max(maxV, val(s, c))
 			}
 		}
@@ -310,9 +790,9 @@ func (rep *report) svg() string {
 			fmt.Fprintf(&b, `<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#ddd"/><text x="%d" y="%.1f" text-anchor="end">%.0f</text>`+"\n", left, gy, left+plotW, gy, left-4, gy+4, frac*maxV)
 		}
 		fmt.Fprintf(&b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#333"/>`+"\n", left, y0+panelH, left+plotW, y0+panelH)
-		groupW := float64(plotW) / float64(len(rep.ab.conc))
+		groupW := float64(plotW) / float64(len(conc))
 		barW := (groupW - 20) / float64(len(ss))
-		for gi, c := range rep.ab.conc {
+		for gi, c := range conc {
 			gx := float64(left) + float64(gi)*groupW + 10
 			for si, s := range ss {
 				v := val(s, c)
@@ -323,8 +803,13 @@ func (rep *report) svg() string {
 			fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle">%d clients</text>`+"\n", gx+(groupW-20)/2, y0+panelH+14, c)
 		}
 	}
-	panel(top, "Throughput (requests/s, median over rounds) by concurrent clients", func(s series, c int) float64 { return s.thr[c] }, "req/s")
-	panel(top+panelH+gap, "p99 latency (ms, median over rounds) by concurrent clients", func(s series, c int) float64 { return s.p99[c] }, "ms")
+	y0 := top
+	for _, sec := range secs {
+		panel(y0, sec.name+": throughput (requests/s, median over rounds) by concurrent clients", sec.conc, sec.ss, func(s series, c int) float64 { return s.thr[c] }, "req/s")
+		y0 += panelH + gap
+		panel(y0, sec.name+": p99 latency (ms, median over rounds) by concurrent clients", sec.conc, sec.ss, func(s series, c int) float64 { return s.p99[c] }, "ms")
+		y0 += panelH + gap
+	}
 	b.WriteString("</svg>\n")
 	return b.String()
 }

@@ -19,6 +19,10 @@ import (
 type target struct {
 	key, label, path string
 	skip             string // why it is not run, empty when it is
+	// base and via, when set, send the reads elsewhere than the runner's
+	// Vault with its root token (through Vault Proxy: its address, no token).
+	base string
+	via  *loader
 }
 
 const (
@@ -27,6 +31,7 @@ const (
 	tNoopPlain = "noop-unleased"
 	tOauthapp  = "oauthapp"
 	tKV        = "kv"
+	tProxy     = "proxy"
 )
 
 // abResult holds, per target and concurrency, one sample per round.
@@ -36,16 +41,18 @@ type abResult struct {
 	samples map[string]map[int][]sample
 }
 
-// runner holds the processes and options every scenario uses.
+// runner holds the processes and options every scenario on one Vault
+// server uses.
 type runner struct {
-	opts   options
-	bins   *binaries
-	vault  *vault
-	fake   *stack.Fake
-	load   *loader
-	dir    string
-	logf   func(format string, args ...any)
-	report *report
+	opts    options
+	storage string // "inmem" (the dev server) or "raft"
+	bins    *binaries
+	vault   *vault
+	fake    *stack.Fake
+	load    *loader
+	dir     string
+	logf    func(format string, args ...any)
+	proxy   *stack.Proxy // raft only: Vault Proxy with examples/proxy/proxy.hcl
 }
 
 // setup registers and configures every engine the scenarios read from.
@@ -65,6 +72,7 @@ func (r *runner) setup() error {
 		{"instacart/config", map[string]any{"client_id": fakeClientID, "client_secret": f.Secret(), "base_url": f.URL}},
 		{"instacart/roles/bench", map[string]any{"grant_type": "client_credentials", "scopes": "connect:fulfillment"}},
 		{"instacart/roles/bench-excl", map[string]any{"grant_type": "client_credentials", "scopes": "connect:fulfillment", "token_reuse": "exclusive"}},
+		{"instacart/roles/" + usersRole, map[string]any{"grant_type": "fulfillment_user_assertion", "scopes": "connect:recommendations", "allowed_user_ids": "*", "token_reuse": "shared"}},
 	}
 	for _, s := range steps {
 		if err := v.Must(http.MethodPut, s.path, s.body, nil); err != nil {
@@ -134,8 +142,9 @@ type rssSampler struct {
 	done chan struct{}
 }
 
+// pluginPID is the process of our plugin under this runner's Vault.
 func (r *runner) pluginPID() (int, error) {
-	return findPluginPID(filepath.Join(r.bins.pluginDir, pluginName))
+	return findPluginPID(filepath.Join(r.bins.pluginDir, pluginName), r.vault.Proc.Pid())
 }
 
 func startRSSSampler(pid int) *rssSampler {
@@ -168,11 +177,11 @@ func (s *rssSampler) finish() int64 {
 	return s.peak
 }
 
-// cachedReads is scenarios 1 and 2: every target at every concurrency, in
-// rounds whose target order rotates, so drift and order effects hit all
-// targets alike. Leases are revoked between concurrency levels so the lease
-// table does not grow without bound across the run.
-func (r *runner) cachedReads(ctx context.Context) (*abResult, error) {
+// cachedReads is scenarios 1 and 2: every target (and extra ones) at every
+// concurrency, in rounds whose target order rotates, so drift and order
+// effects hit all targets alike. Leases are revoked between concurrency
+// levels so the lease table does not grow without bound across the run.
+func (r *runner) cachedReads(ctx context.Context, extra ...target) (*abResult, error) {
 	res := &abResult{conc: r.opts.concurrency, samples: map[string]map[int][]sample{}}
 	res.targets = []target{
 		{key: tInstacart, label: "instacart/creds/bench (cached)", path: "instacart/creds/bench"},
@@ -181,6 +190,7 @@ func (r *runner) cachedReads(ctx context.Context) (*abResult, error) {
 		{key: tOauthapp, label: "oauthapp/self/bench (cached)", path: "oauthapp/self/bench"},
 		{key: tKV, label: "kv/data/bench (KV v2)", path: "kv/data/bench"},
 	}
+	res.targets = append(res.targets, extra...)
 	if r.bins.oauthappErr != nil {
 		res.targets[3].skip = r.bins.oauthappErr.Error()
 	}
@@ -193,7 +203,7 @@ func (r *runner) cachedReads(ctx context.Context) (*abResult, error) {
 	}
 	// Warm-up: mint/cache tokens, open connections, fault in code paths.
 	for _, t := range active {
-		if s := r.load.run(ctx, r.url(t.path), 8, r.opts.warmup, 0); s.ok == 0 {
+		if s := r.read(ctx, t, 8, r.opts.warmup); s.ok == 0 {
 			return nil, fmt.Errorf("warm-up of %s: no successful read (%d errors, first: %s)", t.path, s.errs, r.vault.Redact(s.firstErr))
 		}
 	}
@@ -204,7 +214,7 @@ func (r *runner) cachedReads(ctx context.Context) (*abResult, error) {
 		for round := range r.opts.rounds {
 			for i := range active {
 				t := active[(i+round)%len(active)]
-				s := r.load.run(ctx, r.url(t.path), c, r.opts.duration, 0)
+				s := r.read(ctx, t, c, r.opts.duration)
 				if s.errs > 0 {
 					r.logf("  %s c=%d: %d errors (first: %s)", t.path, c, s.errs, r.vault.Redact(s.firstErr))
 				}
@@ -218,9 +228,17 @@ func (r *runner) cachedReads(ctx context.Context) (*abResult, error) {
 		if err := r.revokeBenchLeases(); err != nil {
 			return nil, err
 		}
-		r.logf("  c=%-3d %s(leases revoked in %s)", c, res.summaryLine(c), time.Since(t0).Round(time.Millisecond))
+		r.logf("  %s c=%-3d %s(leases revoked in %s)", r.storage, c, res.summaryLine(c), time.Since(t0).Round(time.Millisecond))
 	}
 	return res, nil
+}
+
+// read runs c readers of target t for d.
+func (r *runner) read(ctx context.Context, t target, c int, d time.Duration) sample {
+	if t.via != nil {
+		return t.via.run(ctx, t.base+"/v1/"+t.path, c, d, 0)
+	}
+	return r.load.run(ctx, r.url(t.path), c, d, 0)
 }
 
 // revokeBenchLeases drops the leases the cached-read scenarios create.

@@ -176,8 +176,10 @@ listener "tcp" {
 // ---------------------------------------------------------------------------
 // Plugin process memory.
 
-// findPluginPID scans /proc for the process running binary.
-func findPluginPID(binary string) (int, error) {
+// findPluginPID scans /proc for the process running binary whose parent is
+// parent (the Vault server that started it: both servers run our plugin from
+// the same directory).
+func findPluginPID(binary string, parent int) (int, error) {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		return 0, fmt.Errorf("scanning /proc: %w", err)
@@ -191,11 +193,26 @@ func findPluginPID(binary string) (int, error) {
 		if err != nil || len(b) == 0 {
 			continue
 		}
-		if argv0, _, _ := bytes.Cut(b, []byte{0}); string(argv0) == binary {
+		if argv0, _, _ := bytes.Cut(b, []byte{0}); string(argv0) == binary && parentPID(pid) == parent {
 			return pid, nil
 		}
 	}
-	return 0, fmt.Errorf("no process runs %s", binary)
+	return 0, fmt.Errorf("no child of pid %d runs %s", parent, binary)
+}
+
+// parentPID is the PPid of pid (0 when unknown).
+func parentPID(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "PPid:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(rest))
+			return n
+		}
+	}
+	return 0
 }
 
 // rssBytes is VmRSS of pid.

@@ -26,6 +26,8 @@ type Vault struct {
 	// Secrets are scrubbed, with Token, from errors and Tail.
 	Secrets []string
 	Client  *http.Client
+	// UnsealKey is set by StartRaftVault (one key share); never printed.
+	UnsealKey string
 }
 
 // NewVault describes a server run as `bin args...` listening on addr; it does
@@ -168,9 +170,9 @@ func (v *Vault) Must(method, path string, body, out any) error {
 	return nil
 }
 
-// Redact replaces Token and Secrets in s.
+// Redact replaces Token, UnsealKey and Secrets in s.
 func (v *Vault) Redact(s string) string {
-	for _, sec := range append([]string{v.Token}, v.Secrets...) {
+	for _, sec := range append([]string{v.Token, v.UnsealKey}, v.Secrets...) {
 		if sec != "" {
 			s = strings.ReplaceAll(s, sec, "[redacted]")
 		}
