@@ -1,6 +1,6 @@
 module github.com/instacart-vault/vault-plugin-secrets-instacart
 
-go 1.25.0
+go 1.26
 
 require (
 	github.com/hashicorp/go-hclog v1.6.3

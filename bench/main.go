@@ -176,7 +176,7 @@ func runInmem(ctx context.Context, opts options, bins *binaries, f *stack.Fake, 
 	if err != nil {
 		return err
 	}
-	if rep.rssIdle, err = rssBytes(pid); err != nil {
+	if rep.rssIdle, err = stack.RSSBytes(pid); err != nil {
 		return err
 	}
 
@@ -187,7 +187,7 @@ func runInmem(ctx context.Context, opts options, bins *binaries, f *stack.Fake, 
 	if err != nil {
 		return fmt.Errorf("cached reads: %w", err)
 	}
-	if rep.rssAfter, err = rssBytes(pid); err != nil {
+	if rep.rssAfter, err = stack.RSSBytes(pid); err != nil {
 		return err
 	}
 

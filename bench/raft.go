@@ -254,7 +254,7 @@ func (r *runner) perUser(ctx context.Context, n, clients int, lifetime time.Dura
 	if err != nil {
 		return nil, err
 	}
-	if res.rssBefore, err = rssBytes(pid); err != nil {
+	if res.rssBefore, err = stack.RSSBytes(pid); err != nil {
 		return nil, err
 	}
 	if err := f.SetLifetime(lifetime); err != nil {
@@ -283,7 +283,7 @@ func (r *runner) perUser(ctx context.Context, n, clients int, lifetime time.Dura
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
-	if res.rssEnd, err = rssBytes(pid); err != nil {
+	if res.rssEnd, err = stack.RSSBytes(pid); err != nil {
 		return nil, err
 	}
 	st, err := f.Stats()
@@ -395,7 +395,7 @@ func (r *runner) perUser(ctx context.Context, n, clients int, lifetime time.Dura
 		}
 	}
 	res.tidyTook = time.Since(t0)
-	if res.rssAfterTidy, err = rssBytes(pid); err != nil {
+	if res.rssAfterTidy, err = stack.RSSBytes(pid); err != nil {
 		return nil, err
 	}
 	r.logf("  after expiry: %d stored; %d tidy call(s) in %s; %d stored after; RSS %s",

@@ -154,7 +154,7 @@ func startRSSSampler(pid int) *rssSampler {
 		t := time.NewTicker(200 * time.Millisecond)
 		defer t.Stop()
 		for {
-			if n, err := rssBytes(pid); err == nil {
+			if n, err := stack.RSSBytes(pid); err == nil {
 				s.mu.Lock()
 				s.peak = max(s.peak, n)
 				s.mu.Unlock()

@@ -4,7 +4,6 @@ package main
 // and Vault Agent as child processes, on internal/stack (shared with e2e/).
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -176,59 +174,18 @@ listener "tcp" {
 // ---------------------------------------------------------------------------
 // Plugin process memory.
 
-// findPluginPID scans /proc for the process running binary whose parent is
-// parent (the Vault server that started it: both servers run our plugin from
-// the same directory).
+// findPluginPID finds the process running binary whose parent is parent
+// (the Vault server that started it: both servers run our plugin from the
+// same directory).
 func findPluginPID(binary string, parent int) (int, error) {
-	entries, err := os.ReadDir("/proc")
+	procs, err := stack.Procs(func(argv0 string) bool { return argv0 == binary })
 	if err != nil {
-		return 0, fmt.Errorf("scanning /proc: %w", err)
+		return 0, err
 	}
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || len(b) == 0 {
-			continue
-		}
-		if argv0, _, _ := bytes.Cut(b, []byte{0}); string(argv0) == binary && parentPID(pid) == parent {
-			return pid, nil
+	for _, p := range procs {
+		if p.PPid == parent {
+			return p.Pid, nil
 		}
 	}
 	return 0, fmt.Errorf("no child of pid %d runs %s", parent, binary)
-}
-
-// parentPID is the PPid of pid (0 when unknown).
-func parentPID(pid int) int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "PPid:"); ok {
-			n, _ := strconv.Atoi(strings.TrimSpace(rest))
-			return n
-		}
-	}
-	return 0
-}
-
-// rssBytes is VmRSS of pid.
-func rssBytes(pid int) (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, fmt.Errorf("reading status of pid %d: %w", pid, err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("parsing VmRSS %q: %w", rest, err)
-			}
-			return kb * 1024, nil
-		}
-	}
-	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
 }

@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -466,8 +465,6 @@ func (s *tokenSet) all() []string {
 	return append([]string(nil), s.tokens...)
 }
 
-func itoa(i int) string { return strconv.Itoa(i) }
-
 func readFileString(t testing.TB, path string) string {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -488,5 +485,3 @@ func startProcess(t testing.TB, logPath string, name string, args ...string) *st
 	t.Cleanup(p.Stop)
 	return p
 }
-
-func jsonInto(s string, out any) error { return json.Unmarshal([]byte(s), out) }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -237,7 +238,7 @@ func TestVaultProxy(t *testing.T) {
 	cfg := exampleConfig(t, "examples/proxy/proxy.hcl",
 		"http://127.0.0.1:8200", v.Addr,
 		"/etc/vault-proxy/app-token", tokenFile,
-		"127.0.0.1:8100", "127.0.0.1:"+itoa(port),
+		"127.0.0.1:8100", "127.0.0.1:"+strconv.Itoa(port),
 	)
 	writeFile(t, filepath.Join(dir, "proxy.hcl"), cfg)
 	startProcess(t, filepath.Join(dir, "proxy.log"), vaultBin, "proxy", "-config="+filepath.Join(dir, "proxy.hcl"))

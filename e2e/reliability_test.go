@@ -3,10 +3,12 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -121,7 +123,7 @@ func TestUpstreamFaultsThroughVault(t *testing.T) {
 	t.Run("connection refused", func(t *testing.T) {
 		closed := freePort(t) // nothing listens there
 		// A move to another host carries its secret (the stored one never follows).
-		v.vault(t, "write", "instacart/config", "base_url=http://127.0.0.1:"+itoa(closed), "client_secret=@"+f.SecretFile(), "verify=false")
+		v.vault(t, "write", "instacart/config", "base_url=http://127.0.0.1:"+strconv.Itoa(closed), "client_secret=@"+f.SecretFile(), "verify=false")
 		defer v.vault(t, "write", "instacart/config", "base_url="+f.URL, "client_secret=@"+f.SecretFile(), "verify=false")
 		start := time.Now()
 		_, errOut, code := v.cli(t, v.Token, "", "read", "instacart/creds/excl")
@@ -173,7 +175,7 @@ func TestRaftFailover(t *testing.T) {
 	var again creds
 	waitFor(t, 30*time.Second, "creds from the new active node", func() bool {
 		out, _, code := active.cli(t, active.Token, "", "read", "-format=json", "instacart/creds/shared")
-		return code == 0 && jsonInto(out, &again) == nil
+		return code == 0 && json.Unmarshal([]byte(out), &again) == nil
 	})
 	if again.Data.AccessToken != shared.Data.AccessToken {
 		t.Error("the new active node handed out a different shared token")

@@ -120,11 +120,7 @@ func (s *Server) adminHandler() http.Handler {
 			http.Error(w, "unknown token", http.StatusNotFound)
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]any{
-			"client_id": info.ClientID, "grant_type": info.GrantType, "user_id": info.UserID,
-			"scopes": info.Scopes, "created_at": info.CreatedAt, "expires_at": info.ExpiresAt,
-			"revoked": info.Revoked, "live": s.TokenLive(tok),
-		})
+		writeJSON(w, http.StatusOK, TokenState{TokenInfo: info, Live: s.TokenLive(tok)})
 	})
 	mux.HandleFunc("POST /_fake/lifetime", func(w http.ResponseWriter, r *http.Request) {
 		var req struct {

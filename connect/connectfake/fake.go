@@ -74,13 +74,20 @@ const PlaceholderAccessToken = "{access_token}"
 
 // TokenInfo is what the fake knows about a token it minted.
 type TokenInfo struct {
-	ClientID  string
-	GrantType string
-	UserID    string
-	Scopes    []string
-	CreatedAt time.Time
-	ExpiresAt time.Time
-	Revoked   bool
+	ClientID  string    `json:"client_id"`
+	GrantType string    `json:"grant_type"`
+	UserID    string    `json:"user_id"`
+	Scopes    []string  `json:"scopes"`
+	CreatedAt time.Time `json:"created_at"`
+	ExpiresAt time.Time `json:"expires_at"`
+	Revoked   bool      `json:"revoked"`
+}
+
+// TokenState is the body of GET /_fake/tokens/{token}: what the fake knows
+// of the token, and whether Connect would accept it now.
+type TokenState struct {
+	TokenInfo
+	Live bool `json:"live"`
 }
 
 // RecordedRequest is the last request seen on a path, for assertions on the

@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect/connectfake"
 )
 
 // FakeOptions configure StartFake.
@@ -120,13 +122,8 @@ func (f *Fake) admin(want int, method, path string, body, out any) error {
 	return err
 }
 
-// FakeStats is the body of GET /_fake/stats.
-type FakeStats struct {
-	Requests    map[string]int `json:"requests"`
-	Mints       int            `json:"mints"`
-	Revocations int            `json:"revocations"`
-	Tokens      int            `json:"tokens"`
-}
+// FakeStats is the fake's counters (GET /_fake/stats).
+type FakeStats = connectfake.Stats
 
 // Stats returns the fake's counters.
 func (f *Fake) Stats() (FakeStats, error) {
@@ -183,17 +180,8 @@ func (f *Fake) Authorize(redirectURI, userID string) (string, error) {
 	return out.Code, err
 }
 
-// TokenInfo is what the fake knows about a token (GET /_fake/tokens/{token}).
-type TokenInfo struct {
-	ClientID  string    `json:"client_id"`
-	GrantType string    `json:"grant_type"`
-	UserID    string    `json:"user_id"`
-	Scopes    []string  `json:"scopes"`
-	CreatedAt time.Time `json:"created_at"`
-	ExpiresAt time.Time `json:"expires_at"`
-	Revoked   bool      `json:"revoked"`
-	Live      bool      `json:"live"`
-}
+// TokenInfo is what the fake knows of a token, and whether it is live.
+type TokenInfo = connectfake.TokenState
 
 // TokenInfo asks the fake about tok; an unknown token is an error.
 func (f *Fake) TokenInfo(tok string) (TokenInfo, error) {
