@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/internal/stack"
 )
@@ -157,14 +156,7 @@ listener "tcp" {
 	}
 	a := &agent{Proc: p, Addr: fmt.Sprintf("http://127.0.0.1:%d", port)}
 	// Ready once a proxied request succeeds with the auto-auth token.
-	if err := p.WaitFor(30*time.Second, "Vault Agent auto-auth", func() bool {
-		resp, err := http.Get(a.Addr + "/v1/auth/token/lookup-self")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	}); err != nil {
+	if err := stack.WaitAutoAuth(p, a.Addr, "Vault Agent"); err != nil {
 		p.Stop()
 		return nil, err
 	}

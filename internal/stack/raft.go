@@ -120,23 +120,7 @@ func (v *Vault) MountUUID(path string) (string, error) {
 // RawList lists the storage keys under path (ending in "/") through sys/raw,
 // which the server must enable (RaftVaultOptions.RawStorage); nothing there
 // is an empty list, not an error.
-func (v *Vault) RawList(path string) ([]string, error) {
-	var out struct {
-		Data struct {
-			Keys []string `json:"keys"`
-		} `json:"data"`
-	}
-	st, raw, err := v.Call("LIST", "sys/raw/"+path, nil, &out)
-	switch {
-	case err != nil:
-		return nil, err
-	case st == http.StatusNotFound:
-		return nil, nil
-	case st >= 300:
-		return nil, fmt.Errorf("LIST sys/raw/%s: HTTP %d: %s", path, st, v.Redact(raw))
-	}
-	return out.Data.Keys, nil
-}
+func (v *Vault) RawList(path string) ([]string, error) { return v.listKeys("sys/raw/" + path) }
 
 // ProxyOptions configure StartProxy.
 type ProxyOptions struct {
@@ -202,15 +186,7 @@ func StartProxy(o ProxyOptions) (*Proxy, error) {
 		return nil, err
 	}
 	px := &Proxy{Proc: p, Addr: "http://" + listen}
-	client := &http.Client{Timeout: 5 * time.Second}
-	if err := p.WaitFor(30*time.Second, "Vault Proxy auto-auth", func() bool {
-		resp, err := client.Get(px.Addr + "/v1/auth/token/lookup-self")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	}); err != nil {
+	if err := WaitAutoAuth(p, px.Addr, "Vault Proxy"); err != nil {
 		p.Stop()
 		return nil, err
 	}

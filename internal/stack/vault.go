@@ -240,19 +240,38 @@ func (v *Vault) Enable(path, typ, version string, options map[string]string) err
 // Leases lists the lease ids under prefix (which ends in "/"); none is an
 // empty list, not an error.
 func (v *Vault) Leases(prefix string) ([]string, error) {
+	return v.listKeys("sys/leases/lookup/" + prefix)
+}
+
+// listKeys LISTs path; nothing there is an empty list, not an error.
+func (v *Vault) listKeys(path string) ([]string, error) {
 	var out struct {
 		Data struct {
 			Keys []string `json:"keys"`
 		} `json:"data"`
 	}
-	st, raw, err := v.Call("LIST", "sys/leases/lookup/"+prefix, nil, &out)
+	st, raw, err := v.Call("LIST", path, nil, &out)
 	switch {
 	case err != nil:
 		return nil, err
 	case st == http.StatusNotFound:
 		return nil, nil
 	case st >= 300:
-		return nil, fmt.Errorf("LIST sys/leases/lookup/%s: HTTP %d: %s", prefix, st, v.Redact(raw))
+		return nil, fmt.Errorf("LIST %s: HTTP %d: %s", path, st, v.Redact(raw))
 	}
 	return out.Data.Keys, nil
+}
+
+// WaitAutoAuth waits until a Vault Agent or Proxy at addr (run by p) answers
+// a proxied request with its auto-auth token.
+func WaitAutoAuth(p *Proc, addr, what string) error {
+	client := &http.Client{Timeout: 5 * time.Second}
+	return p.WaitFor(30*time.Second, what+" auto-auth", func() bool {
+		resp, err := client.Get(addr + "/v1/auth/token/lookup-self")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
 }
