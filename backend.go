@@ -51,7 +51,8 @@ type backend struct {
 	// now is the clock, replaceable in tests.
 	now func() time.Time
 
-	// configMu serialises config writes and the first load; readers use snapshot.
+	// configMu serialises config writes, deletes and prunes and the first
+	// load; readers use snapshot.
 	configMu sync.Mutex
 	snapshot atomic.Pointer[configSnapshot]
 	// publishMu guards snapshotGen and publishing into snapshot: an invalidation
@@ -82,7 +83,8 @@ type backend struct {
 	// codeMu serialises claiming authorization codes (code_records.go).
 	codeMu sync.Mutex
 
-	// lastTidy is when the periodic function last tidied (unix nanoseconds).
+	// lastTidy is when the periodic function last started (or joined) a
+	// background tidy pass (unix nanoseconds).
 	lastTidy atomic.Int64
 
 	// longestLifetime is the longest token lifetime seen, in nanoseconds: how

@@ -7,9 +7,10 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
-// background runs the mount's long work (tidy passes, removing a role's many
-// tokens) outside any request and outside Vault's rollback deadline, one at
-// a time per kind, until the mount is cleaned up.
+// background runs the mount's long work outside any request and outside
+// Vault's rollback deadline, until the mount is cleaned up: one tidy pass at
+// a time, one removal of a role's many tokens per role. (Mints finished for
+// readers who left run on their own bounded contexts, not here.)
 type background struct {
 	ctx    context.Context
 	cancel context.CancelFunc

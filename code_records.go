@@ -52,7 +52,8 @@ func (b *backend) claimCode(ctx context.Context, s logical.Storage, code string)
 // releaseCode forgets a code Connect provably did not process, so the caller
 // may send it again.
 func (b *backend) releaseCode(ctx context.Context, s logical.Storage, code string) {
-	if err := s.Delete(ctx, codeKey(code)); err != nil {
+	// The request may be over (it left while queued): the record goes anyway.
+	if err := s.Delete(context.WithoutCancel(ctx), codeKey(code)); err != nil {
 		b.Logger().Warn("could not release an authorization code that Connect did not process", "error", err)
 	}
 }

@@ -37,9 +37,9 @@ func upstreamError(err error) (*logical.Response, error) {
 	case !ok:
 		return nil, err
 	case ce.Timeout():
-		return nil, logical.CodedError(http.StatusGatewayTimeout, fmt.Sprintf("no answer from Instacart Connect in time: %v", ce))
+		return nil, logical.CodedError(http.StatusGatewayTimeout, fmt.Sprintf("no answer from Instacart Connect in time (POST %s: %s)", ce.Path, connectSummary(ce)))
 	case ce.Temporary():
-		return nil, logical.CodedError(http.StatusBadGateway, fmt.Sprintf("Instacart Connect is unavailable, try again later: %v", ce))
+		return nil, logical.CodedError(http.StatusBadGateway, fmt.Sprintf("Instacart Connect is unavailable, try again later (POST %s: %s)", ce.Path, connectSummary(ce)))
 	}
 	advice, known := connectErrorAdvice[ce.Code]
 	if !known {
@@ -68,7 +68,7 @@ func mintError(err error, g connect.GrantType) (*logical.Response, error) {
 	if ce, ok := connect.AsError(err); !ok || ce.Timeout() {
 		status = http.StatusGatewayTimeout
 	}
-	return nil, logical.CodedError(status, fmt.Sprintf("Instacart Connect gave no usable answer after the authorization code was sent (%v); the code may have been consumed, so it was not sent again: get a new code from Instacart and try again", err))
+	return nil, logical.CodedError(status, fmt.Sprintf("Instacart Connect gave no usable answer after the authorization code was sent (%s); the code may have been consumed, so it was not sent again: get a new code from Instacart and try again", errorSummary(err)))
 }
 
 // codeMayBeConsumed reports whether a failed token request may have spent
@@ -96,8 +96,11 @@ func codeMayBeConsumed(err error) bool {
 // Connect's own description, which could echo what the request carried.
 func connectSummary(ce *connect.Error) string {
 	what := "no answer"
-	if ce.StatusCode != 0 {
+	switch {
+	case ce.StatusCode != 0:
 		what = strings.TrimSpace(fmt.Sprintf("HTTP %d %s", ce.StatusCode, ce.Code))
+	case ce.Err != nil: // the network's words (refused, reset, timed out), not Connect's
+		what = "no answer: " + ce.Err.Error()
 	}
 	if ce.Attempts > 1 {
 		what += fmt.Sprintf(" after %d attempts", ce.Attempts)

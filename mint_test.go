@@ -203,3 +203,56 @@ type countingGate struct {
 	arrived           chan struct{}
 	release           chan struct{}
 }
+
+// An authorization code whose reader left while queued for a mint slot was
+// never sent: it may be sent again, even though the request that claimed it
+// is over when the claim is released (storage refuses a done context).
+func TestQueuedCodeIsReleased(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	gate, url := newCountingGate(t, e.fake)
+	e.mustOK(logical.UpdateOperation, "config", map[string]any{"base_url": url, "client_secret": testSecret, "verify": false, "max_concurrent_mints": 1})
+	g := gateStorage(e)
+	g.honourCtx = true
+	queued := make(chan struct{}, 1)
+	e.b.onMintQueued = func() { queued <- struct{}{} }
+	code := e.fake.IssueAuthorizationCode(testClientID, redirectURI, "linked-user")
+
+	first := make(chan error, 1)
+	go func() {
+		_, err := e.do(logical.ReadOperation, "creds/cc-excl", nil)
+		first <- err
+	}()
+	<-gate.arrived // the only slot is taken
+
+	ctx, cancel := context.WithCancel(context.Background())
+	waiting := make(chan error, 1)
+	go func() {
+		_, err := e.doCtx(ctx, logical.UpdateOperation, "creds/link", map[string]any{"code": code})
+		waiting <- err
+	}()
+	<-queued
+	cancel()
+	if err := <-waiting; codedStatus(err) != http.StatusGatewayTimeout {
+		t.Fatalf("queued read: err = %v, want a 504", err)
+	}
+	gate.release <- struct{}{}
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	e.b.onMintQueued = nil
+	done := make(chan *logical.Response, 1)
+	go func() {
+		resp, _ := e.do(logical.UpdateOperation, "creds/link", map[string]any{"code": code})
+		done <- resp
+	}()
+	select {
+	case <-gate.arrived:
+		gate.release <- struct{}{}
+	case resp := <-done: // answered without asking Connect
+		t.Fatalf("the code was never sent, yet a retry with it was refused: %v", resp)
+	}
+	if resp := <-done; resp == nil || resp.IsError() {
+		t.Fatalf("a retry with the released code failed: %v", resp)
+	}
+}

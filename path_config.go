@@ -247,7 +247,7 @@ func (b *backend) verifyCredentials(ctx context.Context, client *connect.Client)
 		return resp, err
 	}
 	if err := client.Revoke(ctx, client.Credentials(), tok.AccessToken); err != nil {
-		b.Logger().Warn("could not revoke the token minted to verify credentials; it expires by itself", "expires_at", tok.ExpiresAt, "error", err)
+		b.Logger().Warn("could not revoke the token minted to verify credentials; it expires by itself", "expires_at", tok.ExpiresAt, "error", errorSummary(err))
 	}
 	return nil, nil
 }

@@ -26,6 +26,8 @@ type gatedStorage struct {
 
 	readOnly   atomic.Bool
 	failDelete func(key string) error
+	// honourCtx refuses calls on a done context, as Vault's gRPC storage does.
+	honourCtx bool
 }
 
 // gate is one parked call: reached closes when the call is parked, and the
@@ -104,6 +106,9 @@ func (g *gatedStorage) Put(ctx context.Context, entry *logical.StorageEntry) err
 func (g *gatedStorage) Delete(ctx context.Context, key string) error {
 	if g.readOnly.Load() {
 		return errReadOnlyOverGRPC
+	}
+	if g.honourCtx && ctx.Err() != nil {
+		return ctx.Err()
 	}
 	if g.failDelete != nil {
 		if err := g.failDelete(key); err != nil {
