@@ -55,7 +55,7 @@ test-e2e: vault
 test-bench-smoke: vault
 	$(GO) test -tags bench -count=1 -timeout 10m ./bench/
 
-## bench: the read-path benchmark in a real Vault → bench/results/latest.{md,svg} (~5 min)
+## bench: the benchmark on inmem and raft Vault → bench/results/ (~23 min)
 bench: vault
 	$(GO) run ./bench
 
