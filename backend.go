@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect"
+	"github.com/instacart-vault/vault-plugin-secrets-instacart/internal/fairshare"
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/version"
 )
 
@@ -75,7 +76,7 @@ type backend struct {
 
 	// mintSlots bound token requests in flight (mint.go); throttle holds them
 	// all back after a 429. Both belong to the mount, whatever client is used.
-	mintSlots    atomic.Pointer[mintSlots]
+	mintSlots    atomic.Pointer[fairshare.Slots]
 	throttle     connect.Throttle
 	onMintQueued func() // tests: called when a mint must wait for a slot
 	onSharedWait func() // tests: called when a reader waits on a shared mint
@@ -117,6 +118,9 @@ func newBackend() *backend {
 			// Seal-wrap where Vault supports it (Enterprise): the client
 			// secret, live bearer tokens, and tokens briefly held in the WAL.
 			SealWrapStorage: []string{configStoragePath, tokenStoragePrefix, revokingStoragePrefix, framework.WALPrefix},
+			// A WAL entry is the node's own unfinished work: it is not
+			// replicated, as in every HashiCorp engine.
+			LocalStorage: []string{framework.WALPrefix},
 		},
 		Paths: framework.PathAppend(
 			[]*framework.Path{pathConfig(b)},
@@ -253,7 +257,7 @@ func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 	return errors.Join(
 		pruneErr,
 		b.pruneCodes(ctx, req.Storage),
-		b.retryPendingRevocations(ctx, req.Storage),
+		b.retryRevocations(ctx, req.Storage),
 	)
 }
 

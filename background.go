@@ -3,22 +3,25 @@ package instacart
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
-// background runs the mount's long work outside any request and outside
-// Vault's rollback deadline, until the mount is cleaned up: one tidy pass at
-// a time, one removal of a role's many tokens per role. (Mints finished for
-// readers who left run on their own bounded contexts, not here.)
+// background runs the mount's work outside any request, until the mount is
+// cleaned up: one tidy pass at a time, and every mint or revocation that outlives the request that
+// started it (a shared flight, a detached exclusive mint, its clean-up).
+// Clean-up cancels it all and waits, so the mount ends with nothing running.
 type background struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	tidyMu   sync.Mutex // guards tidying
-	tidying  *tidyPass  // the pass running, nil when none
-	cleanups sync.Map   // role name -> struct{}: one removal per role
+	stopMu  sync.Mutex // orders starting work against stopping
+	stopped bool
+
+	tidyMu  sync.Mutex // guards tidying
+	tidying *tidyPass  // the pass running, nil when none
 }
 
 func newBackground() *background {
@@ -28,8 +31,49 @@ func newBackground() *background {
 
 // stopBackground cancels background work and waits for it to end.
 func (b *backend) stopBackground() {
+	b.bg.stopMu.Lock()
+	b.bg.stopped = true
 	b.bg.cancel()
+	b.bg.stopMu.Unlock()
 	b.bg.wg.Wait()
+}
+
+// start counts one more piece of work unless the mount is stopping.
+func (bg *background) start() bool {
+	bg.stopMu.Lock()
+	defer bg.stopMu.Unlock()
+	if bg.stopped {
+		return false
+	}
+	bg.wg.Add(1)
+	return true
+}
+
+// goDetached runs f in the background on a context that ends after limit or
+// when the mount is cleaned up, and reports whether it started (not once the
+// mount is stopping).
+func (bg *background) goDetached(limit time.Duration, f func(context.Context)) bool {
+	if !bg.start() {
+		return false
+	}
+	go func() {
+		defer bg.wg.Done()
+		ctx, cancel := context.WithTimeout(bg.ctx, limit)
+		defer cancel()
+		f(ctx)
+	}()
+	return true
+}
+
+// detached returns a context for work that outlives its request (bounded by
+// limit, ended by the mount's clean-up), and done to call when it ends; ok
+// is false once the mount is stopping.
+func (bg *background) detached(limit time.Duration) (ctx context.Context, done func(), ok bool) {
+	if !bg.start() {
+		return nil, nil, false
+	}
+	ctx, cancel := context.WithTimeout(bg.ctx, limit)
+	return ctx, func() { cancel(); bg.wg.Done() }, true
 }
 
 // startTidy starts a tidy pass in the background, or returns the one
@@ -42,8 +86,12 @@ func (b *backend) startTidy(s logical.Storage) *tidyPass {
 		return p
 	}
 	p := &tidyPass{done: make(chan struct{})}
+	if !b.bg.start() {
+		p.err = errShuttingDown
+		close(p.done)
+		return p
+	}
 	b.bg.tidying = p
-	b.bg.wg.Add(1)
 	go func() {
 		defer b.bg.wg.Done()
 		p.err = b.tidy(b.bg.ctx, s, p)
@@ -60,24 +108,4 @@ func (b *backend) startTidy(s logical.Storage) *tidyPass {
 		}
 	}()
 	return p
-}
-
-// startRoleCleanup removes a role's stale tokens in the background, unless a
-// removal for that role is running: that one checks each token against the
-// role as it is when it gets there, and tidy removes anything either missed.
-func (b *backend) startRoleCleanup(s logical.Storage, role string, keys []string) {
-	if _, running := b.bg.cleanups.LoadOrStore(role, struct{}{}); running {
-		return
-	}
-	b.bg.wg.Add(1)
-	go func() {
-		defer b.bg.wg.Done()
-		defer b.bg.cleanups.Delete(role)
-		expired, orphaned, err := b.removeStaleTokens(b.bg.ctx, s, role, keys, false)
-		if err != nil {
-			b.Logger().Warn("background removal of a role's tokens stopped; tidy removes the rest", "role", role, "removed", expired+orphaned, "error", err)
-			return
-		}
-		b.Logger().Info("removed a role's stored tokens in the background", "role", role, "removed", expired+orphaned)
-	}()
 }

@@ -56,6 +56,24 @@ func upstreamError(err error) (*logical.Response, error) {
 	return logical.ErrorResponse(msg), nil
 }
 
+// readError gives every failure of a creds read a status and a sentence:
+// coded errors and a write refused on a standby (which Vault must see as
+// logical.ErrReadOnly to forward the request) pass as they are; a wait for a
+// mint slot that ran out, or a request that ran out of time, is a 504;
+// anything else (storage trouble) is a 503, never a bare 500.
+func readError(err error) error {
+	var coded logical.HTTPCodedError
+	switch {
+	case err == nil || errors.Is(err, logical.ErrReadOnly) || errors.As(err, &coded):
+		return err
+	case errors.Is(err, errMintQueue):
+		return logical.CodedError(http.StatusGatewayTimeout, "no token request slot came free in time (config max_concurrent_mints); try again")
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
+		return logical.CodedError(http.StatusGatewayTimeout, fmt.Sprintf("the read ran out of time: %v", err))
+	}
+	return logical.CodedError(http.StatusServiceUnavailable, fmt.Sprintf("the secrets engine could not complete the read, try again: %v", err))
+}
+
 // mintError is upstreamError for a token request. An authorization code is
 // single-use: once a request carrying it reached Connect and no usable answer
 // came back, Connect may have spent it, so it is never sent again and the

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -14,23 +13,21 @@ import (
 )
 
 // mintTag travels in the context of a mint, so the Connect observer can
-// label its attempts and the read path learn what the mint did.
+// label its attempts.
 type mintTag struct {
 	role    string
 	grant   connect.GrantType
 	perUser bool   // a token for one of many users: logged at debug level
 	purpose string // for log lines; empty for creds reads
-
-	minted atomic.Bool // Connect answered with a usable token
-	failed atomic.Bool // a token request was sent and failed
 }
 
 type mintTagKey struct{}
 
-// mintContext tags ctx for a mint for role r (userID: the user of a per-user token).
-func (m *metrics) mintContext(ctx context.Context, roleName string, r *role, userID string) (context.Context, *mintTag) {
-	tag := &mintTag{role: roleName, grant: r.GrantType, perUser: userID != "" && r.UserID == ""}
-	return context.WithValue(ctx, mintTagKey{}, tag), tag
+// mintContext tags ctx for the Connect call of mint request req: the
+// observer is told about attempts through the client, which knows only ctx.
+func (m *metrics) mintContext(ctx context.Context, req *mintRequest) context.Context {
+	tag := &mintTag{role: req.roleName, grant: req.role.GrantType, perUser: req.userID != "" && req.role.UserID == ""}
+	return context.WithValue(ctx, mintTagKey{}, tag)
 }
 
 // verifyContext tags the mint that verifies new credentials on a config write.
@@ -41,20 +38,6 @@ func (m *metrics) verifyContext(ctx context.Context) context.Context {
 func mintTagFrom(ctx context.Context) *mintTag {
 	tag, _ := ctx.Value(mintTagKey{}).(*mintTag)
 	return tag
-}
-
-// source is where the token of a shared read came from, judged once the
-// refresh returned a token: a mint, a cached token served because the mint
-// failed, or storage.
-func (t *mintTag) source() readSource {
-	switch {
-	case t.minted.Load():
-		return sourceMinted
-	case t.failed.Load():
-		return sourceStaleWhileDown
-	default:
-		return sourceStorage
-	}
 }
 
 // revokeRoleKey carries the role of a token being revoked, for the log line.
@@ -99,13 +82,6 @@ func (m *metrics) Finished(ctx context.Context, a connect.Attempt, err error) {
 		tag := mintTagFrom(ctx)
 		outcome := classifyMint(err)
 		m.countMint(tag, a.Grant, outcome)
-		if tag != nil {
-			if err == nil {
-				tag.minted.Store(true)
-			} else {
-				tag.failed.Store(true)
-			}
-		}
 		m.logMint(tag, a, outcome, err)
 	case connect.EndpointRevoke:
 		m.logRevocation(ctx, a, err)

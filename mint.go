@@ -4,12 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
-	"golang.org/x/sync/semaphore"
 
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect"
+	"github.com/instacart-vault/vault-plugin-secrets-instacart/internal/fairshare"
 )
 
 // rejection is Connect's refusal of the credentials, replayed until until.
@@ -26,55 +27,59 @@ const credentialsRejectedHold = time.Minute
 // slot, before anything was sent to Connect.
 var errMintQueue = errors.New("waiting for a free token request slot (config max_concurrent_mints)")
 
-// mintSlots bounds the mount's token requests in flight. It belongs to the
+// errShuttingDown: the mount is being cleaned up (unmounted, sealed, reloaded).
+var errShuttingDown = logical.CodedError(http.StatusServiceUnavailable, "the secrets engine is shutting down; try again")
+
+// mintSlots bounds the mount's token requests in flight, served round robin
+// by role so a busy role cannot starve the others. It belongs to the
 // backend, not to a config snapshot, so rebuilding the snapshot (any config
 // write, an invalidation) neither forgets the requests in flight nor lets
 // twice the bound through; it is replaced only when the bound changes.
-type mintSlots struct {
-	size int
-	sem  *semaphore.Weighted
-}
-
-// slots returns the mount's mint slots for a bound of size.
-func (b *backend) slots(size int) *semaphore.Weighted {
+func (b *backend) slots(size int) *fairshare.Slots {
 	for {
 		cur := b.mintSlots.Load()
-		if cur != nil && cur.size == size {
-			return cur.sem
+		if cur != nil && cur.Size() == size {
+			return cur
 		}
-		next := &mintSlots{size: size, sem: semaphore.NewWeighted(int64(size))}
+		next := fairshare.New(size)
 		if b.mintSlots.CompareAndSwap(cur, next) {
-			return next.sem
+			return next
 		}
 	}
 }
 
 // acquireMintSlot waits, within ctx, for one of the mount's mint slots.
-func (b *backend) acquireMintSlot(ctx context.Context, e *configSnapshot) (release func(), err error) {
-	sem := b.slots(e.config.mintBound())
-	if !sem.TryAcquire(1) {
+func (b *backend) acquireMintSlot(ctx context.Context, m *mintRequest) (release func(), err error) {
+	sem := b.slots(m.snap.config.mintBound())
+	if !sem.TryAcquire() {
 		if b.onMintQueued != nil {
 			b.onMintQueued()
 		}
-		if err := sem.Acquire(ctx, 1); err != nil {
+		if err := sem.Acquire(ctx, m.roleName); err != nil {
 			return nil, fmt.Errorf("%w: %w", errMintQueue, err)
 		}
 	}
-	return func() { sem.Release(1) }, nil
+	return sem.Release, nil
 }
 
-// mintInSlot asks Connect for a token, for a caller that holds a mint slot,
+// mintInSlot asks Connect for m's token, for a caller that holds a mint slot,
 // unless Connect recently refused the credentials, and remembers the longest
-// lifetime it hands out. e must have a client (configuredSnapshot).
-func (b *backend) mintInSlot(ctx context.Context, s logical.Storage, e *configSnapshot, req connect.TokenRequest) (*connect.Token, error) {
+// lifetime it hands out. A token Connect named in an answer that cannot be
+// used is revoked (through the queue). m.snap must have a client.
+func (b *backend) mintInSlot(ctx context.Context, s logical.Storage, m *mintRequest) (*connect.Token, error) {
+	e := m.snap
 	now := b.now()
 	if r := e.rejected.Load(); r != nil && now.Before(r.until) {
 		return nil, r.err
 	}
-	tok, err := e.client.Token(ctx, req)
+	tok, err := e.client.Token(b.metrics.mintContext(ctx, m), m.connectRequest())
 	if err != nil {
-		if ce, ok := connect.AsError(err); ok && ce.CredentialsRejected() {
+		ce, ok := connect.AsError(err)
+		if ok && ce.CredentialsRejected() {
 			e.rejected.Store(&rejection{err: err, until: now.Add(credentialsRejectedHold)})
+		}
+		if unusable, named := unusableToken(ce); named {
+			b.revokeSoon(ctx, s, m.roleName, m.userID, revocableToken(m.credentialsID(), unusable), "Connect's answer could not be used")
 		}
 		return nil, err
 	}
@@ -86,14 +91,15 @@ func (b *backend) mintInSlot(ctx context.Context, s logical.Storage, e *configSn
 }
 
 // mintDetached is mint on a context that outlives the caller (bounded by
-// maxMintWait): a token Connect issues after the caller gave up is still
-// seen, and handed to abandoned (to revoke it) instead of being left live
-// with nobody holding it; abandoned also learns of a mint that failed after
-// the caller left. The caller gets its answer by its own deadline.
-func (b *backend) mintDetached(ctx context.Context, s logical.Storage, e *configSnapshot, req connect.TokenRequest, abandoned func(*connect.Token, error)) (*connect.Token, error) {
+// maxMintWait, ended by the mount's clean-up): a token Connect issues after
+// the caller gave up is still seen, and handed to abandoned (to revoke it)
+// instead of being left live with nobody holding it; abandoned also learns of
+// a mint that failed after the caller left. The caller gets its answer by its
+// own deadline.
+func (b *backend) mintDetached(ctx context.Context, s logical.Storage, m *mintRequest, abandoned func(*connect.Token, error)) (*connect.Token, error) {
 	// Wait for a slot on the caller's own deadline: a caller that leaves
 	// while queued has sent nothing.
-	release, err := b.acquireMintSlot(ctx, e)
+	release, err := b.acquireMintSlot(ctx, m)
 	if err != nil {
 		return nil, err
 	}
@@ -102,21 +108,23 @@ func (b *backend) mintDetached(ctx context.Context, s logical.Storage, e *config
 		err error
 	}
 	ch := make(chan result, 1)
-	go func() {
+	started := b.bg.goDetached(maxMintWait, func(mintCtx context.Context) {
 		defer release()
-		mintCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), maxMintWait)
-		defer cancel()
-		tok, err := b.mintInSlot(mintCtx, s, e, req)
+		tok, err := b.mintInSlot(mintCtx, s, m)
 		ch <- result{tok, err}
-	}()
+	})
+	if !started {
+		release()
+		return nil, errShuttingDown
+	}
 	select {
 	case r := <-ch:
 		return r.tok, r.err
 	case <-ctx.Done():
-		go func() {
+		b.bg.goDetached(maxMintWait, func(context.Context) {
 			r := <-ch
 			abandoned(r.tok, r.err)
-		}()
+		})
 		return nil, fmt.Errorf("waiting for a token from Connect: %w", ctx.Err())
 	}
 }
@@ -157,4 +165,10 @@ func (b *backend) persistLifetime(ctx context.Context, s logical.Storage, d time
 	if err != nil {
 		b.Logger().Warn("could not record a token lifetime longer than Connect documents", "lifetime", d, "error", err)
 	}
+}
+
+// unusableToken is the token Connect named in an answer the client could not
+// use, if any: it was minted, so it must be revoked.
+func unusableToken(ce *connect.Error) (*connect.Token, bool) {
+	return nil, false // TODO(merge connect-fate): ce.UnusableToken()
 }

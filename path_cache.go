@@ -28,13 +28,15 @@ func pathCache(b *backend) *framework.Path {
 				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "flush"},
 			},
 		},
-		HelpSynopsis: "Drop and revoke a role's shared tokens.",
+		HelpSynopsis: "Drop and revoke a role's shared tokens, also of a deleted or redefined role.",
 		HelpDescription: `
-Deleting cache/<role> takes the role's shared token(s) out of service at once
-and revokes them at Connect, each at the host and with the credentials that
-minted it, so the next read of creds/<role> mints a fresh one. Use it when a
-shared token has leaked. A token Connect refuses to revoke is named in a
-warning. A token that cannot be revoked for now (Connect unavailable) is
+Deleting cache/<role> takes every shared token the engine holds for the role
+out of service at once and revokes it at Connect, each at the host and with
+the credentials that minted it, so the next read of creds/<role> mints a fresh
+one. That includes tokens minted for an earlier definition of the role, with
+rotated credentials, or for a role since deleted: name the deleted role. Use
+it when a shared token has leaked. A token Connect refuses to revoke is named
+in a warning. A token that cannot be revoked for now (Connect unavailable) is
 never handed out again and is retried every minute and by the next flush;
 the flush then fails with a 502 naming it.
 `,
@@ -42,7 +44,9 @@ the flush then fails with a 502 naming it.
 }
 
 func (b *backend) pathCacheDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	name, _, resp, err := b.knownRole(ctx, req.Storage, d)
+	// The role need not exist: a deleted role's tokens stay stored, out of
+	// service but valid for their leases, until they expire or this revokes them.
+	name, _, resp, err := b.namedRole(ctx, req.Storage, d)
 	if resp != nil || err != nil {
 		return resp, err
 	}
@@ -65,7 +69,7 @@ func (b *backend) pathCacheDelete(ctx context.Context, req *logical.Request, d *
 		}
 	}
 
-	refused, pending, err := b.revokePending(ctx, req.Storage, name, false)
+	refused, pending, err := b.revokeQueued(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err
 	}
@@ -105,7 +109,7 @@ func (b *backend) takeOutOfService(ctx context.Context, s logical.Storage, role,
 	}
 	for _, t := range held {
 		if t != nil && b.now().Before(t.ExpiresAt) {
-			if err := queueRevocation(ctx, s, role, t); err != nil {
+			if err := queueRevocation(ctx, s, role, t.UserID, t.revocable); err != nil {
 				return err
 			}
 		}

@@ -214,14 +214,21 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if err != nil {
 		return logical.ErrorResponse("base_url: %s", err), nil
 	}
+	var verified *connect.Token
 	if credsChanged && d.Get("verify").(bool) {
-		if resp, err := b.verifyCredentials(ctx, next.client); resp != nil || err != nil {
+		var resp *logical.Response
+		if verified, resp, err = b.verifyCredentials(ctx, next.client); resp != nil || err != nil {
 			next.client.Close()
 			return resp, err
 		}
 	}
 
 	if err := putConfig(ctx, req.Storage, cfg); err != nil {
+		if verified != nil { // the credentials were not saved: nothing can retry with them
+			if rerr := next.client.Revoke(ctx, next.client.Credentials(), verified.AccessToken); rerr != nil {
+				b.Logger().Warn("could not revoke the token minted to verify credentials that were not saved; it expires by itself", "expires_at", verified.ExpiresAt, "error", errorSummary(rerr))
+			}
+		}
 		next.client.Close()
 		return nil, err
 	}
@@ -231,25 +238,25 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if credsChanged {
 		b.tokens.clear()
 	}
+	if verified != nil {
+		b.revokeSoon(ctx, req.Storage, verifyQueue, "", revocableToken(cfg.CredentialsID, verified), "minted to verify the credentials")
+	}
 	return nil, nil
 }
 
-// verifyCredentials mints (and then revokes) a client_credentials token to
-// prove Connect accepts the credentials before they are saved.
-func (b *backend) verifyCredentials(ctx context.Context, client *connect.Client) (*logical.Response, error) {
-	ctx = b.metrics.verifyContext(ctx)
-	tok, err := client.Token(ctx, connect.TokenRequest{GrantType: connect.GrantClientCredentials})
+// verifyCredentials mints a client_credentials token to prove Connect
+// accepts the credentials before they are saved. The caller revokes the
+// token once they are (through the revocation queue, which needs them saved).
+func (b *backend) verifyCredentials(ctx context.Context, client *connect.Client) (*connect.Token, *logical.Response, error) {
+	tok, err := client.Token(b.metrics.verifyContext(ctx), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
 	if err != nil {
 		resp, err := upstreamError(err)
 		if resp != nil {
 			resp.Data["error"] = "verify: " + resp.Data["error"].(string) + " (nothing was saved; write verify=false to skip this check)"
 		}
-		return resp, err
+		return nil, resp, err
 	}
-	if err := client.Revoke(ctx, client.Credentials(), tok.AccessToken); err != nil {
-		b.Logger().Warn("could not revoke the token minted to verify credentials; it expires by itself", "expires_at", tok.ExpiresAt, "error", errorSummary(err))
-	}
-	return nil, nil
+	return tok, nil, nil
 }
 
 // pathConfigDelete removes the current credentials. Exclusive tokens they

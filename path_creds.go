@@ -71,32 +71,37 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, d *fr
 	}
 	e, resp, err := b.configuredSnapshot(ctx, req.Storage)
 	if resp != nil || err != nil {
-		return resp, err
+		return resp, readError(err)
 	}
-
+	m := &mintRequest{roleName: name, role: r, userID: userID, code: code, snap: e}
 	if !r.shared() {
-		return b.exclusiveCreds(ctx, req.Storage, name, r, e, userID, code)
+		resp, err := b.exclusiveCreds(ctx, req.Storage, m)
+		return resp, readError(err)
 	}
-	t, warnings, err := b.sharedToken(ctx, req.Storage, name, r, e, userID)
+	t, warnings, err := b.sharedToken(ctx, req.Storage, m)
 	if err != nil {
-		return upstreamError(err)
+		resp, err := upstreamError(err)
+		return resp, readError(err)
 	}
-	return b.credsResponse(name, r, t, warnings)
+	resp, err = b.credsResponse(m, t, warnings)
+	return resp, readError(err)
 }
 
 // exclusiveCreds mints a token for one reader. A write-ahead log entry covers
 // the gap between the mint and the lease, so a token nobody received is
 // revoked by Vault's rollback even if the plugin dies in that gap.
-func (b *backend) exclusiveCreds(ctx context.Context, s logical.Storage, name string, r *role, e *configSnapshot, userID, code string) (*logical.Response, error) {
-	credsID := e.config.CredentialsID
+func (b *backend) exclusiveCreds(ctx context.Context, s logical.Storage, m *mintRequest) (*logical.Response, error) {
 	// On a performance standby this write fails first, so Vault forwards the
 	// request before anything is minted (or a code is spent).
-	intent, err := putWAL(ctx, s, &walExclusiveToken{Role: name, CredentialsID: credsID})
+	intent, err := putWAL(ctx, s, &walExclusiveToken{Role: m.roleName, UserID: m.userID, revocable: revocable{CredentialsID: m.credentialsID()}})
 	if err != nil {
 		return nil, err
 	}
-	if code != "" {
-		claimed, err := b.claimCode(ctx, s, code)
+	var codeRec string
+	if m.code != "" {
+		var claimed bool
+		codeRec = m.code // TODO(merge input-hygiene): the record key claimCode returns
+		claimed, err = b.claimCode(ctx, s, m.code)
 		if err != nil || !claimed {
 			b.deleteWAL(ctx, s, intent)
 			if err != nil {
@@ -105,51 +110,58 @@ func (b *backend) exclusiveCreds(ctx context.Context, s logical.Storage, name st
 			return logical.ErrorResponse("code: this authorization code was already sent to Connect, and codes are single-use: get a new one from Instacart"), nil
 		}
 	}
+	// discard revokes a token no lease will hold; the revocation queue
+	// records it before the WAL entry that covered it goes.
+	discard := func(tok *connect.Token, walID, why string) {
+		if _, err := b.revokeSoon(ctx, s, m.roleName, m.userID, revocableToken(m.credentialsID(), tok), why); err == nil {
+			b.deleteWAL(ctx, s, walID)
+		}
+	}
 	abandoned := func(tok *connect.Token, err error) {
 		// The caller gave up before Connect answered: nobody will lease it.
-		if err == nil && !b.discardToken(ctx, s, name, credsID, tok, "the caller gave up before Connect answered") {
-			return // the intent stays for the rollback to report
+		if err == nil {
+			discard(tok, intent, "the caller gave up before Connect answered")
+			return
+		}
+		if m.code != "" && !codeMayBeConsumed(err) {
+			b.releaseCode(ctx, s, codeRec)
 		}
 		b.deleteWAL(ctx, s, intent)
 	}
-	mintCtx, _ := b.metrics.mintContext(ctx, name, r, userID)
-	tok, err := b.mintDetached(mintCtx, s, e, tokenRequest(r, userID, code), abandoned)
+	tok, err := b.mintDetached(ctx, s, m, abandoned)
 	if err != nil {
 		inFlight := errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 		if !inFlight || errors.Is(err, errMintQueue) {
 			b.deleteWAL(ctx, s, intent) // Connect answered, or was never asked: nothing in flight
 		}
-		if code != "" && !codeMayBeConsumed(err) {
-			b.releaseCode(ctx, s, code)
+		if m.code != "" && !codeMayBeConsumed(err) {
+			b.releaseCode(ctx, s, codeRec)
 		}
-		return mintError(err, r.GrantType)
+		return mintError(err, m.role.GrantType)
 	}
-	minted, err := putWAL(ctx, s, &walExclusiveToken{Role: name, CredentialsID: credsID, AccessToken: tok.AccessToken, ExpiresAt: tok.ExpiresAt})
+	minted, err := putWAL(ctx, s, &walExclusiveToken{Role: m.roleName, UserID: m.userID, revocable: revocableToken(m.credentialsID(), tok)})
 	if err != nil {
-		b.discardToken(ctx, s, name, credsID, tok, "could not be recorded in the write-ahead log")
+		discard(tok, intent, "could not be recorded in the write-ahead log")
 		return nil, err
 	}
 	b.deleteWAL(ctx, s, intent)
 
-	t := newIssuedToken(tok, userID, credsID, r.hash)
+	t := m.issued(tok)
 	if !t.leasable(b.now()) {
-		if b.discardToken(ctx, s, name, credsID, tok, "too short-lived to lease") {
-			b.deleteWAL(ctx, s, minted)
-		}
+		discard(tok, minted, "too short-lived to lease")
 		return nil, errTooShortToLease
 	}
-	resp, err := b.credsResponse(name, r, t, nil)
+	resp, err := b.credsResponse(m, t, nil)
 	if err != nil {
+		discard(tok, minted, "expired before it could be leased")
 		return nil, err
 	}
 	if err := framework.DeleteWAL(ctx, s, minted); err != nil {
 		// Vault would never lease this token; the rollback or this revokes it.
-		if b.discardToken(ctx, s, name, credsID, tok, "the response could not be completed") {
-			b.deleteWAL(ctx, s, minted)
-		}
+		discard(tok, minted, "the response could not be completed")
 		return nil, storageError("completing the write-ahead log", err)
 	}
-	b.metrics.read(name, sourceMinted)
+	b.metrics.read(m.roleName, sourceMinted)
 	return resp, nil
 }
 
@@ -197,11 +209,11 @@ func credsInput(r *role, d *framework.FieldData) (userID, code, problem string) 
 }
 
 // credsResponse builds the leased secret for a token.
-func (b *backend) credsResponse(roleName string, r *role, t *issuedToken, warnings []string) (*logical.Response, error) {
-	now := b.now()
-	remaining := t.ExpiresAt.Sub(now).Truncate(time.Second)
+func (b *backend) credsResponse(m *mintRequest, t *issuedToken, warnings []string) (*logical.Response, error) {
+	roleName, r := m.roleName, m.role
+	remaining := t.ExpiresAt.Sub(b.now()).Truncate(time.Second)
 	if remaining <= 0 {
-		return nil, fmt.Errorf("token for role %q expired before it could be leased", roleName)
+		return nil, errTooShortToLease
 	}
 	scopes := t.Scopes
 	if len(scopes) == 0 {
@@ -229,6 +241,9 @@ func (b *backend) credsResponse(roleName string, r *role, t *issuedToken, warnin
 		internal["token_reuse"] = r.TokenReuse
 		internal["credentials_id"] = t.CredentialsID
 		internal["access_token"] = t.AccessToken
+		if t.UserID != "" {
+			internal["user_id"] = t.UserID // names it in the revocation queue
+		}
 	}
 
 	resp := b.Secret(secretTypeToken).Response(data, internal)

@@ -183,13 +183,8 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	if resp != nil || err != nil {
 		return resp, err
 	}
-	if old != nil && old.hash != r.hash {
-		// Tokens minted for the old scopes or user must not be handed out.
-		if background, err := b.dropStaleRoleTokens(ctx, req.Storage, name); err != nil {
-			warnings = append(warnings, fmt.Sprintf("could not drop tokens cached for the previous role definition (tidy will): %v", err))
-		} else if background {
-			warnings = append(warnings, "tokens cached for the previous role definition are being removed in the background")
-		}
+	if old != nil && old.hash != r.hash && old.shared() {
+		warnings = append(warnings, fmt.Sprintf("shared tokens minted for the previous definition are no longer handed out; they stay valid for the leases that hold them until they expire, and DELETE cache/%s revokes them", name))
 	}
 	if len(warnings) == 0 {
 		return nil, nil
@@ -222,6 +217,9 @@ func (b *backend) writeRole(ctx context.Context, s logical.Storage, name string,
 		return nil, nil, nil, nil, err
 	}
 	b.roles.Store(name, r)
+	if old != nil && old.hash != r.hash {
+		b.forgetRoleTokens(name) // tokens minted for the old scopes or user are out of service
+	}
 	return old, r, warnings, nil, nil
 }
 
@@ -232,22 +230,22 @@ func (b *backend) pathRoleDelete(ctx context.Context, req *logical.Request, d *f
 	}
 	mu := b.roleLock(name)
 	mu.Lock()
-	err := req.Storage.Delete(ctx, roleStoragePrefix+name)
+	old, err := b.getRoleLocked(ctx, req.Storage, name)
+	if err == nil {
+		err = req.Storage.Delete(ctx, roleStoragePrefix+name)
+	}
 	if err == nil {
 		b.roles.Delete(name)
+		b.forgetRoleTokens(name)
 	}
 	mu.Unlock()
 	if err != nil {
 		return nil, storageError(fmt.Sprintf("deleting role %q", name), err)
 	}
+	if old == nil || !old.shared() {
+		return nil, nil
+	}
 	// Shared tokens of a deleted role stay valid upstream for holders of their
-	// leases; only the cache goes.
-	background, err := b.dropStaleRoleTokens(ctx, req.Storage, name)
-	if err != nil {
-		return &logical.Response{Warnings: []string{fmt.Sprintf("the role is deleted, but removing its cached tokens stopped (tidy will finish): %v", err)}}, nil
-	}
-	if background {
-		return &logical.Response{Warnings: []string{"the role is deleted; its cached tokens are being removed in the background"}}, nil
-	}
-	return nil, nil
+	// leases, stored out of service so a flush can still revoke them.
+	return &logical.Response{Warnings: []string{fmt.Sprintf("the role's shared tokens are no longer handed out; they stay valid for the leases that hold them until they expire, and DELETE cache/%s revokes them", name)}}, nil
 }

@@ -15,12 +15,6 @@ import (
 // reads every stored shared token, so it runs hourly, not every minute.
 const tidyInterval = time.Hour
 
-// syncCleanupLimit is how many stored tokens a role edit or delete removes
-// within its request; beyond that the rest is removed in the background (and
-// any tidy pass finishes what is left), so a role with a hundred thousand
-// per-user tokens is deleted at once.
-const syncCleanupLimit = 1000
-
 func pathTidy(b *backend) *framework.Path {
 	return &framework.Path{
 		Pattern: "tidy$",
@@ -34,7 +28,7 @@ func pathTidy(b *backend) *framework.Path {
 				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "tidy"},
 			},
 		},
-		HelpSynopsis: "Remove expired and orphaned shared tokens and retired credentials now.",
+		HelpSynopsis: "Remove expired shared tokens and retired credentials now.",
 		HelpDescription: `
 Starts now (or joins) the pass the engine runs by itself every hour: removes
 from storage and memory the shared tokens that have expired or whose role was
@@ -127,18 +121,17 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, p *tidyPass) erro
 	return err
 }
 
-// staleness says why a stored token should go: it has expired, or its role
-// (r, nil when deleted) no longer serves it.
+// staleness says whether a stored token should go: only once it has
+// expired, since until then the leases holding it may need it revoked (a
+// flush). orphaned: its role (r, nil when deleted) no longer served it.
 func staleness(t *issuedToken, r *role, now time.Time) (expired, orphaned bool) {
 	switch {
-	case t == nil:
+	case t == nil || !t.expired(now):
 		return false, false
-	case !now.Before(t.ExpiresAt):
-		return true, false
 	case r == nil || t.RoleHash != r.hash:
 		return false, true
 	}
-	return false, false
+	return true, false
 }
 
 // removeBatch is how many keys are checked and deleted per hold of the role
@@ -220,21 +213,12 @@ func (b *backend) removeIfStale(ctx context.Context, s logical.Storage, role str
 	return expired, orphaned, nil
 }
 
-// dropStaleRoleTokens is called after a role is deleted or redefined: its
-// tokens leave memory at once, and storage within the request when there
-// are few, else in the background. It reports whether it went background.
-func (b *backend) dropStaleRoleTokens(ctx context.Context, s logical.Storage, role string) (background bool, err error) {
+// forgetRoleTokens is called after a role is deleted or redefined: its
+// tokens leave memory at once. In storage they stay, out of service (their
+// role no longer serves them), until they expire and tidy removes them, or a
+// flush of the role revokes them: leases may still hold them.
+func (b *backend) forgetRoleTokens(role string) {
 	for _, k := range b.tokens.memoryKeys(roleTokenPrefix(role)) {
 		b.tokens.forget(k)
 	}
-	keys, err := b.tokens.roleKeys(ctx, s, role)
-	if err != nil {
-		return false, err
-	}
-	if len(keys) <= syncCleanupLimit {
-		_, _, err := b.removeStaleTokens(ctx, s, role, keys, false)
-		return false, err
-	}
-	b.startRoleCleanup(s, role, keys)
-	return true, nil
 }

@@ -41,7 +41,7 @@ func TestTidyRemovesExpiredAndOrphanedTokens(t *testing.T) {
 	}
 	e.mustOK(logical.ReadOperation, "creds/cc", nil)
 	// A token left behind under a role that no longer exists.
-	orphan, err := logical.StorageEntryJSON(tokenKey("gone", ""), &issuedToken{AccessToken: "placeholder", ExpiresAt: time.Now().Add(time.Hour)})
+	orphan, err := logical.StorageEntryJSON(tokenKey("gone", ""), &issuedToken{revocable: revocable{AccessToken: "placeholder", ExpiresAt: time.Now().Add(time.Hour)}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +131,7 @@ func TestRoleDeleteAtScale(t *testing.T) {
 	e.mustOK(logical.UpdateOperation, "roles/big", map[string]any{"grant_type": "fulfillment_user_assertion", "scopes": "connect:recommendations", "allowed_user_ids": "*"})
 	const n = 100_000
 	for i := range n {
-		entry, err := logical.StorageEntryJSON(tokenKey("big", fmt.Sprintf("user-%d", i)), &issuedToken{AccessToken: "placeholder", ExpiresAt: time.Now().Add(time.Hour)})
+		entry, err := logical.StorageEntryJSON(tokenKey("big", fmt.Sprintf("user-%d", i)), &issuedToken{revocable: revocable{AccessToken: "placeholder", ExpiresAt: time.Now().Add(time.Hour)}})
 		if err != nil {
 			t.Fatal(err)
 		}

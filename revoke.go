@@ -20,21 +20,21 @@ const cleanupTimeout = 30 * time.Second
 // which happens only once every token they minted has expired.
 var errCredentialsGone = errors.New("the credentials that minted the token are no longer known")
 
-// revokeUpstream revokes token where it was minted: at the Connect host, and
-// with the client id and secret, named by credentialsID (current or retired
-// credentials). It is the one way this engine revokes a token: lease
-// revocation, cache flushes, WAL rollback and clean-up of tokens nobody
-// received all go through it.
+// revokeUpstream makes one attempt to revoke r where it was minted: at the
+// Connect host, and with the client id and secret, named by r.CredentialsID
+// (current or retired credentials). It is the one call that revokes a token;
+// whatever it cannot finish now goes to the revocation queue
+// (revocation_queue.go), which retries it.
 //
 // A token past its expiry needs no call. On failure, permanent reports
 // whether trying again can ever help (Connect refused, or the credentials are
 // gone); otherwise the failure is transient and the caller should retry.
 // Connect answers 200 for unknown or already revoked tokens, so that counts as
 // revoked.
-func (b *backend) revokeUpstream(ctx context.Context, s logical.Storage, credentialsID, token string, expiresAt time.Time) (permanent bool, err error) {
+func (b *backend) revokeUpstream(ctx context.Context, s logical.Storage, r revocable) (permanent bool, err error) {
 	now := b.now()
-	if token == "" || !now.Before(expiresAt) {
-		if token != "" {
+	if r.AccessToken == "" || r.expired(now) {
+		if r.AccessToken != "" {
 			b.metrics.revocation(revocationSkippedExpired)
 		}
 		return false, nil
@@ -44,7 +44,7 @@ func (b *backend) revokeUpstream(ctx context.Context, s logical.Storage, credent
 	if err != nil {
 		return false, err
 	}
-	creds, baseURL, ok := e.config.credentialsFor(credentialsID, now)
+	creds, baseURL, ok := e.config.credentialsFor(r.CredentialsID, now)
 	if !ok {
 		return true, errCredentialsGone
 	}
@@ -59,7 +59,7 @@ func (b *backend) revokeUpstream(ctx context.Context, s logical.Storage, credent
 		}
 		defer client.Close()
 	}
-	if err := client.Revoke(ctx, creds, token); err != nil {
+	if err := client.Revoke(ctx, creds, r.AccessToken); err != nil {
 		ce, ok := connect.AsError(err)
 		if !ok {
 			return false, fmt.Errorf("revoking the token at Connect: %w", err)
@@ -70,18 +70,4 @@ func (b *backend) revokeUpstream(ctx context.Context, s logical.Storage, credent
 		return false, fmt.Errorf("revoking the token at Connect: %s", connectSummary(ce))
 	}
 	return false, nil
-}
-
-// discardToken revokes a token that was minted but will not be handed out,
-// on a context that outlives the request that gave up on it, and reports
-// whether it is gone. Failures are logged.
-func (b *backend) discardToken(ctx context.Context, s logical.Storage, role, credentialsID string, t *connect.Token, why string) bool {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
-	defer cancel()
-	if _, err := b.revokeUpstream(withRevokeRole(ctx, role), s, credentialsID, t.AccessToken, t.ExpiresAt); err != nil {
-		b.Logger().Warn("could not revoke a token that was not handed out",
-			"role", role, "reason", why, "expires_at", t.ExpiresAt, "error", err)
-		return false
-	}
-	return true
 }

@@ -29,25 +29,26 @@ func secretToken(b *backend) *framework.Secret {
 	}
 }
 
-// leaseInfo is what a lease's internal data says about its token.
+// leaseInfo is what a lease's internal data says about its token. Only an
+// exclusive token's lease carries its revocable identity.
 type leaseInfo struct {
-	role, reuse, credentialsID, accessToken string
-	expiresAt                               time.Time
+	role, reuse, userID string
+	token               revocable
 }
 
 func parseLease(s *logical.Secret) (leaseInfo, error) {
 	str := func(k string) string { v, _ := s.InternalData[k].(string); return v }
 	info := leaseInfo{
-		role:          str("role"),
-		reuse:         str("token_reuse"),
-		credentialsID: str("credentials_id"),
-		accessToken:   str("access_token"),
+		role:   str("role"),
+		reuse:  str("token_reuse"),
+		userID: str("user_id"),
+		token:  revocable{CredentialsID: str("credentials_id"), AccessToken: str("access_token")},
 	}
 	exp, err := time.Parse(time.RFC3339Nano, str("expires_at"))
 	if err != nil {
 		return info, fmt.Errorf("lease has no valid expires_at: %w", err)
 	}
-	info.expiresAt = exp
+	info.token.ExpiresAt = exp
 	return info, nil
 }
 
@@ -58,14 +59,14 @@ func (b *backend) tokenRenew(ctx context.Context, req *logical.Request, _ *frame
 	if err != nil {
 		return nil, err
 	}
-	remaining := info.expiresAt.Sub(b.now()).Truncate(time.Second)
+	remaining := info.token.ExpiresAt.Sub(b.now()).Truncate(time.Second)
 	if remaining <= 0 {
 		return logical.ErrorResponse("the token has expired and cannot be renewed; read creds/%s for a new one", info.role), nil
 	}
 	ttl := remaining
 	// Vault caps renewals at IssueTime+MaxTTL, truncating both to whole
 	// seconds; a second of margin keeps the lease inside the token's life.
-	maxTTL := info.expiresAt.Sub(req.Secret.IssueTime) - time.Second
+	maxTTL := info.token.ExpiresAt.Sub(req.Secret.IssueTime) - time.Second
 	r, err := b.getRole(ctx, req.Storage, info.role)
 	if err != nil {
 		return nil, err
@@ -84,9 +85,10 @@ func (b *backend) tokenRenew(ctx context.Context, req *logical.Request, _ *frame
 }
 
 // tokenRevoke revokes an exclusive token where it was minted. Shared tokens
-// are left alone (other leases hold them). Only transient failures are
-// returned, so Vault retries them; a permanent refusal is logged, since
-// retrying could never succeed and would strand the lease.
+// are left alone (other leases hold them). A transient failure queues the
+// token (revocation_queue.go), which retries it until it expires; only a
+// failure to queue it is returned, so Vault retries the lease. A permanent
+// refusal is logged, since retrying could never succeed.
 func (b *backend) tokenRevoke(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	info, err := parseLease(req.Secret)
 	if err != nil {
@@ -95,18 +97,21 @@ func (b *backend) tokenRevoke(ctx context.Context, req *logical.Request, _ *fram
 	if info.reuse != reuseExclusive {
 		return nil, nil
 	}
-	permanent, err := b.revokeUpstream(withRevokeRole(ctx, info.role), req.Storage, info.credentialsID, info.accessToken, info.expiresAt)
+	permanent, err := b.revokeUpstream(withRevokeRole(ctx, info.role), req.Storage, info.token)
 	switch {
 	case err == nil:
 		return nil, nil
 	case errors.Is(err, errCredentialsGone):
 		// Retention is meant to outlast every token: this should not happen.
-		b.Logger().Error("the credentials that minted a live token are gone: cannot revoke it upstream; it expires by itself", "role", info.role, "expires_at", info.expiresAt)
+		b.Logger().Error("the credentials that minted a live token are gone: cannot revoke it upstream; it expires by itself", "role", info.role, "expires_at", info.token.ExpiresAt)
 		return nil, nil
 	case permanent:
-		b.Logger().Warn("cannot revoke the token upstream; it expires by itself", "role", info.role, "expires_at", info.expiresAt, "error", err)
+		b.Logger().Warn("cannot revoke the token upstream; it expires by itself", "role", info.role, "expires_at", info.token.ExpiresAt, "error", err)
 		return nil, nil
-	default:
-		return nil, fmt.Errorf("%w (Vault will retry)", err)
 	}
+	if qErr := queueRevocation(ctx, req.Storage, info.role, info.userID, info.token); qErr != nil {
+		return nil, fmt.Errorf("%w, and queueing it for retries failed (Vault will retry): %w", err, qErr)
+	}
+	b.Logger().Warn("could not revoke an exclusive token for now; it is queued and retried every minute", "role", info.role, "error", err)
+	return nil, nil
 }

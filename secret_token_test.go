@@ -128,29 +128,47 @@ func TestRevokeExpiredTokenSkipsConnect(t *testing.T) {
 	}
 }
 
+// A lease revocation Connect cannot take now is queued: the lease ends, and
+// the queue revokes the token once Connect is back.
 func TestRevokeRetriesWhenConnectIsDown(t *testing.T) {
 	e := newTestEnv(t)
 	setupRoles(e)
 	resp := e.mustOK(logical.ReadOperation, "creds/cc-excl", nil)
 	tok := resp.Data["access_token"].(string)
 
-	// Down for longer than one call's retries: the revoke fails so Vault retries it.
+	// Down for longer than one call's retries.
 	faults := make([]connectfake.Fault, 3)
 	for i := range faults {
 		faults[i] = connectfake.Fault{Status: 503}
 	}
 	e.fake.InjectFaults(connectfake.PathRevoke, faults...)
-	if err := revoke(e, resp.Secret); err == nil {
-		t.Fatal("revoke with Connect down succeeded; Vault would never retry it")
+	if err := revoke(e, resp.Secret); err != nil {
+		t.Fatalf("revoke with Connect down: %v; it should be queued", err)
 	}
 	if !e.fake.TokenLive(tok) {
 		t.Fatal("token revoked despite the failure")
 	}
-	// Connect recovers: Vault's retry revokes it.
-	if err := revoke(e, resp.Secret); err != nil {
-		t.Fatalf("revoke after recovery: %v", err)
+	if n := len(pendingKeys(t, e, "cc-excl")); n != 1 {
+		t.Fatalf("%d queued revocations for the role, want the token", n)
+	}
+	// Connect recovers: the periodic retry revokes it and empties the queue.
+	if err := e.b.periodic(context.Background(), &logical.Request{Storage: e.storage}); err != nil {
+		t.Fatalf("periodic: %v", err)
 	}
 	if e.fake.TokenLive(tok) {
 		t.Error("token still live after recovery")
 	}
+	if n := len(pendingKeys(t, e, "cc-excl")); n != 0 {
+		t.Errorf("%d queued revocations left after the retry", n)
+	}
+}
+
+// pendingKeys lists a role's queued revocations.
+func pendingKeys(t testing.TB, e *testEnv, role string) []string {
+	t.Helper()
+	keys, err := e.storage.List(context.Background(), revokingStoragePrefix+role+"/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return keys
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
@@ -20,10 +19,9 @@ const walKindExclusiveToken = "exclusive_token"
 // credentials (there is no token yet to revoke); once Connect answers, a
 // second entry with the token replaces it until the response is built.
 type walExclusiveToken struct {
-	Role          string    `json:"role"`
-	CredentialsID string    `json:"credentials_id"`
-	AccessToken   string    `json:"access_token,omitempty"`
-	ExpiresAt     time.Time `json:"expires_at,omitzero"`
+	Role   string `json:"role"`
+	UserID string `json:"user_id,omitempty"`
+	revocable
 }
 
 func putWAL(ctx context.Context, s logical.Storage, w *walExclusiveToken) (string, error) {
@@ -63,15 +61,11 @@ func (b *backend) walRollback(ctx context.Context, req *logical.Request, kind st
 		b.Logger().Warn("an exclusive mint was interrupted before Connect answered; a token Connect may have issued expires by itself", "role", w.Role)
 		return nil
 	}
-	permanent, err := b.revokeUpstream(withRevokeRole(ctx, w.Role), req.Storage, w.CredentialsID, w.AccessToken, w.ExpiresAt)
-	switch {
-	case err == nil:
-		b.Logger().Info("revoked an exclusive token that was minted but never leased", "role", w.Role)
-		return nil
-	case permanent:
-		b.Logger().Warn("cannot revoke an exclusive token that was never leased; it expires by itself", "role", w.Role, "expires_at", w.ExpiresAt, "error", err)
-		return nil
-	default:
+	// Queued before it is tried, so a failure is retried by the queue, not
+	// by Vault's rollback; only a failure to queue it keeps the WAL entry.
+	if _, err := b.revokeSoon(ctx, req.Storage, w.Role, w.UserID, w.revocable, "minted but never leased"); err != nil {
 		return err
 	}
+	b.Logger().Info("an exclusive token minted but never leased was revoked or queued for revocation", "role", w.Role)
+	return nil
 }

@@ -66,8 +66,9 @@ func TestExclusiveMintIsCoveredByTheWAL(t *testing.T) {
 	}
 }
 
-// The rollback function itself: a transient failure is returned (Vault tries
-// again), an entry recorded before Connect answered has nothing to revoke.
+// The rollback function itself: a token Connect cannot revoke now is queued
+// (the queue retries it), an entry recorded before Connect answered has
+// nothing to revoke.
 func TestWALRollbackFunction(t *testing.T) {
 	e := newTestEnv(t)
 	setupRoles(e)
@@ -82,14 +83,17 @@ func TestWALRollbackFunction(t *testing.T) {
 	req := &logical.Request{Storage: e.storage}
 
 	e.fake.InjectFaults(connectfake.PathRevoke, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 503})
-	if err := e.b.walRollback(context.Background(), req, walKindExclusiveToken, data); err == nil {
-		t.Error("a failed revocation was reported as rolled back")
-	}
 	if err := e.b.walRollback(context.Background(), req, walKindExclusiveToken, data); err != nil {
-		t.Fatalf("rollback: %v", err)
+		t.Fatalf("rollback with Connect down: %v; the token should be queued", err)
 	}
-	if e.fake.TokenLive(tok) {
-		t.Error("rollback did not revoke the token")
+	if !e.fake.TokenLive(tok) || len(pendingKeys(t, e, "cc-excl")) != 1 {
+		t.Fatal("a token Connect could not revoke was not left queued")
+	}
+	if err := e.b.periodic(context.Background(), req); err != nil {
+		t.Fatalf("periodic: %v", err)
+	}
+	if e.fake.TokenLive(tok) || len(pendingKeys(t, e, "cc-excl")) != 0 {
+		t.Error("the queue did not revoke the token the rollback queued")
 	}
 	intent := map[string]any{"role": "cc-excl", "credentials_id": cfg.CredentialsID}
 	if err := e.b.walRollback(context.Background(), req, walKindExclusiveToken, intent); err != nil {

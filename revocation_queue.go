@@ -1,0 +1,180 @@
+package instacart
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// revokingStoragePrefix is the revocation queue: revoking/<role>/<id> holds
+// a token that must be revoked at Connect and is never handed out again. It
+// stays queued until Connect revokes or refuses it, or it expires: whoever
+// queued it tries once at once, and the periodic function, and a flush of
+// its role, retry it.
+const revokingStoragePrefix = "revoking/"
+
+// verifyQueue is the queue of tokens minted to verify credentials on a config
+// write. Role names cannot contain '@', so no role shares it.
+const verifyQueue = "@verify"
+
+// revokeRetryTimeout bounds one role's turn in a periodic retry pass; roles
+// take their turns side by side, so a host that never answers holds up only
+// the tokens it minted.
+const revokeRetryTimeout = 30 * time.Second
+
+// revokeRetryWorkers is how many roles' queues a retry pass works at once.
+const revokeRetryWorkers = 8
+
+// pendingRevocation is a queued token.
+type pendingRevocation struct {
+	Role   string `json:"role"`
+	UserID string `json:"user_id,omitempty"`
+	revocable
+}
+
+// describeToken names a token in warnings and errors, which Vault's audit log
+// does not HMAC: never by its value, and a user's only by a short hash of
+// the user id.
+func describeToken(userID string) string {
+	if userID == "" {
+		return "the role-wide token"
+	}
+	sum := sha256.Sum256([]byte(userID))
+	return "the token of user #" + hex.EncodeToString(sum[:6])
+}
+
+func pendingKey(role, token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return revokingStoragePrefix + role + "/" + hex.EncodeToString(sum[:16])
+}
+
+// queueRevocation moves a token to the revoking state.
+func queueRevocation(ctx context.Context, s logical.Storage, role, userID string, r revocable) error {
+	p := pendingRevocation{Role: role, UserID: userID, revocable: r}
+	return putJSON(ctx, s, pendingKey(role, r.AccessToken), p)
+}
+
+// revokeSoon revokes a token nobody will hold (an unusable answer, one too
+// short to lease, one that could not be stored or whose reader left, one a
+// WAL rollback found). It is queued first, so a failure, or a crash, leaves
+// it to the retries; then tried once, on a context that outlives the request
+// that gave up on it. revoked reports whether it is gone (or needs nothing);
+// err is set only when it is neither revoked nor queued.
+func (b *backend) revokeSoon(ctx context.Context, s logical.Storage, role, userID string, r revocable, why string) (revoked bool, err error) {
+	if r.AccessToken == "" || r.expired(b.now()) {
+		return true, nil
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	queueErr := queueRevocation(ctx, s, role, userID, r)
+	permanent, err := b.revokeUpstream(withRevokeRole(ctx, role), s, r)
+	switch {
+	case err == nil || permanent:
+		if err != nil {
+			b.Logger().Warn("Connect refused to revoke a token that was not handed out; it expires by itself", "role", role, "reason", why, "expires_at", r.ExpiresAt, "error", err)
+		}
+		if queueErr == nil {
+			b.dequeue(ctx, s, role, r.AccessToken)
+		}
+		return true, nil
+	case queueErr != nil:
+		b.Logger().Error("could not revoke a token that was not handed out, nor queue it for retries", "role", role, "reason", why, "expires_at", r.ExpiresAt, "error", err, "queue_error", queueErr)
+		return false, fmt.Errorf("revoking a token that was not handed out: %w; queueing it: %w", err, queueErr)
+	}
+	b.Logger().Warn("could not revoke a token that was not handed out for now; it is queued and retried every minute", "role", role, "reason", why, "error", err)
+	return false, nil
+}
+
+// dequeue drops a queued token that needs nothing more. A failure only means
+// the next pass finds it revoked (Connect answers 200) or expired.
+func (b *backend) dequeue(ctx context.Context, s logical.Storage, role, token string) {
+	if err := s.Delete(ctx, pendingKey(role, token)); err != nil {
+		b.Logger().Debug("could not drop a revoked token from the queue; the next pass will", "role", role, "error", err)
+	}
+}
+
+// revokeQueued tries every queued token of a role once. A token revoked,
+// expired or refused for good leaves the queue; refused and pending describe
+// the tokens Connect refused and those still waiting. After a transient
+// failure, the other tokens minted with the same credentials (the same host)
+// wait for the next pass, so a host that does not answer costs one attempt.
+func (b *backend) revokeQueued(ctx context.Context, s logical.Storage, role string) (refused, pending []string, err error) {
+	prefix := revokingStoragePrefix + role + "/"
+	keys, err := s.List(ctx, prefix)
+	if err != nil {
+		return nil, nil, fmt.Errorf("listing pending revocations: %w", err)
+	}
+	unavailable := map[string]bool{} // credentials ids whose host failed this pass
+	for _, k := range keys {
+		if err := ctx.Err(); err != nil {
+			return refused, pending, err
+		}
+		p, err := getJSON[pendingRevocation](ctx, s, prefix+k)
+		if err != nil {
+			return refused, pending, err
+		}
+		if p == nil {
+			continue
+		}
+		if unavailable[p.CredentialsID] && !p.expired(b.now()) {
+			pending = append(pending, describeToken(p.UserID))
+			continue
+		}
+		permanent, err := b.revokeUpstream(withRevokeRole(ctx, role), s, p.revocable)
+		switch {
+		case err == nil:
+		case permanent:
+			refused = append(refused, describeToken(p.UserID))
+			b.Logger().Warn("Connect refused to revoke a token; it stays live until it expires", "role", role, "expires_at", p.ExpiresAt, "error", err)
+		default:
+			unavailable[p.CredentialsID] = true
+			pending = append(pending, describeToken(p.UserID))
+			b.Logger().Warn("could not revoke a token for now; it is no longer handed out and will be retried", "role", role, "error", err)
+			continue
+		}
+		if err := s.Delete(ctx, prefix+k); err != nil {
+			return refused, pending, storageError("deleting pending revocation", err)
+		}
+	}
+	return refused, pending, nil
+}
+
+// retryRevocations is the periodic function's pass over every role's queue.
+// Roles take their turns side by side, each bounded on its own, so one
+// role's stuck host or long queue never delays another role's revocations.
+func (b *backend) retryRevocations(ctx context.Context, s logical.Storage) error {
+	dirs, err := s.List(ctx, revokingStoragePrefix)
+	if err != nil {
+		return fmt.Errorf("listing pending revocations: %w", err)
+	}
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	sem := make(chan struct{}, revokeRetryWorkers)
+	for _, dir := range dirs {
+		role := strings.TrimSuffix(dir, "/")
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			roleCtx, cancel := context.WithTimeout(ctx, revokeRetryTimeout)
+			defer cancel()
+			if _, _, err := b.revokeQueued(roleCtx, s, role); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("role %q: %w", role, err))
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
