@@ -1,6 +1,14 @@
 // Package connect is a small client for Instacart Connect's OAuth endpoints:
-// minting tokens for the three grant types and revoking them. It has no Vault
-// dependencies so an application could use it on its own.
+// minting tokens for the three grant types and revoking them.
+//
+// It imports nothing from Vault, on purpose: it only speaks HTTP to Connect
+// and reports what happened, precisely enough for a caller to decide what
+// to do next (see Error: whether a single-use code may have been consumed,
+// and which token an unusable answer left live). Policy stays with the
+// caller (for the plugin, the engine in the root package): what to store,
+// what to lease, what to revoke and how persistently. That keeps the client
+// usable on its own, and testable with a fake Connect (connectfake) and, via
+// Config.Now and Config.Sleep, a fake clock.
 package connect
 
 import (
@@ -58,12 +66,21 @@ type Config struct {
 	Transport http.RoundTripper
 	Logger    hclog.Logger
 	// Now is the client's clock, which stamps Token.RequestedAt and so
-	// Token.ExpiresAt; nil uses time.Now.
+	// Token.ExpiresAt, and measures a Throttle's pause; nil uses time.Now.
 	Now func() time.Time
+	// Sleep waits d or until ctx ends, whichever is first, returning
+	// ctx.Err() in the second case; nil uses a real timer. Every wait of the
+	// client goes through it (the backoff between retries and a Throttle's
+	// pause), so a test harness can pair it with a fake Now that it advances
+	// and run retries and 429 pauses deterministically, without real waits.
+	// An error from Sleep ends the call before the attempt it delayed, and
+	// that attempt is neither sent nor counted.
+	Sleep func(ctx context.Context, d time.Duration) error
 	// Observer, if set, is told about every attempt (for metrics and logs).
 	Observer Observer
-	// Throttle, if set, is shared with other Clients, so a 429 to any of
-	// them holds back all of them; nil gives the Client its own.
+	// Throttle, if set, is shared with other Clients, so a 429 from the
+	// token endpoint to any of them holds back the token requests of all of
+	// them; nil gives the Client its own. Revocations never wait on it.
 	Throttle *Throttle
 }
 
@@ -72,10 +89,16 @@ type Config struct {
 type Client struct {
 	baseURL string
 	creds   Credentials
-	http    *retryablehttp.Client
-	now     func() time.Time
-	pause   *Throttle
-	obs     Observer
+	http    *http.Client
+	// retryablehttp settings; post builds a retryablehttp.Client per call
+	// around http, so its Backoff can record the wait in that call's state.
+	maxRetries       int
+	waitMin, waitMax time.Duration
+	logger           retryablehttp.LeveledLogger // nil: none
+	now              func() time.Time
+	sleep            func(context.Context, time.Duration) error
+	pause            *Throttle
+	obs              Observer
 }
 
 // New validates cfg and returns a Client.
@@ -109,26 +132,13 @@ func New(cfg Config) (*Client, error) {
 	if now == nil {
 		now = time.Now
 	}
-
-	rc := retryablehttp.NewClient()
-	rc.HTTPClient = &http.Client{
-		Transport: &tracingTransport{next: transport},
-		Timeout:   cfg.RequestTimeout,
-		// Never follow redirects: the request body carries the client secret, and
-		// a 307/308 would replay it to whatever host the Location names.
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	sleep := cfg.Sleep
+	if sleep == nil {
+		sleep = realSleep
 	}
-	rc.RetryMax = cfg.MaxRetries
-	rc.RetryWaitMin = cfg.RetryWaitMin
-	rc.RetryWaitMax = cfg.RetryWaitMax
-	rc.CheckRetry = retryPolicy(maxRetryAfter)
-	rc.Backoff = backoff
-	rc.RequestLogHook = countAttempt
-	// Hand the last response back to us so errors can name Connect's status and code.
-	rc.ErrorHandler = retryablehttp.PassthroughErrorHandler
-	rc.Logger = nil
+	var logger retryablehttp.LeveledLogger
 	if cfg.Logger != nil {
-		rc.Logger = debugLogger{cfg.Logger}
+		logger = debugLogger{cfg.Logger}
 	}
 
 	pause := cfg.Throttle
@@ -138,11 +148,55 @@ func New(cfg Config) (*Client, error) {
 	return &Client{
 		baseURL: strings.TrimRight(u.String(), "/"),
 		creds:   cfg.Credentials,
-		http:    rc,
-		now:     now,
-		obs:     cfg.Observer,
-		pause:   pause,
+		http: &http.Client{
+			Transport: &tracingTransport{next: transport},
+			Timeout:   cfg.RequestTimeout,
+			// Never follow redirects: the request body carries the client secret, and
+			// a 307/308 would replay it to whatever host the Location names.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		maxRetries: cfg.MaxRetries,
+		waitMin:    cfg.RetryWaitMin,
+		waitMax:    cfg.RetryWaitMax,
+		logger:     logger,
+		now:        now,
+		sleep:      sleep,
+		obs:        cfg.Observer,
+		pause:      pause,
 	}, nil
+}
+
+// realSleep is the default Config.Sleep: a timer that gives up when ctx ends.
+func realSleep(ctx context.Context, d time.Duration) error {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// retrier is the retry loop for one call. retryablehttp itself never waits:
+// st.backoff records the wait and hands it 0, and countAttempt, which runs
+// before every attempt, waits through Config.Sleep (see there for why).
+func (c *Client) retrier(st *attemptState) *retryablehttp.Client {
+	rc := &retryablehttp.Client{
+		HTTPClient:     c.http,
+		RetryWaitMin:   c.waitMin,
+		RetryWaitMax:   c.waitMax,
+		RetryMax:       c.maxRetries,
+		CheckRetry:     retryPolicy(maxRetryAfter),
+		Backoff:        st.backoff,
+		RequestLogHook: countAttempt,
+		// Hand the last response back to us so errors can name Connect's status and code.
+		ErrorHandler: retryablehttp.PassthroughErrorHandler,
+	}
+	if c.logger != nil { // a nil interface, not a nil debugLogger: retryablehttp tests for nil
+		rc.Logger = c.logger
+	}
+	return rc
 }
 
 // Credentials returns the credentials new tokens are minted with.
@@ -152,11 +206,15 @@ func (c *Client) Credentials() Credentials { return c.creds }
 func (c *Client) BaseURL() string { return c.baseURL }
 
 // Close releases idle connections.
-func (c *Client) Close() { c.http.HTTPClient.CloseIdleConnections() }
+func (c *Client) Close() { c.http.CloseIdleConnections() }
 
 // Revoke revokes token at Connect using creds, which must be the credentials
 // that minted it (Connect answers 403 unauthorized_client otherwise). Revoking
 // an unknown or already revoked token succeeds, as Connect itself answers 200.
+// It tries once plus Config.MaxRetries; retrying later, and for how long, is
+// the caller's decision. A revocation never waits on the Throttle: it ends a
+// live token's exposure, and a pause asked for by the token endpoint must
+// not hold that back.
 func (c *Client) Revoke(ctx context.Context, creds Credentials, token string) error {
 	body := map[string]string{
 		"client_id":     creds.ClientID,
@@ -171,10 +229,13 @@ func (c *Client) Revoke(ctx context.Context, creds Credentials, token string) er
 
 // post sends body as JSON (never as query parameters: Connect rejects
 // credentials there with query_params_forbidden) with retries, and returns the
-// body of a 200 response and when the attempt that got it was sent. Any other outcome is an *Error with credentials
-// stripped from whatever Connect said. A single-use request (st.singleUse) is
-// never repeated once it may have reached Connect (see retryPolicy). The
-// caller reports the last attempt with st.finish once it knows the outcome.
+// body of a 200 response and when the attempt that got it was sent. Any other
+// outcome is an *Error with credentials stripped from whatever Connect said,
+// describing the last attempt (its status, whether it may have been written):
+// that attempt decides whether a single-use request may have been processed,
+// as one is never repeated once it may have reached Connect (see
+// retryPolicy). The caller reports the last attempt with st.finish once it
+// knows the outcome.
 func (c *Client) post(ctx context.Context, st *attemptState, path string, body any, creds Credentials) ([]byte, time.Time, error) {
 	payload, err := json.Marshal(body)
 	if err != nil {
@@ -201,7 +262,7 @@ func (c *Client) post(ctx context.Context, st *attemptState, path string, body a
 		return nil
 	})
 
-	resp, err := c.http.Do(req)
+	resp, err := c.retrier(st).Do(req)
 	if err != nil {
 		if resp != nil {
 			resp.Body.Close()
@@ -216,7 +277,7 @@ func (c *Client) post(ctx context.Context, st *attemptState, path string, body a
 		}
 		attempts, _, _ := st.snapshot()
 		e := newStatusError(path, resp, respBody, attempts, creds)
-		e.Sent = true // Connect answered, so it was written
+		e.Sent = true // Connect answered the last attempt, so it was written
 		return nil, time.Time{}, e
 	}
 	return respBody, st.startedAt(), nil

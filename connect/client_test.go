@@ -470,7 +470,7 @@ func TestAuthorizationCodeIsNeverResent(t *testing.T) {
 			fake.InjectFaults(connectfake.PathToken, tc.fault)
 			_, err := c.Token(context.Background(), codeRequest(fake))
 			ce, ok := connect.AsError(err)
-			if !ok || !ce.Sent || ce.Attempts != 1 {
+			if !ok || !ce.Sent || ce.Attempts != 1 || ce.Unprocessed() {
 				t.Fatalf("err = %#v", err)
 			}
 			if got := fake.Requests(connectfake.PathToken); got != 1 {
@@ -522,7 +522,7 @@ func TestAuthorizationCodeRetriedWhenNeverSent(t *testing.T) {
 		c := newClient(t, fake, func(cfg *connect.Config) { cfg.BaseURL = "http://" + addr; cfg.MaxRetries = 2 })
 		_, err = c.Token(context.Background(), codeRequest(fake))
 		ce, ok := connect.AsError(err)
-		if !ok || ce.Attempts != 3 || ce.Sent || ce.Timeout() {
+		if !ok || ce.Attempts != 3 || ce.Sent || ce.Timeout() || !ce.Unprocessed() {
 			t.Fatalf("err = %#v", err)
 		}
 	})
@@ -548,7 +548,7 @@ func TestAuthorizationCodeRetriedWhenNeverSent(t *testing.T) {
 		c := newClient(t, fake, func(cfg *connect.Config) { cfg.BaseURL = "https://" + ln.Addr().String(); cfg.MaxRetries = 2 })
 		_, err = c.Token(context.Background(), codeRequest(fake))
 		ce, ok := connect.AsError(err)
-		if !ok || ce.Attempts != 3 || ce.Sent {
+		if !ok || ce.Attempts != 3 || ce.Sent || !ce.Unprocessed() {
 			t.Fatalf("err = %#v", err)
 		}
 		if len(accepted) != 3 {
@@ -596,7 +596,7 @@ func TestAuthorizationCodeNotRetriedWhenUnsentCannotBeProven(t *testing.T) {
 	tr := &failingTransport{}
 	c := newClient(t, fake, func(cfg *connect.Config) { cfg.Transport = tr })
 	_, err := c.Token(context.Background(), codeRequest(fake))
-	if ce, ok := connect.AsError(err); !ok || !ce.Sent || tr.calls != 1 {
+	if ce, ok := connect.AsError(err); !ok || !ce.Sent || ce.Unprocessed() || tr.calls != 1 {
 		t.Fatalf("calls %d, err = %#v", tr.calls, err)
 	}
 	_, _ = c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
@@ -605,47 +605,83 @@ func TestAuthorizationCodeNotRetriedWhenUnsentCannotBeProven(t *testing.T) {
 	}
 }
 
-// A 200 that names a token we cannot use must not leave it live at Connect.
-func TestUnusableTokenIsRevoked(t *testing.T) {
-	bodies := map[string]string{
-		"not bearer":        `{"access_token":"{access_token}","token_type":"mac","expires_in":86400}`,
-		"expires_in zero":   `{"access_token":"{access_token}","token_type":"Bearer","expires_in":0}`,
-		"expires_in < 0":    `{"access_token":"{access_token}","token_type":"Bearer","expires_in":-5}`,
-		"expires_in absurd": `{"access_token":"{access_token}","token_type":"Bearer","expires_in":1e12}`,
-		"expires_in string": `{"access_token":"{access_token}","token_type":"Bearer","expires_in":"86400"}`,
-		"created_at string": `{"access_token":"{access_token}","token_type":"Bearer","expires_in":86400,"created_at":"yesterday"}`,
-		"created_at absurd": `{"access_token":"{access_token}","token_type":"Bearer","expires_in":86400,"created_at":1e300}`,
+// A 200 that names a token we cannot use is not revoked inside connect (one
+// best-effort try would lose it whenever Connect is briefly down): the token
+// is handed to the caller, for its revocation queue, with how long it lives.
+func TestUnusableTokenIsHandedToTheCallerNotRevoked(t *testing.T) {
+	const day = 24 * time.Hour
+	cases := map[string]struct {
+		body string
+		life time.Duration // ExpiresAt - RequestedAt
+	}{
+		"not bearer":                    {`{"access_token":"{access_token}","token_type":"mac","expires_in":86400}`, day},
+		"not bearer, 1h":                {`{"access_token":"{access_token}","token_type":"mac","expires_in":3600}`, time.Hour},
+		"expires_in zero":               {`{"access_token":"{access_token}","token_type":"Bearer","expires_in":0}`, day},
+		"expires_in < 0":                {`{"access_token":"{access_token}","token_type":"Bearer","expires_in":-5}`, day},
+		"expires_in absurd":             {`{"access_token":"{access_token}","token_type":"Bearer","expires_in":1e12}`, day},
+		"expires_in string":             {`{"access_token":"{access_token}","token_type":"Bearer","expires_in":"3600"}`, day},
+		"created_at string, expires 2h": {`{"access_token":"{access_token}","token_type":"Bearer","expires_in":7200,"created_at":"yesterday"}`, 2 * time.Hour},
+		"created_at absurd":             {`{"access_token":"{access_token}","token_type":"Bearer","expires_in":86400,"created_at":1e300}`, day},
+		"no token_type, no expires_in":  {`{"access_token":"{access_token}"}`, day},
 	}
-	for name, body := range bodies {
+	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
 			fake := newFake(t)
-			c := newClient(t, fake, nil)
-			fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Status: 200, Body: body, AfterHandling: true})
+			clock := newFakeClock()
+			c := newClient(t, fake, clock.install)
+			fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Status: 200, Body: tc.body, AfterHandling: true})
 			tok, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
 			ce, ok := connect.AsError(err)
-			if tok != nil || !ok || ce.Code != connect.ErrInvalidResponse || ce.StatusCode != 200 || !ce.Sent {
-				t.Fatalf("tok=%v err=%v", tok, err)
+			if tok != nil || !ok || ce.Code != connect.ErrInvalidResponse || ce.StatusCode != 200 || !ce.Sent || ce.Unprocessed() {
+				t.Fatalf("tok=%v err=%v", tok != nil, err)
 			}
-			minted := fake.Tokens()
-			if len(minted) != 1 || !minted[0].Revoked || fake.Revocations() != 1 {
-				t.Fatalf("minted %d, revocations %d", len(minted), fake.Revocations())
+			named, ok := ce.UnusableToken()
+			if !ok {
+				t.Fatal("UnusableToken reports no token")
 			}
-			if rec := fake.LastRequest(connectfake.PathRevoke); !strings.Contains(string(rec.Body), testClientID) {
-				t.Errorf("revoked without the client's credentials")
+			if _, known := fake.Token(named.AccessToken); !known || !fake.TokenLive(named.AccessToken) {
+				t.Error("UnusableToken is not the token Connect minted, live")
 			}
+			if fake.Revocations() != 0 || fake.Requests(connectfake.PathRevoke) != 0 {
+				t.Errorf("connect revoked it itself: %d revoke requests", fake.Requests(connectfake.PathRevoke))
+			}
+			if !named.RequestedAt.Equal(clock.start) || !named.ExpiresAt.Equal(clock.start.Add(tc.life)) {
+				t.Errorf("requested %v, expires %v; want %v and +%v", named.RequestedAt, named.ExpiresAt, clock.start, tc.life)
+			}
+			assertNotInError(t, err, named.AccessToken)
 		})
 	}
 }
 
+// assertNotInError fails if any formatting of err (or of the Error value
+// itself) carries 8 consecutive bytes of secret. It never prints secret.
+func assertNotInError(t *testing.T, err error, secret string) {
+	t.Helper()
+	texts := []string{err.Error(), fmt.Sprint(err), fmt.Sprintf("%+v", err), fmt.Sprintf("%#v", err), fmt.Sprintf("%q", err)}
+	if ce, ok := connect.AsError(err); ok {
+		texts = append(texts, fmt.Sprintf("%v", *ce), fmt.Sprintf("%+v", *ce), fmt.Sprintf("%#v", *ce))
+		if b, jerr := json.Marshal(ce); jerr == nil {
+			texts = append(texts, string(b))
+		}
+	}
+	for _, text := range texts {
+		for i := 0; i+8 <= len(secret); i++ {
+			if strings.Contains(text, secret[i:i+8]) {
+				t.Fatalf("a formatting of the error carries part of the token (%d bytes of it at offset %d)", 8, i)
+			}
+		}
+	}
+}
+
+// Even when Connect's words echo the token, neither the error nor any
+// formatting of it carries the token, which UnusableToken alone hands out.
 func TestUnusableTokenErrorNeverNamesIt(t *testing.T) {
 	const tok = "Zm9yLXRlc3RzLW9ubHktbm90LWEtcmVhbC10b2tlbg"
-	revokes := make(chan string, 10)
+	var revokes atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var body map[string]string
-		_ = json.NewDecoder(r.Body).Decode(&body)
 		w.Header().Set("Content-Type", "application/json")
 		if r.URL.Path == connectfake.PathRevoke {
-			revokes <- body["token"]
+			revokes.Add(1)
 			w.WriteHeader(http.StatusBadRequest)
 			fmt.Fprintf(w, `{"error":%q,"error_description":"cannot revoke %s"}`, tok, tok)
 			return
@@ -655,66 +691,36 @@ func TestUnusableTokenErrorNeverNamesIt(t *testing.T) {
 	defer srv.Close()
 	c := newClient(t, newFake(t), func(cfg *connect.Config) { cfg.BaseURL = srv.URL; cfg.MaxRetries = 0 })
 	_, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
-	if ce, ok := connect.AsError(err); !ok || ce.Code != connect.ErrInvalidResponse {
+	ce, ok := connect.AsError(err)
+	if !ok || ce.Code != connect.ErrInvalidResponse {
 		t.Fatalf("err = %v", err)
 	}
-	if len(revokes) != 1 || <-revokes != tok {
-		t.Fatal("the token was not sent for revocation")
+	if named, ok := ce.UnusableToken(); !ok || named.AccessToken != tok {
+		t.Fatal("UnusableToken does not hand out the token the answer named")
 	}
-	for i := 0; i+8 <= len(tok); i++ {
-		if strings.Contains(err.Error(), tok[i:i+8]) {
-			t.Fatalf("error text carries part of the token: %v", err)
-		}
+	if revokes.Load() != 0 {
+		t.Errorf("%d revocations inside connect, want none", revokes.Load())
 	}
+	assertNotInError(t, err, tok)
 	t.Logf("error: %v", err)
 }
 
 func TestNothingToRevokeWithoutAnAccessToken(t *testing.T) {
-	for _, body := range []string{`{"token_type":"Bearer","expires_in":86400}`, `{"access_token":42,"token_type":"mac"}`, `{"access_token":"x"`} {
+	for _, body := range []string{`{"token_type":"Bearer","expires_in":86400}`, `{"access_token":42,"token_type":"mac"}`, `{"access_token":"x"`, `{"access_token":"","expires_in":60}`} {
 		fake := newFake(t)
 		c := newClient(t, fake, nil)
 		fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Status: 200, Body: body})
 		_, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
-		if ce, ok := connect.AsError(err); !ok || ce.Code != connect.ErrInvalidResponse {
+		ce, ok := connect.AsError(err)
+		if !ok || ce.Code != connect.ErrInvalidResponse {
 			t.Fatalf("%s: err = %v", body, err)
+		}
+		if _, named := ce.UnusableToken(); named {
+			t.Errorf("%s: UnusableToken reports a token", body)
 		}
 		if got := fake.Requests(connectfake.PathRevoke); got != 0 {
 			t.Errorf("%s: %d revoke requests", body, got)
 		}
-	}
-}
-
-// cancelOnRevoke cancels the caller's context as the revocation starts.
-type cancelOnRevoke struct {
-	next   http.RoundTripper
-	cancel context.CancelFunc
-}
-
-func (c *cancelOnRevoke) RoundTrip(req *http.Request) (*http.Response, error) {
-	if req.URL.Path == connectfake.PathRevoke {
-		c.cancel()
-	}
-	return c.next.RoundTrip(req)
-}
-
-func TestUnusableTokenRevokedAfterCallerGivesUp(t *testing.T) {
-	fake := newFake(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	tr := &http.Transport{}
-	defer tr.CloseIdleConnections()
-	c := newClient(t, fake, func(cfg *connect.Config) { cfg.Transport = &cancelOnRevoke{next: tr, cancel: cancel} })
-	fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Status: 200, AfterHandling: true,
-		Body: `{"access_token":"{access_token}","token_type":"mac","expires_in":86400}`})
-	_, err := c.Token(ctx, connect.TokenRequest{GrantType: connect.GrantClientCredentials})
-	if ce, ok := connect.AsError(err); !ok || ce.Code != connect.ErrInvalidResponse {
-		t.Fatalf("err = %v", err)
-	}
-	if ctx.Err() == nil {
-		t.Fatal("the revocation never started")
-	}
-	if fake.Revocations() != 1 {
-		t.Errorf("revocations = %d: the caller's cancellation stopped it", fake.Revocations())
 	}
 }
 

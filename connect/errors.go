@@ -28,17 +28,30 @@ const maxDescription = 200
 
 // Error is a failed Connect call: an error status with Instacart's error code,
 // an unusable 200 response, or a network failure (StatusCode 0) after retries.
+//
+// StatusCode and Sent describe the call's last attempt, not any earlier one:
+// whether a single-use authorization code may have been consumed depends on
+// that attempt alone (see Unprocessed), because the client repeats such a
+// request only after an attempt Connect turned away or that provably never
+// left.
 type Error struct {
-	Path        string // endpoint path, e.g. /v2/oauth/token
-	StatusCode  int    // last HTTP status seen; 0 if no response arrived
+	Path string // endpoint path, e.g. /v2/oauth/token
+	// StatusCode is the last attempt's HTTP status; 0 if it got no answer
+	// (a network error or a timeout), even if an earlier attempt got one.
+	StatusCode  int
 	Code        string // Instacart's "error" code, e.g. invalid_client
 	Description string // Instacart's error_description, credentials removed
 	Attempts    int    // HTTP attempts made, retries included
-	// Sent: the request (or part of it) was written to Connect, so a
-	// single-use authorization code may have been consumed. It is also set
-	// when the client cannot prove an attempt wrote nothing.
+	// Sent: the last attempt (or part of it) may have been written to
+	// Connect: it was answered, or the client cannot prove it wrote nothing.
+	// False only when it provably wrote nothing (or no attempt was made).
 	Sent bool
 	Err  error // underlying network or decoding error, if any
+
+	// unusable is the token an unusable 200 named (see UnusableToken). A
+	// pointer, and unexported, so no formatting of an Error prints it: fmt
+	// shows a nested pointer as its address.
+	unusable *Token
 }
 
 func (e *Error) Error() string {
@@ -59,7 +72,42 @@ func (e *Error) Error() string {
 	if e.Attempts > 1 {
 		fmt.Fprintf(&b, " (after %d attempts)", e.Attempts)
 	}
+	if e.unusable != nil { // never the token itself: errors end up in logs
+		b.WriteString(" (the answer named a token, still live until revoked)")
+	}
 	return b.String()
+}
+
+// Unprocessed reports whether Connect provably did not process the call's
+// last attempt: the attempt provably wrote nothing (Sent false, no status),
+// or Connect answered it 429 or 503, which turn a request away unprocessed.
+// Every other outcome (any other answer, 4xx included, a timeout after the
+// request was written, a connection reset) means Connect may have
+// processed it, so a single-use authorization code may have been consumed
+// and sending it again would only earn invalid_grant. Earlier attempts do
+// not matter: a single-use request is repeated only after an unprocessed one.
+func (e *Error) Unprocessed() bool {
+	if e.StatusCode == http.StatusTooManyRequests || e.StatusCode == http.StatusServiceUnavailable {
+		return true
+	}
+	return !e.Sent && e.StatusCode == 0
+}
+
+// UnusableToken returns the token Connect named in a 200 answer the client
+// could not use (Code ErrInvalidResponse): Connect minted it, nobody holds
+// it, and it stays live until revoked or expired. The client does not revoke
+// it itself, as one best-effort try would lose it whenever Connect is
+// briefly unavailable: the caller should queue it for revocation with the
+// credentials that minted it (the Client's), retrying until ExpiresAt. The
+// Token has AccessToken, RequestedAt, ExpiresIn and ExpiresAt (other fields
+// empty): ExpiresIn is Connect's expires_in, or the documented 24h lifetime
+// when expires_in is unusable, counted from RequestedAt. ok is false when the
+// answer named no token.
+func (e *Error) UnusableToken() (tok Token, ok bool) {
+	if e == nil || e.unusable == nil {
+		return Token{}, false
+	}
+	return *e.unusable, true
 }
 
 func (e *Error) Unwrap() error { return e.Err }

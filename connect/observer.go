@@ -49,7 +49,7 @@ type Attempt struct {
 
 // newAttemptState starts the bookkeeping of one call.
 func (c *Client) newAttemptState(endpoint Endpoint, grant GrantType, singleUse bool) *attemptState {
-	return &attemptState{singleUse: singleUse, now: c.now, pause: c.pause, obs: c.obs, endpoint: endpoint, grant: grant}
+	return &attemptState{singleUse: singleUse, now: c.now, sleep: c.sleep, pause: c.pause, obs: c.obs, endpoint: endpoint, grant: grant}
 }
 
 // beginAttemptLocked is called as an attempt starts. It returns the previous

@@ -27,22 +27,32 @@ func transientStatus(status int) bool {
 		(status >= 500 && status != http.StatusNotImplemented)
 }
 
-// attemptState records, per call, how many attempts were made, the last
-// status seen and whether each attempt may have reached Connect, so errors
-// can say so even when the context ends the retry loop.
+// attemptState records, per call, how many attempts were made and what the
+// last one got (its status, whether it may have reached Connect), so errors
+// can say so even when the context ends the retry loop. Only the last
+// attempt is kept: for a single-use request every earlier one was turned
+// away or provably never sent (retryPolicy repeats nothing else), so the
+// last alone says whether the code may have been consumed.
 type attemptState struct {
 	mu       sync.Mutex
 	attempts int
-	status   int
+	status   int // the current attempt's status; 0 until it is answered
 	// singleUse: the request carries a single-use authorization code, so an
 	// attempt that may have reached Connect must never be repeated.
 	singleUse bool
-	tries     []*attemptTrace // one per transport call, the last is the current attempt
-	current   *attemptTrace   // nil until the current attempt reaches the transport
+	current   *attemptTrace // nil until the current attempt reaches the transport
 	// now is the client's clock; started is when the current attempt began.
 	now     func() time.Time
 	started time.Time
-	// pause is the client's: a 429 to any request holds all of them back.
+	// sleep is Config.Sleep; wait is the backoff before the next attempt,
+	// set by backoff and spent by countAttempt.
+	sleep func(context.Context, time.Duration) error
+	wait  time.Duration
+	// aborted is why no further attempt may be sent (a wait before it was
+	// cut short); the transport refuses it and retryPolicy ends the call.
+	aborted error
+	// pause is the client's: a 429 from the token endpoint holds back every
+	// token request.
 	pause *Throttle
 
 	// For the Observer (observer.go): what the call is, and the current
@@ -79,20 +89,65 @@ func attemptStateFrom(ctx context.Context) *attemptState {
 	return st
 }
 
-// countAttempt is a retryablehttp RequestLogHook: it runs once before every attempt.
+// countAttempt is a retryablehttp RequestLogHook: it runs once before every
+// attempt. It waits first (the backoff backoff recorded, then for a token
+// request the Throttle's pause) through Config.Sleep, which retryablehttp
+// cannot be given, on the request's context. If the wait is cut short the
+// attempt is not begun: the state is marked aborted, so the transport sends
+// nothing and retryPolicy ends the call with the wait's error.
 func countAttempt(_ retryablehttp.Logger, req *http.Request, _ int) {
-	if st := attemptStateFrom(req.Context()); st != nil {
-		st.pause.wait(req.Context())
+	st := attemptStateFrom(req.Context())
+	if st == nil {
+		return
+	}
+	if err := st.waitBeforeAttempt(req.Context()); err != nil {
 		st.mu.Lock()
-		prev, retried := st.beginAttemptLocked()
-		st.attempts++
-		st.current = nil
-		st.started = st.now()
+		st.aborted = err
 		st.mu.Unlock()
-		if retried {
-			st.obs.Retrying(req.Context(), prev)
+		return
+	}
+	st.mu.Lock()
+	prev, retried := st.beginAttemptLocked()
+	st.attempts++
+	st.current = nil
+	st.status = 0
+	st.started = st.now()
+	st.mu.Unlock()
+	if retried {
+		st.obs.Retrying(req.Context(), prev)
+	}
+}
+
+// waitBeforeAttempt waits out the recorded backoff and, for token requests
+// only, the Throttle's pause. Revocations never wait on the Throttle: they
+// end a token's exposure, and a mint stampede's 429 must not delay that.
+func (s *attemptState) waitBeforeAttempt(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	d := s.wait
+	s.wait = 0
+	s.mu.Unlock()
+	if d > 0 {
+		if err := s.sleep(ctx, d); err != nil {
+			return err
 		}
 	}
+	if s.endpoint != EndpointToken {
+		return nil
+	}
+	return s.pause.wait(ctx, s.now, s.sleep)
+}
+
+// abortErr is why no further attempt may be sent, if one may not.
+func (s *attemptState) abortErr() error {
+	if s == nil {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.aborted
 }
 
 // tracingTransport gives every attempt its own httptrace, so a callback that
@@ -105,9 +160,14 @@ func (t *tracingTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	if st == nil {
 		return t.next.RoundTrip(req)
 	}
+	if err := st.abortErr(); err != nil { // countAttempt's wait was cut short
+		if req.Body != nil {
+			req.Body.Close()
+		}
+		return nil, err
+	}
 	a := &attemptTrace{}
 	st.mu.Lock()
-	st.tries = append(st.tries, a)
 	st.current = a
 	st.mu.Unlock()
 	mark := func(reached bool) {
@@ -126,7 +186,11 @@ func (t *tracingTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 		WroteRequest: func(httptrace.WroteRequestInfo) { mark(true) },
 	}
 	resp, err := t.next.RoundTrip(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
-	st.pause.noteAnswer(resp)
+	// Only the token endpoint's 429 pauses: that is the limit the Throttle
+	// protects, and a revocation's 429 says nothing about it.
+	if st.endpoint == EndpointToken {
+		st.pause.noteAnswer(resp, st.now())
+	}
 	return resp, err
 }
 
@@ -172,15 +236,12 @@ func (s *attemptState) isSingleUse() bool {
 	return s.singleUse
 }
 
-// snapshot returns the attempts made, the last status and whether any
-// attempt may have written the request.
+// snapshot returns the attempts made, and the last attempt's status (0 if
+// it got no answer) and whether it may have written the request.
 func (s *attemptState) snapshot() (attempts, status int, sent bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, a := range s.tries {
-		sent = sent || !a.unsent()
-	}
-	return s.attempts, s.status, sent
+	return s.attempts, s.status, s.attempts > 0 && !s.current.unsent()
 }
 
 // retryPolicy is go-retryablehttp's DefaultRetryPolicy (network errors, 429
@@ -199,6 +260,9 @@ func (s *attemptState) snapshot() (attempts, status int, sent bool) {
 func retryPolicy(maxRetryAfter time.Duration) retryablehttp.CheckRetry {
 	return func(ctx context.Context, resp *http.Response, err error) (bool, error) {
 		st := attemptStateFrom(ctx)
+		if abortErr := st.abortErr(); abortErr != nil {
+			return false, abortErr // nothing was sent: the last attempt stays the one before
+		}
 		st.recordStatus(resp, err)
 		if err == nil && !retryStatus(st, resp.StatusCode) {
 			return false, nil
@@ -216,7 +280,7 @@ func retryPolicy(maxRetryAfter time.Duration) retryablehttp.CheckRetry {
 		if err != nil {
 			return true, nil
 		}
-		if wait, ok := retryAfter(resp); ok {
+		if wait, ok := retryAfter(resp, st.now()); ok {
 			if wait > maxRetryAfter {
 				return false, nil
 			}
@@ -238,11 +302,22 @@ func retryStatus(st *attemptState, status int) bool {
 	return transientStatus(status)
 }
 
-// backoff waits what Connect's Retry-After asks for, otherwise an exponential
+// backoff is the call's retryablehttp Backoff. It records the wait before
+// the next attempt for countAttempt to spend through Config.Sleep, and
+// returns 0 so retryablehttp's own real timer never waits.
+func (s *attemptState) backoff(minWait, maxWait time.Duration, attempt int, resp *http.Response) time.Duration {
+	d := backoffWait(minWait, maxWait, attempt, resp, s.now())
+	s.mu.Lock()
+	s.wait = d
+	s.mu.Unlock()
+	return 0
+}
+
+// backoffWait is what Connect's Retry-After asks for, otherwise an exponential
 // delay with equal jitter (half fixed, half random) so many clients recovering
 // at once do not retry in step yet none retries at once.
-func backoff(minWait, maxWait time.Duration, attempt int, resp *http.Response) time.Duration {
-	if wait, ok := retryAfter(resp); ok {
+func backoffWait(minWait, maxWait time.Duration, attempt int, resp *http.Response, now time.Time) time.Duration {
+	if wait, ok := retryAfter(resp, now); ok {
 		return wait
 	}
 	ceiling := minWait << min(attempt, 20)
@@ -252,8 +327,9 @@ func backoff(minWait, maxWait time.Duration, attempt int, resp *http.Response) t
 	return ceiling/2 + rand.N(ceiling/2+1)
 }
 
-// retryAfter parses a Retry-After header in either of its forms (seconds or an HTTP-date).
-func retryAfter(resp *http.Response) (time.Duration, bool) {
+// retryAfter parses a Retry-After header in either of its forms (seconds or
+// an HTTP-date, counted from now on the client's clock).
+func retryAfter(resp *http.Response, now time.Time) (time.Duration, bool) {
 	if resp == nil {
 		return 0, false
 	}
@@ -268,7 +344,7 @@ func retryAfter(resp *http.Response) (time.Duration, bool) {
 		return time.Duration(secs) * time.Second, true
 	}
 	if at, err := http.ParseTime(v); err == nil {
-		return max(time.Until(at), 0), true
+		return max(at.Sub(now), 0), true
 	}
 	return 0, false
 }

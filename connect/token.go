@@ -36,6 +36,11 @@ func (g GrantType) Valid() bool {
 // month is a broken response, not a policy we should lease out.
 const maxTokenLifetime = 31 * 24 * time.Hour
 
+// documentedLifetime is the lifetime Connect documents for its tokens: how
+// long a token named in an unusable answer is assumed live when the answer's
+// own expires_in cannot be trusted.
+const documentedLifetime = 24 * time.Hour
+
 // TokenRequest describes one token to mint.
 type TokenRequest struct {
 	GrantType GrantType
@@ -90,10 +95,11 @@ type tokenResponse struct {
 // not clock skew.
 const maxCreatedAt = 1 << 33
 
-// revokeUnusableTimeout bounds revoking a token named in an unusable answer.
-const revokeUnusableTimeout = 10 * time.Second
-
-// Token mints a token with the client's current credentials.
+// Token mints a token with the client's current credentials. Any failure is
+// an *Error: its Unprocessed says whether a single-use authorization code
+// may still be sent again, and after a 200 the client cannot use, its
+// UnusableToken hands over the token Connect minted anyway, which Token does
+// not revoke itself (revoking, persistently, is the caller's job).
 func (c *Client) Token(ctx context.Context, r TokenRequest) (*Token, error) {
 	if !r.GrantType.Valid() {
 		return nil, fmt.Errorf("connect: unsupported grant type %q", r.GrantType)
@@ -125,39 +131,17 @@ func (c *Client) Token(ctx context.Context, r TokenRequest) (*Token, error) {
 	}
 	// Counting expires_in from when the request was sent, not when the body
 	// was read, keeps the lease inside the token's life whatever the latency.
-	tok, named, err := parseToken(raw, sent)
+	tok, unusable, err := parseToken(raw, sent)
 	if err != nil {
-		if named != "" {
-			err = c.revokeUnusable(ctx, named, err)
-		}
-		ce := &Error{Path: pathToken, StatusCode: 200, Code: ErrInvalidResponse, Sent: true, Err: err}
+		// A token the answer named is handed to the caller (UnusableToken),
+		// not revoked here: revoking is the caller's, with its own retries.
+		attempts, _, _ := st.snapshot()
+		ce := &Error{Path: pathToken, StatusCode: 200, Code: ErrInvalidResponse, Attempts: attempts, Sent: true, Err: err, unusable: unusable}
 		st.finish(ctx, ce)
 		return nil, ce
 	}
 	st.finish(ctx, nil)
 	return tok, nil
-}
-
-// revokeUnusable revokes a token Connect minted in an answer we cannot use,
-// so it does not stay live with nobody holding it. Best effort, on a context
-// detached from the caller's cancellation (the caller may give up the moment
-// Token fails) but bounded. It returns cause annotated with the outcome; the
-// token never appears in it.
-func (c *Client) revokeUnusable(ctx context.Context, token string, cause error) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), revokeUnusableTimeout)
-	defer cancel()
-	err := c.Revoke(ctx, c.creds, token)
-	if err == nil {
-		return fmt.Errorf("%w (the token it named was revoked)", cause)
-	}
-	// Connect's own words could echo the token, so only the status is kept.
-	why := "no answer"
-	if ce, ok := AsError(err); ok && ce.StatusCode != 0 {
-		why = fmt.Sprintf("HTTP %d", ce.StatusCode)
-	} else if ok && ce.Timeout() {
-		why = "timed out"
-	}
-	return fmt.Errorf("%w (revoking the token it named failed (%s); it expires by itself)", cause, why)
 }
 
 // Assertion encodes a user id the way the fulfillment_user_assertion grant
@@ -171,23 +155,16 @@ func Assertion(userID string) string {
 }
 
 // parseToken validates a 200 body from the token endpoint. requested is the
-// local time the request that got it was sent. When the body is unusable but names a
-// token, named is that token, for the caller to revoke.
-func parseToken(raw []byte, requested time.Time) (tok *Token, named string, err error) {
-	// Read access_token alone first: a body that names a token but is wrong
-	// elsewhere (even in a field's type) still minted it.
-	var head struct {
-		AccessToken string `json:"access_token"`
-	}
-	if json.Unmarshal(raw, &head) == nil {
-		named = head.AccessToken
-	}
+// local time the request that got it was sent. When the body is unusable but
+// names a token, unusable is that token, for the caller to revoke.
+func parseToken(raw []byte, requested time.Time) (tok, unusable *Token, err error) {
+	named := namedToken(raw, requested)
 	var tr tokenResponse
 	if err := json.Unmarshal(raw, &tr); err != nil {
 		return nil, named, fmt.Errorf("decoding token response: %w", err)
 	}
 	if tr.AccessToken == "" {
-		return nil, "", errors.New("token response has no access_token")
+		return nil, nil, errors.New("token response has no access_token")
 	}
 	if !strings.EqualFold(tr.TokenType, "Bearer") {
 		// Quote only what is short and not part of the token: errors end up in logs.
@@ -222,7 +199,33 @@ func parseToken(raw []byte, requested time.Time) (tok *Token, named string, err 
 		RequestedAt: requested.UTC(),
 		ExpiresIn:   lifetime,
 		ExpiresAt:   requested.Add(lifetime).UTC(),
-	}, "", nil
+	}, nil, nil
+}
+
+// namedToken reads the token a 200 body names, if any, and how long it
+// lives, each field on its own: a body that names a token but is wrong
+// elsewhere (even in a field's type) still minted it. An unusable expires_in
+// gives way to the documented lifetime.
+func namedToken(raw []byte, requested time.Time) *Token {
+	var head struct {
+		AccessToken string `json:"access_token"`
+	}
+	if json.Unmarshal(raw, &head) != nil || head.AccessToken == "" {
+		return nil
+	}
+	lifetime := documentedLifetime
+	var life struct {
+		ExpiresIn float64 `json:"expires_in"`
+	}
+	if json.Unmarshal(raw, &life) == nil && life.ExpiresIn > 0 && life.ExpiresIn <= maxTokenLifetime.Seconds() {
+		lifetime = time.Duration(life.ExpiresIn * float64(time.Second))
+	}
+	return &Token{
+		AccessToken: head.AccessToken,
+		RequestedAt: requested.UTC(),
+		ExpiresIn:   lifetime,
+		ExpiresAt:   requested.Add(lifetime).UTC(),
+	}
 }
 
 // splitScopes splits a scope string on commas (what Connect documents) and
