@@ -79,34 +79,32 @@ func readError(err error) error {
 // came back, Connect may have spent it, so it is never sent again and the
 // caller is told to get a new one rather than to retry.
 func mintError(err error, g connect.GrantType) (*logical.Response, error) {
-	if g != connect.GrantAuthorizationCode || !codeMayBeConsumed(err) {
-		return upstreamError(err)
+	ce, isConnect := connect.AsError(err)
+	if g != connect.GrantAuthorizationCode || !codeMayBeConsumed(err) || (isConnect && !ce.Temporary()) {
+		return upstreamError(err) // not a code, provably unspent, or Connect's own refusal
 	}
 	status := http.StatusBadGateway
-	if ce, ok := connect.AsError(err); !ok || ce.Timeout() {
+	if !isConnect || ce.Timeout() {
 		status = http.StatusGatewayTimeout
 	}
 	return nil, logical.CodedError(status, fmt.Sprintf("Instacart Connect gave no usable answer after the authorization code was sent (%s); the code may have been consumed, so it was not sent again: get a new code from Instacart and try again", errorSummary(err)))
 }
 
 // codeMayBeConsumed reports whether a failed token request may have spent
-// its authorization code: it reached Connect and got no answer that proves
-// it was turned away unprocessed (a 4xx refusal, or 429/503), or the caller
-// stopped waiting while it was in flight.
+// its authorization code, judged by the fate of its last attempt only: the
+// code is free again only when that attempt provably wrote nothing, or
+// Connect turned it away unprocessed (429, 503), or it never left the queue.
+// Any other answer, 4xx included, means Connect processed it; a caller that
+// stopped waiting while it was in flight cannot know.
 func codeMayBeConsumed(err error) bool {
-	if errors.Is(err, errMintQueue) {
+	if errors.Is(err, errMintQueue) || errors.Is(err, errShuttingDown) {
 		return false // still queued: nothing was sent
 	}
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		if _, ok := connect.AsError(err); !ok {
-			return true // the caller gave up while the request was in flight
-		}
-	}
 	ce, ok := connect.AsError(err)
-	if !ok || !ce.Sent || !ce.Temporary() {
-		return false
+	if !ok {
+		return true // the caller gave up while the request was in flight, or worse
 	}
-	return ce.StatusCode != http.StatusTooManyRequests && ce.StatusCode != http.StatusServiceUnavailable
+	return !ce.Unprocessed()
 }
 
 // connectSummary says what Connect answered in words fit for logs and

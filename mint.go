@@ -170,5 +170,9 @@ func (b *backend) persistLifetime(ctx context.Context, s logical.Storage, d time
 // unusableToken is the token Connect named in an answer the client could not
 // use, if any: it was minted, so it must be revoked.
 func unusableToken(ce *connect.Error) (*connect.Token, bool) {
-	return nil, false // TODO(merge connect-fate): ce.UnusableToken()
+	if ce == nil {
+		return nil, false
+	}
+	t, ok := ce.UnusableToken()
+	return &t, ok
 }
