@@ -2,10 +2,13 @@ package instacart
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
 
@@ -31,8 +34,9 @@ func TestAuthorizationCodeIsSingleUse(t *testing.T) {
 	// A code Connect itself refuses (never issued) is still Connect's to judge.
 	resp, err = e.do(logical.UpdateOperation, "creds/link", map[string]any{"code": "never-issued"})
 	expectError(t, resp, err, "invalid_grant")
-	// Records of sent codes are pruned once no code could still be valid.
-	e.advance(codeRecordTTL)
+	// Records of sent codes are pruned once no code could still be valid:
+	// with the whole hour they were sent in past the TTL.
+	e.advance(codeRecordTTL + codeBucketSpan)
 	if err := e.b.pruneCodes(context.Background(), e.storage); err != nil {
 		t.Fatal(err)
 	}
@@ -120,4 +124,284 @@ func TestAuthorizationCodeIsNeverSentTwice(t *testing.T) {
 			t.Errorf("token requests = %d, want 2", got)
 		}
 	})
+}
+
+// countingStorage counts the storage calls made through it, by key.
+type countingStorage struct {
+	logical.Storage
+
+	mu    sync.Mutex
+	gets  []string
+	lists []string
+}
+
+func (c *countingStorage) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
+	c.mu.Lock()
+	c.gets = append(c.gets, key)
+	c.mu.Unlock()
+	return c.Storage.Get(ctx, key)
+}
+
+func (c *countingStorage) List(ctx context.Context, prefix string) ([]string, error) {
+	c.mu.Lock()
+	c.lists = append(c.lists, prefix)
+	c.mu.Unlock()
+	return c.Storage.List(ctx, prefix)
+}
+
+// getsUnder counts the Get calls on keys under prefix.
+func (c *countingStorage) getsUnder(prefix string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, k := range c.gets {
+		if strings.HasPrefix(k, prefix) {
+			n++
+		}
+	}
+	return n
+}
+
+func (c *countingStorage) listed() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.lists...)
+}
+
+func (c *countingStorage) reset() {
+	c.mu.Lock()
+	c.gets, c.lists = nil, nil
+	c.mu.Unlock()
+}
+
+// codeClock sets the backend's clock to t and returns a function that moves
+// it to another time.
+func codeClock(e *testEnv, t time.Time) func(time.Time) {
+	var mu sync.Mutex
+	now := t
+	e.b.now = func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return now
+	}
+	return func(t time.Time) {
+		mu.Lock()
+		now = t
+		mu.Unlock()
+	}
+}
+
+// codeKeys returns the storage keys under codes/.
+func codeKeys(e *testEnv) []string {
+	var keys []string
+	for k := range e.storageSnapshot() {
+		if strings.HasPrefix(k, codeStoragePrefix) {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+func mustClaim(t *testing.T, e *testEnv, code string, want bool) {
+	t.Helper()
+	claimed, err := e.b.claimCode(context.Background(), e.storage, code)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if claimed != want {
+		t.Fatalf("claimCode = %v, want %v", claimed, want)
+	}
+}
+
+func mustPruneCodes(t *testing.T, e *testEnv) {
+	t.Helper()
+	if err := e.b.pruneCodes(context.Background(), e.storage); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A claimed code is refused a second time, and its record lives in the
+// bucket of the hour it was sent in, named by the code's hash.
+func TestCodeClaimTwiceIsRefused(t *testing.T) {
+	e := newTestEnv(t)
+	sent := time.Date(2026, 3, 14, 10, 20, 0, 0, time.UTC)
+	codeClock(e, sent)
+	mustClaim(t, e, "code-a", true)
+	mustClaim(t, e, "code-a", false)
+	mustClaim(t, e, "code-b", true)
+	want := map[string]bool{
+		"codes/2026031410/" + codeHash("code-a"): true,
+		"codes/2026031410/" + codeHash("code-b"): true,
+	}
+	got := codeKeys(e)
+	if len(got) != len(want) {
+		t.Fatalf("code records %v, want %v", got, want)
+	}
+	for _, k := range got {
+		if !want[k] {
+			t.Errorf("unexpected code record %s", k)
+		}
+		if strings.Contains(k, "code-") {
+			t.Errorf("a code record names the code itself: %s", k)
+		}
+	}
+}
+
+// The bucket is named by the UTC hour whatever zone the clock reports.
+func TestCodeBucketIsUTC(t *testing.T) {
+	e := newTestEnv(t)
+	codeClock(e, time.Date(2026, 3, 14, 10, 20, 0, 0, time.FixedZone("UTC+5", 5*3600)))
+	mustClaim(t, e, "code-a", true)
+	if got := codeKeys(e); len(got) != 1 || got[0] != "codes/2026031405/"+codeHash("code-a") {
+		t.Errorf("code records %v, want one in bucket 2026031405", got)
+	}
+}
+
+// A record from the previous hour still refuses the code while it is within
+// its TTL, and neither refuses it nor survives pruning after.
+func TestCodeRecordFromPreviousHour(t *testing.T) {
+	e := newTestEnv(t)
+	sent := time.Date(2026, 3, 14, 10, 50, 0, 0, time.UTC)
+	set := codeClock(e, sent)
+	mustClaim(t, e, "code-a", true)
+
+	set(sent.Add(codeRecordTTL - time.Second)) // 11:49:59, another hour
+	mustClaim(t, e, "code-a", false)
+	mustPruneCodes(t, e) // bucket 10 may still hold live records: kept
+	if got := codeKeys(e); len(got) != 1 {
+		t.Fatalf("code records %v after pruning within the TTL, want the one", got)
+	}
+
+	set(sent.Add(codeRecordTTL)) // 11:50:00: the record no longer counts
+	mustClaim(t, e, "code-a", true)
+	mustClaim(t, e, "code-a", false) // the new record (bucket 11) does
+
+	set(time.Date(2026, 3, 14, 12, 0, 0, 0, time.UTC)) // bucket 10 wholly past the TTL
+	mustPruneCodes(t, e)
+	if got := codeKeys(e); len(got) != 1 || got[0] != "codes/2026031411/"+codeHash("code-a") {
+		t.Errorf("code records %v, want only the one of hour 11", got)
+	}
+}
+
+// Pruning 1,000 expired records reads none of them: the bucket is listed and
+// its keys deleted.
+func TestCodePruneDoesNotReadRecords(t *testing.T) {
+	e := newTestEnv(t)
+	counting := &countingStorage{Storage: e.storage}
+	e.storage = counting
+	sent := time.Date(2026, 3, 14, 10, 0, 0, 0, time.UTC)
+	set := codeClock(e, sent)
+	for i := range 1000 {
+		set(sent.Add(time.Duration(i) * 3 * time.Second)) // 10:00:00 to 10:49:57
+		mustClaim(t, e, fmt.Sprintf("code-%d", i), true)
+	}
+	set(time.Date(2026, 3, 14, 11, 30, 0, 0, time.UTC))
+	mustClaim(t, e, "live-code", true) // bucket 11, still live
+
+	set(time.Date(2026, 3, 14, 12, 0, 0, 0, time.UTC)) // bucket 10 wholly past the TTL
+	counting.reset()
+	mustPruneCodes(t, e)
+	if n := counting.getsUnder(codeStoragePrefix); n != 0 {
+		t.Errorf("pruning made %d Get calls on code records, want none", n)
+	}
+	if got, want := counting.listed(), []string{codeStoragePrefix, codeStoragePrefix + "2026031410/"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("pruning listed %v, want %v", got, want)
+	}
+	if got := codeKeys(e); len(got) != 1 || got[0] != "codes/2026031411/"+codeHash("live-code") {
+		t.Errorf("%d code records left (%v), want only the live one", len(got), got)
+	}
+	mustClaim(t, e, "live-code", false)
+}
+
+// A record the previous release wrote (codes/<sha256>) still refuses the
+// code while within its TTL, and is pruned once past it.
+func TestCodeLegacyRecord(t *testing.T) {
+	e := newTestEnv(t)
+	sent := time.Date(2026, 3, 14, 10, 50, 0, 0, time.UTC)
+	set := codeClock(e, sent.Add(10*time.Minute))
+	legacy := codeStoragePrefix + codeHash("old-code")
+	if err := putJSON(context.Background(), e.storage, legacy, codeRecord{SentAt: sent}); err != nil {
+		t.Fatal(err)
+	}
+	mustClaim(t, e, "old-code", false)
+	mustPruneCodes(t, e)
+	if _, ok := e.storageSnapshot()[legacy]; !ok {
+		t.Fatal("a legacy record within its TTL was pruned")
+	}
+
+	set(sent.Add(codeRecordTTL))
+	mustPruneCodes(t, e)
+	if got := codeKeys(e); len(got) != 0 {
+		t.Errorf("code records %v after the legacy record's TTL, want none", got)
+	}
+	mustClaim(t, e, "old-code", true)
+}
+
+// A legacy record past its TTL does not refuse the code, even before the
+// prune has removed it.
+func TestCodeExpiredLegacyRecordDoesNotRefuse(t *testing.T) {
+	e := newTestEnv(t)
+	sent := time.Date(2026, 3, 14, 10, 50, 0, 0, time.UTC)
+	codeClock(e, sent.Add(codeRecordTTL))
+	if err := putJSON(context.Background(), e.storage, codeStoragePrefix+codeHash("old-code"), codeRecord{SentAt: sent}); err != nil {
+		t.Fatal(err)
+	}
+	mustClaim(t, e, "old-code", true)
+	mustClaim(t, e, "old-code", false)
+}
+
+// A released code may be claimed again, also when the hour turned between
+// the claim and the release.
+func TestCodeReleaseAllowsReclaim(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		after time.Duration
+	}{
+		{"same hour", time.Second},
+		{"next hour", 2 * time.Minute},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newTestEnv(t)
+			sent := time.Date(2026, 3, 14, 10, 59, 0, 0, time.UTC)
+			set := codeClock(e, sent)
+			mustClaim(t, e, "code-a", true)
+			mustClaim(t, e, "code-b", true)
+			set(sent.Add(tc.after))
+			e.b.releaseCode(context.Background(), e.storage, "code-a")
+			if got := codeKeys(e); len(got) != 1 || !strings.HasSuffix(got[0], codeHash("code-b")) {
+				t.Errorf("code records %v after releasing code-a, want only code-b's", got)
+			}
+			mustClaim(t, e, "code-a", true)
+			mustClaim(t, e, "code-a", false)
+			mustClaim(t, e, "code-b", false) // another code's record is untouched
+		})
+	}
+}
+
+// Concurrent claims of one code: exactly one wins.
+func TestCodeConcurrentClaims(t *testing.T) {
+	e := newTestEnv(t)
+	const n = 16
+	results := make(chan bool, n)
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			claimed, err := e.b.claimCode(context.Background(), e.storage, "code-a")
+			if err != nil {
+				t.Error(err)
+			}
+			results <- claimed
+		})
+	}
+	wg.Wait()
+	close(results)
+	won := 0
+	for claimed := range results {
+		if claimed {
+			won++
+		}
+	}
+	if won != 1 {
+		t.Errorf("%d concurrent claims of one code succeeded, want 1", won)
+	}
 }

@@ -2,16 +2,20 @@ package instacart
 
 import (
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
 // FuzzRoleWrite throws arbitrary role input at roles/<name>. Every write must
-// either succeed and read back as written, or fail with a 400 naming a field
-// and leave storage exactly as it was. Never a panic, never a 500.
+// either succeed and read back as written, with a user_id and
+// allowed_user_ids patterns that pass visibleUserID, or fail with a 400
+// naming a field, quoting neither the user id nor a pattern, and leave
+// storage exactly as it was. Never a panic, never a 500.
 // Seeds: f.Add below plus testdata/fuzz/FuzzRoleWrite.
 func FuzzRoleWrite(f *testing.F) {
 	f.Add("cc", "client_credentials", "connect:fulfillment", "", "", "", "")
@@ -23,6 +27,9 @@ func FuzzRoleWrite(f *testing.F) {
 	f.Add(strings.Repeat("n", 10<<10), "client_credentials", strings.Repeat("s", 10<<10), "", "", "", "")
 	f.Add("u", "fulfillment_user_assertion", "connect:recommendations", "a\"b\\c\nd", "", "", "")
 	f.Add("g", "fulfillment_user_assertion", "connect:recommendations", "", "[", "", "")
+	f.Add("z", "fulfillment_user_assertion", "connect:recommendations", "kämal\u200b", "", "", "")
+	f.Add("z", "fulfillment_user_assertion", "connect:recommendations", "", "störe-\ufeff*,vip\U000e0041", "", "")
+	f.Add("z", "fulfillment_user_assertion", "connect:rëcommendations", "rë", "", "", "")
 
 	e := newTestEnv(f)
 	f.Fuzz(func(t *testing.T, name, grant, scopes, userID, allowed, redirect, reuse string) {
@@ -46,14 +53,30 @@ func FuzzRoleWrite(f *testing.F) {
 			if !reflect.DeepEqual(before, e.storageSnapshot()) {
 				t.Errorf("rejected write changed storage")
 			}
+			others := []string{name, grant, scopes, redirect, reuse}
+			for _, v := range append(strings.Split(allowed, ","), userID) {
+				if echoes(msg, strings.TrimSpace(v), others) {
+					t.Errorf("error %q quotes a user id or allowed_user_ids pattern", msg)
+				}
+			}
 			return
 		}
 		got := e.mustOK(logical.ReadOperation, "roles/"+name, nil)
 		if got.Data["grant_type"] != grant {
 			t.Errorf("grant_type read back as %v", got.Data["grant_type"])
 		}
-		if grant == "fulfillment_user_assertion" && got.Data["user_id"] != userID {
-			t.Errorf("user_id read back as %q, wrote %q", got.Data["user_id"], userID)
+		if grant == "fulfillment_user_assertion" {
+			if got.Data["user_id"] != userID {
+				t.Errorf("user_id read back as %q, wrote %q", got.Data["user_id"], userID)
+			}
+			if userID != "" && !visibleUserID(userID) {
+				t.Errorf("user_id %q accepted", userID)
+			}
+			for _, g := range got.Data["allowed_user_ids"].([]string) {
+				if !visibleUserID(g) {
+					t.Errorf("allowed_user_ids pattern %q accepted", g)
+				}
+			}
 		}
 		e.mustOK(logical.DeleteOperation, "roles/"+name, nil)
 	})
@@ -61,10 +84,11 @@ func FuzzRoleWrite(f *testing.F) {
 
 // FuzzAssertionUserID mints assertion tokens for arbitrary user ids: an
 // accepted id must reach Connect as valid JSON for exactly that id; a refused
-// one (empty, too long, invalid UTF-8, control characters) gets a 400 naming
-// user_id and changes nothing.
+// one (empty, too long, invalid UTF-8, control or invisible characters: see
+// visibleUserID) gets a 400 naming user_id, not quoting it, and changes
+// nothing.
 func FuzzAssertionUserID(f *testing.F) {
-	for _, seed := range []string{"kamalsingh1234", `a"b`, `back\slash`, "new\nline", "\x00", "ünïcödé", "store-*", strings.Repeat("x", 10<<10), "\xff\xfe"} {
+	for _, seed := range []string{"kamalsingh1234", `a"b`, `back\slash`, "new\nline", "\x00", "ünïcödé", "store-*", strings.Repeat("x", 10<<10), "\xff\xfe", "zero\u200bwidth", "\ufeffbom", "tag\U000e0041", "soft\u00adhyphen", "a\u2064b"} {
 		f.Add(seed)
 	}
 	e := newTestEnv(f)
@@ -78,16 +102,26 @@ func FuzzAssertionUserID(f *testing.F) {
 			t.Fatalf("internal error: %v", err)
 		}
 		if resp.IsError() {
-			if valid := userID != "" && len(userID) <= maxUserIDLength && utf8.ValidString(userID) && !hasControl(userID); valid {
+			if visibleUserID(userID) {
 				t.Fatalf("valid user id refused: %v", resp.Error())
 			}
-			if !strings.Contains(resp.Error().Error(), "user_id") {
-				t.Errorf("error %q does not name user_id", resp.Error())
+			msg := resp.Error().Error()
+			if !namesWord(msg, "user_id") {
+				t.Errorf("error %q does not name user_id", msg)
+			}
+			// The messages of creds/ about a user id are fixed text: short,
+			// valid UTF-8, without control or invisible characters, so no
+			// refused id is part of one unless it was quoted.
+			if userID != "" && (strings.Contains(msg, userID) || echoes(msg, userID, nil)) {
+				t.Errorf("error %q quotes the user id", msg)
 			}
 			if !reflect.DeepEqual(before, e.storageSnapshot()) {
 				t.Error("storage changed")
 			}
 			return
+		}
+		if !visibleUserID(userID) {
+			t.Fatalf("user id %q accepted", userID)
 		}
 		info, ok := e.fake.Token(resp.Data["access_token"].(string))
 		if !ok || info.UserID != userID {
@@ -104,4 +138,58 @@ func namesAField(msg string) bool {
 		}
 	}
 	return false
+}
+
+// visibleUserID is the fuzz oracle's own statement of the rule for user ids
+// and allowed_user_ids patterns: 1 to maxUserIDLength bytes of valid UTF-8
+// with no control characters (C0, DEL, C1), line or paragraph separators,
+// format characters (Unicode category Cf: zero-width characters, direction
+// marks, overrides and isolates, the byte order mark, invisible operators)
+// or tag characters (U+E0000–U+E007F).
+func visibleUserID(id string) bool {
+	if id == "" || len(id) > maxUserIDLength || !utf8.ValidString(id) {
+		return false
+	}
+	for _, r := range id {
+		if unicode.IsControl(r) || unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp) || (r >= 0xe0000 && r <= 0xe007f) {
+			return false
+		}
+	}
+	return true
+}
+
+// echoes reports whether msg quotes v as a message would (as is, %q-escaped,
+// or cut short by truncateForMessage) where none of the other inputs, which
+// messages may quote, explains it. Only forms holding a backslash or a
+// non-ASCII character are looked for: every fixed message text is ASCII (bar
+// the ellipsis) without backslashes, so such a form in msg came from an input.
+func echoes(msg, v string, others []string) bool {
+	if v == "" {
+		return false
+	}
+	for _, f := range messageForms(v) {
+		marked := strings.ContainsFunc(f, func(r rune) bool { return r == '\\' || (r > unicode.MaxASCII && r != '…') })
+		if !marked || !strings.Contains(msg, f) {
+			continue
+		}
+		explained := false
+		for _, o := range others {
+			for _, part := range append(strings.Split(o, ","), o) {
+				for _, of := range messageForms(strings.TrimSpace(part)) {
+					explained = explained || strings.Contains(of, f)
+				}
+			}
+		}
+		if !explained {
+			return true
+		}
+	}
+	return false
+}
+
+// messageForms are the ways a message may quote s.
+func messageForms(s string) []string {
+	cut := strings.TrimSuffix(truncateForMessage(s), "…")
+	q, qc := strconv.Quote(s), strconv.Quote(cut)
+	return []string{s, q[1 : len(q)-1], cut, qc[1 : len(qc)-1]}
 }

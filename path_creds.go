@@ -166,7 +166,9 @@ func (b *backend) exclusiveCreds(ctx context.Context, s logical.Storage, m *mint
 }
 
 // credsInput checks the caller's input against the role's grant and returns
-// the user id and code to mint with, or a problem naming the field.
+// the user id and code to mint with, or a problem naming the field. A problem
+// never quotes the user id (or the code): Vault's audit log HMACs request and
+// response data but not error text, which would hand the id out in clear.
 func credsInput(r *role, d *framework.FieldData) (userID, code, problem string) {
 	userID = d.Get("user_id").(string)
 	code = d.Get("code").(string)
@@ -192,7 +194,7 @@ func credsInput(r *role, d *framework.FieldData) (userID, code, problem string) 
 			return "", "", "user_id " + p
 		}
 		if !strutil.StrListContainsGlob(r.AllowedUserIDs, userID) {
-			return "", "", fmt.Sprintf("user_id %q is not permitted by the role's allowed_user_ids", truncateForMessage(userID))
+			return "", "", "user_id is not permitted by the role's allowed_user_ids"
 		}
 	case connect.GrantAuthorizationCode:
 		if userID != "" {

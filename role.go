@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -284,9 +285,15 @@ func validateGrantFields(r *role) string {
 				return "user_id " + p
 			}
 		}
-		for _, g := range r.AllowedUserIDs {
-			if g == "" || len(g) > maxUserIDLength || !utf8.ValidString(g) {
-				return fmt.Sprintf("allowed_user_ids: each glob must be 1 to %d characters of valid UTF-8", maxUserIDLength)
+		// Patterns are matched with strutil.StrListContainsGlob, where "*"
+		// matches any run of characters; apart from that a pattern is held
+		// to the same rule as a user id, so no pattern hides characters an
+		// operator reviewing the role cannot see. The message gives the
+		// pattern's position, never its text: errors are not HMAC'd in the
+		// audit log, and patterns are user ids or parts of them.
+		for i, g := range r.AllowedUserIDs {
+			if validUserID(g) != "" {
+				return fmt.Sprintf("allowed_user_ids: pattern %d of %d is not valid: each must be 1 to %d bytes of valid UTF-8 with no control or invisible characters (\"*\" matches any run of characters)", i+1, len(r.AllowedUserIDs), maxUserIDLength)
 			}
 		}
 	}
@@ -304,12 +311,31 @@ func validateGrantFields(r *role) string {
 // validUserID accepts printable UTF-8 up to maxUserIDLength bytes: Connect user
 // ids are the retailer's own, and the assertion JSON-encodes whatever they
 // hold, but control characters and NUL are never part of a real id and only
-// confuse logs and downstream systems.
+// confuse logs and downstream systems, and invisible characters (hasInvisible)
+// make two ids that look the same differ. The message never quotes the id:
+// Vault's audit log HMACs request and response data but not error text or
+// warnings, so a user id must not reach either.
 func validUserID(id string) string {
-	if id == "" || len(id) > maxUserIDLength || !utf8.ValidString(id) || hasControl(id) {
-		return fmt.Sprintf("must be 1 to %d bytes of valid UTF-8 with no control characters", maxUserIDLength)
+	if id == "" || len(id) > maxUserIDLength || !utf8.ValidString(id) || hasControl(id) || hasInvisible(id) {
+		return fmt.Sprintf("must be 1 to %d bytes of valid UTF-8 with no control or invisible characters", maxUserIDLength)
 	}
 	return ""
+}
+
+// hasInvisible reports whether s holds a character that renders as nothing
+// (hasControl covers control characters, line separators and the direction
+// overrides). It refuses the whole Unicode category Cf (format characters),
+// which covers the zero-width space, non-joiner and joiner and the
+// left-to-right and right-to-left marks (U+200B–U+200F), the Arabic letter
+// mark (U+061C), the byte order mark / zero-width no-break space (U+FEFF),
+// the word joiner and invisible operators (U+2060–U+2064), the bidi
+// embeddings and isolates, the soft hyphen and the assigned tag characters,
+// and also the whole tag block U+E0000–U+E007F, whose unassigned code points
+// are not Cf.
+func hasInvisible(s string) bool {
+	return strings.ContainsFunc(s, func(r rune) bool {
+		return unicode.Is(unicode.Cf, r) || (r >= 0xE0000 && r <= 0xE007F)
+	})
 }
 
 // validRedirectURI requires an absolute https URL (http only on loopback), as
