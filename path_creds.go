@@ -97,11 +97,8 @@ func (b *backend) exclusiveCreds(ctx context.Context, s logical.Storage, m *mint
 	if err != nil {
 		return nil, err
 	}
-	var codeRec string
 	if m.code != "" {
-		var claimed bool
-		codeRec = m.code // TODO(merge input-hygiene): the record key claimCode returns
-		claimed, err = b.claimCode(ctx, s, m.code)
+		claimed, err := b.claimCode(ctx, s, m.code)
 		if err != nil || !claimed {
 			b.deleteWAL(ctx, s, intent)
 			if err != nil {
@@ -124,7 +121,7 @@ func (b *backend) exclusiveCreds(ctx context.Context, s logical.Storage, m *mint
 			return
 		}
 		if m.code != "" && !codeMayBeConsumed(err) {
-			b.releaseCode(ctx, s, codeRec)
+			b.releaseCode(ctx, s, m.code)
 		}
 		b.deleteWAL(ctx, s, intent)
 	}
@@ -135,7 +132,7 @@ func (b *backend) exclusiveCreds(ctx context.Context, s logical.Storage, m *mint
 			b.deleteWAL(ctx, s, intent) // Connect answered, or was never asked: nothing in flight
 		}
 		if m.code != "" && !codeMayBeConsumed(err) {
-			b.releaseCode(ctx, s, codeRec)
+			b.releaseCode(ctx, s, m.code)
 		}
 		return mintError(err, m.role.GrantType)
 	}

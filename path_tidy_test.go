@@ -31,8 +31,11 @@ func storedTokenKeys(e *testEnv) []string {
 	return keys
 }
 
-// Tidy removes expired per-user tokens, tokens of deleted roles and retired
-// credentials past their retention, from storage and memory, and says so.
+// Tidy removes expired tokens, those of deleted roles among them, and
+// retired credentials past their retention, from storage and memory, and says
+// so. A deleted role's token that is still valid stays (out of service), as
+// do tokens of rotated credentials: leases may hold them, and a flush must
+// still be able to revoke them.
 func TestTidyRemovesExpiredAndOrphanedTokens(t *testing.T) {
 	e := newTestEnv(t)
 	setupRoles(e)
@@ -41,7 +44,7 @@ func TestTidyRemovesExpiredAndOrphanedTokens(t *testing.T) {
 	}
 	e.mustOK(logical.ReadOperation, "creds/cc", nil)
 	// A token left behind under a role that no longer exists.
-	orphan, err := logical.StorageEntryJSON(tokenKey("gone", ""), &issuedToken{revocable: revocable{AccessToken: "placeholder", ExpiresAt: time.Now().Add(time.Hour)}})
+	orphan, err := logical.StorageEntryJSON(tokenKey("gone", ""), &issuedToken{revocable: revocable{AccessToken: "placeholder", ExpiresAt: e.b.now().Add(time.Hour)}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,17 +56,17 @@ func TestTidyRemovesExpiredAndOrphanedTokens(t *testing.T) {
 	e.mustOK(logical.UpdateOperation, "config", map[string]any{"client_id": newID, "client_secret": newSecret})
 
 	resp := e.mustOK(logical.UpdateOperation, "tidy", nil)
-	if resp.Data["orphaned_tokens_removed"] != 1 || resp.Data["expired_tokens_removed"] != 0 {
-		t.Errorf("first tidy: %v, want the one orphan", resp.Data)
+	if resp.Data["orphaned_tokens_removed"] != 0 || resp.Data["expired_tokens_removed"] != 0 {
+		t.Errorf("first tidy: %v, want nothing removed while every token is valid", resp.Data)
 	}
-	if got := len(storedTokenKeys(e)); got != 6 {
-		t.Errorf("%d tokens stored after the first tidy, want the 6 live ones", got)
+	if got := len(storedTokenKeys(e)); got != 7 {
+		t.Errorf("%d tokens stored after the first tidy, want all 7 still valid", got)
 	}
 
 	e.advance(25 * time.Hour)
 	resp = e.mustOK(logical.UpdateOperation, "tidy", nil)
-	if resp.Data["expired_tokens_removed"] != 6 || resp.Data["retired_credentials_removed"] != 1 {
-		t.Errorf("second tidy: %v, want 6 expired tokens and 1 retired credential set", resp.Data)
+	if resp.Data["expired_tokens_removed"] != 6 || resp.Data["orphaned_tokens_removed"] != 1 || resp.Data["retired_credentials_removed"] != 1 {
+		t.Errorf("second tidy: %v, want 6 expired tokens, the deleted role's 1 and 1 retired credential set", resp.Data)
 	}
 	if keys := storedTokenKeys(e); len(keys) != 0 {
 		t.Errorf("tokens left in storage: %v", keys)
@@ -122,16 +125,17 @@ func TestTokenMemoryIsBounded(t *testing.T) {
 	}
 }
 
-// Deleting a role with many stored tokens answers at once, removes them in
-// the background, and holds up no other role: a cold read of another role
-// completes while the removal is parked inside the deleted role's lock.
+// Deleting a role with many stored tokens answers at once without touching
+// them: no storage call under its tokens, however many there are. They stay,
+// out of service, until they expire or a flush revokes them.
 func TestRoleDeleteAtScale(t *testing.T) {
 	e := newTestEnv(t)
 	setupRoles(e)
 	e.mustOK(logical.UpdateOperation, "roles/big", map[string]any{"grant_type": "fulfillment_user_assertion", "scopes": "connect:recommendations", "allowed_user_ids": "*"})
-	const n = 100_000
+	e.mustOK(logical.UpdateOperation, "creds/big", map[string]any{"user_id": "store-1"})
+	const n = 10_000
 	for i := range n {
-		entry, err := logical.StorageEntryJSON(tokenKey("big", fmt.Sprintf("user-%d", i)), &issuedToken{revocable: revocable{AccessToken: "placeholder", ExpiresAt: time.Now().Add(time.Hour)}})
+		entry, err := logical.StorageEntryJSON(tokenKey("big", fmt.Sprintf("user-%d", i)), &issuedToken{revocable: revocable{AccessToken: "placeholder", ExpiresAt: e.b.now().Add(time.Hour)}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -139,27 +143,26 @@ func TestRoleDeleteAtScale(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if e.b.roleLock("big") == e.b.roleLock("cc") {
-		t.Fatal("pick role names on different lock stripes")
-	}
-	g := gateStorage(e)
-	gt := g.park("get", roleTokenPrefix("big")+"*") // inside the removal's first batch
+	counted := &countingStorage{Storage: e.storage}
+	e.storage = counted
 
 	resp := e.mustOK(logical.DeleteOperation, "roles/big", nil)
-	if len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "background") {
-		t.Errorf("warnings = %q, want one saying the tokens go in the background", resp.Warnings)
+	if len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "DELETE cache/big") {
+		t.Errorf("warnings = %q, want one saying how to revoke the role's tokens", resp.Warnings)
 	}
-	gt.awaitParked(t)
-	if resp, err := e.do(logical.ReadOperation, "creds/cc", nil); err != nil || resp.IsError() {
-		t.Fatalf("a cold read of another role during the removal: %v %v", resp, err)
+	if got := counted.getsUnder(roleTokenPrefix("big")); got != 0 {
+		t.Errorf("the delete read %d of the role's tokens", got)
 	}
-	close(gt.release)
-	e.b.bg.wg.Wait()
-	if left := storedTokenKeys(e); len(left) != 1 { // the cc token stays
-		t.Fatalf("%d tokens left after the background removal, want 1", len(left))
+	for _, p := range counted.listed() {
+		if strings.HasPrefix(p, tokenStoragePrefix) {
+			t.Errorf("the delete listed %q", p)
+		}
 	}
 	if keys := e.b.tokens.memoryKeys(roleTokenPrefix("big")); len(keys) != 0 {
 		t.Errorf("%d of the deleted role's tokens left in memory", len(keys))
+	}
+	if left := len(storedTokenKeys(e)); left != n+1 {
+		t.Errorf("%d tokens stored after the delete, want all %d, out of service", left, n+1)
 	}
 }
 
