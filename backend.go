@@ -74,8 +74,9 @@ type backend struct {
 
 	bg *background // work outside requests (background.go)
 
-	// mintSlots bound token requests in flight (mint.go); throttle holds them
-	// all back after a 429. Both belong to the mount, whatever client is used.
+	// mintSlots bound token requests in flight, shared fairly by role
+	// (mint.go); throttle holds token requests (not revocations) back after
+	// a 429. Both belong to the mount, whatever client is used.
 	mintSlots    atomic.Pointer[fairshare.Slots]
 	throttle     connect.Throttle
 	onMintQueued func() // tests: called when a mint must wait for a slot

@@ -250,6 +250,14 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 func (b *backend) verifyCredentials(ctx context.Context, client *connect.Client) (*connect.Token, *logical.Response, error) {
 	tok, err := client.Token(b.metrics.verifyContext(ctx), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
 	if err != nil {
+		if ce, _ := connect.AsError(err); ce != nil {
+			if unusable, named := ce.UnusableToken(); named {
+				// Nothing is saved, so no queue could retry this: one try.
+				if rerr := client.Revoke(ctx, client.Credentials(), unusable.AccessToken); rerr != nil {
+					b.Logger().Warn("could not revoke the token named in an unusable answer to verify; it expires by itself", "expires_at", unusable.ExpiresAt, "error", errorSummary(rerr))
+				}
+			}
+		}
 		resp, err := upstreamError(err)
 		if resp != nil {
 			resp.Data["error"] = "verify: " + resp.Data["error"].(string) + " (nothing was saved; write verify=false to skip this check)"
