@@ -12,8 +12,8 @@ import (
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect"
 )
 
-// mintTag travels in the context of a mint, so the Connect observer can
-// label its attempts.
+// mintTag labels the Connect call of a mint (connect.TokenRequest.Label),
+// so the observer can count and log its attempts by role.
 type mintTag struct {
 	role    string
 	grant   connect.GrantType
@@ -21,31 +21,28 @@ type mintTag struct {
 	purpose string // for log lines; empty for creds reads
 }
 
-type mintTagKey struct{}
-
-// mintContext tags ctx for the Connect call of mint request req: the
-// observer is told about attempts through the client, which knows only ctx.
-func (m *metrics) mintContext(ctx context.Context, req *mintRequest) context.Context {
-	tag := &mintTag{role: req.roleName, grant: req.role.GrantType, perUser: req.userID != "" && req.role.UserID == ""}
-	return context.WithValue(ctx, mintTagKey{}, tag)
+// mintLabel labels the Connect call of mint request req.
+func mintLabel(req *mintRequest) *mintTag {
+	return &mintTag{role: req.roleName, grant: req.role.GrantType, perUser: req.userID != "" && req.role.UserID == ""}
 }
 
-// verifyContext tags the mint that verifies new credentials on a config write.
-func (m *metrics) verifyContext(ctx context.Context) context.Context {
-	return context.WithValue(ctx, mintTagKey{}, &mintTag{role: verifyRole, grant: connect.GrantClientCredentials, purpose: "verify credentials"})
+// verifyLabel labels the mint that verifies new credentials on a config write.
+func verifyLabel() *mintTag {
+	return &mintTag{role: verifyRole, grant: connect.GrantClientCredentials, purpose: "verify credentials"}
 }
 
-func mintTagFrom(ctx context.Context) *mintTag {
-	tag, _ := ctx.Value(mintTagKey{}).(*mintTag)
-	return tag
-}
+// revokeLabel labels a revocation's Connect call with the role whose token it is.
+type revokeLabel struct{ role string }
 
-// revokeRoleKey carries the role of a token being revoked, for the log line.
-type revokeRoleKey struct{}
-
-// withRevokeRole names the role whose token ctx revokes.
-func withRevokeRole(ctx context.Context, roleName string) context.Context {
-	return context.WithValue(ctx, revokeRoleKey{}, roleName)
+// labels reads what the caller of a Connect call labelled it with.
+func labels(a connect.Attempt) (tag *mintTag, roleName string) {
+	switch l := a.Label.(type) {
+	case *mintTag:
+		return l, l.role
+	case revokeLabel:
+		return nil, l.role
+	}
+	return nil, ""
 }
 
 // Retrying is connect.Observer: an attempt is followed by another.
@@ -56,17 +53,13 @@ func (m *metrics) Retrying(ctx context.Context, a connect.Attempt) {
 		status = strconv.Itoa(a.Status)
 	}
 	m.retries.WithLabelValues(status).Inc()
-	tag := mintTagFrom(ctx)
+	tag, roleName := labels(a)
 	if a.Endpoint == connect.EndpointToken {
 		outcome := outcomeTransient
 		if a.Timeout {
 			outcome = outcomeTimeout
 		}
 		m.countMint(tag, a.Grant, outcome)
-	}
-	roleName, _ := ctx.Value(revokeRoleKey{}).(string)
-	if tag != nil && roleName == "" {
-		roleName = tag.role
 	}
 	m.storm.retry(m.log(), a, status, roleName)
 }
@@ -79,12 +72,12 @@ func (m *metrics) Finished(ctx context.Context, a connect.Attempt, err error) {
 	}
 	switch a.Endpoint {
 	case connect.EndpointToken:
-		tag := mintTagFrom(ctx)
+		tag, _ := labels(a)
 		outcome := classifyMint(err)
 		m.countMint(tag, a.Grant, outcome)
 		m.logMint(tag, a, outcome, err)
 	case connect.EndpointRevoke:
-		m.logRevocation(ctx, a, err)
+		m.logRevocation(a, err)
 	}
 }
 
@@ -163,22 +156,18 @@ func (m *metrics) logMint(tag *mintTag, a connect.Attempt, outcome mintOutcome, 
 }
 
 // logRevocation writes the one line per revocation sent to Connect.
-func (m *metrics) logRevocation(ctx context.Context, a connect.Attempt, err error) {
+func (m *metrics) logRevocation(a connect.Attempt, err error) {
 	l := m.log()
 	if l == nil {
 		return
 	}
-	roleName, _ := ctx.Value(revokeRoleKey{}).(string)
+	tag, roleName := labels(a)
 	outcome := revocationNames[revocationRevoked]
 	if err != nil {
 		outcome = revocationNames[revocationError]
 		if ce, ok := connect.AsError(err); ok && !ce.Temporary() {
 			outcome = revocationNames[revocationRefused]
 		}
-	}
-	tag := mintTagFrom(ctx) // a token revoked as it arrives: unusable, or not handed out
-	if tag != nil && roleName == "" {
-		roleName = tag.role
 	}
 	var grant connect.GrantType
 	switch {

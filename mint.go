@@ -72,7 +72,9 @@ func (b *backend) mintInSlot(ctx context.Context, s logical.Storage, m *mintRequ
 	if r := e.rejected.Load(); r != nil && now.Before(r.until) {
 		return nil, r.err
 	}
-	tok, err := e.client.Token(b.metrics.mintContext(ctx, m), m.connectRequest())
+	req := m.connectRequest()
+	req.Label = mintLabel(m)
+	tok, err := e.client.Token(ctx, req)
 	if err != nil {
 		ce, ok := connect.AsError(err)
 		if ok && ce.CredentialsRejected() {

@@ -225,7 +225,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 
 	if err := putConfig(ctx, req.Storage, cfg); err != nil {
 		if verified != nil { // the credentials were not saved: nothing can retry with them
-			if rerr := next.client.Revoke(ctx, next.client.Credentials(), verified.AccessToken); rerr != nil {
+			if rerr := next.client.Revoke(ctx, next.client.Credentials(), verified.AccessToken, verifyLabel()); rerr != nil {
 				b.Logger().Warn("could not revoke the token minted to verify credentials that were not saved; it expires by itself", "expires_at", verified.ExpiresAt, "error", errorSummary(rerr))
 			}
 		}
@@ -248,12 +248,12 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 // accepts the credentials before they are saved. The caller revokes the
 // token once they are (through the revocation queue, which needs them saved).
 func (b *backend) verifyCredentials(ctx context.Context, client *connect.Client) (*connect.Token, *logical.Response, error) {
-	tok, err := client.Token(b.metrics.verifyContext(ctx), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
+	tok, err := client.Token(ctx, connect.TokenRequest{GrantType: connect.GrantClientCredentials, Label: verifyLabel()})
 	if err != nil {
 		if ce, _ := connect.AsError(err); ce != nil {
 			if unusable, named := ce.UnusableToken(); named {
 				// Nothing is saved, so no queue could retry this: one try.
-				if rerr := client.Revoke(ctx, client.Credentials(), unusable.AccessToken); rerr != nil {
+				if rerr := client.Revoke(ctx, client.Credentials(), unusable.AccessToken, verifyLabel()); rerr != nil {
 					b.Logger().Warn("could not revoke the token named in an unusable answer to verify; it expires by itself", "expires_at", unusable.ExpiresAt, "error", errorSummary(rerr))
 				}
 			}

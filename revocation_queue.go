@@ -74,7 +74,7 @@ func (b *backend) revokeSoon(ctx context.Context, s logical.Storage, role, userI
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
 	queueErr := queueRevocation(ctx, s, role, userID, r)
-	permanent, err := b.revokeUpstream(withRevokeRole(ctx, role), s, r)
+	permanent, err := b.revokeUpstream(ctx, s, role, r)
 	switch {
 	case err == nil || permanent:
 		if err != nil {
@@ -127,7 +127,7 @@ func (b *backend) revokeQueued(ctx context.Context, s logical.Storage, role stri
 			pending = append(pending, describeToken(p.UserID))
 			continue
 		}
-		permanent, err := b.revokeUpstream(withRevokeRole(ctx, role), s, p.revocable)
+		permanent, err := b.revokeUpstream(ctx, s, role, p.revocable)
 		switch {
 		case err == nil:
 		case permanent:

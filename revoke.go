@@ -22,16 +22,16 @@ var errCredentialsGone = errors.New("the credentials that minted the token are n
 
 // revokeUpstream makes one attempt to revoke r where it was minted: at the
 // Connect host, and with the client id and secret, named by r.CredentialsID
-// (current or retired credentials). It is the one call that revokes a token;
-// whatever it cannot finish now goes to the revocation queue
-// (revocation_queue.go), which retries it.
+// (current or retired credentials); role labels it in metrics and logs. It
+// is the one call that revokes a token; whatever it cannot finish now goes
+// to the revocation queue (revocation_queue.go), which retries it.
 //
 // A token past its expiry needs no call. On failure, permanent reports
 // whether trying again can ever help (Connect refused, or the credentials are
 // gone); otherwise the failure is transient and the caller should retry.
 // Connect answers 200 for unknown or already revoked tokens, so that counts as
 // revoked.
-func (b *backend) revokeUpstream(ctx context.Context, s logical.Storage, r revocable) (permanent bool, err error) {
+func (b *backend) revokeUpstream(ctx context.Context, s logical.Storage, role string, r revocable) (permanent bool, err error) {
 	now := b.now()
 	if r.AccessToken == "" || r.expired(now) {
 		if r.AccessToken != "" {
@@ -59,7 +59,7 @@ func (b *backend) revokeUpstream(ctx context.Context, s logical.Storage, r revoc
 		}
 		defer client.Close()
 	}
-	if err := client.Revoke(ctx, creds, r.AccessToken); err != nil {
+	if err := client.Revoke(ctx, creds, r.AccessToken, revokeLabel{role}); err != nil {
 		ce, ok := connect.AsError(err)
 		if !ok {
 			return false, fmt.Errorf("revoking the token at Connect: %w", err)

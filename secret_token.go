@@ -97,7 +97,7 @@ func (b *backend) tokenRevoke(ctx context.Context, req *logical.Request, _ *fram
 	if info.reuse != reuseExclusive {
 		return nil, nil
 	}
-	permanent, err := b.revokeUpstream(withRevokeRole(ctx, info.role), req.Storage, info.token)
+	permanent, err := b.revokeUpstream(ctx, req.Storage, info.role, info.token)
 	switch {
 	case err == nil:
 		return nil, nil

@@ -214,14 +214,14 @@ func (c *Client) Close() { c.http.CloseIdleConnections() }
 // It tries once plus Config.MaxRetries; retrying later, and for how long, is
 // the caller's decision. A revocation never waits on the Throttle: it ends a
 // live token's exposure, and a pause asked for by the token endpoint must
-// not hold that back.
-func (c *Client) Revoke(ctx context.Context, creds Credentials, token string) error {
+// not hold that back. label is handed to the Observer (Attempt.Label).
+func (c *Client) Revoke(ctx context.Context, creds Credentials, token string, label any) error {
 	body := map[string]string{
 		"client_id":     creds.ClientID,
 		"client_secret": creds.ClientSecret,
 		"token":         token,
 	}
-	st := c.newAttemptState(EndpointRevoke, "", false)
+	st := c.newAttemptState(EndpointRevoke, "", false, label)
 	_, _, err := c.post(ctx, st, pathRevoke, body, creds)
 	st.finish(ctx, err)
 	return err

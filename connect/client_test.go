@@ -375,17 +375,17 @@ func TestRevoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	creds := c.Credentials()
-	if err := c.Revoke(ctx, creds, tok.AccessToken); err != nil {
+	if err := c.Revoke(ctx, creds, tok.AccessToken, nil); err != nil {
 		t.Fatalf("Revoke: %v", err)
 	}
 	if fake.TokenLive(tok.AccessToken) {
 		t.Error("token still live after revoke")
 	}
 	// Unknown and already revoked tokens count as revoked.
-	if err := c.Revoke(ctx, creds, tok.AccessToken); err != nil {
+	if err := c.Revoke(ctx, creds, tok.AccessToken, nil); err != nil {
 		t.Errorf("second revoke: %v", err)
 	}
-	if err := c.Revoke(ctx, creds, "unknown-token"); err != nil {
+	if err := c.Revoke(ctx, creds, "unknown-token", nil); err != nil {
 		t.Errorf("unknown token: %v", err)
 	}
 	// Only the minting application may revoke.
@@ -394,7 +394,7 @@ func TestRevoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = c.Revoke(ctx, connect.Credentials{ClientID: "other-client", ClientSecret: "other-secret-value"}, tok2.AccessToken)
+	err = c.Revoke(ctx, connect.Credentials{ClientID: "other-client", ClientSecret: "other-secret-value"}, tok2.AccessToken, nil)
 	if ce, ok := connect.AsError(err); !ok || ce.Code != connect.ErrUnauthorizedClient || ce.Temporary() {
 		t.Errorf("revoke by other client: %v", err)
 	}

@@ -192,7 +192,7 @@ func TestThrottleHoldsBackOnlyTokenRequests(t *testing.T) {
 	if _, err := c.Token(ctx, cc); err == nil {
 		t.Fatal("the 429 was not reported")
 	}
-	if err := c.Revoke(ctx, c.Credentials(), "unknown-token"); err != nil {
+	if err := c.Revoke(ctx, c.Credentials(), "unknown-token", nil); err != nil {
 		t.Fatalf("Revoke during the pause: %v", err)
 	}
 	if got := clock.Sleeps(); len(got) != 0 {
@@ -210,7 +210,7 @@ func TestThrottleHoldsBackOnlyTokenRequests(t *testing.T) {
 	}
 
 	fake.InjectFaults(connectfake.PathRevoke, connectfake.Fault{Status: 429, RetryAfter: "5"})
-	if err := c.Revoke(ctx, c.Credentials(), "unknown-token"); err == nil {
+	if err := c.Revoke(ctx, c.Credentials(), "unknown-token", nil); err == nil {
 		t.Fatal("the revoke endpoint's 429 was not reported")
 	}
 	if _, err := c.Token(ctx, cc); err != nil {

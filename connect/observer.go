@@ -45,11 +45,15 @@ type Attempt struct {
 	Duration time.Duration
 	// Elapsed is the time since the call's first attempt began.
 	Elapsed time.Duration
+	// Label is the caller's, passed with the call (TokenRequest.Label, or
+	// Revoke's label) and handed back untouched, so an observer can say whose
+	// call it was without the client knowing.
+	Label any
 }
 
 // newAttemptState starts the bookkeeping of one call.
-func (c *Client) newAttemptState(endpoint Endpoint, grant GrantType, singleUse bool) *attemptState {
-	return &attemptState{singleUse: singleUse, now: c.now, sleep: c.sleep, pause: c.pause, obs: c.obs, endpoint: endpoint, grant: grant}
+func (c *Client) newAttemptState(endpoint Endpoint, grant GrantType, singleUse bool, label any) *attemptState {
+	return &attemptState{singleUse: singleUse, now: c.now, sleep: c.sleep, pause: c.pause, obs: c.obs, endpoint: endpoint, grant: grant, label: label}
 }
 
 // beginAttemptLocked is called as an attempt starts. It returns the previous
@@ -86,6 +90,7 @@ func (s *attemptState) lastAttemptLocked(now time.Time) Attempt {
 		Timeout:  isTimeout(s.attemptErr),
 		Duration: end.Sub(s.began),
 		Elapsed:  now.Sub(s.first),
+		Label:    s.label,
 	}
 	if s.attemptErr != nil {
 		a.Status = 0

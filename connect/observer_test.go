@@ -127,7 +127,7 @@ func TestObserverSeesEveryAttemptOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	obs.reset()
-	if err := c.Revoke(ctx, c.Credentials(), tok.AccessToken); err != nil {
+	if err := c.Revoke(ctx, c.Credentials(), tok.AccessToken, nil); err != nil {
 		t.Fatal(err)
 	}
 	if len(obs.finished) != 1 || obs.finished[0].Endpoint != connect.EndpointRevoke || obs.finished[0].Grant != "" || obs.finished[0].Status != http.StatusOK {
@@ -146,5 +146,34 @@ func TestObserverNotToldOfCallsThatSendNothing(t *testing.T) {
 	}
 	if len(obs.retries)+len(obs.finished) != 0 {
 		t.Errorf("observer told of %d attempts", len(obs.retries)+len(obs.finished))
+	}
+}
+
+// TestObserverGetsTheCallersLabel: the label a caller passes with a token
+// request or a revocation comes back on every attempt, retries included, so
+// the observer can say whose call it was without a context value.
+func TestObserverGetsTheCallersLabel(t *testing.T) {
+	fake := newFake(t)
+	obs := &recordingObserver{}
+	c := newClient(t, fake, func(cfg *connect.Config) {
+		cfg.Observer = obs
+		cfg.MaxRetries = 1
+	})
+	type label struct{ role string }
+	fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Status: 503})
+	tok, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials, Label: label{"minting"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Revoke(context.Background(), c.Credentials(), tok.AccessToken, label{"revoking"}); err != nil {
+		t.Fatal(err)
+	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if len(obs.retries) != 1 || obs.retries[0].Label != (label{"minting"}) {
+		t.Errorf("retried attempt labels: %+v", obs.retries)
+	}
+	if len(obs.finished) != 2 || obs.finished[0].Label != (label{"minting"}) || obs.finished[1].Label != (label{"revoking"}) {
+		t.Errorf("finished attempt labels: %+v", obs.finished)
 	}
 }

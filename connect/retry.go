@@ -58,6 +58,7 @@ type attemptState struct {
 	// For the Observer (observer.go): what the call is, and the current
 	// attempt's wall-clock span and result.
 	obs                 Observer
+	label               any // the caller's, for the Observer
 	endpoint            Endpoint
 	grant               GrantType
 	first, began, ended time.Time

@@ -50,6 +50,8 @@ type TokenRequest struct {
 	// Code and RedirectURI are for GrantAuthorizationCode.
 	Code        string
 	RedirectURI string
+	// Label is handed to the Observer with each attempt (Attempt.Label).
+	Label any
 }
 
 // Token is a minted access token.
@@ -123,7 +125,7 @@ func (c *Client) Token(ctx context.Context, r TokenRequest) (*Token, error) {
 		body.Code, body.RedirectURI = r.Code, r.RedirectURI
 	}
 
-	st := c.newAttemptState(EndpointToken, r.GrantType, r.GrantType == GrantAuthorizationCode)
+	st := c.newAttemptState(EndpointToken, r.GrantType, r.GrantType == GrantAuthorizationCode, r.Label)
 	raw, sent, err := c.post(ctx, st, pathToken, body, c.creds)
 	if err != nil {
 		st.finish(ctx, err)
