@@ -62,9 +62,12 @@ func upstreamError(err error) (*logical.Response, error) {
 // mint slot that ran out, or a request that ran out of time, is a 504;
 // anything else (storage trouble) is a 503, never a bare 500.
 func readError(err error) error {
+	if err == nil {
+		return nil // before anything is allocated: the cached read calls this
+	}
 	var coded logical.HTTPCodedError
 	switch {
-	case err == nil || errors.Is(err, logical.ErrReadOnly) || errors.As(err, &coded):
+	case errors.Is(err, logical.ErrReadOnly) || errors.As(err, &coded):
 		return err
 	case errors.Is(err, errMintQueue):
 		return logical.CodedError(http.StatusGatewayTimeout, "no token request slot came free in time (config max_concurrent_mints); try again")

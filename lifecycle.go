@@ -75,6 +75,12 @@ type mintRequest struct {
 	snap     *configSnapshot
 }
 
+// clone is a copy of m that may outlive its caller.
+func (m *mintRequest) clone() *mintRequest {
+	c := *m
+	return &c
+}
+
 // credentialsID names the credentials the request mints with.
 func (m *mintRequest) credentialsID() string { return m.snap.config.CredentialsID }
 

@@ -73,17 +73,18 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, d *fr
 	if resp != nil || err != nil {
 		return resp, readError(err)
 	}
-	m := &mintRequest{roleName: name, role: r, userID: userID, code: code, snap: e}
+	m := mintRequest{roleName: name, role: r, userID: userID, code: code, snap: e}
 	if !r.shared() {
-		resp, err := b.exclusiveCreds(ctx, req.Storage, m)
+		exclusive := m // the mint outlives the request; m stays on the stack for cached reads
+		resp, err := b.exclusiveCreds(ctx, req.Storage, &exclusive)
 		return resp, readError(err)
 	}
-	t, warnings, err := b.sharedToken(ctx, req.Storage, m)
+	t, warnings, err := b.sharedToken(ctx, req.Storage, &m)
 	if err != nil {
 		resp, err := upstreamError(err)
 		return resp, readError(err)
 	}
-	resp, err = b.credsResponse(m, t, warnings)
+	resp, err = b.credsResponse(&m, t, warnings)
 	return resp, readError(err)
 }
 

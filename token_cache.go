@@ -274,6 +274,7 @@ func (b *backend) sharedToken(ctx context.Context, s logical.Storage, m *mintReq
 
 	waitCtx, cancel := answerBy(ctx)
 	defer cancel()
+	flying := m.clone() // the flight outlives this reader; m stays off the heap on the cached path
 	// The flight key includes the credentials and role versions so a mint for
 	// a superseded config or role is never shared with callers of the new one.
 	flight := key + "\x00" + m.credentialsID() + "\x00" + m.role.hash
@@ -287,7 +288,7 @@ func (b *backend) sharedToken(ctx context.Context, s logical.Storage, m *mintReq
 				return nil, errShuttingDown
 			}
 			defer done()
-			return b.refreshShared(waitCtx, refreshCtx, s, m)
+			return b.refreshShared(waitCtx, refreshCtx, s, flying)
 		})
 		if b.onSharedWait != nil {
 			b.onSharedWait()
