@@ -121,12 +121,24 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if !b.WriteSafeReplicationState() {
 		return nil, logical.ErrReadOnly // forward before verify sends anything
 	}
+	resp, verified, err := b.writeConfig(ctx, req.Storage, d)
+	if verified != nil {
+		// Outside configMu: the revocation looks the credentials up.
+		b.revokeSoon(ctx, req.Storage, verifyQueue, "", *verified, "minted to verify the credentials")
+	}
+	return resp, err
+}
+
+// writeConfig validates and stores a config write under configMu. verified
+// is the token minted to verify new credentials once they are saved, for the
+// caller to revoke.
+func (b *backend) writeConfig(ctx context.Context, s logical.Storage, d *framework.FieldData) (resp *logical.Response, verified *revocable, err error) {
 	b.configMu.Lock()
 	defer b.configMu.Unlock()
 
-	old, err := getConfig(ctx, req.Storage)
+	old, err := getConfig(ctx, s)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	cfg := &connectConfig{
 		BaseURL:        connect.DefaultBaseURL,
@@ -162,28 +174,28 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	}
 	renewBy, renewByGiven, problem := renewByInput(d)
 	if problem != "" {
-		return logical.ErrorResponse(problem), nil
+		return logical.ErrorResponse(problem), nil, nil
 	}
 
 	switch {
 	case cfg.ClientID == "":
-		return logical.ErrorResponse("client_id is required"), nil
+		return logical.ErrorResponse("client_id is required"), nil, nil
 	case len(cfg.ClientID) > maxFieldLength || hasControl(cfg.ClientID):
-		return logical.ErrorResponse("client_id must be at most %d printable characters", maxFieldLength), nil
+		return logical.ErrorResponse("client_id must be at most %d printable characters", maxFieldLength), nil, nil
 	case cfg.ClientSecret == "":
-		return logical.ErrorResponse("client_secret is required"), nil
+		return logical.ErrorResponse("client_secret is required"), nil, nil
 	case len(cfg.ClientSecret) > maxFieldLength:
-		return logical.ErrorResponse("client_secret must be at most %d characters", maxFieldLength), nil
+		return logical.ErrorResponse("client_secret must be at most %d characters", maxFieldLength), nil, nil
 	case cfg.RequestTimeout <= 0 || cfg.RequestTimeout > maxRequestTimeout:
-		return logical.ErrorResponse("request_timeout must be between 1s and %s", maxRequestTimeout), nil
+		return logical.ErrorResponse("request_timeout must be between 1s and %s", maxRequestTimeout), nil, nil
 	case cfg.MaxRetries < 0 || cfg.MaxRetries > maxMaxRetries:
-		return logical.ErrorResponse("max_retries must be between 0 and %d", maxMaxRetries), nil
+		return logical.ErrorResponse("max_retries must be between 0 and %d", maxMaxRetries), nil, nil
 	case cfg.MaxConcurrentMints < 0 || cfg.MaxConcurrentMints > maxMaxConcurrentMints || (mintsGiven && cfg.MaxConcurrentMints == 0):
-		return logical.ErrorResponse("max_concurrent_mints must be between 1 and %d", maxMaxConcurrentMints), nil
+		return logical.ErrorResponse("max_concurrent_mints must be between 1 and %d", maxMaxConcurrentMints), nil, nil
 	}
 	base, err := normalizeBaseURL(cfg.BaseURL)
 	if err != nil {
-		return logical.ErrorResponse("base_url: %s", err), nil
+		return logical.ErrorResponse("base_url: %s", err), nil, nil
 	}
 	cfg.BaseURL = base
 
@@ -192,7 +204,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	// update on config read it, so a move must bring its own secret.
 	_, secretGiven := d.GetOk("client_secret")
 	if old.configured() && !secretGiven && (cfg.BaseURL != old.BaseURL || cfg.ClientID != old.ClientID) {
-		return logical.ErrorResponse("client_secret is required when base_url or client_id changes: the stored secret is only ever sent to the host and client id it was written with"), nil
+		return logical.ErrorResponse("client_secret is required when base_url or client_id changes: the stored secret is only ever sent to the host and client id it was written with"), nil, nil
 	}
 
 	now := b.now()
@@ -204,7 +216,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 			cfg.Retired = retired.Retired
 		}
 		if cfg.CredentialsID, err = newRandomID(); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	cfg.Retired = pruneRetired(cfg.Retired, now)
@@ -212,25 +224,24 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 
 	next, err := b.newSnapshot(cfg)
 	if err != nil {
-		return logical.ErrorResponse("base_url: %s", err), nil
+		return logical.ErrorResponse("base_url: %s", err), nil, nil
 	}
-	var verified *connect.Token
+	var minted *connect.Token
 	if credsChanged && d.Get("verify").(bool) {
-		var resp *logical.Response
-		if verified, resp, err = b.verifyCredentials(ctx, next.client); resp != nil || err != nil {
+		if minted, resp, err = b.verifyCredentials(ctx, next.client); resp != nil || err != nil {
 			next.client.Close()
-			return resp, err
+			return resp, nil, err
 		}
 	}
 
-	if err := putConfig(ctx, req.Storage, cfg); err != nil {
-		if verified != nil { // the credentials were not saved: nothing can retry with them
-			if rerr := next.client.Revoke(ctx, next.client.Credentials(), verified.AccessToken, verifyLabel()); rerr != nil {
-				b.Logger().Warn("could not revoke the token minted to verify credentials that were not saved; it expires by itself", "expires_at", verified.ExpiresAt, "error", errorSummary(rerr))
+	if err := putConfig(ctx, s, cfg); err != nil {
+		if minted != nil { // the credentials were not saved: nothing can retry with them
+			if rerr := next.client.Revoke(ctx, next.client.Credentials(), minted.AccessToken, verifyLabel()); rerr != nil {
+				b.Logger().Warn("could not revoke the token minted to verify credentials that were not saved; it expires by itself", "expires_at", minted.ExpiresAt, "error", errorSummary(rerr))
 			}
 		}
 		next.client.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	// Swap in the new client; shared tokens from other credentials are
 	// skipped by their credentials id, so memory only needs clearing.
@@ -238,10 +249,11 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if credsChanged {
 		b.tokens.clear()
 	}
-	if verified != nil {
-		b.revokeSoon(ctx, req.Storage, verifyQueue, "", revocableToken(cfg.CredentialsID, verified), "minted to verify the credentials")
+	if minted != nil {
+		r := revocableToken(cfg.CredentialsID, minted)
+		verified = &r
 	}
-	return nil, nil
+	return nil, verified, nil
 }
 
 // verifyCredentials mints a client_credentials token to prove Connect
