@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -89,17 +91,22 @@ func TestUpstreamFaultsThroughVault(t *testing.T) {
 	t.Run("revocation while Connect is down is retried", func(t *testing.T) {
 		var c creds
 		v.vaultJSON(t, &c, "read", "instacart/creds/excl")
+		// max_retries=2: the lease revocation's three attempts all fail.
 		inject("/v2/oauth/token/revoke", map[string]any{"status": 503, "repeat": 3})
-		if _, _, code := v.cli(t, v.Token, "", "lease", "revoke", "-sync", c.LeaseID); code == 0 {
-			t.Error("revoke reported success while Connect was down")
+		// The lease ends (no stranded lease): the token Connect could not
+		// revoke now waits in the role's revocation queue.
+		v.vault(t, "lease", "revoke", "-sync", c.LeaseID)
+		if left := v.leases(t, "instacart/creds/excl/"); slices.Contains(left, path.Base(c.LeaseID)) {
+			t.Error("the lease is still there after a revocation Connect could not take")
 		}
 		if f.Users(t, c.Data.AccessToken) != 200 {
 			t.Fatal("token died although revocation failed")
 		}
-		// Connect is back: the lease is still there and revokes.
-		v.vault(t, "lease", "revoke", "-sync", c.LeaseID)
+		// Connect is back: the queue is retried every minute and by a
+		// flush of the role, which revokes it now.
+		v.vault(t, "delete", "instacart/cache/excl")
 		if st := f.Users(t, c.Data.AccessToken); st != 401 {
-			t.Errorf("token still works after recovery and revoke (%d)", st)
+			t.Errorf("token still works after recovery and the queue's retry (%d)", st)
 		}
 	})
 	clearFaults()
