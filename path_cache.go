@@ -69,7 +69,7 @@ func (b *backend) pathCacheDelete(ctx context.Context, req *logical.Request, d *
 		}
 	}
 
-	refused, pending, err := b.revokeQueued(ctx, req.Storage, name)
+	refused, pending, err := b.revokeQueued(ctx, req.Storage, name, newRevocationPass())
 	if err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -73,6 +74,7 @@ func (b *backend) revokeSoon(ctx context.Context, s logical.Storage, role, userI
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
+	defer context.AfterFunc(b.bg.ctx, cancel)() // nor outlives the mount: the queue has it
 	queueErr := queueRevocation(ctx, s, role, userID, r)
 	permanent, err := b.revokeUpstream(ctx, s, role, r)
 	switch {
@@ -100,50 +102,102 @@ func (b *backend) dequeue(ctx context.Context, s logical.Storage, role, token st
 	}
 }
 
+// revocationPass remembers, for one pass over the queue, the credentials
+// (hence hosts) that failed for now: their other tokens wait for the next
+// pass, so a host that does not answer costs one attempt per pass, however
+// many roles and tokens it minted.
+type revocationPass struct {
+	mu          sync.Mutex
+	unavailable map[string]bool // credentials id -> failed for now
+}
+
+func newRevocationPass() *revocationPass {
+	return &revocationPass{unavailable: map[string]bool{}}
+}
+
+func (p *revocationPass) down(credentialsID string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.unavailable[credentialsID]
+}
+
+func (p *revocationPass) markDown(credentialsID string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.unavailable[credentialsID] = true
+}
+
 // revokeQueued tries every queued token of a role once. A token revoked,
 // expired or refused for good leaves the queue; refused and pending describe
-// the tokens Connect refused and those still waiting. After a transient
-// failure, the other tokens minted with the same credentials (the same host)
-// wait for the next pass, so a host that does not answer costs one attempt.
-func (b *backend) revokeQueued(ctx context.Context, s logical.Storage, role string) (refused, pending []string, err error) {
+// the tokens Connect refused and those still waiting. Tokens are tried per
+// host (credentials), the hosts side by side, so a host that never answers
+// holds up only its own tokens; after its first failure this pass the rest of
+// them wait for the next.
+func (b *backend) revokeQueued(ctx context.Context, s logical.Storage, role string, pass *revocationPass) (refused, pending []string, err error) {
 	prefix := revokingStoragePrefix + role + "/"
 	keys, err := s.List(ctx, prefix)
 	if err != nil {
 		return nil, nil, fmt.Errorf("listing pending revocations: %w", err)
 	}
-	unavailable := map[string]bool{} // credentials ids whose host failed this pass
+	type queued struct {
+		key string
+		p   *pendingRevocation
+	}
+	byHost := map[string][]queued{}
 	for _, k := range keys {
-		if err := ctx.Err(); err != nil {
-			return refused, pending, err
-		}
 		p, err := getJSON[pendingRevocation](ctx, s, prefix+k)
 		if err != nil {
-			return refused, pending, err
+			return nil, nil, err
 		}
-		if p == nil {
-			continue
-		}
-		if unavailable[p.CredentialsID] && !p.expired(b.now()) {
-			pending = append(pending, describeToken(p.UserID))
-			continue
-		}
-		permanent, err := b.revokeUpstream(ctx, s, role, p.revocable)
-		switch {
-		case err == nil:
-		case permanent:
-			refused = append(refused, describeToken(p.UserID))
-			b.Logger().Warn("Connect refused to revoke a token; it stays live until it expires", "role", role, "expires_at", p.ExpiresAt, "error", err)
-		default:
-			unavailable[p.CredentialsID] = true
-			pending = append(pending, describeToken(p.UserID))
-			b.Logger().Warn("could not revoke a token for now; it is no longer handed out and will be retried", "role", role, "error", err)
-			continue
-		}
-		if err := s.Delete(ctx, prefix+k); err != nil {
-			return refused, pending, storageError("deleting pending revocation", err)
+		if p != nil {
+			byHost[p.CredentialsID] = append(byHost[p.CredentialsID], queued{prefix + k, p})
 		}
 	}
-	return refused, pending, nil
+
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	note := func(list *[]string, p *pendingRevocation) {
+		mu.Lock()
+		*list = append(*list, describeToken(p.UserID))
+		mu.Unlock()
+	}
+	for credentialsID, tokens := range byHost {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, q := range tokens {
+				if ctx.Err() != nil || (pass.down(credentialsID) && !q.p.expired(b.now())) {
+					note(&pending, q.p)
+					continue
+				}
+				permanent, err := b.revokeUpstream(ctx, s, role, q.p.revocable)
+				switch {
+				case err == nil:
+				case permanent:
+					note(&refused, q.p)
+					b.Logger().Warn("Connect refused to revoke a token; it stays live until it expires", "role", role, "expires_at", q.p.ExpiresAt, "error", err)
+				default:
+					pass.markDown(credentialsID)
+					note(&pending, q.p)
+					b.Logger().Warn("could not revoke a token for now; it is no longer handed out and will be retried", "role", role, "error", err)
+					continue
+				}
+				if err := s.Delete(ctx, q.key); err != nil {
+					mu.Lock()
+					errs = append(errs, storageError("deleting pending revocation", err))
+					mu.Unlock()
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	slices.Sort(refused)
+	slices.Sort(pending)
+	return refused, pending, errors.Join(errs...)
 }
 
 // retryRevocations is the periodic function's pass over every role's queue.
@@ -160,6 +214,7 @@ func (b *backend) retryRevocations(ctx context.Context, s logical.Storage) error
 		errs []error
 	)
 	sem := make(chan struct{}, revokeRetryWorkers)
+	pass := newRevocationPass()
 	for _, dir := range dirs {
 		role := strings.TrimSuffix(dir, "/")
 		sem <- struct{}{}
@@ -168,7 +223,7 @@ func (b *backend) retryRevocations(ctx context.Context, s logical.Storage) error
 			defer func() { <-sem; wg.Done() }()
 			roleCtx, cancel := context.WithTimeout(ctx, revokeRetryTimeout)
 			defer cancel()
-			if _, _, err := b.revokeQueued(roleCtx, s, role); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			if _, _, err := b.revokeQueued(roleCtx, s, role, pass); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 				mu.Lock()
 				errs = append(errs, fmt.Errorf("role %q: %w", role, err))
 				mu.Unlock()

@@ -85,10 +85,10 @@ func (b *backend) tokenRenew(ctx context.Context, req *logical.Request, _ *frame
 }
 
 // tokenRevoke revokes an exclusive token where it was minted. Shared tokens
-// are left alone (other leases hold them). A transient failure queues the
-// token (revocation_queue.go), which retries it until it expires; only a
-// failure to queue it is returned, so Vault retries the lease. A permanent
-// refusal is logged, since retrying could never succeed.
+// are left alone (other leases hold them). The token is queued first, so an
+// attempt that fails, or outlasts Vault's deadline, leaves it to the queue's
+// retries; only a failure to queue it is returned, so Vault retries the
+// lease. A permanent refusal is logged, since retrying could never succeed.
 func (b *backend) tokenRevoke(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	info, err := parseLease(req.Secret)
 	if err != nil {
@@ -97,21 +97,27 @@ func (b *backend) tokenRevoke(ctx context.Context, req *logical.Request, _ *fram
 	if info.reuse != reuseExclusive {
 		return nil, nil
 	}
-	permanent, err := b.revokeUpstream(ctx, req.Storage, info.role, info.token)
+	if info.token.expired(b.now()) {
+		b.metrics.revocation(revocationSkippedExpired) // nothing to send, nothing to queue
+		return nil, nil
+	}
+	if err := queueRevocation(ctx, req.Storage, info.role, info.userID, info.token); err != nil {
+		return nil, fmt.Errorf("queueing the token for revocation (Vault will retry): %w", err)
+	}
+	tryCtx, cancel := answerBy(ctx) // leave time to answer Vault
+	defer cancel()
+	permanent, err := b.revokeUpstream(tryCtx, req.Storage, info.role, info.token)
 	switch {
 	case err == nil:
-		return nil, nil
 	case errors.Is(err, errCredentialsGone):
 		// Retention is meant to outlast every token: this should not happen.
 		b.Logger().Error("the credentials that minted a live token are gone: cannot revoke it upstream; it expires by itself", "role", info.role, "expires_at", info.token.ExpiresAt)
-		return nil, nil
 	case permanent:
 		b.Logger().Warn("cannot revoke the token upstream; it expires by itself", "role", info.role, "expires_at", info.token.ExpiresAt, "error", err)
+	default:
+		b.Logger().Warn("could not revoke an exclusive token for now; it is queued and retried every minute", "role", info.role, "error", err)
 		return nil, nil
 	}
-	if qErr := queueRevocation(ctx, req.Storage, info.role, info.userID, info.token); qErr != nil {
-		return nil, fmt.Errorf("%w, and queueing it for retries failed (Vault will retry): %w", err, qErr)
-	}
-	b.Logger().Warn("could not revoke an exclusive token for now; it is queued and retried every minute", "role", info.role, "error", err)
+	b.dequeue(context.WithoutCancel(ctx), req.Storage, info.role, info.token.AccessToken)
 	return nil, nil
 }
