@@ -72,11 +72,16 @@ func (b *backend) revokeSoon(ctx context.Context, s logical.Storage, role, userI
 	if r.AccessToken == "" || r.expired(b.now()) {
 		return true, nil
 	}
+	// The queue write must happen even as the mount is cleaned up (a flight
+	// cancelled mid-publish lands here); the attempt at Connect need not:
+	// it ends with the mount, and the queue has the token.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
-	defer context.AfterFunc(b.bg.ctx, cancel)() // nor outlives the mount: the queue has it
 	queueErr := queueRevocation(ctx, s, role, userID, r)
-	permanent, err := b.revokeUpstream(ctx, s, role, r)
+	tryCtx, cancelTry := context.WithCancel(ctx)
+	defer cancelTry()
+	defer context.AfterFunc(b.bg.ctx, cancelTry)()
+	permanent, err := b.revokeUpstream(tryCtx, s, role, r)
 	switch {
 	case err == nil || permanent:
 		if err != nil {
