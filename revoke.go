@@ -46,7 +46,17 @@ func (b *backend) revokeUpstream(ctx context.Context, s logical.Storage, role st
 	}
 	creds, baseURL, ok := e.config.credentialsFor(r.CredentialsID, now)
 	if !ok {
-		return true, errCredentialsGone
+		// "Gone" is final, so it is judged by storage, not by a snapshot
+		// that may predate the write that made these credentials.
+		cfg, err := getConfig(ctx, s)
+		if err != nil {
+			return false, err
+		}
+		if creds, baseURL, ok = cfg.credentialsFor(r.CredentialsID, now); !ok {
+			return true, errCredentialsGone
+		}
+		b.publishSnapshot(nil) // stale: the next request reloads it
+		e = &configSnapshot{config: cfg}
 	}
 	client := e.client
 	if client == nil || client.BaseURL() != baseURL {
