@@ -2,8 +2,13 @@
 SHELL       := bash
 .SHELLFLAGS := -eu -o pipefail -c
 GO          ?= go
+# VERSION is the version the plugin reports to Vault. It names the file too
+# (vault-plugin-secrets-instacart-$(VERSION)), so versions sit side by side in a
+# plugin directory and the README's `vault plugin register -version=... -command=...`
+# names exactly what `make build VERSION=...` and `make release VERSION=...` wrote.
 VERSION     ?= v0.1.0
 PLUGIN      := vault-plugin-secrets-instacart
+PLUGIN_FILE  = $(PLUGIN)-$(VERSION)
 MODULE      := github.com/instacart-vault/vault-plugin-secrets-instacart
 LDFLAGS     := -s -w -X $(MODULE)/version.version=$(VERSION)
 BIN         := .bin
@@ -19,13 +24,22 @@ NODE_OK      = $(shell node -e 'process.exit(parseInt(process.versions.node) >= 
 NODE_NOTE   := NOTE: Node >= 18 and npm not found: the node-vault example test (e2e TestClientNodeVault, examples/app-node) was skipped
 
 .DEFAULT_GOAL := build
-.PHONY: build plugin fake vault test test-unit test-fuzz test-e2e test-bench-smoke demo dev fmt fmtcheck vet tidycheck lint fuzz release bench clean
+.PHONY: build plugin versioncheck fake vault test test-unit test-fuzz test-e2e test-bench-smoke demo dev fmt fmtcheck vet tidycheck lint fuzz release bench clean
 
-## build: the plugin (into .bin/plugins) and the Connect fake (into .bin)
+## build: the plugin (into .bin/plugins/vault-plugin-secrets-instacart-$(VERSION), with
+## its sha256) and the Connect fake (into .bin). make build VERSION=v0.2.0
 build: plugin fake
 
-plugin:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(PLUGIN_DIR)/$(PLUGIN) ./cmd/$(PLUGIN)
+plugin: versioncheck
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(PLUGIN_DIR)/$(PLUGIN_FILE) ./cmd/$(PLUGIN)
+	@sha256sum $(PLUGIN_DIR)/$(PLUGIN_FILE)
+
+# A semantic version with a leading v, as Vault's catalog shows versions and the
+# README registers them; the registered -version must equal the one the binary
+# reports, or Vault refuses to run it ("plugin version mismatch").
+versioncheck:
+	@[[ "$(VERSION)" =~ ^v[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.+-]+)?$$ ]] || \
+	  { echo "VERSION=$(VERSION) is not a semantic version with a leading v, e.g. VERSION=v0.2.0" >&2; exit 1; }
 
 fake:
 	$(GO) build -o $(BIN)/connect-fake ./cmd/connect-fake
@@ -61,11 +75,11 @@ bench: vault
 
 ## demo: start Vault + the Connect fake, issue a token per grant, revoke one, stop
 demo: build vault
-	@scripts/demo.sh demo
+	@VERSION=$(VERSION) scripts/demo.sh demo
 
 ## dev: the demo's set-up, left running (INSTACART_BASE_URL=... for a real Connect host)
 dev: build vault
-	@scripts/demo.sh dev
+	@VERSION=$(VERSION) scripts/demo.sh dev
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
@@ -90,14 +104,16 @@ lint: fmtcheck vet tidycheck
 fuzz: FUZZTIME = 2m
 fuzz: test-fuzz
 
-## release: cross-compiled binaries and SHA256SUMS in dist/
-release:
+## release: cross-compiled binaries, one directory per platform, each holding the file
+## as it is registered (dist/linux_amd64/vault-plugin-secrets-instacart-$(VERSION)),
+## and dist/SHA256SUMS (check with: cd dist && sha256sum -c SHA256SUMS). make release VERSION=v0.2.0
+release: versioncheck
 	rm -rf $(DIST) && mkdir -p $(DIST)
 	for os in linux darwin; do for arch in amd64 arm64; do \
 	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags "$(LDFLAGS)" \
-	    -o $(DIST)/$(PLUGIN)_$(VERSION)_$${os}_$${arch} ./cmd/$(PLUGIN) || exit 1; \
+	    -o $(DIST)/$${os}_$${arch}/$(PLUGIN_FILE) ./cmd/$(PLUGIN) || exit 1; \
 	done; done
-	cd $(DIST) && sha256sum $(PLUGIN)_* > SHA256SUMS && cat SHA256SUMS
+	cd $(DIST) && sha256sum */$(PLUGIN_FILE) > SHA256SUMS && cat SHA256SUMS
 
 clean:
 	rm -rf dist $(PLUGIN_DIR) $(BIN)/connect-fake

@@ -27,21 +27,29 @@ const (
 	pluginName = "vault-plugin-secrets-instacart"
 	oldVersion = "v0.1.0"
 	newVersion = "v0.2.0"
-	module     = "github.com/instacart-vault/vault-plugin-secrets-instacart"
 	fakeClient = "e2e-client"
 )
 
 var (
-	repoRoot  string
-	vaultBin  string
-	fakeBin   string
+	repoRoot string
+	vaultBin string
+	fakeBin  string
+	// suiteTmp holds everything the suite builds and every plugin directory
+	// its Vaults use; pluginDir is the one most tests share.
+	suiteTmp  string
 	pluginDir string
 	// pluginSHA is the checksum of each built plugin version.
 	pluginSHA = map[string]string{}
 )
 
-// TestMain builds the plugin (two versions, for upgrade tests) and the fake.
-// A missing Vault binary is a failure, never a skip: make test builds it first.
+// pluginFile is the file name make build gives a version, and the -command
+// it is registered with (as the README does).
+func pluginFile(version string) string { return pluginName + "-" + version }
+
+// TestMain builds the plugin (two versions, for upgrade tests) and the fake
+// with make build, as the README's install steps do, into a directory of its
+// own. A missing Vault binary is a failure, never a skip: make test builds it
+// first.
 func TestMain(m *testing.M) {
 	os.Exit(run(m))
 }
@@ -63,21 +71,20 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(tmp)
-	pluginDir = filepath.Join(tmp, "plugins")
+	suiteTmp = tmp
+	pluginDir = filepath.Join(tmp, "plugins") // make's $(BIN)/plugins
 	fakeBin = filepath.Join(tmp, "connect-fake")
-	builds := []struct{ out, pkg, ldflags string }{
-		{filepath.Join(pluginDir, pluginName), "./cmd/" + pluginName, "-X " + module + "/version.version=" + oldVersion},
-		{filepath.Join(pluginDir, pluginName+"-"+newVersion), "./cmd/" + pluginName, "-X " + module + "/version.version=" + newVersion},
-		{fakeBin, "./cmd/connect-fake", ""},
-	}
-	for _, b := range builds {
-		if err := stack.GoBuild(context.Background(), repoRoot, b.out, b.pkg, b.ldflags); err != nil {
-			fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
+	for _, target := range [][]string{{"build", "VERSION=" + oldVersion}, {"plugin", "VERSION=" + newVersion}} {
+		cmd := exec.Command("make", append(target, "BIN="+tmp)...)
+		cmd.Dir = repoRoot
+		cmd.Env = makeEnv()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: make %s: %v\n%s", strings.Join(target, " "), err, out)
 			return 1
 		}
 	}
-	for v, file := range map[string]string{oldVersion: pluginName, newVersion: pluginName + "-" + newVersion} {
-		sum, err := stack.FileSHA256(filepath.Join(pluginDir, file))
+	for _, v := range []string{oldVersion, newVersion} {
+		sum, err := stack.FileSHA256(filepath.Join(pluginDir, pluginFile(v)))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
@@ -98,6 +105,21 @@ func run(m *testing.M) int {
 		code = 1
 	}
 	return code
+}
+
+// makeEnv is the environment for running make from a test, with extra
+// entries added: without what an enclosing make (make test) passes down in
+// MAKEFLAGS, so its VERSION= or -j cannot change what the test builds.
+func makeEnv(extra ...string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		switch k, _, _ := strings.Cut(kv, "="); k {
+		case "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES":
+			continue
+		}
+		env = append(env, kv)
+	}
+	return append(env, extra...)
 }
 
 func freePort(t testing.TB) int {
@@ -212,8 +234,15 @@ type vault struct {
 // random root token on a free loopback port.
 func startDevVault(t testing.TB) *vault {
 	t.Helper()
+	return startDevVaultWithPlugins(t, pluginDir)
+}
+
+// startDevVaultWithPlugins is startDevVault with a plugin directory of the
+// test's own (see newREADMEShell).
+func startDevVaultWithPlugins(t testing.TB, plugins string) *vault {
+	t.Helper()
 	dir := t.TempDir()
-	sv, err := stack.StartDevVault(stack.DevVaultOptions{Bin: vaultBin, PluginDir: pluginDir, Dir: dir, LogLevel: "debug"})
+	sv, err := stack.StartDevVault(stack.DevVaultOptions{Bin: vaultBin, PluginDir: plugins, Dir: dir, LogLevel: "debug"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -407,7 +436,7 @@ func (v *vault) mustAPI(t testing.TB, method, path string, body any, out any) {
 // instacart/ and writes config for the fake.
 func (v *vault) installPlugin(t testing.TB, f *fake) {
 	t.Helper()
-	v.vault(t, "plugin", "register", "-sha256="+pluginSHA[oldVersion], "-version="+oldVersion, "secret", pluginName)
+	v.vault(t, "plugin", "register", "-sha256="+pluginSHA[oldVersion], "-version="+oldVersion, "-command="+pluginFile(oldVersion), "secret", pluginName)
 	v.vault(t, "secrets", "enable", "-path=instacart", "-plugin-version="+oldVersion, pluginName)
 	if f != nil {
 		v.vault(t, "write", "instacart/config", "client_id="+fakeClient, "client_secret=@"+f.SecretFile(), "base_url="+f.URL)

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/instacart-vault/vault-plugin-secrets-instacart/internal/stack"
 )
 
 // TestOpenAPI checks that Vault's OpenAPI document describes every operation
@@ -327,29 +329,61 @@ func exampleConfig(t testing.TB, path string, oldnew ...string) string {
 	return strings.NewReplacer(oldnew...).Replace(string(b))
 }
 
-// TestPluginUpgrade registers two versions, enables the older, then upgrades
-// in place: config, roles and the cached token survive.
+// TestPluginUpgrade follows the README word for word: the shell blocks of
+// "Install on a Vault server" (make build VERSION=v0.1.0, the copy into the
+// plugin directory, register and enable), then, with config, a role and a
+// cached token in place, those of "### Upgrade" (make build VERSION=v0.2.0,
+// the copy, register, tune, the global reload and the version check). The
+// mount then runs the v0.2.0 file, and config, roles and the cached token
+// survive.
 func TestPluginUpgrade(t *testing.T) {
+	install := readmeSection(t, "## Install on a Vault server")
+	upgrade := readmeSection(t, "### Upgrade")
+	for _, want := range []string{"make build VERSION=" + oldVersion, "-version=" + oldVersion, "-command=" + pluginFile(oldVersion)} {
+		if !strings.Contains(strings.Join(install, ""), want) {
+			t.Fatalf("the README's install steps no longer say %q", want)
+		}
+	}
+	for _, want := range []string{"make build VERSION=" + newVersion, "-version=" + newVersion, "-command=" + pluginFile(newVersion), "-scope=global"} {
+		if !strings.Contains(strings.Join(upgrade, ""), want) {
+			t.Fatalf("the README's upgrade steps no longer say %q", want)
+		}
+	}
+
 	f := startFake(t, 24*time.Hour)
-	v := startDevVault(t)
-	v.installPlugin(t, f)
-	v.vault(t, "plugin", "register", "-sha256="+pluginSHA[newVersion], "-version="+newVersion,
-		"-command="+pluginName+"-"+newVersion, "secret", pluginName)
+	sh := newREADMEShell(t)
+	v := sh.v
+	for _, block := range install {
+		sh.mustRun(t, block)
+	}
+	v.vault(t, "write", "instacart/config", "client_id="+fakeClient, "client_secret=@"+f.SecretFile(), "base_url="+f.URL)
 	v.vault(t, "write", "instacart/roles/fulfillment", "grant_type=client_credentials", "scopes=connect:fulfillment", "ttl=2h")
 	var before creds
 	v.vaultJSON(t, &before, "read", "instacart/creds/fulfillment")
 	mints := f.Mints(t)
 
-	v.vault(t, "secrets", "tune", "-plugin-version="+newVersion, "instacart/")
-	v.vault(t, "plugin", "reload", "-type=secret", "-plugin="+pluginName)
-
-	waitFor(t, 30*time.Second, "the mount to run "+newVersion, func() bool {
-		var mounts map[string]struct {
-			RunningPluginVersion string `json:"running_plugin_version"`
-		}
-		v.vaultJSON(t, &mounts, "secrets", "list", "-detailed")
-		return mounts["instacart/"].RunningPluginVersion == newVersion
-	})
+	var out string
+	for _, block := range upgrade {
+		out = sh.mustRun(t, block)
+	}
+	// The last command of the README's upgrade prints the running version.
+	if lines := strings.Fields(out); len(lines) == 0 || lines[len(lines)-1] != newVersion {
+		t.Errorf("the README's upgrade ends printing %q, want %s", out, newVersion)
+	}
+	var mounts map[string]struct {
+		PluginVersion        string `json:"plugin_version"`
+		RunningPluginVersion string `json:"running_plugin_version"`
+		RunningSHA256        string `json:"running_sha256"`
+	}
+	v.vaultJSON(t, &mounts, "secrets", "list", "-detailed")
+	m := mounts["instacart/"]
+	wantSHA, err := stack.FileSHA256(filepath.Join(sh.build, "plugins", pluginFile(newVersion)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.PluginVersion != newVersion || m.RunningPluginVersion != newVersion || m.RunningSHA256 != wantSHA {
+		t.Errorf("after the upgrade the mount is %+v; want %s running the file make build wrote (sha256 %s)", m, newVersion, wantSHA)
+	}
 	var role struct {
 		Data map[string]any `json:"data"`
 	}

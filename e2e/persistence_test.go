@@ -102,7 +102,10 @@ func pluginPIDs(t testing.TB) []int {
 	return pids
 }
 
-// suitePluginProcs lists the live processes of this suite's plugin binaries.
+// suitePluginProcs lists the live processes of this suite's plugin binaries,
+// in any plugin directory under suiteTmp.
 func suitePluginProcs() ([]stack.ProcInfo, error) {
-	return stack.Procs(func(argv0 string) bool { return strings.HasPrefix(argv0, filepath.Join(pluginDir, pluginName)) })
+	return stack.Procs(func(argv0 string) bool {
+		return strings.HasPrefix(argv0, suiteTmp+string(filepath.Separator)) && strings.HasPrefix(filepath.Base(argv0), pluginName)
+	})
 }

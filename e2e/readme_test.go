@@ -16,19 +16,15 @@ import (
 
 // TestREADMECommands runs every ```shell block of the README, in order, against
 // a dev Vault and the fake, with the placeholders replaced by working values,
-// so the documentation cannot drift from the engine. Blocks that need what a
-// test cannot have here (make, vault agent) are covered elsewhere and skipped
-// by rule below.
+// so the documentation cannot drift from the engine. That includes the install
+// and upgrade steps, make build included (see readmeShell). Blocks that run
+// other make targets (the two commands: what CI runs in the first place) are
+// skipped.
 func TestREADMECommands(t *testing.T) {
 	if _, err := exec.LookPath("curl"); err != nil {
 		t.Fatal("curl is needed to run the README's examples")
 	}
-	readme, err := os.ReadFile(filepath.Join(repoRoot, "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	f := startFake(t, 24*time.Hour)
-	v := startDevVault(t)
 	dir := t.TempDir()
 
 	// A second application for the rotation example.
@@ -37,8 +33,7 @@ func TestREADMECommands(t *testing.T) {
 	if err := f.AddClient("e2e-client-2", newSecret); err != nil {
 		t.Fatal(err)
 	}
-	replacements := []string{
-		"/etc/vault/plugins", pluginDir,
+	sh := newREADMEShell(t,
 		"<your_client_id>", fakeClient,
 		"/path/to/client_secret", f.SecretFile(),
 		"https://connect.dev.instacart.tools", f.URL,
@@ -46,55 +41,149 @@ func TestREADMECommands(t *testing.T) {
 		"/path/to/new_client_secret", filepath.Join(dir, "new_client_secret"),
 		"/var/log/vault_audit.log", filepath.Join(dir, "audit.log"),
 		"<token>", "example-token",
-	}
+	)
 
-	blocks := shellBlocks(string(readme))
+	blocks := readmeBlocks(t)
 	if len(blocks) < 8 {
 		t.Fatalf("found only %d shell blocks in the README", len(blocks))
 	}
 	ran := 0
-	for i, block := range blocks {
-		if strings.Contains(block, "make ") {
+	for i, b := range blocks {
+		if !onlyMakeBuild(b.body) {
 			continue // the two commands are what CI runs in the first place
 		}
-		script := strings.NewReplacer(replacements...).Replace(block)
+		block := b.body
 		// Each authorization code is single-use: a fresh one per occurrence.
-		for strings.Contains(script, "<code from Instacart>") {
-			script = strings.Replace(script, "<code from Instacart>", f.Authorize(t, "https://shop.example.com/instacart/callback", "u1"), 1)
+		for strings.Contains(block, "<code from Instacart>") {
+			block = strings.Replace(block, "<code from Instacart>", f.Authorize(t, "https://shop.example.com/instacart/callback", "u1"), 1)
 		}
-		if strings.Contains(script, "SHA256_NEW") { // the upgrade example's second binary
-
-			script = "SHA256_NEW=" + pluginSHA[newVersion] + "\n" + script
-		}
-		cmd := exec.Command("bash", "-euo", "pipefail", "-c", script)
-		cmd.Dir = repoRoot
-		cmd.Env = append(os.Environ(), "VAULT_ADDR="+v.Addr, "VAULT_TOKEN="+v.Token, "PATH="+filepath.Dir(vaultBin)+":"+os.Getenv("PATH"))
-		var stderr bytes.Buffer
-		cmd.Stdout, cmd.Stderr = nil, &stderr
-		if err := cmd.Run(); err != nil {
-			t.Errorf("README shell block %d failed (%v):\n%s\nstderr:\n%s", i+1, err, block, stderr.String())
+		if _, stderr, err := sh.run(t, block); err != nil {
+			t.Errorf("README shell block %d (under %q) failed (%v):\n%s\nstderr:\n%s", i+1, b.heading, err, b.body, stderr)
 			continue
 		}
 		ran++
 	}
 	t.Logf("ran %d of %d README shell blocks", ran, len(blocks))
-	assertNoSecrets(t, "Vault server log", v.Log(t), f.Secret(), nil)
+	assertNoSecrets(t, "Vault server log", sh.v.Log(t), f.Secret(), nil)
 }
 
-// shellBlocks returns the bodies of ```shell fenced blocks.
-func shellBlocks(md string) []string {
-	var blocks []string
+// readmeShell runs README shell blocks as an operator would: with bash, from
+// the repository root, against one dev Vault, each command as written, with
+// only placeholders replaced. Two paths stand for the operator's machines:
+// .bin/plugins is a build directory of the test's own (make's BIN, passed in
+// MAKEFLAGS so `make build VERSION=...` runs as written and writes there), and
+// /etc/vault/plugins is this Vault's plugin_directory, empty at the start. So
+// what Vault registers and runs is exactly what the README's make command
+// built and its install command copied.
+type readmeShell struct {
+	v     *vault
+	build string // make's BIN
+	repl  *strings.Replacer
+}
+
+// newREADMEShell starts a dev Vault with an empty plugin directory; oldnew are
+// further placeholder replacements.
+func newREADMEShell(t testing.TB, oldnew ...string) *readmeShell {
+	t.Helper()
+	plugins, err := os.MkdirTemp(suiteTmp, "node-plugins-") // under suiteTmp: the stray-process check sees its plugins
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(plugins) })
+	build := t.TempDir()
+	sh := &readmeShell{v: startDevVaultWithPlugins(t, plugins), build: build}
+	sh.repl = strings.NewReplacer(append([]string{
+		"/etc/vault/plugins", plugins,
+		".bin/plugins", filepath.Join(build, "plugins"),
+	}, oldnew...)...)
+	return sh
+}
+
+// run runs one block; it returns what the block printed.
+func (sh *readmeShell) run(t testing.TB, block string) (stdout, stderr string, err error) {
+	t.Helper()
+	cmd := exec.Command("bash", "-euo", "pipefail", "-c", sh.repl.Replace(block))
+	cmd.Dir = repoRoot
+	cmd.Env = makeEnv("MAKEFLAGS=BIN="+sh.build, "VAULT_ADDR="+sh.v.Addr, "VAULT_TOKEN="+sh.v.Token,
+		"VAULT_FORMAT=", "PATH="+filepath.Dir(vaultBin)+":"+os.Getenv("PATH"))
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err = cmd.Run()
+	return out.String(), errb.String(), err
+}
+
+// mustRun runs one block and fails the test if it fails.
+func (sh *readmeShell) mustRun(t testing.TB, block string) string {
+	t.Helper()
+	out, stderr, err := sh.run(t, block)
+	if err != nil {
+		t.Fatalf("README shell block failed (%v):\n%s\nstdout:\n%s\nstderr:\n%s", err, block, out, stderr)
+	}
+	return out
+}
+
+// readmeBlock is a ```shell block of the README and the heading it is under.
+type readmeBlock struct{ heading, body string }
+
+func readmeBlocks(t testing.TB) []readmeBlock {
+	t.Helper()
+	md, err := os.ReadFile(filepath.Join(repoRoot, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return shellBlocks(string(md))
+}
+
+// readmeSection returns the shell blocks under one heading (the exact line,
+// "### Upgrade"), up to the next heading of any level; it fails the test if
+// there are none.
+func readmeSection(t testing.TB, heading string) []string {
+	t.Helper()
+	var out []string
+	for _, b := range readmeBlocks(t) {
+		if b.heading == heading {
+			out = append(out, b.body)
+		}
+	}
+	if len(out) == 0 {
+		t.Fatalf("README has no shell blocks under %q", heading)
+	}
+	return out
+}
+
+// shellBlocks returns the bodies of ```shell fenced blocks, each with the
+// heading it is under.
+func shellBlocks(md string) []readmeBlock {
+	var blocks []readmeBlock
 	var cur *strings.Builder
+	heading := ""
+	inFence := false // any fenced block: a # line in it is no heading
 	for _, line := range strings.Split(md, "\n") {
+		trimmed := strings.TrimSpace(line)
 		switch {
-		case cur == nil && strings.TrimSpace(line) == "```shell":
+		case cur == nil && !inFence && strings.HasPrefix(line, "#"):
+			heading = line
+		case cur == nil && !inFence && trimmed == "```shell":
 			cur = &strings.Builder{}
-		case cur != nil && strings.TrimSpace(line) == "```":
-			blocks = append(blocks, cur.String())
+		case cur == nil && strings.HasPrefix(trimmed, "```"):
+			inFence = !inFence
+		case cur != nil && trimmed == "```":
+			blocks = append(blocks, readmeBlock{heading: heading, body: cur.String()})
 			cur = nil
 		case cur != nil:
 			cur.WriteString(line + "\n")
 		}
 	}
 	return blocks
+}
+
+// onlyMakeBuild reports whether every make command of a block is make build
+// (which readmeShell runs into its own directory).
+func onlyMakeBuild(block string) bool {
+	for _, line := range strings.Split(block, "\n") {
+		if f := strings.Fields(line); len(f) > 0 && f[0] == "make" && (len(f) < 2 || f[1] != "build") {
+			return false
+		}
+	}
+	return true
 }

@@ -95,8 +95,9 @@ wait_for 30 vault status || fail "Vault did not start: $(tail -20 "$work/vault.l
 say "$(vault version) at $VAULT_ADDR"
 
 step "Registering the plugin by checksum and version, enabling it at instacart/"
-sha="$(sha256sum "$bin/plugins/$plugin" | cut -d' ' -f1)"
-vault plugin register -sha256="$sha" -version="$version" secret "$plugin" | sed 's/^/    /'
+# make build VERSION=... writes one file per version, as the README registers it.
+sha="$(sha256sum "$bin/plugins/$plugin-$version" | cut -d' ' -f1)"
+vault plugin register -sha256="$sha" -version="$version" -command="$plugin-$version" secret "$plugin" | sed 's/^/    /'
 vault secrets enable -path=instacart -plugin-version="$version" "$plugin" | sed 's/^/    /'
 vault plugin list secret | grep "$plugin" | sed 's/^/    /'
 
