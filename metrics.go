@@ -350,6 +350,9 @@ func (m *metrics) revocationDone(permanent *bool, err *error) {
 // naming grants from the roles b holds in memory.
 func newBackendMetrics(b *backend) *metrics {
 	return newMetrics(func() hclog.Logger { return b.Logger() }, func(name string) connect.GrantType {
+		if name == verifyRole {
+			return connect.GrantClientCredentials
+		}
 		if r, ok := b.roles.Load(name); ok {
 			return r.(*role).GrantType
 		}

@@ -108,6 +108,25 @@ func TestMetricsDeletedRoleSeriesGo(t *testing.T) {
 	if got := s.series(""); len(got) != 0 {
 		t.Errorf("series with role=\"\": %v", got)
 	}
+	// The verify token's log lines name it the same way, with its grant.
+	for _, parts := range [][]string{
+		{"token request", "role=@verify", "grant=client_credentials", "outcome=minted"},
+		{"token revocation", "role=@verify", "grant=client_credentials", "outcome=revoked"},
+	} {
+		found := false
+		for _, l := range strings.Split(e.logs.String(), "\n") {
+			n := 0
+			for _, p := range parts {
+				if strings.Contains(l, p) {
+					n++
+				}
+			}
+			found = found || n == len(parts)
+		}
+		if !found {
+			t.Errorf("no log line with %q:\n%s", parts, e.logs.String())
+		}
+	}
 
 	e.mustOK(logical.DeleteOperation, "roles/gone", nil)
 	s = e.scrape()
