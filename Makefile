@@ -22,9 +22,15 @@ SUBMODULES  := tokensource examples/app-go
 # them that test is skipped, and make says so at the end instead of passing quietly.
 NODE_OK      = $(shell node -e 'process.exit(parseInt(process.versions.node) >= 18 ? 0 : 1)' >/dev/null 2>&1 && command -v npm >/dev/null && echo yes)
 NODE_NOTE   := NOTE: Node >= 18 and npm not found: the node-vault example test (e2e TestClientNodeVault, examples/app-node) was skipped
+# Debian's prometheus package (prometheus and promtool) runs the alert rule tests (test-prometheus) and
+# e2e TestPrometheusScrapesVault / TestPrometheusAlertRules; make prometheus installs it where apt-get runs as
+# root. The tests start their own Prometheus on a free port, so the package's service, running or not, is
+# never used. Without it those parts are skipped, and make says so at the end.
+PROM_OK      = $(shell command -v prometheus >/dev/null && command -v promtool >/dev/null && echo yes)
+PROM_NOTE   := NOTE: prometheus and promtool not found, and not installable here (Debian: apt-get install prometheus, as root): promtool check/test rules (make test-prometheus) and e2e TestPrometheusScrapesVault and TestPrometheusAlertRules were skipped
 
 .DEFAULT_GOAL := build
-.PHONY: build plugin versioncheck fake vault test test-unit test-fuzz test-e2e test-bench-smoke demo dev fmt fmtcheck vet tidycheck lint fuzz release bench clean
+.PHONY: build plugin versioncheck fake vault prometheus test test-unit test-fuzz test-prometheus test-e2e test-bench-smoke demo dev fmt fmtcheck vet tidycheck lint fuzz release bench clean
 
 ## build: the plugin (into .bin/plugins/vault-plugin-secrets-instacart-$(VERSION), with
 ## its sha256) and the Connect fake (into .bin). make build VERSION=v0.2.0
@@ -50,9 +56,10 @@ vault:
 
 ## test: lint, unit tests with -race, a short fuzz run, the end-to-end suite in a real Vault,
 ## and a smoke run of the benchmark program (it builds and completes; no figures)
-test: lint test-unit test-fuzz test-e2e test-bench-smoke
-	@echo "make test: lint, unit, fuzz, e2e and bench-smoke passed"
+test: lint test-unit test-fuzz test-prometheus test-e2e test-bench-smoke
+	@echo "make test: lint, unit, fuzz, prometheus rules, e2e and bench-smoke passed"
 	@$(if $(NODE_OK),true,echo "$(NODE_NOTE)")
+	@$(if $(PROM_OK),true,echo "$(PROM_NOTE)")
 
 test-unit:
 	$(GO) test -race -count=1 ./...
@@ -62,9 +69,26 @@ test-fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzRoleWrite$$' -fuzztime $(FUZZTIME) .
 	$(GO) test -run '^$$' -fuzz '^FuzzAssertionUserID$$' -fuzztime $(FUZZTIME) .
 
-test-e2e: vault
-	$(GO) test -tags e2e -count=1 -timeout 40m -v ./e2e/
+## prometheus: Debian's prometheus package (prometheus, promtool), installed with apt-get where run as root
+prometheus:
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then exit 0; fi; \
+	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian's prometheus package (prometheus, promtool) for the Prometheus tests"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y prometheus \
+	    || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y prometheus; } \
+	    || echo "$(PROM_NOTE)"; \
+	else echo "$(PROM_NOTE)"; fi
+
+## test-prometheus: promtool check rules and test rules on examples/prometheus/alerts.yml
+test-prometheus: prometheus
+	@if command -v promtool >/dev/null; then \
+	  promtool check rules examples/prometheus/alerts.yml && promtool test rules examples/prometheus/alerts_test.yml; \
+	else echo "NOTE: no promtool: the alert rules were not checked (see the NOTE above)"; fi
+
+test-e2e: vault prometheus
+	E2E_REQUIRE_PROMETHEUS=$(if $(PROM_OK),1,0) $(GO) test -tags e2e -count=1 -timeout 40m -v ./e2e/
 	@$(if $(NODE_OK),true,echo "$(NODE_NOTE)")
+	@$(if $(PROM_OK),true,echo "$(PROM_NOTE)")
 
 test-bench-smoke: vault
 	$(GO) test -tags bench -count=1 -timeout 10m ./bench/

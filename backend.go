@@ -143,12 +143,14 @@ func (b *backend) invalidate(_ context.Context, key string) {
 	switch {
 	case key == configStoragePath:
 		b.resetSnapshot()
+		b.metrics.invalidateGauges()
 	case strings.HasPrefix(key, roleStoragePrefix):
 		name := strings.TrimPrefix(key, roleStoragePrefix)
 		mu := b.roleLock(name)
 		mu.Lock() // no load in flight may put the old role back
 		b.roles.Delete(name)
 		mu.Unlock()
+		b.metrics.roleChanged(name) // written or deleted: the next scrape tells
 	case strings.HasPrefix(key, tokenStoragePrefix):
 		b.tokens.forget(key)
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect"
+	"github.com/instacart-vault/vault-plugin-secrets-instacart/version"
 )
 
 // Metric names and labels are part of the engine's contract (README,
@@ -23,6 +24,9 @@ const (
 	metricSharedTokens     = "instacart_shared_tokens"
 	metricSharedExpiry     = "instacart_shared_token_expiry_timestamp_seconds"
 	metricRenewBy          = "instacart_credentials_renew_by_timestamp_seconds"
+	metricPending          = "instacart_pending_revocations"
+	metricBuildInfo        = "instacart_build_info"
+	metricRefreshErrors    = "instacart_gauge_refresh_errors_total"
 )
 
 // readSource is where a creds read's token came from.
@@ -65,8 +69,9 @@ const (
 var revocationNames = [numRevocationOutcomes]string{"revoked", "skipped_expired", "refused", "error"}
 
 // verifyRole labels the token request a config write makes to verify new
-// credentials: it is for no role.
-const verifyRole = ""
+// credentials, and the queue its revocation waits in: it is for no role, and
+// no role can have this name (role names cannot contain '@').
+const verifyRole = verifyQueue
 
 // stormQuiet is how long Connect must go without a retry before the next
 // retry counts as a new storm (and is warned about again).
@@ -89,10 +94,13 @@ type metrics struct {
 	sharedTokens  *prometheus.GaugeVec
 	sharedExpiry  *prometheus.GaugeVec
 	renewBy       *prometheus.GaugeVec
+	pending       *prometheus.GaugeVec
+	refreshErrors prometheus.Counter
 
 	// roles maps a role name to its pre-resolved series, copied on write so
 	// a cached read finds its counter with one map lookup, no lock and no
-	// allocation.
+	// allocation. rolesMu serialises resolving series against forgetting a
+	// role's.
 	roles   atomic.Pointer[map[string]*roleSeries]
 	rolesMu sync.Mutex
 
@@ -101,9 +109,18 @@ type metrics struct {
 	mints sync.Map // mintKey -> *[numOutcomes]prometheus.Counter
 
 	// scrapeMu serialises scrapes; gaugesAt is when the gauges were last
-	// rebuilt from storage.
-	scrapeMu sync.Mutex
-	gaugesAt time.Time
+	// rebuilt from storage, and gaugesGen the value of gaugeGen then. A
+	// config or role write bumps gaugeGen, so the next scrape rebuilds them.
+	scrapeMu  sync.Mutex
+	gaugesAt  time.Time
+	gaugesGen uint64
+	gaugeGen  atomic.Uint64
+
+	// suspects are roles written or deleted on another node (invalidated)
+	// or deleted here: the next gauge refresh forgets the series of those
+	// it does not find in storage.
+	suspectsMu sync.Mutex
+	suspects   map[string]struct{}
 
 	storm retryStorm
 }
@@ -119,10 +136,10 @@ type mintKey struct {
 }
 
 func newMetrics(logger func() hclog.Logger, grantOf func(string) connect.GrantType) *metrics {
-	m := &metrics{registry: prometheus.NewRegistry(), logger: logger, grantOf: grantOf}
+	m := &metrics{registry: prometheus.NewRegistry(), logger: logger, grantOf: grantOf, suspects: map[string]struct{}{}}
 	m.tokenRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: metricTokenRequests,
-		Help: "Token requests sent to Instacart Connect, one per attempt (retries included), by role, grant type and outcome (minted, rejected, transient_error, timeout). The role is empty for the token that verifies new credentials on a config write.",
+		Help: "Token requests sent to Instacart Connect, one per attempt (retries included), by role, grant type and outcome (minted, rejected, transient_error, timeout). The role is " + verifyRole + " for the token that verifies new credentials on a config write.",
 	}, []string{"role", "grant_type", "outcome"})
 	m.credsReads = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: metricCredsReads,
@@ -158,9 +175,25 @@ func newMetrics(logger func() hclog.Logger, grantOf func(string) connect.GrantTy
 		Name: metricRenewBy,
 		Help: "The renew_by date written to config (Unix seconds): when Instacart wants the application credentials rotated. Absent when renew_by is not set.",
 	}, nil)
-	m.registry.MustRegister(m.tokenRequests, m.credsReads, durations, m.retries, revocations, m.sharedTokens, m.sharedExpiry, m.renewBy)
+	m.pending = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: metricPending,
+		Help: "Tokens waiting in the revocation queue to be revoked at Connect, per role (0 for a role with none; a deleted role's while any remain). The role is " + verifyRole + " for tokens minted to verify credentials.",
+	}, []string{"role"})
+	m.refreshErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: metricRefreshErrors,
+		Help: "Scrapes whose rebuild of the gauges from storage failed: they served the counters, and the gauges as last rebuilt.",
+	})
+	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: metricBuildInfo,
+		Help: "Always 1: the version of the plugin serving this mount.",
+	}, []string{"version"})
+	buildInfo.WithLabelValues(version.Version()).Set(1)
+	m.registry.MustRegister(m.tokenRequests, m.credsReads, durations, m.retries, revocations, m.sharedTokens, m.sharedExpiry, m.renewBy, m.pending, m.refreshErrors, buildInfo)
 	empty := map[string]*roleSeries{}
 	m.roles.Store(&empty)
+	// The verify token's series are there from the start, at 0, so the
+	// first rejection of new credentials is an increase an alert can see.
+	m.mintCounters(verifyRole, connect.GrantClientCredentials)
 	return m
 }
 
@@ -203,12 +236,94 @@ func (m *metrics) mintCounters(roleName string, grant connect.GrantType) *[numOu
 	if c, ok := m.mints.Load(key); ok {
 		return c.(*[numOutcomes]prometheus.Counter)
 	}
+	m.rolesMu.Lock() // not while forgetRole drops the role's series
+	defer m.rolesMu.Unlock()
 	c := new([numOutcomes]prometheus.Counter)
 	for i := range c {
 		c[i] = m.tokenRequests.WithLabelValues(roleName, string(grant), outcomeNames[i])
 	}
 	actual, _ := m.mints.LoadOrStore(key, c)
 	return actual.(*[numOutcomes]prometheus.Counter)
+}
+
+// forgetRole drops every series of a deleted role: its reads, its token
+// requests and its shared-token gauges. Its pending revocations stay while
+// any are queued (the gauge refresh counts them from storage). A role created
+// again under the name starts from 0.
+func (m *metrics) forgetRole(name string) {
+	if m == nil || name == verifyRole {
+		return
+	}
+	m.rolesMu.Lock()
+	defer m.rolesMu.Unlock()
+	cur := *m.roles.Load()
+	if _, ok := cur[name]; ok {
+		next := make(map[string]*roleSeries, len(cur))
+		for k, v := range cur {
+			if k != name {
+				next[k] = v
+			}
+		}
+		m.roles.Store(&next)
+	}
+	m.mints.Range(func(k, _ any) bool {
+		if k.(mintKey).role == name {
+			m.mints.Delete(k)
+		}
+		return true
+	})
+	only := prometheus.Labels{"role": name}
+	m.credsReads.DeletePartialMatch(only)
+	m.tokenRequests.DeletePartialMatch(only)
+	m.sharedTokens.DeletePartialMatch(only)
+	m.sharedExpiry.DeletePartialMatch(only)
+}
+
+// invalidateGauges makes the next scrape rebuild the gauges from storage:
+// after a config or role write, so it shows the change.
+func (m *metrics) invalidateGauges() {
+	if m == nil {
+		return
+	}
+	m.gaugeGen.Add(1)
+}
+
+// roleChanged notes a role written or deleted on another node: the next
+// scrape rebuilds the gauges, and forgets the role's series if it is gone.
+func (m *metrics) roleChanged(name string) {
+	if m == nil {
+		return
+	}
+	m.suspectsMu.Lock()
+	m.suspects[name] = struct{}{}
+	m.suspectsMu.Unlock()
+	m.invalidateGauges()
+}
+
+// roleDeleted drops a role deleted here from the metrics at once. It is also
+// noted as a suspect, so a gauge refresh that listed the role just before it
+// was deleted cannot leave its series behind.
+func (m *metrics) roleDeleted(name string) {
+	m.forgetRole(name)
+	m.roleChanged(name)
+}
+
+// takeSuspects hands the suspects to a gauge refresh; returnSuspects gives
+// them back when it fails.
+func (m *metrics) takeSuspects() map[string]struct{} {
+	m.suspectsMu.Lock()
+	defer m.suspectsMu.Unlock()
+	out := m.suspects
+	m.suspects = map[string]struct{}{}
+	return out
+}
+
+func (m *metrics) returnSuspects(names map[string]struct{}) {
+	m.suspectsMu.Lock()
+	defer m.suspectsMu.Unlock()
+	for n := range names {
+		m.suspects[n] = struct{}{}
+	}
 }
 
 // revocation counts how a revocation by revokeUpstream ended.
@@ -235,6 +350,9 @@ func (m *metrics) revocationDone(permanent *bool, err *error) {
 // naming grants from the roles b holds in memory.
 func newBackendMetrics(b *backend) *metrics {
 	return newMetrics(func() hclog.Logger { return b.Logger() }, func(name string) connect.GrantType {
+		if name == verifyRole {
+			return connect.GrantClientCredentials
+		}
 		if r, ok := b.roles.Load(name); ok {
 			return r.(*role).GrantType
 		}

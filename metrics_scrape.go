@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -14,19 +15,33 @@ import (
 
 // gaugeRefreshInterval bounds how often a scrape rebuilds the gauges from
 // storage: counting a role's per-user tokens lists them all, and anyone who
-// may read metrics could otherwise make every scrape do it.
+// may read metrics could otherwise make every scrape do it. A config or role
+// write (here, or on another node: an invalidation) makes the next scrape
+// rebuild them whatever their age.
 const gaugeRefreshInterval = time.Minute
 
 // scrape renders the registry in Prometheus' text format, after rebuilding
-// the gauges from what storage holds (at most once per gaugeRefreshInterval).
+// the gauges from what storage holds (at most once per gaugeRefreshInterval,
+// and at the first scrape after a config or role write). A rebuild that fails
+// on storage does not fail the scrape: the counters are served, with the
+// gauges as last rebuilt, and the failure is counted and logged.
 func (m *metrics) scrape(ctx context.Context, b *backend, s logical.Storage) ([]byte, error) {
 	m.scrapeMu.Lock()
 	defer m.scrapeMu.Unlock()
-	if now := b.now(); m.gaugesAt.IsZero() || now.Sub(m.gaugesAt) >= gaugeRefreshInterval {
-		if err := m.refreshGauges(ctx, b, s); err != nil {
-			return nil, err
+	now, gen := b.now(), m.gaugeGen.Load()
+	if m.gaugesAt.IsZero() || now.Sub(m.gaugesAt) >= gaugeRefreshInterval || gen != m.gaugesGen {
+		suspects := m.takeSuspects()
+		g, err := m.readGauges(ctx, b, s)
+		if err != nil {
+			m.returnSuspects(suspects)
+			m.refreshErrors.Inc()
+			if l := m.log(); l != nil {
+				l.Warn("could not rebuild the metrics gauges from storage: serving the counters, and the gauges as last rebuilt; the next scrape tries again", "error", err)
+			}
+		} else {
+			m.applyGauges(g, suspects)
+			m.gaugesAt, m.gaugesGen = now, gen
 		}
-		m.gaugesAt = now
 	}
 	families, err := m.registry.Gather()
 	if err != nil {
@@ -41,38 +56,57 @@ func (m *metrics) scrape(ctx context.Context, b *backend, s logical.Storage) ([]
 	return buf.Bytes(), nil
 }
 
-// refreshGauges sets the gauges from storage: renew_by from the config, and
-// per shared role the tokens held and, for role-wide tokens, their expiry.
-// It costs one list per shared role and one read per role-wide token.
-func (m *metrics) refreshGauges(ctx context.Context, b *backend, s logical.Storage) error {
-	m.renewBy.Reset()
-	m.sharedTokens.Reset()
-	m.sharedExpiry.Reset()
+// gaugeValues are the gauges as read from storage, set all at once (or not
+// at all, when reading them failed).
+type gaugeValues struct {
+	renewBy      float64 // 0: not set
+	roles        map[string]connect.GrantType
+	sharedTokens map[string]float64
+	sharedExpiry map[string]float64
+	pending      map[string]float64
+}
 
+// readGauges reads the gauges from storage: renew_by from the config; per
+// shared role the tokens held and, for role-wide tokens, their expiry; and
+// per role (and for the verify token) the tokens queued for revocation. It
+// costs one list per shared role, one read per role-wide token, and one list
+// of the revocation queue plus one per role with tokens queued.
+func (m *metrics) readGauges(ctx context.Context, b *backend, s logical.Storage) (*gaugeValues, error) {
+	g := &gaugeValues{
+		roles:        map[string]connect.GrantType{},
+		sharedTokens: map[string]float64{},
+		sharedExpiry: map[string]float64{},
+		pending:      map[string]float64{verifyRole: 0},
+	}
 	e, err := b.getSnapshot(ctx, s)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if e.config.configured() && !e.config.RenewBy.IsZero() {
-		m.renewBy.WithLabelValues().Set(float64(e.config.RenewBy.Unix()))
+		g.renewBy = float64(e.config.RenewBy.Unix())
 	}
 	names, err := s.List(ctx, roleStoragePrefix)
 	if err != nil {
-		return fmt.Errorf("listing roles: %w", err)
+		return nil, fmt.Errorf("listing roles: %w", err)
 	}
 	for _, name := range names {
 		r, err := b.getRole(ctx, s, name)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		if r == nil || !r.shared() {
+		if r == nil {
+			continue
+		}
+		g.roles[name] = r.GrantType
+		g.pending[name] = 0
+		if !r.shared() {
 			continue
 		}
 		keys, err := b.tokens.roleKeys(ctx, s, name)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		m.sharedTokens.WithLabelValues(name).Set(float64(len(keys)))
+		g.sharedTokens[name] = float64(len(keys))
 		if r.GrantType == connect.GrantFulfillmentUserAssertion && r.UserID == "" {
 			continue // per-user tokens: no one expiry stands for the role
 		}
@@ -80,12 +114,58 @@ func (m *metrics) refreshGauges(ctx context.Context, b *backend, s logical.Stora
 		t := b.tokens.get(key)
 		if t == nil {
 			if t, err = b.tokens.load(ctx, s, key); err != nil {
-				return err
+				return nil, err
 			}
 		}
 		if e.config.configured() && t.belongsTo(e.config.CredentialsID, r.hash) {
-			m.sharedExpiry.WithLabelValues(name).Set(float64(t.ExpiresAt.Unix()))
+			g.sharedExpiry[name] = float64(t.ExpiresAt.Unix())
 		}
 	}
-	return nil
+	queues, err := s.List(ctx, revokingStoragePrefix)
+	if err != nil {
+		return nil, fmt.Errorf("listing pending revocations: %w", err)
+	}
+	for _, q := range queues {
+		if !strings.HasSuffix(q, "/") {
+			continue
+		}
+		keys, err := s.List(ctx, revokingStoragePrefix+q)
+		if err != nil {
+			return nil, fmt.Errorf("listing pending revocations: %w", err)
+		}
+		g.pending[strings.TrimSuffix(q, "/")] = float64(len(keys))
+	}
+	return g, nil
+}
+
+// applyGauges sets the gauges to g. Every role's counters are resolved (at
+// 0), so an alert sees a role's first rejection or error as an increase; the
+// series of suspects (roles deleted, here or on another node) that storage
+// no longer holds are forgotten.
+func (m *metrics) applyGauges(g *gaugeValues, suspects map[string]struct{}) {
+	m.renewBy.Reset()
+	m.sharedTokens.Reset()
+	m.sharedExpiry.Reset()
+	m.pending.Reset()
+	if g.renewBy != 0 {
+		m.renewBy.WithLabelValues().Set(g.renewBy)
+	}
+	for name, v := range g.sharedTokens {
+		m.sharedTokens.WithLabelValues(name).Set(v)
+	}
+	for name, v := range g.sharedExpiry {
+		m.sharedExpiry.WithLabelValues(name).Set(v)
+	}
+	for name, v := range g.pending {
+		m.pending.WithLabelValues(name).Set(v)
+	}
+	for name := range suspects {
+		if _, ok := g.roles[name]; !ok {
+			m.forgetRole(name)
+		}
+	}
+	for name, grant := range g.roles {
+		m.role(name)
+		m.mintCounters(name, grant)
+	}
 }

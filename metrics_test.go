@@ -198,7 +198,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 		labels map[string]string
 		want   float64
 	}{
-		{metricTokenRequests, reqs("", cc, "minted"), 1}, // verify
+		{metricTokenRequests, reqs(verifyRole, cc, "minted"), 1}, // verify
 		{metricTokenRequests, reqs("shared", cc, "minted"), 1},
 		{metricTokenRequests, reqs("shared", cc, "transient_error"), 3},
 		{metricTokenRequests, reqs("shoppers", assertion, "minted"), 2},
@@ -270,6 +270,8 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 		metricRevocations:      {"outcome"},
 		metricSharedTokens:     {"role"},
 		metricSharedExpiry:     {"role"},
+		metricPending:          {"role"},
+		metricBuildInfo:        {"version"},
 	} {
 		series := s.labelNames(name)
 		if len(series) == 0 {
@@ -286,8 +288,17 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 			t.Errorf("label value %q is a user id, a token or a secret", v)
 		}
 	}
-	if got := len(s); got != 7 {
-		t.Errorf("%d metric families, want 7 (renew_by unset): %v", got, slices.Sorted(maps.Keys(s)))
+	if got := len(s); got != 10 {
+		t.Errorf("%d metric families, want 10 (renew_by unset): %v", got, slices.Sorted(maps.Keys(s)))
+	}
+	for _, mf := range s {
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == "role" && lp.GetValue() == "" {
+					t.Errorf("%s has a series with role=\"\"", mf.GetName())
+				}
+			}
+		}
 	}
 	if mf := s[metricUpstreamDuration]; mf.GetType() != dto.MetricType_HISTOGRAM {
 		t.Errorf("%s is a %v", metricUpstreamDuration, mf.GetType())

@@ -53,6 +53,7 @@ func (b *backend) pathCacheDelete(ctx context.Context, req *logical.Request, d *
 	if !b.WriteSafeReplicationState() {
 		return nil, logical.ErrReadOnly // revoke only where the tokens can also be dropped
 	}
+	defer b.metrics.invalidateGauges() // the next scrape shows what the flush left
 	stored, err := b.tokens.roleKeys(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err

@@ -121,6 +121,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if !b.WriteSafeReplicationState() {
 		return nil, logical.ErrReadOnly // forward before verify sends anything
 	}
+	defer b.metrics.invalidateGauges() // the next scrape shows the new config
 	resp, verified, err := b.writeConfig(ctx, req.Storage, d)
 	if verified != nil {
 		// Outside configMu: the revocation looks the credentials up.
@@ -297,6 +298,7 @@ func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ 
 		return nil, err
 	}
 	b.resetSnapshot()
+	b.metrics.invalidateGauges()
 	return nil, nil
 }
 

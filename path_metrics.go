@@ -42,10 +42,13 @@ const pathMetricsHelp = `
 Returns this mount's metrics in Prometheus' text exposition format
 (format=prometheus, the default): token requests sent to Connect by role,
 grant and outcome; creds reads by where the token came from; upstream
-request durations and retries; revocations; shared tokens held and their
-expiry; and the renew_by date of the credentials. Each mount keeps its own
-figures, counted since its plugin process started. Reading it needs a policy
-granting read on this path, like any other path of the mount.
+request durations and retries; revocations, and tokens waiting to be
+revoked; shared tokens held and their expiry; the renew_by date of the
+credentials; and the plugin's version. Each mount keeps its own figures,
+counted since its plugin process started. The gauges are rebuilt from
+storage at most once a minute, and at the first scrape after a config, role
+or flush write. Reading it needs a policy granting read on this path, like
+any other path of the mount.
 `
 
 func (b *backend) pathMetricsRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {

@@ -217,6 +217,7 @@ func (b *backend) writeRole(ctx context.Context, s logical.Storage, name string,
 		return nil, nil, nil, nil, err
 	}
 	b.roles.Store(name, r)
+	b.metrics.invalidateGauges() // the next scrape shows the role
 	if old != nil && old.hash != r.hash {
 		b.forgetRoleTokens(name) // tokens minted for the old scopes or user are out of service
 	}
@@ -237,6 +238,7 @@ func (b *backend) pathRoleDelete(ctx context.Context, req *logical.Request, d *f
 	if err == nil {
 		b.roles.Delete(name)
 		b.forgetRoleTokens(name)
+		b.metrics.roleDeleted(name) // its series go with it
 	}
 	mu.Unlock()
 	if err != nil {

@@ -148,7 +148,7 @@ func TestMetricsThroughVault(t *testing.T) {
 		labels map[string]string
 		want   float64
 	}{
-		{"instacart_token_requests_total", reqLabels("", cc, "minted"), 1},
+		{"instacart_token_requests_total", reqLabels("@verify", cc, "minted"), 1},
 		{"instacart_token_requests_total", reqLabels("shared", cc, "minted"), 1},
 		{"instacart_token_requests_total", reqLabels("shoppers", ua, "minted"), 2},
 		{"instacart_token_requests_total", reqLabels("excl", cc, "minted"), 3},
@@ -171,6 +171,10 @@ func TestMetricsThroughVault(t *testing.T) {
 		{"instacart_shared_tokens", map[string]string{"role": "shoppers"}, 2},
 		{"instacart_shared_token_expiry_timestamp_seconds", map[string]string{"role": "shared"}, float64(shared.expiresAt(t).Unix())},
 		{"instacart_credentials_renew_by_timestamp_seconds", map[string]string{}, float64(mustDate(t, renewBy).Unix())},
+		{"instacart_build_info", map[string]string{"version": oldVersion}, 1},
+		{"instacart_pending_revocations", map[string]string{"role": "@verify"}, 0},
+		{"instacart_pending_revocations", map[string]string{"role": "excl"}, 0},
+		{"instacart_gauge_refresh_errors_total", map[string]string{}, 0},
 	} {
 		if got, ok := m.value(c.name, c.labels); got != c.want || !ok && c.want != 0 {
 			t.Errorf("%s%v = %v (present %v), want %v", c.name, c.labels, got, ok, c.want)
@@ -190,6 +194,9 @@ func TestMetricsThroughVault(t *testing.T) {
 		if strings.Contains(val, "store-") {
 			t.Errorf("label value %q is a user id", val)
 		}
+	}
+	if _, ok := m.value("instacart_token_requests_total", reqLabels("", cc, "minted")); ok {
+		t.Error(`the verify mint is still labelled role=""`)
 	}
 	assertNoSecrets(t, "the scrape", body, f.Secret(), tokens.all())
 

@@ -41,6 +41,7 @@ func TestREADMECommands(t *testing.T) {
 		"/path/to/new_client_secret", filepath.Join(dir, "new_client_secret"),
 		"/var/log/vault_audit.log", filepath.Join(dir, "audit.log"),
 		"<token>", "example-token",
+		"/etc/prometheus/vault-token", filepath.Join(dir, "vault-token"),
 	)
 
 	blocks := readmeBlocks(t)
