@@ -17,11 +17,11 @@ FUZZTIME    ?= 5s
 DIST        ?= dist
 # Go modules of their own (the root's ./... does not enter them): linted, and
 # unit-tested where they have tests, with the root module.
-SUBMODULES  := tokensource examples/app-go
-# Node >= 18 and npm run e2e TestClientNodeVault (examples/app-node); without
-# them that test is skipped, and make says so at the end instead of passing quietly.
+SUBMODULES  := tokensource examples/app-go e2e/tsclient
+# Node >= 18 and npm run e2e TestClientNodeVault* (examples/app-node); without
+# them those tests are skipped, and make says so at the end instead of passing quietly.
 NODE_OK      = $(shell node -e 'process.exit(parseInt(process.versions.node) >= 18 ? 0 : 1)' >/dev/null 2>&1 && command -v npm >/dev/null && echo yes)
-NODE_NOTE   := NOTE: Node >= 18 and npm not found: the node-vault example test (e2e TestClientNodeVault, examples/app-node) was skipped
+NODE_NOTE   := NOTE: Node >= 18 and npm not found: the node-vault example tests (e2e TestClientNodeVault*, examples/app-node) were skipped
 # Debian's prometheus package (prometheus and promtool) runs the alert rule tests (test-prometheus) and
 # e2e TestPrometheusScrapesVault / TestPrometheusAlertRules; make prometheus installs it where apt-get runs as
 # root. The tests start their own Prometheus on a free port, so the package's service, running or not, is

@@ -35,9 +35,10 @@ const (
 	clientPath     = "instacart/creds/" + clientRole
 )
 
-// clientStack is a dev Vault with the plugin, a client_credentials role, a
-// file audit device, the fake minting clientLifetime tokens, and a Vault
-// token for the app: examples/policies/app.hcl plus revoking leases.
+// clientStack is a dev Vault with the plugin, a role named clientRole, a
+// file audit device, the fake minting tokens of a given life, and a Vault
+// token for the app with examples/policies/app.hcl as shipped (read the
+// role's creds, renew and revoke its leases) and nothing more.
 type clientStack struct {
 	f        *fake
 	v        *vault
@@ -46,21 +47,26 @@ type clientStack struct {
 	before   stack.FakeStats
 }
 
+// startClientStack is the examples' stack: a client_credentials role and
+// clientLifetime tokens.
 func startClientStack(t *testing.T) *clientStack {
+	t.Helper()
+	return startClientStackWith(t, clientLifetime, "grant_type=client_credentials", "scopes=connect:fulfillment")
+}
+
+// startClientStackWith writes the role with roleArgs and has the fake mint
+// tokens that live lifetime.
+func startClientStackWith(t *testing.T, lifetime time.Duration, roleArgs ...string) *clientStack {
 	t.Helper()
 	f := startFake(t, 24*time.Hour)
 	v := startDevVault(t)
 	v.installPlugin(t, f)
 	audit := filepath.Join(t.TempDir(), "audit.log")
 	v.vault(t, "audit", "enable", "file", "file_path="+audit)
-	v.vault(t, "write", "instacart/roles/"+clientRole, "grant_type=client_credentials", "scopes=connect:fulfillment")
-	f.SetLifetime(t, clientLifetime)
-
-	revoke := filepath.Join(t.TempDir(), "revoke.hcl")
-	writeFile(t, revoke, "path \"sys/leases/revoke\" {\n  capabilities = [\"update\"]\n}\n")
-	v.vault(t, "policy", "write", "instacart-app", filepath.Join(repoRoot, "examples/policies/app.hcl"))
-	v.vault(t, "policy", "write", "lease-revoke", revoke)
-	app := strings.TrimSpace(v.vault(t, "token", "create", "-policy=instacart-app", "-policy=lease-revoke", "-field=token"))
+	v.vault(t, append([]string{"write", "instacart/roles/" + clientRole}, roleArgs...)...)
+	f.SetLifetime(t, lifetime)
+	app := v.appToken(t) // examples/policies/app.hcl, unmodified
+	v.Secrets = append(v.Secrets, app)
 	return &clientStack{f: f, v: v, appToken: app, audit: audit, before: f.Stats(t)}
 }
 
@@ -186,12 +192,55 @@ func TestClientGoTokenSource(t *testing.T) {
 	s.check(t, r, calls)
 }
 
-// TestClientNodeVault runs examples/app-node with node-vault, installed with
-// `npm ci` from the committed package-lock.json into a copy of the example.
-// Without Node >= 18 and npm it is skipped (make test says so in its
-// summary); E2E_REQUIRE_NODE=1 makes that a failure.
+// TestClientNodeVault runs examples/app-node with node-vault (see
+// nodeExample): 300 calls over a little more than one token life.
 func TestClientNodeVault(t *testing.T) {
 	t.Parallel()
+	dir := nodeExample(t)
+	s := startClientStack(t)
+	const calls = 300
+	r := s.run(t, dir, "node", "app.js", clientPath, strconv.Itoa(calls), strconv.Itoa(int(clientRun/time.Second)))
+	want := fmt.Sprintf(`calls: %d, vault reads: 2, tokens: 2, statuses: {"200":%d}`, calls, calls)
+	if !strings.Contains(r.output, want) {
+		t.Errorf("the app did not report %q", want)
+	}
+	leftAtChange(t, r.output, regexp.MustCompile(`read \d+: the previous token had (-?[\d.]+)s left`))
+	s.check(t, r, calls)
+}
+
+// TestClientNodeVaultCappedLease runs examples/app-node against an exclusive
+// role whose ttl (8 s) caps each lease well below the token's 24-second life.
+// When a lease ends Vault revokes it, and the engine revokes its exclusive
+// token at Connect, so the app must replace its token before the lease ends,
+// not before expires_at: every call succeeds, with a read about every 6 s.
+func TestClientNodeVaultCappedLease(t *testing.T) {
+	t.Parallel()
+	dir := nodeExample(t)
+	s := startClientStackWith(t, clientLifetime,
+		"grant_type=client_credentials", "scopes=connect:fulfillment", "token_reuse=exclusive", "ttl=8s")
+	const calls, over = 200, 20
+	r := s.run(t, dir, "node", "app.js", clientPath, strconv.Itoa(calls), strconv.Itoa(over))
+	t.Logf("%d calls: %d leases (audit log: %d), %d mints, %d upstream revocations, %d leases left",
+		r.users, r.leases, r.audited, r.mints, r.revocations, r.leasesAfter)
+	if want := fmt.Sprintf(`statuses: {"200":%d}`, calls); !strings.Contains(r.output, want) {
+		t.Errorf("the app did not report %q: it used a token whose lease had ended", want)
+	}
+	// A read when each 8-second lease has 2 s left: at 0, 6, 12 and 18 s.
+	if r.audited < 3 || r.audited > 5 || r.mints != r.audited {
+		t.Errorf("%d leases and %d mints over %d s of 8-second leases, want 3 to 5 of each", r.audited, r.mints, over)
+	}
+	if r.leasesAfter != 0 {
+		t.Errorf("%d leases left after the app exited, want 0", r.leasesAfter)
+	}
+	assertNoSecrets(t, "app output", r.output, s.f.Secret(), nil)
+}
+
+// nodeExample copies examples/app-node into a temporary directory and
+// installs node-vault there with `npm ci` from the committed
+// package-lock.json. Without Node >= 18 and npm the test is skipped (make
+// test says so in its summary); E2E_REQUIRE_NODE=1 makes that a failure.
+func nodeExample(t *testing.T) string {
+	t.Helper()
 	if why := nodeMissing(); why != "" {
 		if os.Getenv("E2E_REQUIRE_NODE") != "" {
 			t.Fatalf("Node >= 18 and npm are required (E2E_REQUIRE_NODE is set): %s", why)
@@ -222,16 +271,7 @@ func TestClientNodeVault(t *testing.T) {
 	if err := json.Unmarshal([]byte(readFileString(t, filepath.Join(dir, "node_modules/node-vault/package.json"))), &pkg); err != nil || pkg.Version != "0.12.0" {
 		t.Fatalf("npm ci installed node-vault %q (%v), want 0.12.0", pkg.Version, err)
 	}
-
-	s := startClientStack(t)
-	const calls = 300
-	r := s.run(t, dir, "node", "app.js", clientPath, strconv.Itoa(calls), strconv.Itoa(int(clientRun/time.Second)))
-	want := fmt.Sprintf(`calls: %d, vault reads: 2, tokens: 2, statuses: {"200":%d}`, calls, calls)
-	if !strings.Contains(r.output, want) {
-		t.Errorf("the app did not report %q", want)
-	}
-	leftAtChange(t, r.output, regexp.MustCompile(`read \d+: the previous token had (-?[\d.]+)s left`))
-	s.check(t, r, calls)
+	return dir
 }
 
 // nodeMissing says why Node >= 18 with npm cannot run, or "" if it can.
@@ -249,6 +289,128 @@ func nodeMissing() string {
 		return "npm not found"
 	}
 	return ""
+}
+
+// buildTSClient builds e2e/tsclient, the suite's driver of tokensource
+// features the examples do not use.
+func buildTSClient(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "tsclient")
+	if err := stack.GoBuild(context.Background(), filepath.Join(repoRoot, "e2e", "tsclient"), bin, ".", ""); err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+// outputValue is the value of the "key: value" line of a tsclient run.
+func outputValue(t *testing.T, output, key string) string {
+	t.Helper()
+	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(key) + `: (.*)$`).FindStringSubmatch(output)
+	if m == nil {
+		t.Fatalf("no %q line in the output", key)
+	}
+	return strings.TrimSpace(m[1])
+}
+
+// TestClientTokenSourceRenewsCappedLease: an exclusive role whose ttl (8 s)
+// caps the lease well below the token's 40 s life. tokensource renews the
+// lease (PUT sys/leases/renew/<lease_id>, under the shipped app policy)
+// instead of reading a new token per cap, so one token serves a 20-second
+// run: one lease, one mint, three renewals, every call 200, and the lease,
+// with the exclusive token, revoked on Close. Reading anew per cap would
+// have made four leases and four tokens.
+func TestClientTokenSourceRenewsCappedLease(t *testing.T) {
+	t.Parallel()
+	bin := buildTSClient(t)
+	s := startClientStackWith(t, 40*time.Second,
+		"grant_type=client_credentials", "scopes=connect:fulfillment", "token_reuse=exclusive", "ttl=8s")
+	r := s.run(t, repoRoot, bin, "renew", clientPath, "20s")
+	renewals := auditedRenewals(t, s.audit, clientPath+"/")
+	t.Logf("%d calls: %d leases (audit log: %d), %d renewals, %d mints, %d upstream revocations, %d leases left",
+		r.users, r.leases, r.audited, renewals, r.mints, r.revocations, r.leasesAfter)
+	if got := outputValue(t, r.output, "tokens"); got != "1" {
+		t.Errorf("the run used %s tokens, want 1", got)
+	}
+	if got := outputValue(t, r.output, "hook errors"); got != "0" {
+		t.Errorf("%s errors reached the error hook, want 0", got)
+	}
+	if n, _ := strconv.Atoi(outputValue(t, r.output, "expiries")); n < 3 {
+		t.Errorf("the token's Expiry moved %d times, want at least 3 (one per renewal)", n-1)
+	}
+	if want := fmt.Sprintf("map[200 OK:%d]", r.users); outputValue(t, r.output, "statuses") != want || r.users < 150 {
+		t.Errorf("statuses %s over %d calls, want all 200 (and about 200 calls)", outputValue(t, r.output, "statuses"), r.users)
+	}
+	if r.audited != 1 || r.mints != 1 {
+		t.Errorf("%d creds reads, %d mints, want 1 and 1: the capped lease is renewed, not replaced", r.audited, r.mints)
+	}
+	if renewals < 2 || renewals > 3 {
+		t.Errorf("%d lease renewals in 20 s of 8-second leases, want 2 or 3 (one every 6 s)", renewals)
+	}
+	if r.leasesAfter != 0 {
+		t.Errorf("%d leases left after Close, want 0", r.leasesAfter)
+	}
+	waitFor(t, 30*time.Second, "the exclusive token's revocation at Connect", func() bool {
+		return s.f.Stats(t).Revocations-s.before.Revocations == 1
+	})
+	assertNoSecrets(t, "tsclient output", r.output, s.f.Secret(), nil)
+}
+
+// TestClientTokenSourcePoolRevokesOnClose: a Pool of two Sources for an
+// assertion role with allowed_user_ids, under the shipped app policy: users
+// store-1, store-2 and store-3 evict store-1, whose lease is revoked in the
+// background; store-1's return evicts store-2 likewise; Close revokes the
+// rest. Four leases, three mints (the engine still holds store-1's shared
+// token), no upstream revocation (the tokens are shared), none left.
+func TestClientTokenSourcePoolRevokesOnClose(t *testing.T) {
+	t.Parallel()
+	bin := buildTSClient(t)
+	s := startClientStackWith(t, time.Hour,
+		"grant_type=fulfillment_user_assertion", "scopes=connect:recommendations", "allowed_user_ids=store-*")
+	r := s.run(t, repoRoot, bin, "pool", clientPath)
+	t.Logf("%d leases (audit log), %d mints, %d upstream revocations, %d leases left", r.audited, r.mints, r.revocations, r.leasesAfter)
+	for key, want := range map[string]string{
+		"evicted leases revoked": "2", "users": "3", "tokens": "3", "statuses": "map[200 OK:4]",
+	} {
+		if got := outputValue(t, r.output, key); got != want {
+			t.Errorf("%s: %s, want %s", key, got, want)
+		}
+	}
+	if r.audited != 4 || r.mints != 3 || r.revocations != 0 || r.leasesAfter != 0 {
+		t.Errorf("%d leases, %d mints, %d upstream revocations, %d leases left; want 4, 3, 0, 0", r.audited, r.mints, r.revocations, r.leasesAfter)
+	}
+	assertNoSecrets(t, "tsclient output", r.output, s.f.Secret(), nil)
+}
+
+// TestClientTokenSourceDeadline: Connect takes 4 s to mint; a caller whose
+// deadline is 1 s gets context.DeadlineExceeded after about 1 s, not after
+// the read; the read goes on, and the next caller gets its token, with one
+// mint and one lease in all (revoked on Close).
+func TestClientTokenSourceDeadline(t *testing.T) {
+	t.Parallel()
+	bin := buildTSClient(t)
+	s := startClientStack(t)
+	s.f.InjectFaults(t, pathToken, map[string]any{"delay_ms": 4000})
+	r := s.run(t, repoRoot, bin, "deadline", clientPath, "1s")
+	took := func(key, want string) float64 {
+		m := regexp.MustCompile(`^(.*) after ([\d.]+)s$`).FindStringSubmatch(outputValue(t, r.output, key))
+		if m == nil || m[1] != want {
+			t.Fatalf("%s: %q, want %q after some seconds", key, outputValue(t, r.output, key), want)
+		}
+		f, _ := strconv.ParseFloat(m[2], 64)
+		return f
+	}
+	if first := took("first", "deadline exceeded"); first > 2 {
+		t.Errorf("the caller with a 1 s deadline waited %.1fs", first)
+	}
+	if second := took("second", "token"); second > 4.5 {
+		t.Errorf("the next caller waited %.1fs: the first read should have gone on", second)
+	}
+	if got := outputValue(t, r.output, "status"); got != "200 OK" {
+		t.Errorf("Connect answered %s", got)
+	}
+	if r.audited != 1 || r.mints != 1 || r.leasesAfter != 0 {
+		t.Errorf("%d leases, %d mints, %d leases left; want 1, 1, 0", r.audited, r.mints, r.leasesAfter)
+	}
 }
 
 // leaseWatcher lists the leases under a prefix every 100 ms and keeps every
@@ -310,6 +472,38 @@ func (w *leaseWatcher) stop() ([]string, error) {
 // lease: every creds read or write that created one.
 func auditedLeases(t *testing.T, auditPath, path string) int {
 	t.Helper()
+	return auditedResponses(t, auditPath, func(e auditEntry) bool {
+		return e.Request.Path == path && e.Response.Secret.LeaseID != ""
+	})
+}
+
+// auditedRenewals counts the successful renewals of leases under prefix
+// named in the URL (PUT sys/leases/renew/<lease_id>), as tokensource sends
+// them; the app policy allows no other form.
+func auditedRenewals(t *testing.T, auditPath, prefix string) int {
+	t.Helper()
+	return auditedResponses(t, auditPath, func(e auditEntry) bool {
+		return e.Error == "" && strings.HasPrefix(e.Request.Path, "sys/leases/renew/"+prefix)
+	})
+}
+
+// auditEntry is the part of an audit log line the client tests read.
+type auditEntry struct {
+	Type    string `json:"type"`
+	Error   string `json:"error"`
+	Request struct {
+		Path string `json:"path"`
+	} `json:"request"`
+	Response struct {
+		Secret struct {
+			LeaseID string `json:"lease_id"`
+		} `json:"secret"`
+	} `json:"response"`
+}
+
+// auditedResponses counts the response entries of the audit log that match.
+func auditedResponses(t *testing.T, auditPath string, match func(auditEntry) bool) int {
+	t.Helper()
 	f, err := os.Open(auditPath)
 	if err != nil {
 		t.Fatal(err)
@@ -319,21 +513,11 @@ func auditedLeases(t *testing.T, auditPath, path string) int {
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
-		var entry struct {
-			Type    string `json:"type"`
-			Request struct {
-				Path string `json:"path"`
-			} `json:"request"`
-			Response struct {
-				Secret struct {
-					LeaseID string `json:"lease_id"`
-				} `json:"secret"`
-			} `json:"response"`
-		}
+		var entry auditEntry
 		if err := json.Unmarshal(sc.Bytes(), &entry); err != nil {
 			t.Fatalf("audit line is not JSON: %v", err)
 		}
-		if entry.Type == "response" && entry.Request.Path == path && entry.Response.Secret.LeaseID != "" {
+		if entry.Type == "response" && match(entry) {
 			n++
 		}
 	}

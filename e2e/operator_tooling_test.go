@@ -128,8 +128,11 @@ func TestInputFormsAndTidyReads(t *testing.T) {
 	}
 }
 
-// TestPolicies applies examples/policies and shows the application policy
-// reaches its role's creds and nothing else.
+// TestPolicies applies examples/policies as shipped and shows the
+// application policy reaches its role's creds and the leases of that role
+// only (named in the URL; a lease_id in the body is denied), and the
+// operator policy does what the README tells operators to do: config,
+// roles, flush, tidy, and list and revoke this mount's leases.
 func TestPolicies(t *testing.T) {
 	f := startFake(t, 24*time.Hour)
 	v := startDevVault(t)
@@ -146,6 +149,8 @@ func TestPolicies(t *testing.T) {
 		{"write", "instacart/roles/other", "grant_type=client_credentials", "scopes=connect:ian"},
 		{"list", "instacart/roles"},
 		{"delete", "instacart/cache/fulfillment"},
+		{"write", "-f", "instacart/tidy"},
+		{"read", "-format=raw", "instacart/metrics"},
 	} {
 		if out, errOut, code := v.cli(t, operator, "", args...); code != 0 {
 			t.Errorf("operator: vault %s: exit %d %s%s", strings.Join(redactArgs(args), " "), code, out, errOut)
@@ -161,6 +166,12 @@ func TestPolicies(t *testing.T) {
 	if code != 0 || strings.TrimSpace(out) != "Bearer" {
 		t.Fatalf("app cannot read its creds: exit %d %s", code, errOut)
 	}
+	// Leases: the app's own, and one of another role (read as root).
+	appLease := strings.TrimSpace(v.cliOK(t, app, "read", "-field=lease_id", "instacart/creds/fulfillment"))
+	otherLease := strings.TrimSpace(v.vault(t, "read", "-field=lease_id", "instacart/creds/other"))
+	if !strings.HasPrefix(appLease, "instacart/creds/fulfillment/") || !strings.HasPrefix(otherLease, "instacart/creds/other/") {
+		t.Fatalf("lease ids %q and %q", appLease, otherLease)
+	}
 	for _, args := range [][]string{
 		{"read", "instacart/config"},
 		{"read", "instacart/creds/other"},
@@ -168,12 +179,79 @@ func TestPolicies(t *testing.T) {
 		{"list", "instacart/roles"},
 		{"write", "instacart/roles/fulfillment", "grant_type=client_credentials"},
 		{"delete", "instacart/cache/fulfillment"},
+		{"write", "-f", "instacart/tidy"},
+		{"read", "instacart/metrics"},
+		// Another role's lease, in the URL (as `vault lease revoke` sends
+		// it), in the body, or in the body of a URL the policy allows
+		// (Vault would prefer the body's).
+		{"lease", "revoke", otherLease},
+		{"write", "-f", "sys/leases/revoke/" + otherLease},
+		{"write", "sys/leases/revoke", "lease_id=" + otherLease},
+		{"write", "sys/leases/revoke/" + appLease, "lease_id=" + otherLease},
+		{"write", "sys/leases/renew/" + appLease, "lease_id=" + otherLease},
+		{"lease", "revoke", "-prefix", "instacart/creds/fulfillment"},
+		{"list", "sys/leases/lookup/instacart/creds/fulfillment/"},
 	} {
 		_, errOut, code := v.cli(t, app, "", args...)
 		if code == 0 || !strings.Contains(errOut, "403") {
 			t.Errorf("app: vault %s: exit %d, want 403: %s", strings.Join(args, " "), code, errOut)
 		}
 	}
+	if !slices.Contains(v.leases(t, "instacart/creds/other/"), strings.TrimPrefix(otherLease, "instacart/creds/other/")) {
+		t.Fatal("the app's refused calls revoked the other role's lease")
+	}
+	// Its own lease, in the URL, as tokensource, examples/app-node and
+	// `vault lease revoke` send it.
+	v.cliOK(t, app, "write", "-f", "sys/leases/renew/"+appLease)
+	v.cliOK(t, app, "lease", "revoke", "-sync", appLease)
+	if ids := v.leases(t, "instacart/creds/fulfillment/"); slices.Contains(ids, strings.TrimPrefix(appLease, "instacart/creds/fulfillment/")) {
+		t.Error("the app revoked its lease, but it is still there")
+	}
+
+	// The operator lists this mount's leases and revokes them, one or a
+	// role's at once, but no lease outside the mount.
+	if out := v.cliOK(t, operator, "list", "sys/leases/lookup/instacart/creds/other/"); !strings.Contains(out, strings.TrimPrefix(otherLease, "instacart/creds/other/")) {
+		t.Errorf("operator: the lease list does not show the other role's lease")
+	}
+	v.cliOK(t, operator, "lease", "lookup", otherLease) // Vault's default policy
+	v.cliOK(t, operator, "lease", "renew", otherLease)  // likewise
+	v.cliOK(t, operator, "write", "-f", "sys/leases/renew/"+otherLease)
+	v.cliOK(t, operator, "lease", "revoke", "-sync", "-prefix", otherLease)
+	if ids := v.leases(t, "instacart/creds/other/"); len(ids) != 0 {
+		t.Errorf("operator revoked the lease by its id as a prefix; %d left", len(ids))
+	}
+	one := strings.TrimSpace(v.vault(t, "read", "-field=lease_id", "instacart/creds/other"))
+	v.cliOK(t, operator, "lease", "revoke", "-sync", one)
+	if ids := v.leases(t, "instacart/creds/other/"); len(ids) != 0 {
+		t.Errorf("operator revoked the lease; %d left", len(ids))
+	}
+	v.vault(t, "read", "-field=lease_id", "instacart/creds/other")
+	v.vault(t, "read", "-field=lease_id", "instacart/creds/other")
+	v.cliOK(t, operator, "lease", "revoke", "-sync", "-prefix", "instacart/creds/other")
+	if ids := v.leases(t, "instacart/creds/other/"); len(ids) != 0 {
+		t.Errorf("operator revoked the role's leases by prefix; %d left", len(ids))
+	}
+	for _, args := range [][]string{
+		{"lease", "revoke", "-prefix", "auth/token/create"},
+		{"list", "sys/leases/lookup/auth/"},
+		{"write", "sys/leases/revoke", "lease_id=" + appLease}, // the body form: any lease
+		{"read", "instacart/creds/fulfillment"},
+	} {
+		_, errOut, code := v.cli(t, operator, "", args...)
+		if code == 0 || !strings.Contains(errOut, "403") {
+			t.Errorf("operator: vault %s: exit %d, want 403: %s", strings.Join(args, " "), code, errOut)
+		}
+	}
+}
+
+// cliOK runs the CLI as token and fails the test on a non-zero exit.
+func (v *vault) cliOK(t testing.TB, token string, args ...string) string {
+	t.Helper()
+	out, errOut, code := v.cli(t, token, "", args...)
+	if code != 0 {
+		t.Fatalf("vault %s: exit %d\n%s%s", strings.Join(redactArgs(args), " "), code, out, v.Redact(errOut))
+	}
+	return out
 }
 
 // TestVaultAgent runs `vault agent` with examples/agent: the template renders

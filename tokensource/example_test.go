@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"log/slog"
 	"net/http"
 	"strings"
 	"time"
@@ -58,7 +59,8 @@ func ExampleWithUserID() {
 }
 
 // Re-read 30 minutes before expiry, and revoke the leases when the program
-// ends (the Vault token needs update on sys/leases/revoke).
+// ends (examples/policies/app.hcl lets the Vault token revoke its role's
+// leases: sys/leases/revoke/instacart/creds/fulfillment/*).
 func ExampleWithEarlyRefresh() {
 	vault, err := api.NewClient(api.DefaultConfig())
 	if err != nil {
@@ -117,4 +119,125 @@ func ExampleHTTPClient() {
 	connect := tokensource.HTTPClient(ctx, src)
 	connect.Timeout = 30 * time.Second
 	_ = connect
+}
+
+// A request's deadline bounds the wait for a token: a cold read that Vault is
+// slow to answer does not hold the caller for the Vault client's full
+// timeout and retries. HTTPClient passes each request's context the same way.
+func ExampleSource_TokenContext() {
+	vault, err := api.NewClient(api.DefaultConfig())
+	if err != nil {
+		log.Fatal(err)
+	}
+	src, err := tokensource.New(vault, "instacart/creds/fulfillment")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer src.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	tok, err := src.TokenContext(ctx)
+	if err != nil {
+		log.Print(err) // errors.Is(err, context.DeadlineExceeded) if Vault was too slow
+		return
+	}
+	_ = tok
+}
+
+// A failed early re-read leaves the Source serving the current token, which
+// is still valid; log the failure so it is seen before the token expires.
+func ExampleWithErrorHook() {
+	vault, err := api.NewClient(api.DefaultConfig())
+	if err != nil {
+		log.Fatal(err)
+	}
+	src, err := tokensource.New(vault, "instacart/creds/fulfillment",
+		tokensource.WithErrorHook(func(err error) { slog.Warn("instacart token from Vault", "error", err) }))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer src.Close()
+}
+
+// An assertion role with allowed_user_ids: one Source per user, at most
+// 10,000 of them; the least recently used user's leases are revoked when it
+// is evicted, and everyone's on Close.
+func ExamplePool() {
+	vault, err := api.NewClient(api.DefaultConfig())
+	if err != nil {
+		log.Fatal(err)
+	}
+	pool, err := tokensource.NewPool(vault, "instacart/creds/shoppers", 10000, tokensource.WithRevokeOnClose())
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer func() {
+		if err := pool.Close(); err != nil {
+			log.Print(err)
+		}
+	}()
+	tok, err := pool.Token(context.Background(), "store-1234")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(tok.Extra("user_id"))
+	// Or an *http.Client for one user:
+	connect := tokensource.HTTPClient(context.Background(), pool.TokenSource("store-1234"))
+	_ = connect
+}
+
+// An authorization_code role: each code from Instacart is exchanged once, in
+// the handler of the redirect_uri, and the app keeps the user's token.
+func ExampleExchanger() {
+	vault, err := api.NewClient(api.DefaultConfig())
+	if err != nil {
+		log.Fatal(err)
+	}
+	linking, err := tokensource.NewExchanger(vault, "instacart/creds/linking")
+	if err != nil {
+		log.Fatal(err)
+	}
+	http.HandleFunc("/instacart/callback", func(w http.ResponseWriter, r *http.Request) {
+		tok, err := linking.Exchange(r.Context(), r.URL.Query().Get("code"))
+		if err != nil {
+			http.Error(w, "linking failed", http.StatusBadGateway) // err names no code or token
+			return
+		}
+		_ = tok // store it for the user; linking.Revoke(ctx, tok) when they unlink
+	})
+}
+
+// Code that wraps a TokenSource in oauth2.ReuseTokenSource keeps each token
+// until 10 seconds before its Expiry, skipping the Source's early re-read.
+// Wrap it with ReuseTokenSourceWithExpiry and the same early-refresh window
+// instead, so the wrapper asks the Source whenever the Source would re-read.
+func Example_reuseTokenSource() {
+	vault, err := api.NewClient(api.DefaultConfig())
+	if err != nil {
+		log.Fatal(err)
+	}
+	src, err := tokensource.New(vault, "instacart/creds/fulfillment")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer src.Close()
+	reuse := oauth2.ReuseTokenSourceWithExpiry(nil, src, tokensource.DefaultEarlyRefresh)
+	_ = reuse
+}
+
+// Through Vault Proxy (examples/proxy/proxy.hcl, with use_auto_auth_token):
+// set VAULT_AGENT_ADDR=http://127.0.0.1:8100, which api.DefaultConfig reads,
+// and leave VAULT_TOKEN unset, so the Proxy adds its own token. Leave
+// WithRevokeOnClose off there: the Proxy's cached lease is shared by every
+// app that reads through it, and the Proxy renews it.
+func Example_vaultProxy() {
+	vault, err := api.NewClient(api.DefaultConfig()) // VAULT_AGENT_ADDR
+	if err != nil {
+		log.Fatal(err)
+	}
+	src, err := tokensource.New(vault, "instacart/creds/fulfillment")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer src.Close()
 }

@@ -3,6 +3,7 @@ module github.com/instacart-vault/vault-plugin-secrets-instacart/tokensource
 go 1.25.0
 
 require (
+	github.com/hashicorp/golang-lru/v2 v2.0.7
 	github.com/hashicorp/vault/api v1.22.0
 	golang.org/x/oauth2 v0.36.0
 )

@@ -15,14 +15,35 @@
 // Connect's 24-hour tokens. With the engine's default shared roles every
 // reader of a role gets the same token, so Connect sees one token request per
 // token life for all of them. Reading creds per request instead creates a
-// lease per request.
+// lease per request. When a role's ttl caps the lease below the token's life,
+// the Source renews the lease until the token's expires_at instead of taking
+// a new lease (and, for an exclusive role, a new token) per cap.
+//
+// Which type for which role:
+//
+//   - client_credentials roles, and fulfillment_user_assertion roles with a
+//     fixed user_id: a [Source].
+//   - fulfillment_user_assertion roles with allowed_user_ids (the caller
+//     names the user): a [Pool], one Source per user id, bounded.
+//   - authorization_code roles: an [Exchanger]. A TokenSource cannot serve
+//     them: every read needs a fresh, single-use authorization code.
+//
+// [Source.TokenContext] and [Pool.Token] take a context that bounds how long
+// the caller waits; [HTTPClient] passes each request's context.
 //
 // The Vault client's own token (its login and renewal) stays the
 // application's business, as with any use of the Vault API client; Vault
 // Agent's auto-auth or api.LifetimeWatcher can keep it alive.
 //
-// The module depends on github.com/hashicorp/vault/api and
-// golang.org/x/oauth2 only, not on the plugin.
+// The Vault token needs the paths of examples/policies/app.hcl: read (and,
+// for roles that take input, update) on the creds path, and update on
+// sys/leases/renew/<mount>/creds/<role>/* and sys/leases/revoke/<mount>/creds/<role>/*
+// for renewing capped leases and [WithRevokeOnClose]. A Source names the
+// lease in the URL (PUT sys/leases/revoke/<lease_id>), never in the body, so
+// the policy can confine it to its role's leases.
+//
+// The module depends on github.com/hashicorp/vault/api, golang.org/x/oauth2
+// and github.com/hashicorp/golang-lru/v2 (for [Pool]) only, not on the plugin.
 //
 // A Source never logs or prints a token, and its errors never contain one.
 package tokensource
@@ -46,35 +67,65 @@ import (
 // rather than the one about to expire.
 const DefaultEarlyRefresh = 5 * time.Minute
 
+// capSlack: a lease that ends more than this before the token's expires_at
+// was capped (by the role's ttl, say) and is renewed rather than re-read.
+// Vault counts lease durations in whole seconds and the engine ends a lease
+// renewed to the end a second before expires_at, so a lease within a few
+// seconds of it is the token's whole life.
+const capSlack = 3 * time.Second
+
 // ErrClosed is returned by [Source.Token] after [Source.Close].
 var ErrClosed = errors.New("tokensource: closed")
 
-// An Option configures a [Source].
+// errNotExtended: a renewal did not move the lease's end (the role's max_ttl,
+// the mount's or the Vault token's TTL caps it): read a new token instead.
+var errNotExtended = errors.New("tokensource: the renewal did not extend the lease")
+
+// An Option configures a [Source] (and the Sources of a [Pool]).
 type Option func(*Source)
 
 // WithEarlyRefresh sets how long before a token's expiry the Source re-reads
 // the creds path: d before expiry, but never earlier than when three quarters
 // of the token's life (as it was when read) have passed, so that a
 // short-lived token is not re-read on every call. The default is
-// [DefaultEarlyRefresh]. Zero re-reads only once the token has expired.
+// [DefaultEarlyRefresh]. Zero re-reads only once the token has expired. The
+// same margin applies to renewing a capped lease before it ends.
 func WithEarlyRefresh(d time.Duration) Option {
 	return func(s *Source) { s.margin = d }
 }
 
 // WithUserID makes the Source write {"user_id": id} to the path instead of
 // reading it. Use it with fulfillment_user_assertion roles that let the
-// caller choose the user (allowed_user_ids): the token is that user's.
+// caller choose the user (allowed_user_ids): the token is that user's. For
+// many users, use a [Pool].
 func WithUserID(id string) Option {
 	return func(s *Source) { s.userID = id }
 }
 
 // WithRevokeOnClose makes [Source.Close] revoke the Vault leases of the
-// tokens the Source read that have not yet expired, through
-// PUT /v1/sys/leases/revoke. The Vault token then needs update on
-// sys/leases/revoke. For an exclusive role that revokes the tokens at Connect
-// too; for a shared role it only ends the leases, since others hold the token.
+// tokens the Source read that have not yet expired, with
+// PUT /v1/sys/leases/revoke/<lease_id>. The Vault token then needs update on
+// sys/leases/revoke/<mount>/creds/<role>/* (examples/policies/app.hcl grants
+// it). For an exclusive role that revokes the tokens at Connect too; for a
+// shared role it only ends the leases, since others hold the token. Through
+// Vault Proxy's cache, leave it off: the Proxy's cached lease is shared by
+// every app that reads through it.
 func WithRevokeOnClose() Option {
 	return func(s *Source) { s.revokeOnClose = true }
+}
+
+// WithErrorHook has the Source call f with the error of every failed read of
+// the creds path and every failed lease renewal, including those no caller
+// sees: a failed early re-read while the current token is still valid (the
+// Source keeps serving it and tries again later), a read whose callers gave
+// up waiting, and a failed renewal (the Source then reads a new token). A
+// [Pool] also passes it the errors of closing the Sources it evicts. f is
+// called from a background goroutine, possibly from several at once; it
+// should return quickly. The errors never contain a token.
+//
+// For example, to log them: WithErrorHook(func(err error) { slog.Warn("instacart token", "error", err) }).
+func WithErrorHook(f func(error)) Option {
+	return func(s *Source) { s.onError = f }
 }
 
 // Source is an [oauth2.TokenSource] backed by a Vault creds path. It is safe
@@ -85,6 +136,7 @@ type Source struct {
 	userID        string
 	margin        time.Duration
 	revokeOnClose bool
+	onError       func(error)
 	now           func() time.Time
 
 	ctx    context.Context // cancelled by Close, ending a read in flight
@@ -99,10 +151,15 @@ type Source struct {
 	closed  bool
 }
 
-// current is the token being handed out.
+// current is the token being handed out, and its lease.
 type current struct {
-	tok       *oauth2.Token
-	refreshAt time.Time // when to re-read
+	tok       *oauth2.Token // Expiry: the earlier of leaseEnd and expiresAt
+	refreshAt time.Time     // when to re-read or renew
+	leaseID   string
+	leaseEnd  time.Time // zero: no lease
+	expiresAt time.Time // the token's own expiry (expires_at); zero: not given
+	renewable bool
+	extra     map[string]any
 }
 
 // flight is one read of the creds path, shared by the callers that wait for it.
@@ -122,12 +179,13 @@ var _ oauth2.TokenSource = (*Source)(nil)
 // New returns a Source of tokens from path, the creds path of a role on the
 // engine's mount (for example "instacart/creds/fulfillment"), read with
 // client, whose address and Vault token it uses. New does not contact Vault:
-// the first call to [Source.Token] does.
+// the first call to [Source.Token] does. The role must not be an
+// authorization_code role: use an [Exchanger] for those.
 func New(client *api.Client, path string, opts ...Option) (*Source, error) {
 	if client == nil {
 		return nil, errors.New("tokensource: nil Vault client")
 	}
-	path = strings.Trim(strings.TrimPrefix(strings.TrimLeft(path, "/"), "v1/"), "/")
+	path = cleanPath(path)
 	if path == "" {
 		return nil, errors.New("tokensource: empty creds path")
 	}
@@ -142,22 +200,42 @@ func New(client *api.Client, path string, opts ...Option) (*Source, error) {
 	return s, nil
 }
 
-// Token returns the current token, reading the creds path when there is none
-// yet or the current one is within its early-refresh margin. Concurrent
-// callers share one read; while it runs, callers whose token is still valid
-// get that token without waiting.
+func cleanPath(path string) string {
+	return strings.Trim(strings.TrimPrefix(strings.TrimLeft(path, "/"), "v1/"), "/")
+}
+
+// Token is [Source.TokenContext] with no deadline of the caller's: a cold
+// read waits as long as the Vault client's timeout and retries allow.
+func (s *Source) Token() (*oauth2.Token, error) {
+	return s.TokenContext(context.Background())
+}
+
+// TokenContext returns the current token, reading the creds path when there
+// is none yet or the current one is within its early-refresh margin.
+// Concurrent callers share one read; while it runs, callers whose token is
+// still valid get that token without waiting.
+//
+// ctx bounds how long this caller waits, not the read: when ctx ends first,
+// TokenContext returns ctx's error (wrapped; errors.Is finds it), or the
+// current token if it is still valid, and the read goes on, bounded by the
+// Vault client's timeout and retries and by [Source.Close], so its token
+// serves the callers that come next.
 //
 // The token's Expiry is the secret's expires_at, or the end of its Vault
-// lease if that comes first (a role's ttl can cap the lease). Its Extra holds
-// "scopes", "created_at", "user_id" (assertion roles), "lease_id" and
-// "lease_duration" (seconds).
+// lease if that comes first (a role's ttl can cap the lease; the Source then
+// renews the lease before it ends, and the same token comes back with a
+// later Expiry). Its Extra holds "scopes", "created_at", "user_id"
+// (assertion roles), "lease_id" and "lease_duration" (seconds).
 //
-// If a re-read fails while the current token is still valid, Token returns
-// that token and tries again later (after an eighth of the remaining life,
-// between 1 and 30 seconds); once the token has expired, or when there is
-// none, the read's error is returned. After [Source.Close], Token returns
-// [ErrClosed].
-func (s *Source) Token() (*oauth2.Token, error) {
+// If a re-read fails while the current token is still valid, TokenContext
+// returns that token and tries again later (after an eighth of the remaining
+// life, between 1 and 30 seconds), and the error goes to [WithErrorHook];
+// once the token has expired, or when there is none, the read's error is
+// returned. After [Source.Close], it returns [ErrClosed].
+func (s *Source) TokenContext(ctx context.Context) (*oauth2.Token, error) {
+	if ctx == nil {
+		ctx = context.Background()
+	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -170,100 +248,214 @@ func (s *Source) Token() (*oauth2.Token, error) {
 		return clone(cur.tok), nil
 	}
 	valid := cur != nil && now.Before(cur.tok.Expiry)
-	if f := s.flight; f != nil {
-		s.mu.Unlock()
-		if valid {
-			return clone(cur.tok), nil
-		}
-		<-f.done
-		return clone(f.tok), f.err
-	}
-	if valid && now.Before(s.retryAt) {
+	f := s.flight
+	switch {
+	case f != nil && valid:
 		s.mu.Unlock()
 		return clone(cur.tok), nil
+	case f == nil && valid && now.Before(s.retryAt):
+		s.mu.Unlock()
+		return clone(cur.tok), nil
+	case f == nil:
+		f = &flight{done: make(chan struct{})}
+		s.flight = f
+		s.reads.Add(1)
+		go s.refresh(f, cur)
 	}
-	f := &flight{done: make(chan struct{})}
-	s.flight = f
-	s.reads.Add(1)
 	s.mu.Unlock()
-	defer s.reads.Done()
 
-	tok, refreshAt, l, err := s.read()
+	select {
+	case <-f.done:
+		return clone(f.tok), f.err
+	case <-ctx.Done():
+		if valid && s.now().Before(cur.tok.Expiry) {
+			return clone(cur.tok), nil
+		}
+		return nil, fmt.Errorf("tokensource: reading %s: gave up waiting: %w", s.path, ctx.Err())
+	}
+}
+
+// refresh renews the current token's capped lease or reads a new token, for
+// the callers of flight f.
+func (s *Source) refresh(f *flight, cur *current) {
+	defer s.reads.Done()
+	var (
+		next    *current
+		err     error
+		notices []error
+		renewed bool
+	)
+	if cur != nil && cur.capped() && s.now().Before(cur.leaseEnd) {
+		if next, err = s.renew(cur); err == nil {
+			renewed = true
+		} else if !errors.Is(err, errNotExtended) {
+			notices = append(notices, fmt.Errorf("%w; reading a new token instead", err))
+		}
+	}
+	if next == nil {
+		next, err = s.read()
+	}
 
 	s.mu.Lock()
-	now = s.now()
+	now := s.now()
+	if err == nil {
+		s.leases = liveLeases(s.leases, now)
+		if next.leaseID != "" { // for Close to revoke, even if closed meanwhile
+			s.leases = recordLease(s.leases, lease{id: next.leaseID, expiry: next.leaseEnd}, renewed)
+		}
+	}
 	switch {
-	case err == nil:
-		s.cur = &current{tok: tok, refreshAt: refreshAt}
-		s.retryAt = time.Time{}
-		s.leases = append(liveLeases(s.leases, now), l)
 	case s.closed:
-		tok, err = nil, ErrClosed
+		f.err = ErrClosed
+		notices = nil
+	case err == nil:
+		next.refreshAt = s.refreshAt(next.tok.Expiry, now)
+		s.cur = next
+		s.retryAt = time.Time{}
+		f.tok = next.tok
 	case cur != nil && now.Before(cur.tok.Expiry):
 		// The early re-read failed, but the current token still works.
-		s.retryAt = now.Add(min(max(cur.tok.Expiry.Sub(now)/8, time.Second), 30*time.Second))
-		tok, err = cur.tok, nil
+		wait := min(max(cur.tok.Expiry.Sub(now)/8, time.Second), 30*time.Second)
+		s.retryAt = now.Add(wait)
+		f.tok = cur.tok
+		notices = append(notices, fmt.Errorf("%w (serving the current token, valid until %s, and trying again in %v)",
+			err, cur.tok.Expiry.UTC().Format(time.RFC3339), wait.Round(time.Second)))
 	default:
 		s.cur = nil // expired: never hand it out again
+		f.err = err
+		notices = append(notices, err)
 	}
-	f.tok, f.err = tok, err
 	s.flight = nil
 	close(f.done)
+	hook := s.onError
 	s.mu.Unlock()
-	return clone(tok), err
+	if hook != nil {
+		for _, n := range notices {
+			hook(n)
+		}
+	}
+}
+
+// refreshAt is when to re-read (or renew) a token or lease that ends at end:
+// the margin before it, but not before three quarters of what is left.
+func (s *Source) refreshAt(end, now time.Time) time.Time {
+	return end.Add(-min(s.margin, end.Sub(now)/4))
+}
+
+// capped says the lease ends well before the token does and can be renewed.
+func (c *current) capped() bool {
+	return c.renewable && c.leaseID != "" && !c.leaseEnd.IsZero() && !c.expiresAt.IsZero() &&
+		c.expiresAt.Sub(c.leaseEnd) > capSlack
 }
 
 // read reads (or, with a user id, writes) the creds path once.
-func (s *Source) read() (tok *oauth2.Token, refreshAt time.Time, l lease, err error) {
+func (s *Source) read() (*current, error) {
 	start := s.now()
-	var sec *api.Secret
+	var (
+		sec *api.Secret
+		err error
+	)
 	if s.userID != "" {
 		sec, err = s.client.Logical().WriteWithContext(s.ctx, s.path, map[string]any{"user_id": s.userID})
 	} else {
 		sec, err = s.client.Logical().ReadWithContext(s.ctx, s.path)
 	}
 	if err != nil {
-		return nil, time.Time{}, lease{}, fmt.Errorf("tokensource: reading %s: %w", s.path, err)
+		return nil, fmt.Errorf("tokensource: reading %s: %w", s.path, err)
 	}
+	return fromSecret(s.path, sec, start, s.now())
+}
+
+// renew extends the current token's capped lease towards the token's
+// expires_at with PUT sys/leases/renew/<lease_id>, by the role's ttl.
+func (s *Source) renew(cur *current) (*current, error) {
+	start := s.now()
+	// No increment: Vault then extends by the role's ttl (up to the token's
+	// expiry), so a lease its app stopped renewing still ends within a ttl,
+	// as the operator chose. An increment would override the ttl.
+	sec, err := s.client.Logical().WriteWithContext(s.ctx, "sys/leases/renew/"+cur.leaseID, map[string]any{})
+	if err != nil {
+		return nil, fmt.Errorf("tokensource: renewing the lease %s of the token from %s: %w", cur.leaseID, s.path, err)
+	}
+	if sec == nil || sec.LeaseDuration <= 0 {
+		return nil, fmt.Errorf("tokensource: renewing the lease %s of the token from %s: the answer has no lease duration", cur.leaseID, s.path)
+	}
+	end := start.Add(time.Duration(sec.LeaseDuration) * time.Second)
+	if end.After(cur.expiresAt) {
+		end = cur.expiresAt
+	}
+	if !end.After(cur.leaseEnd.Add(time.Second)) {
+		return nil, errNotExtended
+	}
+	next := *cur
+	next.leaseEnd, next.renewable = end, sec.Renewable
+	next.extra = make(map[string]any, len(cur.extra))
+	for k, v := range cur.extra {
+		next.extra[k] = v
+	}
+	next.extra["lease_duration"] = sec.LeaseDuration
+	next.tok = next.token()
+	return &next, nil
+}
+
+// fromSecret maps a creds answer read at start (by the local clock) to a
+// token whose Expiry is the earlier of expires_at and the lease's end.
+func fromSecret(path string, sec *api.Secret, start, now time.Time) (*current, error) {
 	if sec == nil || sec.Data == nil {
-		return nil, time.Time{}, lease{}, fmt.Errorf("tokensource: reading %s: no secret there (is the path a role's creds path?)", s.path)
+		return nil, fmt.Errorf("tokensource: reading %s: no secret there (is the path a role's creds path?)", path)
 	}
 	access, _ := sec.Data["access_token"].(string)
 	if access == "" {
-		return nil, time.Time{}, lease{}, fmt.Errorf("tokensource: reading %s: the answer has no access_token", s.path)
+		return nil, fmt.Errorf("tokensource: reading %s: the answer has no access_token", path)
+	}
+	c := &current{leaseID: sec.LeaseID, renewable: sec.Renewable}
+	if at, ok := sec.Data["expires_at"].(string); ok && at != "" {
+		var err error
+		if c.expiresAt, err = time.Parse(time.RFC3339, at); err != nil {
+			return nil, fmt.Errorf("tokensource: reading %s: expires_at is not RFC 3339: %w", path, err)
+		}
+	}
+	if sec.LeaseDuration > 0 {
+		c.leaseEnd = start.Add(time.Duration(sec.LeaseDuration) * time.Second)
+	}
+	if c.expiresAt.IsZero() && c.leaseEnd.IsZero() {
+		return nil, fmt.Errorf("tokensource: reading %s: the answer has neither expires_at nor a lease", path)
 	}
 	typ, _ := sec.Data["token_type"].(string)
 	if typ == "" {
 		typ = "Bearer"
 	}
-	var expiry time.Time
-	if at, ok := sec.Data["expires_at"].(string); ok && at != "" {
-		if expiry, err = time.Parse(time.RFC3339, at); err != nil {
-			return nil, time.Time{}, lease{}, fmt.Errorf("tokensource: reading %s: expires_at is not RFC 3339: %w", s.path, err)
-		}
-	}
-	if sec.LeaseDuration > 0 {
-		if end := start.Add(time.Duration(sec.LeaseDuration) * time.Second); expiry.IsZero() || end.Before(expiry) {
-			expiry = end
-		}
-	}
-	if expiry.IsZero() {
-		return nil, time.Time{}, lease{}, fmt.Errorf("tokensource: reading %s: the answer has neither expires_at nor a lease", s.path)
-	}
-	now := s.now()
-	life := expiry.Sub(now)
-	if life <= 0 {
-		return nil, time.Time{}, lease{}, fmt.Errorf("tokensource: reading %s: the token expires at %s, already past by this machine's clock (is it ahead of Vault's?)",
-			s.path, expiry.UTC().Format(time.RFC3339))
-	}
-	extra := map[string]any{"lease_id": sec.LeaseID, "lease_duration": sec.LeaseDuration}
+	c.extra = map[string]any{"lease_id": sec.LeaseID, "lease_duration": sec.LeaseDuration}
 	for _, k := range []string{"scopes", "created_at", "user_id"} {
 		if v, ok := sec.Data[k]; ok {
-			extra[k] = v
+			c.extra[k] = v
 		}
 	}
-	tok = (&oauth2.Token{AccessToken: access, TokenType: typ, Expiry: expiry}).WithExtra(extra)
-	return tok, expiry.Add(-min(s.margin, life/4)), lease{id: sec.LeaseID, expiry: expiry}, nil
+	c.tok = (&oauth2.Token{AccessToken: access, TokenType: typ}).WithExtra(c.extra)
+	c.tok.Expiry = c.end()
+	if !now.Before(c.tok.Expiry) {
+		return nil, fmt.Errorf("tokensource: reading %s: the token expires at %s, already past by this machine's clock (is it ahead of Vault's?)",
+			path, c.tok.Expiry.UTC().Format(time.RFC3339))
+	}
+	return c, nil
+}
+
+// end is the earlier of the lease's end and the token's expiry.
+func (c *current) end() time.Time {
+	switch {
+	case c.leaseEnd.IsZero():
+		return c.expiresAt
+	case c.expiresAt.IsZero() || c.leaseEnd.Before(c.expiresAt):
+		return c.leaseEnd
+	}
+	return c.expiresAt
+}
+
+// token is the token with the current lease's end and extras.
+func (c *current) token() *oauth2.Token {
+	t := (&oauth2.Token{AccessToken: c.tok.AccessToken, TokenType: c.tok.TokenType}).WithExtra(c.extra)
+	t.Expiry = c.end()
+	return t
 }
 
 // Close stops the Source: a read in flight is cancelled and later calls to
@@ -271,6 +463,13 @@ func (s *Source) read() (tok *oauth2.Token, refreshAt time.Time, l lease, err er
 // leases of the tokens it read that have not expired, and returns the
 // revocations' errors. Close is idempotent.
 func (s *Source) Close() error {
+	return s.shutdown(true)
+}
+
+// shutdown is Close; with cancelRead false, a read in flight is not
+// cancelled but waited for, so that a lease it brings is revoked too (its
+// callers get ErrClosed).
+func (s *Source) shutdown(cancelRead bool) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -278,8 +477,11 @@ func (s *Source) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
-	s.cancel()
+	if cancelRead {
+		s.cancel()
+	}
 	s.reads.Wait()
+	s.cancel()
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -290,14 +492,21 @@ func (s *Source) Close() error {
 	}
 	var errs []error
 	for _, l := range leases {
-		if l.id == "" {
-			continue
-		}
-		if err := s.client.Sys().RevokeWithContext(context.Background(), l.id); err != nil {
-			errs = append(errs, fmt.Errorf("tokensource: revoking lease %s: %w", l.id, err))
+		if err := revokeLease(context.Background(), s.client, l.id); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// revokeLease revokes a lease with the lease id in the URL, which a policy
+// can confine to a role's leases (the body form needs sys/leases/revoke for
+// every lease).
+func revokeLease(ctx context.Context, client *api.Client, id string) error {
+	if _, err := client.Logical().WriteWithContext(ctx, "sys/leases/revoke/"+id, map[string]any{}); err != nil {
+		return fmt.Errorf("tokensource: revoking lease %s: %w", id, err)
+	}
+	return nil
 }
 
 // liveLeases drops the leases that have expired by now; it reuses ls.
@@ -311,6 +520,19 @@ func liveLeases(ls []lease, now time.Time) []lease {
 	return out
 }
 
+// recordLease adds l, or with renewed moves the end of the lease with its id.
+func recordLease(ls []lease, l lease, renewed bool) []lease {
+	if renewed {
+		for i := range ls {
+			if ls[i].id == l.id {
+				ls[i].expiry = l.expiry
+				return ls
+			}
+		}
+	}
+	return append(ls, l)
+}
+
 // clone returns a copy of t, so callers cannot change the Source's token.
 func clone(t *oauth2.Token) *oauth2.Token {
 	if t == nil {
@@ -320,18 +542,54 @@ func clone(t *oauth2.Token) *oauth2.Token {
 	return &c
 }
 
+// ContextTokenSource is a TokenSource that can also bound a call by a
+// context, as [Source] and the sources of [Pool.TokenSource] do.
+type ContextTokenSource interface {
+	oauth2.TokenSource
+	TokenContext(ctx context.Context) (*oauth2.Token, error)
+}
+
 // HTTPClient returns an *http.Client that sets Authorization: Bearer with a
-// token from src on every request. Its transport is that of the *http.Client
-// in ctx under [oauth2.HTTPClient], if any, else [http.DefaultTransport].
+// token from src on every request. When src is a [ContextTokenSource] (a
+// [Source] is), the request's context bounds the wait for a token. Its
+// transport is that of the *http.Client in ctx under [oauth2.HTTPClient], if
+// any, else [http.DefaultTransport].
 //
 // Unlike [oauth2.NewClient], it asks src for the token on every request
 // instead of wrapping src in [oauth2.ReuseTokenSource], which would keep each
 // token until 10 seconds before its expiry and so defeat a Source's early
 // re-read. A [Source] is already cheap to ask: it holds the token in memory.
 func HTTPClient(ctx context.Context, src oauth2.TokenSource) *http.Client {
-	var base http.RoundTripper
-	if c, ok := ctx.Value(oauth2.HTTPClient).(*http.Client); ok && c != nil {
+	base := http.DefaultTransport
+	if c, ok := ctx.Value(oauth2.HTTPClient).(*http.Client); ok && c != nil && c.Transport != nil {
 		base = c.Transport
 	}
-	return &http.Client{Transport: &oauth2.Transport{Source: src, Base: base}}
+	return &http.Client{Transport: &transport{src: src, base: base}}
+}
+
+// transport sets the Authorization header from src.
+type transport struct {
+	src  oauth2.TokenSource
+	base http.RoundTripper
+}
+
+func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	var (
+		tok *oauth2.Token
+		err error
+	)
+	if cs, ok := t.src.(ContextTokenSource); ok {
+		tok, err = cs.TokenContext(req.Context())
+	} else {
+		tok, err = t.src.Token()
+	}
+	if err != nil {
+		if req.Body != nil {
+			req.Body.Close()
+		}
+		return nil, err
+	}
+	out := req.Clone(req.Context())
+	tok.SetAuthHeader(out)
+	return t.base.RoundTrip(out)
 }

@@ -2,7 +2,6 @@ package tokensource
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -16,216 +15,6 @@ import (
 	"github.com/hashicorp/vault/api"
 	"golang.org/x/oauth2"
 )
-
-const (
-	credsPath = "instacart/creds/fulfillment"
-	appToken  = "app-vault-token"
-)
-
-// clock is a settable time source shared by the fake Vault and the Source.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-// newClock starts at the current second (oauth2.Token.Valid uses the real clock).
-func newClock() *clock { return &clock{t: time.Now().UTC().Truncate(time.Second)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
-// fakeVault speaks the part of Vault's HTTP API a Source uses: the engine's
-// creds path (GET, or PUT with a user id) and PUT /v1/sys/leases/revoke. Each
-// creds call mints a new token "tok-N" with lease "instacart/creds/fulfillment/lease-N".
-type fakeVault struct {
-	t     *testing.T
-	clock *clock
-	srv   *httptest.Server
-
-	mu         sync.Mutex
-	life       time.Duration // token life
-	leaseCap   time.Duration // lease_duration cap; 0: the token's life
-	calls      int           // creds calls (reads and writes)
-	methods    []string
-	bodies     []map[string]any
-	revoked    []string
-	failCreds  []int // statuses to answer the next creds calls with
-	failRevoke int   // status to answer revocations with
-	gate       chan struct{}
-	arrived    chan struct{} // a creds call reached the gate
-	mutate     func(data map[string]any, sec map[string]any)
-}
-
-func newFakeVault(t *testing.T, c *clock, life time.Duration) *fakeVault {
-	t.Helper()
-	fv := &fakeVault{t: t, clock: c, life: life}
-	fv.srv = httptest.NewServer(http.HandlerFunc(fv.serve))
-	t.Cleanup(fv.srv.Close)
-	return fv
-}
-
-func vaultError(w http.ResponseWriter, status int, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]any{"errors": []string{msg}})
-}
-
-func (fv *fakeVault) serve(w http.ResponseWriter, r *http.Request) {
-	if r.Header.Get("X-Vault-Token") != appToken {
-		vaultError(w, http.StatusForbidden, "permission denied")
-		return
-	}
-	switch {
-	case r.URL.Path == "/v1/"+credsPath:
-		fv.creds(w, r)
-	case r.URL.Path == "/v1/sys/leases/revoke" && r.Method == http.MethodPut:
-		var body struct {
-			LeaseID string `json:"lease_id"`
-		}
-		_ = json.NewDecoder(r.Body).Decode(&body)
-		fv.mu.Lock()
-		status := fv.failRevoke
-		if status == 0 {
-			fv.revoked = append(fv.revoked, body.LeaseID)
-		}
-		fv.mu.Unlock()
-		if status != 0 {
-			vaultError(w, status, "permission denied")
-			return
-		}
-		w.WriteHeader(http.StatusNoContent)
-	default:
-		vaultError(w, http.StatusNotFound, "")
-	}
-}
-
-func (fv *fakeVault) creds(w http.ResponseWriter, r *http.Request) {
-	var body map[string]any
-	if r.Method != http.MethodGet {
-		_ = json.NewDecoder(r.Body).Decode(&body)
-	}
-	fv.mu.Lock()
-	fv.calls++
-	n := fv.calls
-	fv.methods = append(fv.methods, r.Method)
-	fv.bodies = append(fv.bodies, body)
-	gate, arrived := fv.gate, fv.arrived
-	var fail int
-	if len(fv.failCreds) > 0 {
-		fail, fv.failCreds = fv.failCreds[0], fv.failCreds[1:]
-	}
-	life, leaseCap, mutate := fv.life, fv.leaseCap, fv.mutate
-	fv.mu.Unlock()
-	if gate != nil {
-		if arrived != nil {
-			arrived <- struct{}{}
-		}
-		<-gate
-	}
-	if fail != 0 {
-		vaultError(w, fail, fmt.Sprintf("injected failure %d", fail))
-		return
-	}
-	now := fv.clock.Now()
-	leaseTTL := life
-	if leaseCap > 0 && leaseCap < life {
-		leaseTTL = leaseCap
-	}
-	data := map[string]any{
-		"access_token": fmt.Sprintf("tok-%d", n),
-		"token_type":   "Bearer",
-		"scopes":       []string{"connect:fulfillment"},
-		"expires_at":   now.Add(life).Format(time.RFC3339),
-		"created_at":   now.Format(time.RFC3339),
-	}
-	if id, ok := body["user_id"].(string); ok {
-		data["user_id"] = id
-	}
-	sec := map[string]any{
-		"request_id":     fmt.Sprintf("req-%d", n),
-		"lease_id":       fmt.Sprintf("%s/lease-%d", credsPath, n),
-		"lease_duration": int(leaseTTL / time.Second),
-		"renewable":      true,
-		"data":           data,
-	}
-	if mutate != nil {
-		mutate(data, sec)
-	}
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(sec)
-}
-
-func (fv *fakeVault) Calls() int {
-	fv.mu.Lock()
-	defer fv.mu.Unlock()
-	return fv.calls
-}
-
-func (fv *fakeVault) Revoked() []string {
-	fv.mu.Lock()
-	defer fv.mu.Unlock()
-	return append([]string(nil), fv.revoked...)
-}
-
-func (fv *fakeVault) set(f func(fv *fakeVault)) {
-	fv.mu.Lock()
-	f(fv)
-	fv.mu.Unlock()
-}
-
-func vaultClient(t *testing.T, addr string) *api.Client {
-	t.Helper()
-	cfg := api.DefaultConfig()
-	cfg.Address = addr
-	cfg.MaxRetries = 0
-	c, err := api.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.SetToken(appToken)
-	return c
-}
-
-// newSource is a Source for the fake Vault on the fake clock.
-func newSource(t *testing.T, fv *fakeVault, opts ...Option) *Source {
-	t.Helper()
-	opts = append(opts, func(s *Source) { s.now = fv.clock.Now })
-	s, err := New(vaultClient(t, fv.srv.URL), credsPath, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
-	return s
-}
-
-// mustToken calls Token and wants the token named want.
-func mustToken(t *testing.T, s *Source, want string) *oauth2.Token {
-	t.Helper()
-	tok, err := s.Token()
-	if err != nil {
-		t.Fatalf("Token: %v", err)
-	}
-	if tok.AccessToken != want {
-		t.Fatalf("Token = %s, want %s", tok.AccessToken, want)
-	}
-	return tok
-}
-
-func wantCalls(t *testing.T, fv *fakeVault, want int) {
-	t.Helper()
-	if got := fv.Calls(); got != want {
-		t.Fatalf("%d creds calls to Vault, want %d", got, want)
-	}
-}
 
 func TestTokenMapsTheSecret(t *testing.T) {
 	c := newClock()
@@ -315,12 +104,13 @@ func TestEarlyRefreshMargin(t *testing.T) {
 		{"zero: at expiry", time.Hour, 0, []Option{WithEarlyRefresh(0)}, time.Hour},
 		{"capped at a quarter of a short life", 20 * time.Second, 0, nil, 15 * time.Second},
 		{"capped for a large option", 24 * time.Hour, 0, []Option{WithEarlyRefresh(12 * time.Hour)}, 18 * time.Hour},
+		// A lease that cannot be renewed (see TestRenewsACappedLease for one that can).
 		{"the lease ends first", time.Hour, 10 * time.Minute, nil, 7*time.Minute + 30*time.Second},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newClock()
 			fv := newFakeVault(t, c, tc.life)
-			fv.leaseCap = tc.leaseCap
+			fv.leaseCap, fv.notRenew = tc.leaseCap, true
 			s := newSource(t, fv, tc.opts...)
 			tok := mustToken(t, s, "tok-1")
 			end := tc.life
@@ -416,40 +206,63 @@ func TestCallersWithAValidTokenDoNotWaitForTheReRead(t *testing.T) {
 // TestConcurrentUse hammers a Source from many goroutines while its clock
 // runs through several token lives (run with -race).
 func TestConcurrentUse(t *testing.T) {
-	c := newClock()
-	fv := newFakeVault(t, c, time.Hour)
-	s := newSource(t, fv)
-	var stop atomic.Bool
-	var wg sync.WaitGroup
-	var got atomic.Int64
-	for range 16 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for !stop.Load() {
-				before := c.Now()
-				tok, err := s.Token()
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				if !tok.Expiry.After(before) {
-					t.Errorf("handed out an expired token")
-					return
-				}
-				got.Add(1)
+	for _, tc := range []struct {
+		name     string
+		leaseCap time.Duration
+		// The clock runs step per millisecond, so it moves while a request
+		// is out: a lease that ends with the token can look capped by a few
+		// minutes, and is then renewed once; notRenew rules that out.
+		notRenew           bool
+		step               time.Duration // the clock's step per millisecond
+		minReads, maxReads int
+		renewals           func(n int) bool
+	}{
+		// A token is re-read 55 minutes after it was read: at most 6 reads in 5 hours.
+		{"lease to the token's expiry", 0, true, time.Minute, 5, 6, func(n int) bool { return n == 0 }},
+		// Renewed every 15 minutes, re-read about 57 minutes after each
+		// read. A request can take minutes of this clock under -race (a
+		// renewal then finds its lease gone and a read follows), so only the
+		// bounds are sure: renewals, and fewer reads than the 20 of a read
+		// every 15 minutes. TestRenewsACappedLease counts exactly.
+		{"lease capped at 20 minutes", 20 * time.Minute, false, 10 * time.Second, 1, 12, func(n int) bool { return n > 0 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newClock()
+			fv := newFakeVault(t, c, time.Hour)
+			fv.leaseCap, fv.notRenew = tc.leaseCap, tc.notRenew
+			s := newSource(t, fv)
+			var stop atomic.Bool
+			var wg sync.WaitGroup
+			var got atomic.Int64
+			for range 16 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for !stop.Load() {
+						before := c.Now()
+						tok, err := s.Token()
+						if err != nil {
+							t.Error(err)
+							return
+						}
+						if !tok.Expiry.After(before) {
+							t.Errorf("handed out an expired token")
+							return
+						}
+						got.Add(1)
+					}
+				}()
 			}
-		}()
-	}
-	for range 300 { // 5 hours, a minute at a time
-		c.Advance(time.Minute)
-		time.Sleep(time.Millisecond)
-	}
-	stop.Store(true)
-	wg.Wait()
-	// A token is re-read 55 minutes after it was read: at most 6 reads in 5 hours.
-	if n := fv.Calls(); n < 5 || n > 6 {
-		t.Errorf("%d reads over 5 hours of 1-hour tokens (%d calls to Token), want 5 or 6", n, got.Load())
+			for range 5 * time.Hour / tc.step {
+				c.Advance(tc.step)
+				time.Sleep(time.Millisecond)
+			}
+			stop.Store(true)
+			wg.Wait()
+			if n, r := fv.Calls(), fv.Renews(); n < tc.minReads || n > tc.maxReads || !tc.renewals(r) {
+				t.Errorf("%d reads and %d renewals over 5 hours of 1-hour tokens (%d calls to Token)", n, r, got.Load())
+			}
+		})
 	}
 }
 

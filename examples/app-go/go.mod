@@ -1,6 +1,9 @@
 // A tiny module of its own, so the example's dependencies stay out of the
 // plugin's go.mod. The replace builds it against the tokensource in this
-// repository.
+// repository. A copy outside the repository deletes the replace line and
+// the v0.0.0 require, and runs
+//   go get github.com/instacart-vault/vault-plugin-secrets-instacart/tokensource@vX.Y.Z
+// for a released version (tagged tokensource/vX.Y.Z in this repository).
 module github.com/instacart-vault/vault-plugin-secrets-instacart/examples/app-go
 
 go 1.25.0
@@ -21,6 +24,7 @@ require (
 	github.com/hashicorp/go-secure-stdlib/parseutil v0.2.0 // indirect
 	github.com/hashicorp/go-secure-stdlib/strutil v0.1.2 // indirect
 	github.com/hashicorp/go-sockaddr v1.0.7 // indirect
+	github.com/hashicorp/golang-lru/v2 v2.0.7 // indirect
 	github.com/hashicorp/hcl v1.0.1-vault-7 // indirect
 	github.com/mitchellh/go-homedir v1.1.0 // indirect
 	github.com/mitchellh/mapstructure v1.5.0 // indirect
