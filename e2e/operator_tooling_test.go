@@ -271,7 +271,7 @@ func TestVaultAgent(t *testing.T) {
 	cfg := exampleConfig(t, "examples/agent/agent.hcl",
 		"http://127.0.0.1:8200", v.Addr,
 		"/etc/vault-agent/app-token", tokenFile,
-		`"instacart-token.ctmpl"`, `"`+filepath.Join(repoRoot, "examples/agent/instacart-token.ctmpl")+`"`,
+		"/etc/vault-agent/instacart-token.ctmpl", filepath.Join(repoRoot, "examples/agent/instacart-token.ctmpl"),
 		"/run/app/instacart-token", rendered,
 	)
 	writeFile(t, filepath.Join(dir, "agent.hcl"), cfg)
@@ -283,6 +283,9 @@ func TestVaultAgent(t *testing.T) {
 	}
 	waitFor(t, 30*time.Second, "the agent to render the token", func() bool { return len(read()) == 43 })
 	first := read()
+	if b, _ := os.ReadFile(rendered); string(b) != first {
+		t.Errorf("the rendered file is the token plus %d bytes of whitespace, want the token alone", len(b)-len(first))
+	}
 	info := f.tokenInfo(t, first)
 	if st := f.Users(t, first); st != 200 {
 		t.Fatalf("rendered token: Connect answered %d", st)

@@ -40,8 +40,10 @@ func TestREADMECommands(t *testing.T) {
 		"<new_client_id>", "e2e-client-2",
 		"/path/to/new_client_secret", filepath.Join(dir, "new_client_secret"),
 		"/var/log/vault_audit.log", filepath.Join(dir, "audit.log"),
-		"<token>", "example-token",
+		"/path/to/leaked_token", filepath.Join(dir, "leaked_token"),
 		"/etc/prometheus/vault-token", filepath.Join(dir, "vault-token"),
+		"/etc/app/vault-token", filepath.Join(dir, "app-token"),
+		"$HOME/.vault-header", filepath.Join(dir, "vault-header"),
 	)
 
 	blocks := readmeBlocks(t)
@@ -58,9 +60,21 @@ func TestREADMECommands(t *testing.T) {
 		for strings.Contains(block, "<code from Instacart>") {
 			block = strings.Replace(block, "<code from Instacart>", f.Authorize(t, "https://shop.example.com/instacart/callback", "u1"), 1)
 		}
-		if _, stderr, err := sh.run(t, block); err != nil {
+		// Finding the lease of a token: a token read now, so the audit log
+		// (enabled by an earlier block) has its answer.
+		leaked := strings.Contains(block, "/path/to/leaked_token")
+		if leaked {
+			tok := strings.TrimSpace(sh.v.vault(t, "read", "-field=access_token", "instacart/creds/fulfillment"))
+			sh.v.Secrets = append(sh.v.Secrets, tok)
+			writeFile(t, filepath.Join(dir, "leaked_token"), tok)
+		}
+		stdout, stderr, err := sh.run(t, block)
+		if err != nil {
 			t.Errorf("README shell block %d (under %q) failed (%v):\n%s\nstderr:\n%s", i+1, b.heading, err, b.body, stderr)
 			continue
+		}
+		if leaked && !strings.Contains(stdout, `"lease_id":"instacart/creds/fulfillment/`) {
+			t.Errorf("README block %d (under %q) printed no lease of the token it looked for:\n%s", i+1, b.heading, stdout)
 		}
 		ran++
 	}

@@ -42,8 +42,35 @@
 // lease in the URL (PUT sys/leases/revoke/<lease_id>), never in the body, so
 // the policy can confine it to its role's leases.
 //
+// # Installing
+//
+// tokensource is a Go module of its own, in the tokensource directory of the
+// plugin's repository, so its releases are tagged tokensource/vX.Y.Z (Go's
+// form for a module in a subdirectory). Fetch one with
+//
+//	go get github.com/instacart-vault/vault-plugin-secrets-instacart/tokensource@vX.Y.Z
+//
 // The module depends on github.com/hashicorp/vault/api, golang.org/x/oauth2
 // and github.com/hashicorp/golang-lru/v2 (for [Pool]) only, not on the plugin.
+//
+// # Wrapping
+//
+// A Source is an [oauth2.TokenSource]: pass it as it is. Do not wrap it in
+// [oauth2.ReuseTokenSource] (nor build a client with [oauth2.NewClient] on
+// it): those keep a token until 10 seconds before its expiry and so skip the
+// Source's early re-read. Where a library wraps it anyway, use
+// [oauth2.ReuseTokenSourceWithExpiry] with the Source's early-refresh window
+// ([DefaultEarlyRefresh], or what you gave [WithEarlyRefresh]), so the
+// wrapper asks the Source whenever the Source would re-read.
+//
+// # Through Vault Agent or Vault Proxy
+//
+// Set VAULT_AGENT_ADDR to the listener of a Vault Agent or Proxy (for
+// example http://127.0.0.1:8100); api.DefaultConfig reads it and sends every
+// request there. When the listener's api_proxy has use_auto_auth_token (as
+// examples/proxy/proxy.hcl in the repository does), leave VAULT_TOKEN unset:
+// the Agent or Proxy adds its own token. Leave [WithRevokeOnClose] off behind
+// a Proxy's cache, whose cached lease every app reading through it shares.
 //
 // A Source never logs or prints a token, and its errors never contain one.
 package tokensource

@@ -1,7 +1,8 @@
 // A tiny module of its own, so the example's dependencies stay out of the
-// plugin's go.mod. The replace builds it against the tokensource in this
-// repository. A copy outside the repository deletes the replace line and
-// the v0.0.0 require, and runs
+// plugin's go.mod. The replace (and the v0.0.0 placeholder require) build it
+// against the tokensource in this repository only: a copy outside the
+// repository must not keep them. There, run (see README.md here):
+//   go mod edit -dropreplace=github.com/instacart-vault/vault-plugin-secrets-instacart/tokensource
 //   go get github.com/instacart-vault/vault-plugin-secrets-instacart/tokensource@vX.Y.Z
 // for a released version (tagged tokensource/vX.Y.Z in this repository).
 module github.com/instacart-vault/vault-plugin-secrets-instacart/examples/app-go
