@@ -79,6 +79,11 @@ func (b *backend) tokenRenew(ctx context.Context, req *logical.Request, _ *frame
 			maxTTL = r.MaxTTL
 		}
 	}
+	// Asking for more than is left before IssueTime+MaxTTL only earns a
+	// warning from Vault on every renewal ("TTL exceeded the effective max_ttl").
+	if left := req.Secret.IssueTime.Add(maxTTL).Sub(b.now()).Truncate(time.Second); left < ttl {
+		ttl = max(left, 0)
+	}
 	resp := &logical.Response{Secret: req.Secret}
 	resp.Secret.TTL, resp.Secret.MaxTTL = ttl, maxTTL
 	return resp, nil
