@@ -42,6 +42,9 @@ func TestREADMECommands(t *testing.T) {
 		"/var/log/vault_audit.log", filepath.Join(dir, "audit.log"),
 		"<token>", "example-token",
 		"/etc/prometheus/vault-token", filepath.Join(dir, "vault-token"),
+		// make dev's fake, as it prints it.
+		"<fake URL make dev printed>", f.URL,
+		"-client-id demo-client", "-client-id "+fakeClient,
 	)
 
 	blocks := readmeBlocks(t)
@@ -106,7 +109,7 @@ func (sh *readmeShell) run(t testing.TB, block string) (stdout, stderr string, e
 	cmd := exec.Command("bash", "-euo", "pipefail", "-c", sh.repl.Replace(block))
 	cmd.Dir = repoRoot
 	cmd.Env = makeEnv("MAKEFLAGS=BIN="+sh.build, "VAULT_ADDR="+sh.v.Addr, "VAULT_TOKEN="+sh.v.Token,
-		"VAULT_FORMAT=", "PATH="+filepath.Dir(vaultBin)+":"+os.Getenv("PATH"))
+		"VAULT_FORMAT=", "PATH="+filepath.Dir(vaultBin)+":"+filepath.Dir(fakeBin)+":"+os.Getenv("PATH"))
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err = cmd.Run()
