@@ -27,7 +27,8 @@ var connectErrorAdvice = map[string]string{
 // upstreamError turns a Connect failure into what Vault should answer:
 // problems a person must fix become a 400 naming Instacart's error code;
 // no answer in time (a deadline, or every attempt timing out) is a 504;
-// other transient trouble (after retries) is a 502 so callers retry later.
+// a host that does not resolve or refuses connections is a 502 that names
+// base_url, since the address is the likelier fault than Connect; other transient trouble (after retries) is a 502 so callers retry later.
 // Errors that are not Connect's (storage, a changed role) pass through.
 func upstreamError(err error) (*logical.Response, error) {
 	ce, ok := connect.AsError(err)
@@ -38,6 +39,8 @@ func upstreamError(err error) (*logical.Response, error) {
 		return nil, err
 	case ce.Timeout():
 		return nil, logical.CodedError(http.StatusGatewayTimeout, fmt.Sprintf("no answer from Instacart Connect in time (POST %s: %s)", ce.Path, connectSummary(ce)))
+	case unreachable(ce) != "":
+		return nil, logical.CodedError(http.StatusBadGateway, fmt.Sprintf("%s (POST %s: %s)", unreachable(ce), ce.Path, connectSummary(ce)))
 	case ce.Temporary():
 		return nil, logical.CodedError(http.StatusBadGateway, fmt.Sprintf("Instacart Connect is unavailable, try again later (POST %s: %s)", ce.Path, connectSummary(ce)))
 	}
@@ -54,6 +57,19 @@ func upstreamError(err error) (*logical.Response, error) {
 		msg += fmt.Sprintf(" (Connect said: %q)", ce.Description)
 	}
 	return logical.ErrorResponse(msg), nil
+}
+
+// unreachable says, for a call that could not reach its host at all, that
+// config base_url is the likely culprit; "" for any other failure.
+func unreachable(ce *connect.Error) string {
+	why, ok := ce.Unreachable()
+	if !ok {
+		return ""
+	}
+	if strings.HasPrefix(why, "connection refused") {
+		return "config base_url cannot be reached: nothing accepts connections there (connection refused); check base_url, or whether Connect is up at that address"
+	}
+	return fmt.Sprintf("config base_url cannot be reached: %s (DNS); check base_url at config", why)
 }
 
 // readError gives every failure of a creds read a status and a sentence:

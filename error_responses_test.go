@@ -2,6 +2,8 @@ package instacart
 
 import (
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -21,4 +23,51 @@ func TestConnectDeadlineIs504(t *testing.T) {
 			t.Errorf("%s: status %d (%v), want 504", role, got, err)
 		}
 	}
+}
+
+// A base_url that cannot be reached (no such host, or nothing listening) is
+// blamed on base_url, not on Connect being down: both the verify of a config
+// write and a creds read name the field.
+func TestUnreachableBaseURLNamesIt(t *testing.T) {
+	closed := httptest.NewServer(http.NotFoundHandler())
+	refused := closed.URL // loopback http is allowed; nothing listens once closed
+	closed.Close()
+	for name, url := range map[string]string{"dns": "https://no-such-host.invalid", "refused": refused} {
+		t.Run(name, func(t *testing.T) {
+			e := newTestEnv(t)
+			cfg := map[string]any{"client_id": testClientID, "client_secret": testSecret, "base_url": url, "max_retries": 0}
+			resp, err := e.do(logical.UpdateOperation, "config", cfg)
+			msg := errText(resp, err)
+			if !strings.Contains(msg, "base_url cannot be reached") || strings.Contains(msg, "try again later") {
+				t.Errorf("verify: %q, want it to say base_url cannot be reached", msg)
+			}
+			if name == "dns" && !strings.Contains(msg, `no such host "no-such-host.invalid"`) {
+				t.Errorf("verify: %q, want the host named", msg)
+			}
+
+			cfg["verify"] = false
+			e.mustOK(logical.UpdateOperation, "config", cfg)
+			for role, data := range map[string]map[string]any{
+				"cc":      {"grant_type": "client_credentials", "scopes": "connect:fulfillment"},
+				"cc-excl": {"grant_type": "client_credentials", "scopes": "connect:fulfillment", "token_reuse": "exclusive"},
+			} {
+				e.mustOK(logical.UpdateOperation, "roles/"+role, data)
+				_, err := e.do(logical.ReadOperation, "creds/"+role, nil)
+				if got := codedStatus(err); got != http.StatusBadGateway || !strings.Contains(err.Error(), "base_url cannot be reached") {
+					t.Errorf("creds/%s: %d %v, want 502 naming base_url", role, got, err)
+				}
+			}
+		})
+	}
+}
+
+// errText is the error a request answered, as a response or as an error.
+func errText(resp *logical.Response, err error) string {
+	if err != nil {
+		return err.Error()
+	}
+	if resp != nil && resp.IsError() {
+		return resp.Error().Error()
+	}
+	return ""
 }

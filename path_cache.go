@@ -35,10 +35,16 @@ out of service at once and revokes it at Connect, each at the host and with
 the credentials that minted it, so the next read of creds/<role> mints a fresh
 one. That includes tokens minted for an earlier definition of the role, with
 rotated credentials, or for a role since deleted: name the deleted role. Use
-it when a shared token has leaked. A token Connect refuses to revoke is named
-in a warning. A token that cannot be revoked for now (Connect unavailable) is
-never handed out again and is retried every minute and by the next flush;
-the flush then fails with a 502 naming it.
+it when a shared token has leaked.
+
+It answers with counts: revoked_tokens (revoked at Connect), expired_tokens
+(already expired, dropped without a call), refused_tokens (Connect refused to
+revoke them; each is also named in a warning, and stays live until it
+expires) and pending_tokens (always 0 in a success). A token that cannot be
+revoked for now (Connect unavailable) is never handed out again and is
+retried every minute and by the next flush; the flush then fails with a 502
+naming it. Tokens of the role already waiting for revocation are tried, and
+counted, too.
 `,
 	}
 }
@@ -70,25 +76,28 @@ func (b *backend) pathCacheDelete(ctx context.Context, req *logical.Request, d *
 		}
 	}
 
-	refused, pending, err := b.revokeQueued(ctx, req.Storage, name, newRevocationPass())
+	tally, err := b.revokeQueued(ctx, req.Storage, name, newRevocationPass())
 	if err != nil {
 		return nil, err
 	}
+	refused, pending := tally.refused, tally.pending
 	var warnings []string
 	if len(refused) > 0 {
 		warnings = append(warnings, fmt.Sprintf("Connect refused to revoke %d token(s), which are no longer handed out but stay live until they expire: %s", len(refused), strings.Join(refused, ", ")))
 	}
 	if len(pending) > 0 {
-		msg := fmt.Sprintf("could not revoke %d token(s) for now (Connect unavailable): %s; they are no longer handed out, and are retried every minute and by the next flush", len(pending), strings.Join(pending, ", "))
+		msg := fmt.Sprintf("could not revoke %d token(s) for now (Connect unavailable): %s; they are no longer handed out, and are retried every minute and by the next flush (this flush revoked %d)", len(pending), strings.Join(pending, ", "), tally.revoked)
 		if len(warnings) > 0 {
 			msg += "; " + warnings[0]
 		}
 		return nil, logical.CodedError(http.StatusBadGateway, msg)
 	}
-	if len(warnings) == 0 {
-		return nil, nil
-	}
-	return &logical.Response{Warnings: warnings}, nil
+	return &logical.Response{Warnings: warnings, Data: map[string]any{
+		"revoked_tokens": tally.revoked,
+		"expired_tokens": tally.expired,
+		"refused_tokens": len(refused),
+		"pending_tokens": len(pending),
+	}}, nil
 }
 
 // takeOutOfService moves the token(s) held under key, in storage and in

@@ -2,8 +2,10 @@ package instacart
 
 import (
 	"context"
+	"maps"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
 
@@ -17,7 +19,8 @@ func TestCacheFlushRevokesSharedTokens(t *testing.T) {
 	u1 := e.mustOK(logical.UpdateOperation, "creds/shoppers", map[string]any{"user_id": "store-1"}).Data["access_token"].(string)
 	u2 := e.mustOK(logical.UpdateOperation, "creds/shoppers", map[string]any{"user_id": "store-2"}).Data["access_token"].(string)
 
-	e.mustOK(logical.DeleteOperation, "cache/shoppers", nil)
+	resp := e.mustOK(logical.DeleteOperation, "cache/shoppers", nil)
+	assertFlushCounts(t, resp, 2, 0, 0)
 	if e.fake.TokenLive(u1) || e.fake.TokenLive(u2) {
 		t.Error("flushed tokens still live at Connect")
 	}
@@ -56,7 +59,8 @@ func TestCacheFlushTakesTokenOutOfServiceWhenRevokeFails(t *testing.T) {
 			}
 			switch retry {
 			case "flush":
-				e.mustOK(logical.DeleteOperation, "cache/cc", nil)
+				// The token read meanwhile and the one left pending: both revoked now.
+				assertFlushCounts(t, e.mustOK(logical.DeleteOperation, "cache/cc", nil), 2, 0, 0)
 			case "periodic":
 				req := &logical.Request{Operation: logical.RollbackOperation, Storage: e.storage}
 				if _, err := e.b.HandleRequest(context.Background(), req); err != nil {
@@ -81,8 +85,21 @@ func TestCacheFlushValidation(t *testing.T) {
 	resp, err := e.do(logical.DeleteOperation, "cache/-bad-", nil)
 	expectError(t, resp, err, "name")
 	// A role that never existed holds nothing: a no-op, as is nothing cached.
-	e.mustOK(logical.DeleteOperation, "cache/nope", nil)
-	e.mustOK(logical.DeleteOperation, "cache/cc", nil)
+	assertFlushCounts(t, e.mustOK(logical.DeleteOperation, "cache/nope", nil), 0, 0, 0)
+	assertFlushCounts(t, e.mustOK(logical.DeleteOperation, "cache/cc", nil), 0, 0, 0)
+}
+
+// assertFlushCounts checks the counts a successful flush answers with.
+func assertFlushCounts(t *testing.T, resp *logical.Response, revoked, expired, refused int) {
+	t.Helper()
+	want := map[string]any{"revoked_tokens": revoked, "expired_tokens": expired, "refused_tokens": refused, "pending_tokens": 0}
+	if resp == nil || !maps.Equal(resp.Data, want) {
+		var got map[string]any
+		if resp != nil {
+			got = resp.Data
+		}
+		t.Errorf("flush answered %v, want %v", got, want)
+	}
 }
 
 // After base_url moves to another host, a flush still revokes each token at
@@ -120,6 +137,7 @@ func TestCacheFlushCarriesOnPastRefusal(t *testing.T) {
 	e.fake.InjectFaults(connectfake.PathRevoke, connectfake.Fault{Status: 403, Body: `{"error":"unauthorized_client","error_description":"echoed-by-connect"}`})
 
 	resp := e.mustOK(logical.DeleteOperation, "cache/shoppers", nil)
+	assertFlushCounts(t, resp, 2, 0, 1)
 	if len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "refused to revoke 1 token") || !strings.Contains(resp.Warnings[0], "the token of user #") || strings.Contains(resp.Warnings[0], "store-") {
 		t.Errorf("warnings = %q, want one naming the refused token's user by hash, never by id", resp.Warnings)
 	}
@@ -223,5 +241,23 @@ func TestMintDuringFlushIsNotOrphaned(t *testing.T) {
 	}
 	if next := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]; next != held.AccessToken {
 		t.Error("the replacement minted during the flush is not served")
+	}
+}
+
+// A token left pending by a failed flush that expires before the next one is
+// dropped without a call to Connect, and counted as expired, not revoked.
+func TestCacheFlushCountsExpiredPending(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	e.mustOK(logical.ReadOperation, "creds/cc", nil)
+	e.fake.InjectFaults(connectfake.PathRevoke, connectfake.Fault{Status: 500}, connectfake.Fault{Status: 500}, connectfake.Fault{Status: 500})
+	if _, err := e.do(logical.DeleteOperation, "cache/cc", nil); err == nil || !strings.Contains(err.Error(), "this flush revoked 0") {
+		t.Fatalf("flush: err = %v, want a 502 saying it revoked none", err)
+	}
+	e.advance(25 * time.Hour)
+	e.fake.ResetCounters()
+	assertFlushCounts(t, e.mustOK(logical.DeleteOperation, "cache/cc", nil), 0, 1, 0)
+	if got := e.fake.Requests(connectfake.PathRevoke); got != 0 {
+		t.Errorf("%d revoke requests for an expired token", got)
 	}
 }

@@ -37,7 +37,7 @@ func pathConfig(b *backend) *framework.Path {
 			},
 			"request_timeout": {
 				Type:         framework.TypeDurationSecond,
-				Description:  "Timeout of each HTTP request to Connect.",
+				Description:  "Timeout of each HTTP request to Connect, as a duration (10s) or seconds; reads give seconds (10).",
 				Default:      int(connect.DefaultRequestTimeout.Seconds()),
 				DisplayAttrs: &framework.DisplayAttributes{Name: "Request timeout"},
 			},

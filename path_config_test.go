@@ -49,6 +49,12 @@ func TestConfigWriteRead(t *testing.T) {
 	if resp.Data["request_timeout"] != int64(90) || resp.Data["client_id"] != testClientID {
 		t.Errorf("after partial update: %v", resp.Data)
 	}
+	// Reads give seconds, as the README says, and a value read back writes
+	// the same duration again.
+	e.mustOK(logical.UpdateOperation, "config", map[string]any{"request_timeout": resp.Data["request_timeout"]})
+	if got := e.mustOK(logical.ReadOperation, "config", nil).Data["request_timeout"]; got != int64(90) {
+		t.Errorf("request_timeout written back as read: reads %v, want 90", got)
+	}
 	if got := e.fake.Mints(); got != 1 {
 		t.Errorf("unchanged credentials were verified again (%d mints)", got)
 	}

@@ -214,6 +214,60 @@ func TestCredentialRotation(t *testing.T) {
 	}
 }
 
+// Rotating only the client secret (client_id and base_url kept, as the
+// README shows): new mints use the new secret; tokens the old secret minted
+// are no longer handed out, and still revoke, the shared one by a flush and
+// the exclusive one with its lease, even though Instacart disabled the old
+// secret (the fake keeps one secret per client), with the application's
+// current secret.
+func TestClientSecretOnlyRotation(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	oldShared := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"].(string)
+	oldExcl := e.mustOK(logical.ReadOperation, "creds/cc-excl", nil)
+	cfg, err := getConfig(context.Background(), e.storage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldID := cfg.CredentialsID
+
+	const newSecret = "fake-rotated-secret-for-tests-24680"
+	e.fake.AddClient(testClientID, newSecret) // the old secret is refused from now on
+	e.mustOK(logical.UpdateOperation, "config", map[string]any{"client_secret": newSecret})
+	resp := e.mustOK(logical.ReadOperation, "config", nil)
+	if resp.Data["client_id"] != testClientID || resp.Data["base_url"] != e.fake.URL {
+		t.Fatalf("a write of client_secret alone changed the config: %v", resp.Data)
+	}
+	if cfg, _ = getConfig(context.Background(), e.storage); cfg.CredentialsID == oldID || len(cfg.Retired) != 1 || cfg.Retired[0].CredentialsID != oldID {
+		t.Fatal("the old secret was not retired")
+	}
+
+	// New mints use the new secret (the only one the fake accepts).
+	newShared := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"].(string)
+	if newShared == oldShared {
+		t.Fatal("the shared token minted with the old secret is still handed out")
+	}
+	if info, _ := e.fake.Token(newShared); info.ClientID != testClientID {
+		t.Errorf("new token minted by %q", info.ClientID)
+	}
+	newExcl := e.mustOK(logical.ReadOperation, "creds/cc-excl", nil)
+
+	// Tokens of the old secret still revoke.
+	if err := revoke(e, oldExcl.Secret); err != nil {
+		t.Fatalf("revoking a lease minted with the old secret: %v", err)
+	}
+	if e.fake.TokenLive(oldExcl.Data["access_token"].(string)) {
+		t.Error("the old secret's exclusive token is live after its lease was revoked")
+	}
+	assertFlushCounts(t, e.mustOK(logical.DeleteOperation, "cache/cc", nil), 2, 0, 0)
+	if e.fake.TokenLive(oldShared) || e.fake.TokenLive(newShared) {
+		t.Error("a shared token is live after the flush")
+	}
+	if err := revoke(e, newExcl.Secret); err != nil || e.fake.TokenLive(newExcl.Data["access_token"].(string)) {
+		t.Errorf("the new secret's exclusive token did not revoke: %v", err)
+	}
+}
+
 // expires_in counts from the answer (RFC 6749 §5.1): a server that reuses a
 // token answers with its original created_at and the remaining expires_in.
 func TestExpiresInCountsFromArrival(t *testing.T) {

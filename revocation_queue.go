@@ -132,17 +132,25 @@ func (p *revocationPass) markDown(credentialsID string) {
 	p.unavailable[credentialsID] = true
 }
 
+// revocationTally is what one pass over a role's queue did: how many
+// tokens it revoked at Connect and how many it dropped without a call as
+// already expired; refused and pending describe the tokens Connect refused
+// and those still waiting.
+type revocationTally struct {
+	revoked, expired int
+	refused, pending []string
+}
+
 // revokeQueued tries every queued token of a role once. A token revoked,
-// expired or refused for good leaves the queue; refused and pending describe
-// the tokens Connect refused and those still waiting. Tokens are tried per
+// expired or refused for good leaves the queue. Tokens are tried per
 // host (credentials), the hosts side by side, so a host that never answers
 // holds up only its own tokens; after its first failure this pass the rest of
 // them wait for the next.
-func (b *backend) revokeQueued(ctx context.Context, s logical.Storage, role string, pass *revocationPass) (refused, pending []string, err error) {
+func (b *backend) revokeQueued(ctx context.Context, s logical.Storage, role string, pass *revocationPass) (revocationTally, error) {
 	prefix := revokingStoragePrefix + role + "/"
 	keys, err := s.List(ctx, prefix)
 	if err != nil {
-		return nil, nil, fmt.Errorf("listing pending revocations: %w", err)
+		return revocationTally{}, fmt.Errorf("listing pending revocations: %w", err)
 	}
 	type queued struct {
 		key string
@@ -152,7 +160,7 @@ func (b *backend) revokeQueued(ctx context.Context, s logical.Storage, role stri
 	for _, k := range keys {
 		p, err := getJSON[pendingRevocation](ctx, s, prefix+k)
 		if err != nil {
-			return nil, nil, err
+			return revocationTally{}, err
 		}
 		if p != nil {
 			byHost[p.CredentialsID] = append(byHost[p.CredentialsID], queued{prefix + k, p})
@@ -160,13 +168,19 @@ func (b *backend) revokeQueued(ctx context.Context, s logical.Storage, role stri
 	}
 
 	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		errs []error
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		errs  []error
+		tally revocationTally
 	)
 	note := func(list *[]string, p *pendingRevocation) {
 		mu.Lock()
 		*list = append(*list, describeToken(p.UserID))
+		mu.Unlock()
+	}
+	count := func(n *int) {
+		mu.Lock()
+		*n++
 		mu.Unlock()
 	}
 	for credentialsID, tokens := range byHost {
@@ -175,18 +189,22 @@ func (b *backend) revokeQueued(ctx context.Context, s logical.Storage, role stri
 			defer wg.Done()
 			for _, q := range tokens {
 				if ctx.Err() != nil || (pass.down(credentialsID) && !q.p.expired(b.now())) {
-					note(&pending, q.p)
+					note(&tally.pending, q.p)
 					continue
 				}
+				expired := q.p.expired(b.now())
 				permanent, err := b.revokeUpstream(ctx, s, role, q.p.revocable)
 				switch {
+				case err == nil && expired:
+					count(&tally.expired)
 				case err == nil:
+					count(&tally.revoked)
 				case permanent:
-					note(&refused, q.p)
+					note(&tally.refused, q.p)
 					b.Logger().Warn("Connect refused to revoke a token; it stays live until it expires", "role", role, "expires_at", q.p.ExpiresAt, "error", err)
 				default:
 					pass.markDown(credentialsID)
-					note(&pending, q.p)
+					note(&tally.pending, q.p)
 					b.Logger().Warn("could not revoke a token for now; it is no longer handed out and will be retried", "role", role, "error", err)
 					continue
 				}
@@ -200,9 +218,9 @@ func (b *backend) revokeQueued(ctx context.Context, s logical.Storage, role stri
 		}()
 	}
 	wg.Wait()
-	slices.Sort(refused)
-	slices.Sort(pending)
-	return refused, pending, errors.Join(errs...)
+	slices.Sort(tally.refused)
+	slices.Sort(tally.pending)
+	return tally, errors.Join(errs...)
 }
 
 // retryRevocations is the periodic function's pass over every role's queue.
@@ -228,7 +246,7 @@ func (b *backend) retryRevocations(ctx context.Context, s logical.Storage) error
 			defer func() { <-sem; wg.Done() }()
 			roleCtx, cancel := context.WithTimeout(ctx, revokeRetryTimeout)
 			defer cancel()
-			if _, _, err := b.revokeQueued(roleCtx, s, role, pass); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			if _, err := b.revokeQueued(roleCtx, s, role, pass); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 				mu.Lock()
 				errs = append(errs, fmt.Errorf("role %q: %w", role, err))
 				mu.Unlock()

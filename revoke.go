@@ -30,7 +30,9 @@ var errCredentialsGone = errors.New("the credentials that minted the token are n
 // whether trying again can ever help (Connect refused, or the credentials are
 // gone); otherwise the failure is transient and the caller should retry.
 // Connect answers 200 for unknown or already revoked tokens, so that counts as
-// revoked.
+// revoked. After a rotation of the secret alone (same client id and host), a
+// token the old secret cannot revoke (invalid_client: Instacart disabled it)
+// is revoked with the current secret, as the same application's.
 func (b *backend) revokeUpstream(ctx context.Context, s logical.Storage, role string, r revocable) (permanent bool, err error) {
 	now := b.now()
 	if r.AccessToken == "" || r.expired(now) {
@@ -69,7 +71,17 @@ func (b *backend) revokeUpstream(ctx context.Context, s logical.Storage, role st
 		}
 		defer client.Close()
 	}
-	if err := client.Revoke(ctx, creds, r.AccessToken, revokeLabel{role}); err != nil {
+	err = client.Revoke(ctx, creds, r.AccessToken, revokeLabel{role})
+	if ce, ok := connect.AsError(err); ok && ce.CredentialsRejected() {
+		if cur := e.config; cur.configured() && e.client != nil && cur.CredentialsID != r.CredentialsID &&
+			cur.ClientID == creds.ClientID && cur.BaseURL == baseURL && e.client.BaseURL() == baseURL {
+			// Only the secret was rotated: the application is the same,
+			// and Instacart may have disabled the old secret, so its
+			// current one revokes the tokens the old one minted.
+			err = e.client.Revoke(ctx, connect.Credentials{ClientID: cur.ClientID, ClientSecret: cur.ClientSecret}, r.AccessToken, revokeLabel{role})
+		}
+	}
+	if err != nil {
 		ce, ok := connect.AsError(err)
 		if !ok {
 			return false, fmt.Errorf("revoking the token at Connect: %w", err)

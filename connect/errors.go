@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"syscall"
 )
 
 // Instacart's OAuth error codes (Instacart's Connect docs, "Errors").
@@ -130,6 +131,25 @@ func (e *Error) Timeout() bool {
 	}
 	var ne net.Error
 	return errors.As(e.Err, &ne) && ne.Timeout()
+}
+
+// Unreachable reports whether the call's last attempt could not reach the
+// host at all because of where it was sent, not because Connect was
+// briefly down: the host name does not resolve (DNS "no such host"), or
+// nothing accepts connections there (connection refused). Both point at the
+// base URL more than at Connect. why says which, in words fit for an error.
+func (e *Error) Unreachable() (why string, ok bool) {
+	if e == nil || e.StatusCode != 0 || e.Err == nil {
+		return "", false
+	}
+	var dns *net.DNSError
+	if errors.As(e.Err, &dns) && dns.IsNotFound {
+		return fmt.Sprintf("no such host %q", dns.Name), true
+	}
+	if errors.Is(e.Err, syscall.ECONNREFUSED) {
+		return "connection refused", true
+	}
+	return "", false
 }
 
 // CredentialsRejected reports whether Connect refused the application's

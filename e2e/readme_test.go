@@ -44,6 +44,9 @@ func TestREADMECommands(t *testing.T) {
 		"/etc/prometheus/vault-token", filepath.Join(dir, "vault-token"),
 		"/etc/app/vault-token", filepath.Join(dir, "app-token"),
 		"$HOME/.vault-header", filepath.Join(dir, "vault-header"),
+		// make dev's fake, as it prints it.
+		"<fake URL make dev printed>", f.URL,
+		"-client-id demo-client", "-client-id "+fakeClient,
 	)
 
 	blocks := readmeBlocks(t)
@@ -120,7 +123,7 @@ func (sh *readmeShell) run(t testing.TB, block string) (stdout, stderr string, e
 	cmd := exec.Command("bash", "-euo", "pipefail", "-c", sh.repl.Replace(block))
 	cmd.Dir = repoRoot
 	cmd.Env = makeEnv("MAKEFLAGS=BIN="+sh.build, "VAULT_ADDR="+sh.v.Addr, "VAULT_TOKEN="+sh.v.Token,
-		"VAULT_FORMAT=", "PATH="+filepath.Dir(vaultBin)+":"+os.Getenv("PATH"))
+		"VAULT_FORMAT=", "PATH="+filepath.Dir(vaultBin)+":"+filepath.Dir(fakeBin)+":"+os.Getenv("PATH"))
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err = cmd.Run()

@@ -79,6 +79,9 @@ else
   say "listening on $base_url (client id $client_id; its secret is in a 0600 temp file)"
 fi
 
+# The README's examples use these names: following it against make dev works.
+redirect_uri=https://shop.example.com/instacart/callback
+
 # --- Vault ------------------------------------------------------------------
 step "Starting a dev Vault with plugin_directory=.bin/plugins"
 port="$(free_port)"
@@ -107,10 +110,10 @@ vault read instacart/config | sed 's/^/    /'
 
 step "Creating one role per grant"
 vault write instacart/roles/fulfillment grant_type=client_credentials scopes=connect:fulfillment | sed 's/^/    /'
-vault write instacart/roles/shopper grant_type=fulfillment_user_assertion \
+vault write instacart/roles/shoppers grant_type=fulfillment_user_assertion \
   scopes=connect:recommendations allowed_user_ids='store-*' | sed 's/^/    /'
 vault write instacart/roles/linking grant_type=authorization_code scopes=account_linking \
-  redirect_uri=https://retailer.example/instacart/callback | sed 's/^/    /'
+  redirect_uri="$redirect_uri" | sed 's/^/    /'
 vault list instacart/roles | sed 's/^/    /'
 
 # issue OUT CMD...: runs a vault command with -format=json into OUT and
@@ -138,14 +141,14 @@ lease="$(json_field "$work/cc.json" lease_id)"
 say "vault lease lookup:"
 vault lease lookup "$lease" | sed 's/^/      /'
 
-step "fulfillment_user_assertion: vault write instacart/creds/shopper user_id=store-42"
-issue "$work/shopper.json" vault write instacart/creds/shopper user_id=store-42
+step "fulfillment_user_assertion: vault write instacart/creds/shoppers user_id=store-42"
+issue "$work/shopper.json" vault write instacart/creds/shoppers user_id=store-42
 check "$work/shopper.json"
 
 if $fake; then
   step "authorization_code: exchange a single-use code from Instacart's linking flow"
   code="$(connect-fake authorize -base-url "$base_url" -client-id "$client_id" \
-    -redirect-uri https://retailer.example/instacart/callback -user-id store-42)"
+    -redirect-uri "$redirect_uri" -user-id store-42)"
   issue "$work/link.json" vault write instacart/creds/linking code="$code"
   check "$work/link.json"
 
@@ -160,18 +163,38 @@ fi
 if [[ "$mode" == dev ]]; then
   step "Vault is running. In another shell:"
   cat <<EOT
-    export PATH="$bin:\$PATH"     # the vault binary built here
+    export PATH="$bin:\$PATH"     # vault and connect-fake, built here
     export VAULT_ADDR=$VAULT_ADDR
     export VAULT_TOKEN=$VAULT_TOKEN   # dev root token of this throwaway server
 
     vault read instacart/config
     vault read instacart/creds/fulfillment
-    vault write instacart/creds/shopper user_id=store-7
+    vault write instacart/creds/shoppers user_id=store-7
     vault path-help instacart/creds/fulfillment
     vault lease revoke -prefix instacart/creds/
+EOT
+  if $fake; then
+    cat <<EOT
 
-  Connect: $base_url   Vault log: $work/vault.log
-  Press Ctrl-C to stop.
+    # an authorization code, as Instacart's linking flow would hand one over (single-use):
+    vault write instacart/creds/linking code="\$(connect-fake authorize -base-url $base_url \\
+        -client-id $client_id -redirect-uri $redirect_uri -user-id store-42)"
+
+  Roles: fulfillment, shoppers, linking (as in the README).
+  Connect fake: $base_url, client id $client_id
+  The fake's client secret: $secret_file (0600; never printed)
+EOT
+  else
+    cat <<EOT
+
+  Roles: fulfillment, shoppers, linking (as in the README).
+  Connect: $base_url; the client secret, copied from INSTACART_CLIENT_SECRET: $secret_file (0600)
+EOT
+  fi
+  cat <<EOT
+  Vault log: $work/vault.log
+  To stop: press Ctrl-C here (or kill $$). Vault and the fake stop, and $work,
+  with the secret file and logs in it, is removed.
 EOT
   wait "${pids[@]}"
   exit 0

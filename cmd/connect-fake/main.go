@@ -37,6 +37,7 @@ func main() {
 	latency := flag.Duration("latency", 0, "added delay per token request")
 	addrFile := flag.String("addr-file", "", "write the base URL to this file once listening")
 	secretFile := flag.String("secret-file", "", "read the client secret from this file (created with a random secret if missing)")
+	flag.Usage = usage
 	flag.Parse()
 
 	secret, err := loadSecret(*secretFile)
@@ -63,6 +64,26 @@ func main() {
 	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 	<-sig
 	fake.Close()
+}
+
+// usage is -h: the server's flags and the two helper commands.
+func usage() {
+	out := flag.CommandLine.Output()
+	fmt.Fprint(out, `Usage:
+  connect-fake [flags]
+      run the Instacart Connect fake on loopback until interrupted
+  connect-fake authorize -base-url URL [-client-id ID] -redirect-uri URI -user-id USER
+      ask a running fake for a single-use authorization code, as Instacart's
+      account-linking flow hands one to the retailer, and print it; use it with
+      vault write instacart/creds/<authorization_code role> code=...
+      (-redirect-uri must be the role's redirect_uri)
+  connect-fake check-token -base-url URL < token
+      call POST /v2/fulfillment/users with the token read from stdin and print
+      the status (exit 0 for 200, 1 otherwise)
+
+Flags:
+`)
+	flag.PrintDefaults()
 }
 
 // checkToken calls POST /v2/fulfillment/users with the bearer token read from
