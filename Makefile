@@ -9,6 +9,7 @@ LDFLAGS     := -s -w -X $(MODULE)/version.version=$(VERSION)
 BIN         := .bin
 PLUGIN_DIR  := $(BIN)/plugins
 FUZZTIME    ?= 5s
+SEEDS       ?= 2000
 DIST        ?= dist
 # Go modules of their own (the root's ./... does not enter them): linted, and
 # unit-tested where they have tests, with the root module.
@@ -19,7 +20,7 @@ NODE_OK      = $(shell node -e 'process.exit(parseInt(process.versions.node) >= 
 NODE_NOTE   := NOTE: Node >= 18 and npm not found: the node-vault example test (e2e TestClientNodeVault, examples/app-node) was skipped
 
 .DEFAULT_GOAL := build
-.PHONY: build plugin fake vault test test-unit test-fuzz test-e2e test-bench-smoke demo dev fmt fmtcheck vet tidycheck lint fuzz release bench clean
+.PHONY: build plugin fake vault test test-unit test-fuzz test-e2e test-bench-smoke explore demo dev fmt fmtcheck vet tidycheck lint fuzz release bench clean
 
 ## build: the plugin (into .bin/plugins) and the Connect fake (into .bin)
 build: plugin fake
@@ -43,6 +44,11 @@ test: lint test-unit test-fuzz test-e2e test-bench-smoke
 test-unit:
 	$(GO) test -race -count=1 ./...
 	cd tokensource && $(GO) test -race -count=1 ./...
+
+## explore: the schedule explorer on more seeds than test-unit runs (make explore SEEDS=10000);
+## a failing seed replays with EXPLORE_SEED=<n> go test -race -run '^TestLifecycleExplorer$$' -v .
+explore:
+	EXPLORE_SEEDS=$(SEEDS) $(GO) test -race -run '^TestLifecycleExplorer$$' -count=1 -timeout 0 .
 
 test-fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzRoleWrite$$' -fuzztime $(FUZZTIME) .

@@ -102,7 +102,9 @@ type invariants struct {
 	order       []*tokenRec
 	codeHandled map[string]*wireCall
 	codeLost    map[string]*wireCall
-	codeNames   map[string]string
+	codeNames   map[string]string // alias -> "C1"
+	realOf      map[string]string // alias -> the fake's token or code
+	aliasOf     map[string]string // the fake's token -> alias
 	secretFor   map[string]secretRef
 	failures    []failure
 	lostFaults  int
@@ -116,7 +118,7 @@ type invariants struct {
 func newInvariants(w *world) *invariants {
 	return &invariants{
 		w: w, tokens: map[string]*tokenRec{}, codeHandled: map[string]*wireCall{}, codeLost: map[string]*wireCall{},
-		codeNames: map[string]string{}, secretFor: map[string]secretRef{},
+		codeNames: map[string]string{}, realOf: map[string]string{}, aliasOf: map[string]string{}, secretFor: map[string]secretRef{},
 		handed: map[string]map[string]bool{}, flushed: map[string]mark{}, retire: map[string]mark{},
 	}
 }
@@ -158,15 +160,54 @@ func opName(o *opRun) string {
 	return o.name + " (" + o.desc + ")"
 }
 
-func (inv *invariants) nameCode(code string) string {
+// newCode gives the fake's code an alias for the engine, and a name.
+func (inv *invariants) newCode(real string) (alias, name string) {
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
-	n, ok := inv.codeNames[code]
-	if !ok {
-		n = "C" + itoa(len(inv.codeNames)+1)
-		inv.codeNames[code] = n
+	n := len(inv.codeNames) + 1
+	alias = fmt.Sprintf("xcode%027d", n)
+	name = "C" + itoa(n)
+	inv.codeNames[alias] = name
+	inv.realOf[alias] = real
+	return alias, name
+}
+
+// aliasToken names a token the fake minted as the engine will see it: a
+// deterministic string of a token's shape.
+func (inv *invariants) aliasToken(real string) string {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	if a, ok := inv.aliasOf[real]; ok {
+		return a
 	}
-	return n
+	a := fmt.Sprintf("xtok%039d", len(inv.aliasOf)+1)
+	inv.aliasOf[real] = a
+	inv.realOf[a] = real
+	return a
+}
+
+// unalias puts the fake's own token or code back into a request body.
+func (inv *invariants) unalias(body []byte) []byte {
+	var m map[string]any
+	if json.Unmarshal(body, &m) != nil {
+		return body
+	}
+	inv.mu.Lock()
+	changed := false
+	for _, k := range []string{"code", "token"} {
+		if v, _ := m[k].(string); v != "" {
+			if real, ok := inv.realOf[v]; ok {
+				m[k] = real
+				changed = true
+			}
+		}
+	}
+	inv.mu.Unlock()
+	if !changed {
+		return body
+	}
+	b, _ := json.Marshal(m)
+	return b
 }
 
 func (inv *invariants) writeSecret(secret, host, clientID string) {
@@ -404,7 +445,6 @@ func (inv *invariants) allSharedSnapshot() map[string]bool {
 	return out
 }
 
-//
 // A flush Vault cancelled (its deadline passed or its client left) and that
 // answered with that cancellation may have stopped anywhere: it binds only
 // the tokens it did move to the revocation queue.
@@ -520,7 +560,7 @@ func (inv *invariants) i6Probe(o *opRun) *i6Probe {
 	if t == nil || !t.belongsTo(cfg.CredentialsID, r.hash) || !t.leasable(now) {
 		return &i6Probe{}
 	}
-	return &i6Probe{leasable: true, what: fmt.Sprintf("%s, %s of life left", inv.tokenName(t.AccessToken), t.ExpiresAt.Sub(now))}
+	return &i6Probe{leasable: true, what: fmt.Sprintf("%s, %s of life left", inv.tokenName(t.AccessToken), t.ExpiresAt.Sub(now).Round(time.Second))}
 }
 
 // checkI6a: a shared read of R fails only if R has no still-leasable token
@@ -693,7 +733,10 @@ func (inv *invariants) checkI2() {
 			continue
 		}
 		h := w.hostByName(rec.call.host)
-		info, ok := h.fake.Token(rec.tok)
+		inv.mu.Lock()
+		real := inv.realOf[rec.tok]
+		inv.mu.Unlock()
+		info, ok := h.fake.Token(real)
 		if !ok {
 			inv.fail("I2[bookkeeping]", "%s was delivered by host %s, which does not know it", rec.name(), h.name)
 			continue
@@ -712,7 +755,7 @@ func (inv *invariants) checkI2() {
 		inv.mu.Unlock()
 		tag, why := inv.cause(rec)
 		inv.fail("I2["+tag+"]", "orphan %s: live at host %s for another %s, held by no live lease, not in storage, not revoked. Cause: %s. Story: %s",
-			rec.name(), h.name, info.ExpiresAt.Sub(now), why, story)
+			rec.name(), h.name, info.ExpiresAt.Sub(now).Round(time.Second), why, story)
 	}
 	if lost != lostFaults {
 		inv.fail("I2[bookkeeping]", "%d tokens never reached the engine, but %d timeouts after handling were injected", lost, lostFaults)
@@ -786,4 +829,3 @@ func (inv *invariants) lostSummary() string {
 	}
 	return strings.Join(names, ", ")
 }
-

@@ -46,11 +46,11 @@ type verdict struct {
 
 // parkedCall is one storage or Connect call waiting for the scheduler.
 type parkedCall struct {
-	who     string // "op12", or "bg@g2" for the backend's own background work
-	op      *opRun // nil for background work
-	kind    string // "storage" or "connect"
-	host    string // Connect calls: the host name ("A" or "B")
-	label   string // stable: who, kind and a detail with random parts masked
+	who   string // "op12", or "bg@g2" for the backend's own background work
+	op    *opRun // nil for background work
+	kind  string // "storage" or "connect"
+	host  string // Connect calls: the host name ("A" or "B")
+	label string // stable: who, kind and a detail with random parts masked
 	// deadline is when a Connect attempt times out (request_timeout on the
 	// fake clock); zero for storage calls.
 	deadline time.Time
@@ -153,12 +153,12 @@ func (s *scheduler) close() {
 // finishes or blocks. The scheduler cannot join goroutines the backend starts
 // itself, so it detects the quiet state instead of waiting for it:
 //   - no scheduler event (park, release, op start or end) for quietYields
-//     calls of runtime.Gosched, and
-//   - no goroutine of the process is running or runnable (from a full
-//     goroutine dump; blocked states such as "chan receive", "select",
-//     "semacquire" or "sync.Mutex.Lock" count as quiet),
-//
-// both seen twice in a row. A real-time cap bounds the wait; hitting it is
+//     calls of runtime.Gosched, then
+//   - no goroutine of the world (the backend, its libraries, net/http) is
+//     running or runnable in a full goroutine dump (blocked states such as
+//     "chan receive", "select", "semacquire" or "sync.Mutex.Lock" count as
+//     quiet), then
+//   - another quiet period without any event. A real-time cap bounds the wait; hitting it is
 // counted as a stall (a goroutine spinning, or a timer the engine waits on in
 // real time), never treated as an error by itself. No time.Sleep anywhere.
 const (
@@ -169,20 +169,23 @@ const (
 func (s *scheduler) settle() {
 	start := time.Now()
 	last := s.events.Load()
-	quiet, confirmations := 0, 0
+	quiet, idle := 0, false
 	for {
 		runtime.Gosched()
 		if e := s.events.Load(); e != last {
-			last, quiet, confirmations = e, 0, 0
+			last, quiet, idle = e, 0, false
 			continue
 		}
-		quiet++
-		if quiet >= quietYields {
+		if quiet++; quiet >= quietYields {
 			quiet = 0
-			if s.othersBusy() {
-				confirmations = 0
-			} else if confirmations++; confirmations >= 2 {
+			switch {
+			case idle:
+				// A whole quiet period after the dump found nothing
+				// running: a timer that was due (a retry's backoff) has
+				// had its chance to fire.
 				return
+			case !s.othersBusy():
+				idle = true
 			}
 		}
 		if time.Since(start) > settleCap {
@@ -191,8 +194,6 @@ func (s *scheduler) settle() {
 		}
 	}
 }
-
-var goroutineHeader = regexp.MustCompile(`(?m)^goroutine \d+ \[([^\]]*)\]:`)
 
 // othersBusy reports whether any goroutine but the caller is running or
 // runnable (or otherwise about to run without anyone's help).
@@ -206,20 +207,43 @@ func (s *scheduler) othersBusy() bool {
 		s.stackBuf = make([]byte, 2*len(s.stackBuf))
 	}
 	dump := s.stackBuf[:n]
-	// The first goroutine in the dump is the caller.
-	if i := bytes.Index(dump, []byte("\n\n")); i >= 0 {
-		dump = dump[i:]
-	} else {
-		return false
-	}
-	for _, m := range goroutineHeader.FindAllSubmatch(dump, -1) {
-		state := string(m[1])
-		if i := strings.IndexByte(state, ','); i >= 0 {
-			state = state[:i]
+	// The first goroutine in the dump is the caller. Each other one begins
+	// "\n\ngoroutine N [state, …]:".
+	// Only goroutines in the world's code count (the backend, its
+	// libraries, the transport, net/http's): a profiler's or another
+	// test's goroutine does not hold the world back.
+	marker := []byte("\n\ngoroutine ")
+	for {
+		i := bytes.Index(dump, marker)
+		if i < 0 {
+			return false
 		}
-		switch {
-		case state == "running", state == "runnable", state == "syscall", state == "preempted",
-			state == "copystack", strings.HasPrefix(state, "GC"):
+		dump = dump[i+len(marker):]
+		open, end := bytes.IndexByte(dump, '['), bytes.IndexByte(dump, ']')
+		if open < 0 || end < open {
+			return false
+		}
+		state := dump[open+1 : end]
+		if j := bytes.IndexByte(state, ','); j >= 0 {
+			state = state[:j]
+		}
+		block := dump
+		if k := bytes.Index(dump, marker); k >= 0 {
+			block = dump[:k]
+		}
+		switch st := string(state); {
+		case st == "running", st == "runnable", st == "syscall", st == "preempted",
+			st == "copystack", strings.HasPrefix(st, "GC"):
+			if worldGoroutine(block) {
+				return true
+			}
+		}
+	}
+}
+
+func worldGoroutine(stack []byte) bool {
+	for _, p := range [][]byte{[]byte("vault-plugin-secrets-instacart"), []byte("hashicorp/"), []byte("golang.org/x/sync"), []byte("net/http")} {
+		if bytes.Contains(stack, p) {
 			return true
 		}
 	}

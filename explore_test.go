@@ -48,8 +48,10 @@ import (
 )
 
 const (
-	defaultExploreSeeds = 150
+	defaultExploreSeeds = 250
 	defaultExploreSteps = 60
+	// maxTraceLines bounds the trace printed per failing invariant class.
+	maxTraceLines = 250
 )
 
 type seedResult struct {
@@ -152,8 +154,13 @@ func TestLifecycleExplorer(t *testing.T) {
 	if !replay {
 		for _, n := range names {
 			b := failing[n]
-			t.Errorf("%s first failed in seed %d (replay: EXPLORE_SEED=%d go test -race -run '^TestLifecycleExplorer$' -v .): %s\ntrace of seed %d:\n%s",
-				n, b.first.seed, b.first.seed, b.msg, b.first.seed, strings.Join(b.first.trace, "\n"))
+			trace, cut := b.first.trace, ""
+			if len(trace) > maxTraceLines {
+				cut = fmt.Sprintf("(the first %d lines are left out; the replay prints them all)\n", len(trace)-maxTraceLines)
+				trace = trace[len(trace)-maxTraceLines:]
+			}
+			t.Errorf("%s first failed in seed %d (replay: EXPLORE_SEED=%d go test -race -run '^TestLifecycleExplorer$' -v .): %s\ntrace of seed %d:\n%s%s",
+				n, b.first.seed, b.first.seed, b.msg, b.first.seed, cut, strings.Join(trace, "\n"))
 		}
 	}
 }
@@ -238,7 +245,7 @@ func (w *world) setup() {
 	secret := w.newSecret(h)
 	h.addSecret(secret)
 	w.inv.writeSecret(secret, h.name, h.clientID)
-	o := &opRun{name: "setup", desc: "set-up", b: w.b, gen: w.gen}
+	o := &opRun{name: "setup", desc: "set-up", b: w.b, gen: w.gen, store: w.storage(w.gen)}
 	o.ctx = withOp(t0ctx(), o)
 	mustOK := func(op logical.Operation, path string, data map[string]any) {
 		resp, err := w.request(o, op, path, data)

@@ -41,8 +41,8 @@ type fakeClock struct{ nanos atomic.Int64 }
 
 var exploreEpoch = time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 
-func (c *fakeClock) now() time.Time           { return time.Unix(0, c.nanos.Load()).UTC() }
-func (c *fakeClock) set(t time.Time)          { c.nanos.Store(t.UnixNano()) }
+func (c *fakeClock) now() time.Time  { return time.Unix(0, c.nanos.Load()).UTC() }
+func (c *fakeClock) set(t time.Time) { c.nanos.Store(t.UnixNano()) }
 
 // host is one Connect host: a connectfake.Server reached only through its
 // Handler (its listener is never used), and the secrets written for its one
@@ -177,7 +177,9 @@ func (a fakeAddr) String() string  { return string(a) }
 // lostAnswerError: Connect handled the request, the answer never came back.
 type lostAnswerError struct{}
 
-func (lostAnswerError) Error() string   { return "explore: no answer (timed out after Connect handled the request)" }
+func (lostAnswerError) Error() string {
+	return "explore: no answer (timed out after Connect handled the request)"
+}
 func (lostAnswerError) Timeout() bool   { return true }
 func (lostAnswerError) Temporary() bool { return true }
 
@@ -239,14 +241,23 @@ func (t *connectTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	case faultInvalidClient:
 		return answer(req, http.StatusUnauthorized, nil, `{"error":"invalid_client","error_description":"Client authentication failed."}`), nil
 	}
-	rr := h.handle(w.clock.now(), req.URL.Path, req.Header.Get("Content-Type"), body, p)
+	// The engine sees aliases of the fake's random tokens and codes (so
+	// storage keys derived from them, and the order the engine walks them
+	// in, replay); the fake gets its own back.
+	fakeBody := w.inv.unalias(body)
+	rr := h.handle(w.clock.now(), req.URL.Path, req.Header.Get("Content-Type"), fakeBody, p)
+	respBody := rr.Body.String()
 	tok := ""
 	if endpoint == "token" && rr.Code == http.StatusOK {
-		var v struct {
-			AccessToken string `json:"access_token"`
+		var m map[string]any
+		if json.Unmarshal(rr.Body.Bytes(), &m) == nil {
+			if real, _ := m["access_token"].(string); real != "" {
+				tok = w.inv.aliasToken(real)
+				m["access_token"] = tok
+				b, _ := json.Marshal(m)
+				respBody = string(b)
+			}
 		}
-		_ = json.Unmarshal(rr.Body.Bytes(), &v)
-		tok = v.AccessToken
 	}
 	w.inv.handled(call, rr.Code, tok)
 	switch {
@@ -255,7 +266,7 @@ func (t *connectTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	case v.fault == faultGarbage200 && tok != "":
 		return answer(req, http.StatusOK, nil, fmt.Sprintf(`{"access_token":%q,"token_type":"Bearer","expires_in":"garbage"}`, tok)), nil
 	}
-	return answer(req, rr.Code, rr.Header(), rr.Body.String()), nil
+	return answer(req, rr.Code, rr.Header(), respBody), nil
 }
 
 func answer(req *http.Request, status int, header http.Header, body string) *http.Response {
@@ -296,7 +307,7 @@ type opKind int
 const (
 	opReadShared opKind = iota
 	opReadUser
-	opUserBurst // shoppers arriving at once: reads for several users in one decision
+	opUserBurst      // shoppers arriving at once: reads for several users in one decision
 	opNoisyNeighbour // a burst of per-user reads, then a read of a quiet shared role, in one decision (I6a)
 	opReadExclusive
 	opReadCode
@@ -356,6 +367,7 @@ type opRun struct {
 	code   string
 	b      *backend
 	gen    int
+	store  *parkingStorage // the storage Vault hands the backend of generation gen
 	ctx    context.Context
 	cancel context.CancelFunc
 
@@ -496,8 +508,8 @@ type world struct {
 	// calm seeds (one in three) have few faults, rare churn of config and
 	// roles and hosts that rarely go down: long chains of ordinary traffic
 	// (a refresh, a queue of mints) get to play out.
-	calm bool
-	verbose   bool
+	calm    bool
+	verbose bool
 
 	sched *scheduler
 	clock *fakeClock
@@ -735,7 +747,7 @@ func (w *world) storageHolds(tok string) bool {
 // request sends one request to the op's backend as Vault would: create or
 // update chosen by the path's existence check.
 func (w *world) request(o *opRun, op logical.Operation, path string, data map[string]any) (*logical.Response, error) {
-	req := &logical.Request{Operation: op, Path: path, Data: data, Storage: w.storage(o.gen)}
+	req := &logical.Request{Operation: op, Path: path, Data: data, Storage: o.store}
 	if op == logical.CreateOperation || op == logical.UpdateOperation {
 		if ok, exists, err := o.b.HandleExistenceCheck(o.ctx, req); err == nil && ok {
 			req.Operation = logical.UpdateOperation
@@ -758,6 +770,7 @@ func (w *world) startOp(o *opRun, fn func(o *opRun)) {
 	if o.b == nil {
 		o.b, o.gen = w.b, w.gen
 	}
+	o.store = w.storage(o.gen)
 	ctx, cancel := context.WithCancel(context.Background())
 	o.ctx, o.cancel = withOp(ctx, o), cancel
 	w.inflight = append(w.inflight, o)
@@ -770,6 +783,10 @@ func (w *world) startOp(o *opRun, fn func(o *opRun)) {
 		}()
 		fn(o)
 	}()
+	// Run it until it parks, blocks or ends before anything else happens:
+	// operations started in one decision (a burst, the drain) would
+	// otherwise race each other to the locks and semaphores they share.
+	w.sched.settle()
 }
 
 // ---------------------------------------------------------------- choosing
@@ -1129,6 +1146,7 @@ func (w *world) afterClockMove() {
 			o.deadlineHit = true
 			w.logf("deadline of %s passes (request cancelled)", o.name)
 			o.cancel()
+			w.sched.settle()
 		}
 	}
 	for _, l := range w.leases {
@@ -1189,8 +1207,8 @@ func (w *world) startKind(k opKind) {
 				h, clientID = hh, cfg.ClientID
 			}
 		}
-		code := h.fake.IssueAuthorizationCode(clientID, exploreRedirect, "linked-user")
-		w.startCreds(&opRun{kind: k, role: roleLink, code: code, desc: "write creds/link code=<code " + w.inv.nameCode(code) + " from " + h.name + ">"})
+		code, name := w.inv.newCode(h.fake.IssueAuthorizationCode(clientID, exploreRedirect, "linked-user"))
+		w.startCreds(&opRun{kind: k, role: roleLink, code: code, desc: "write creds/link code=<code " + name + " from " + h.name + ">"})
 	case opRevokeLease:
 		l := pick(w, w.liveLeases())
 		l.revoking = true
@@ -1202,7 +1220,7 @@ func (w *world) startKind(k opKind) {
 		w.startOp(o, func(o *opRun) {
 			s := *l.secret
 			s.IssueTime, s.Increment, s.LeaseID = l.issue, inc, l.id
-			resp, err := o.b.HandleRequest(o.ctx, &logical.Request{Operation: logical.RenewOperation, Secret: &s, Storage: w.storage(o.gen)})
+			resp, err := o.b.HandleRequest(o.ctx, &logical.Request{Operation: logical.RenewOperation, Secret: &s, Storage: o.store})
 			o.answers = append(o.answers, opAnswer{resp, err})
 		})
 	case opFlush:
@@ -1339,7 +1357,7 @@ func (w *world) startRollback(o *opRun, immediate bool) {
 		if immediate {
 			data["immediate"] = true
 		}
-		resp, err := o.b.HandleRequest(o.ctx, &logical.Request{Operation: logical.RollbackOperation, Data: data, Storage: w.storage(o.gen)})
+		resp, err := o.b.HandleRequest(o.ctx, &logical.Request{Operation: logical.RollbackOperation, Data: data, Storage: o.store})
 		o.answers = append(o.answers, opAnswer{resp, err})
 	})
 }
@@ -1376,7 +1394,7 @@ func (w *world) startRevoke(o *opRun) {
 	w.startOp(o, func(o *opRun) {
 		s := *l.secret
 		s.IssueTime, s.LeaseID = l.issue, l.id
-		resp, err := o.b.HandleRequest(o.ctx, &logical.Request{Operation: logical.RevokeOperation, Secret: &s, Storage: w.storage(o.gen)})
+		resp, err := o.b.HandleRequest(o.ctx, &logical.Request{Operation: logical.RevokeOperation, Secret: &s, Storage: o.store})
 		o.answers = append(o.answers, opAnswer{resp, err})
 	})
 }
