@@ -158,9 +158,12 @@ func (s *scheduler) close() {
 //     running or runnable in a full goroutine dump (blocked states such as
 //     "chan receive", "select", "semacquire" or "sync.Mutex.Lock" count as
 //     quiet), then
-//   - another quiet period without any event. A real-time cap bounds the wait; hitting it is
-// counted as a stall (a goroutine spinning, or a timer the engine waits on in
-// real time), never treated as an error by itself. No time.Sleep anywhere.
+//   - another quiet period without any event (a timer that was due, such
+//     as a retry's backoff of a nanosecond, has fired by then).
+//
+// A real-time cap bounds the wait; hitting it is counted as a stall (a
+// goroutine spinning, or a timer the engine waits on in real time), never
+// treated as an error by itself. No time.Sleep anywhere.
 const (
 	quietYields = 24
 	settleCap   = 3 * time.Second
