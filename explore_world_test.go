@@ -11,7 +11,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -316,6 +315,7 @@ const (
 	opFlush
 	opConfigRotate
 	opConfigMove
+	opRotateDuringMint // a rotation or move while a shared read's mint is at Connect, then a read with the new credentials
 	opConfigDelete
 	opConfigCreate
 	opRoleEdit
@@ -344,6 +344,7 @@ var opWeights = [numOpKinds]int{
 	opFlush:            5,
 	opConfigRotate:     2,
 	opConfigMove:       2,
+	opRotateDuringMint: 3,
 	opConfigDelete:     1,
 	opConfigCreate:     6,
 	opRoleEdit:         2,
@@ -508,8 +509,7 @@ type world struct {
 	// calm seeds (one in three) have few faults, rare churn of config and
 	// roles and hosts that rarely go down: long chains of ordinary traffic
 	// (a refresh, a queue of mints) get to play out.
-	calm    bool
-	verbose bool
+	calm bool
 
 	sched *scheduler
 	clock *fakeClock
@@ -534,7 +534,6 @@ type world struct {
 	configOps int // config ops in flight (they are serialised)
 	roleBusy  map[string]bool
 	usedScope map[string]map[string]bool // role -> scope sets its incarnation had
-	restarts  []int                      // steps at which a restart began
 	genTick   map[int]int                // generation -> tick it was created at
 	tick      int
 	hostFlips []hostFlip
@@ -551,7 +550,7 @@ type hostFlip struct {
 }
 
 const (
-	maxInflight   = 4
+	maxInflight   = 4                // operations in flight before the scheduler starts another (a burst may exceed it)
 	opDeadline    = 90 * time.Second // Vault's default max_request_duration
 	vaultRetryAge = 60 * time.Second // the Vault API client's timeout: no retry of an answer later than this
 	tokenLifetime = 2 * time.Hour
@@ -580,7 +579,7 @@ func newWorld(seed uint64, steps int) *world {
 	}
 	w.clock.nanos.Store(exploreEpoch.UnixNano())
 	w.inv = newInvariants(w)
-	for i, spec := range []struct{ name, base, id string }{
+	for _, spec := range []struct{ name, base, id string }{
 		{"A", "http://127.0.0.1:18001", clientIDHostA},
 		{"B", "http://127.0.0.2:18002", clientIDHostB},
 	} {
@@ -588,7 +587,6 @@ func newWorld(seed uint64, steps int) *world {
 		fake.SetTokenLifetime(tokenLifetime)
 		h := &host{name: spec.name, baseURL: spec.base, hostport: strings.TrimPrefix(spec.base, "http://"), clientID: spec.id,
 			fake: fake, handler: fake.Handler(), secrets: map[string]bool{}}
-		_ = i
 		w.hosts = append(w.hosts, h)
 	}
 	return w
@@ -895,7 +893,7 @@ func (w *world) startSomething() {
 		wt := opWeights[k]
 		if w.calm {
 			switch k {
-			case opConfigRotate, opConfigMove, opConfigDelete, opRoleEdit, opRoleDelete, opRestart:
+			case opConfigRotate, opConfigMove, opConfigDelete, opRoleEdit, opRoleDelete, opRestart, opRotateDuringMint:
 				wt = 0
 			}
 		}
@@ -955,6 +953,8 @@ func (w *world) applies(k opKind) bool {
 		return len(w.liveLeases()) > 0
 	case opConfigRotate, opConfigMove, opConfigDelete:
 		return configured && w.configOps == 0
+	case opRotateDuringMint:
+		return configured && w.configOps == 0 && w.sharedMintAtConnect() != nil
 	case opConfigCreate:
 		return !configured && w.configOps == 0
 	case opRoleEdit, opRoleDelete:
@@ -1231,6 +1231,46 @@ func (w *world) startKind(k opKind) {
 			o.flushSnap[t] = true
 		}
 		w.startSimple(o, logical.DeleteOperation, "cache/"+r, nil)
+	case opRotateDuringMint:
+		// The rotation runs to completion while the read's mint with the
+		// old credentials is still at Connect; then a read of the same
+		// role mints with the new ones. Which mint is stored last is left
+		// to the scheduler.
+		reader := w.sharedMintAtConnect()
+		move := w.rng.IntN(2) == 0
+		kind := opConfigRotate
+		if move {
+			kind = opConfigMove
+		}
+		w.startKind(kind)
+		for range 200 {
+			if w.configOps == 0 {
+				break
+			}
+			var mine []*parkedCall
+			for _, pc := range w.sched.parkedSorted() {
+				if pc.op != nil && (pc.op.kind == opConfigRotate || pc.op.kind == opConfigMove) {
+					mine = append(mine, pc)
+				}
+			}
+			if len(mine) == 0 {
+				w.sched.settle()
+				w.processCompletions()
+				if len(mine) == 0 && w.configOps > 0 {
+					break // blocked behind something else: leave it to the scheduler
+				}
+				continue
+			}
+			w.releaseOne(mine)
+			w.sched.settle()
+			w.processCompletions()
+		}
+		r := reader.role
+		if reader.user != "" {
+			w.startCreds(&opRun{kind: opReadUser, role: r, user: reader.user, desc: "write creds/users user_id=" + reader.user + " (after the rotation)"})
+		} else {
+			w.startCreds(&opRun{kind: opReadShared, role: r, desc: "read creds/" + r + " (after the rotation)"})
+		}
 	case opConfigRotate, opConfigMove, opConfigCreate:
 		cfg := w.rawConfig()
 		h := w.hosts[0]
@@ -1306,11 +1346,20 @@ func (w *world) startKind(k opKind) {
 		w.startRollback(o, false)
 	case opRestart:
 		old, oldGen := w.b, w.gen
-		w.restarts = append(w.restarts, w.step)
 		w.newBackend()
 		o := &opRun{kind: k, b: old, gen: oldGen, desc: fmt.Sprintf("restart: generation %d takes over, generation %d is cleaned up", w.gen, oldGen)}
 		w.startOp(o, func(o *opRun) { o.b.Cleanup(o.ctx) })
 	}
+}
+
+// sharedMintAtConnect is a shared read whose mint is parked at Connect, if any.
+func (w *world) sharedMintAtConnect() *opRun {
+	for _, pc := range w.sched.parkedSorted() {
+		if pc.kind == "connect" && pc.op != nil && (pc.op.kind == opReadShared || pc.op.kind == opReadUser) && strings.Contains(pc.label, " token ") {
+			return pc.op
+		}
+	}
+	return nil
 }
 
 func (w *world) otherHost(h *host) *host {
@@ -1527,8 +1576,6 @@ func (w *world) registerLease(o *opRun, resp *logical.Response, tok string) {
 }
 
 // ---------------------------------------------------------------- errors
-
-var errExploreStuck = errors.New("stuck")
 
 // decodeAssertionUser reads the user id out of a fulfillment_user_assertion.
 func decodeAssertionUser(a string) (string, bool) {
