@@ -31,7 +31,36 @@ package instacart
 //
 // A failing seed prints its failures and, for the first seed failing each
 // invariant, the trace of decisions; replaying the seed repeats them (see
-// explore_sched_test.go for what is and is not deterministic).
+// explore_sched_test.go for what is and is not deterministic). A seed stops
+// at its first failing step. The test is expected to fail while the engine
+// has the defects the invariants describe; nothing here is skipped to make
+// it pass.
+//
+// Time. The clock is frozen between "advance" decisions. Storage calls and
+// refused connections take no time (they are released before the clock
+// moves); a Connect attempt still parked when the config's request_timeout
+// passes on the fake clock times out (handled or not, by the RNG); a request
+// is cancelled when its 90 s deadline passes; leases expire on the fake
+// clock and Vault revokes them. The Vault API client resends a code write
+// that answered 5xx, at most twice, within its 60 s timeout.
+//
+// Scenarios in the mix, beside single operations: a burst of first-time
+// shoppers (per-user reads); a noisy neighbour (a burst, then a read of a
+// quiet shared role whose token is due for refresh, behind it in the mint
+// queue); a rotation or move while a shared read's mint is at Connect,
+// followed by a read with the new credentials; a periodic pass with one
+// host down and the other answering without faults. One seed in three is
+// calm (few faults, no config or role churn).
+//
+// Where an invariant needed an interpretation, the check says so in its
+// comment: what "expired" means for I2 (the engine's own count, from when
+// the minting attempt was sent, and never the last second), which flushes
+// bind I1 (a flush cancelled midway binds the tokens it queued; across a
+// restart, a generation is bound by what completed before it was created),
+// which failures I5 leaves to Vault (a context error answered after the
+// request was cancelled) and which reads I6(a) does not judge (the client
+// left; the role, the config or the backend generation changed meanwhile;
+// Connect refused the credentials themselves).
 
 import (
 	"context"
@@ -48,7 +77,7 @@ import (
 )
 
 const (
-	defaultExploreSeeds = 250
+	defaultExploreSeeds = 400
 	defaultExploreSteps = 60
 	// maxTraceLines bounds the trace printed per failing invariant class.
 	maxTraceLines = 250
