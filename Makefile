@@ -14,6 +14,7 @@ LDFLAGS     := -s -w -X $(MODULE)/version.version=$(VERSION)
 BIN         := .bin
 PLUGIN_DIR  := $(BIN)/plugins
 FUZZTIME    ?= 5s
+SEEDS       ?= 2000
 DIST        ?= dist
 # Go modules of their own (the root's ./... does not enter them): linted, and
 # unit-tested where they have tests, with the root module.
@@ -30,7 +31,7 @@ PROM_OK      = $(shell command -v prometheus >/dev/null && command -v promtool >
 PROM_NOTE   := NOTE: prometheus and promtool not found, and not installable here (Debian: apt-get install prometheus, as root): promtool check/test rules (make test-prometheus) and e2e TestPrometheusScrapesVault and TestPrometheusAlertRules were skipped
 
 .DEFAULT_GOAL := build
-.PHONY: build plugin versioncheck fake vault prometheus test test-unit test-fuzz test-prometheus test-e2e test-bench-smoke demo dev fmt fmtcheck vet tidycheck lint fuzz release bench clean
+.PHONY: build plugin versioncheck fake vault prometheus test test-unit test-fuzz test-prometheus test-e2e test-bench-smoke explore demo dev fmt fmtcheck vet tidycheck lint fuzz release bench clean
 
 ## build: the plugin (into .bin/plugins/vault-plugin-secrets-instacart-$(VERSION), with
 ## its sha256) and the Connect fake (into .bin). make build VERSION=v0.2.0
@@ -64,6 +65,11 @@ test: lint test-unit test-fuzz test-prometheus test-e2e test-bench-smoke
 test-unit:
 	$(GO) test -race -count=1 ./...
 	cd tokensource && $(GO) test -race -count=1 ./...
+
+## explore: the schedule explorer on more seeds than test-unit runs (make explore SEEDS=10000);
+## a failing seed replays with EXPLORE_SEED=<n> go test -race -run '^TestLifecycleExplorer$$' -v .
+explore:
+	EXPLORE_SEEDS=$(SEEDS) $(GO) test -race -run '^TestLifecycleExplorer$$' -count=1 -timeout 0 .
 
 test-fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzRoleWrite$$' -fuzztime $(FUZZTIME) .

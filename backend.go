@@ -82,6 +82,8 @@ type backend struct {
 	onMintQueued func() // tests: called when a mint must wait for a slot
 	onSharedWait func() // tests: called when a reader waits on a shared mint
 
+	connectConfigHook func(*connect.Config) // tests: adjust every Connect client (transport, waits)
+
 	// codeMu serialises claiming authorization codes (code_records.go).
 	codeMu sync.Mutex
 
@@ -277,7 +279,7 @@ func (b *backend) roleLock(name string) *sync.RWMutex {
 // newClient builds a Connect client for cfg's host and credentials, sharing
 // the mount's clock, metrics and 429 throttle.
 func (b *backend) newClient(cfg *connectConfig) (*connect.Client, error) {
-	client, err := connect.New(connect.Config{
+	cc := connect.Config{
 		BaseURL:        cfg.BaseURL,
 		Credentials:    connect.Credentials{ClientID: cfg.ClientID, ClientSecret: cfg.ClientSecret},
 		RequestTimeout: cfg.RequestTimeout,
@@ -286,7 +288,11 @@ func (b *backend) newClient(cfg *connectConfig) (*connect.Client, error) {
 		Observer:       b.metrics,
 		Throttle:       &b.throttle,
 		Logger:         b.Logger().Named("connect"),
-	})
+	}
+	if b.connectConfigHook != nil {
+		b.connectConfigHook(&cc)
+	}
+	client, err := connect.New(cc)
 	if err != nil {
 		return nil, fmt.Errorf("building Connect client: %w", err)
 	}

@@ -47,13 +47,13 @@ type defectGate struct {
 	turnAway  map[string][]int // path -> statuses to answer the next requests with
 	carrying  map[string]int   // code -> token requests carrying it
 	forwarded map[string]int   // code -> of those, how many reached the fake
-	calls     []*parkedCall
-	arrived   chan *parkedCall
+	calls     []*heldRequest
+	arrived   chan *heldRequest
 	minted    []string // access tokens the fake answered through the gate, in order
 }
 
-// parkedCall is one request held at the gate.
-type parkedCall struct {
+// heldRequest is one request held at the gate.
+type heldRequest struct {
 	path    string
 	release chan struct{}
 	once    sync.Once
@@ -62,7 +62,7 @@ type parkedCall struct {
 }
 
 // let lets the call through to the fake.
-func (c *parkedCall) let() { c.once.Do(func() { close(c.release) }) }
+func (c *heldRequest) let() { c.once.Do(func() { close(c.release) }) }
 
 func newDefectGate(t *testing.T, fake *connectfake.Server) *defectGate {
 	t.Helper()
@@ -72,7 +72,7 @@ func newDefectGate(t *testing.T, fake *connectfake.Server) *defectGate {
 		turnAway:  map[string][]int{},
 		carrying:  map[string]int{},
 		forwarded: map[string]int{},
-		arrived:   make(chan *parkedCall, 256),
+		arrived:   make(chan *heldRequest, 256),
 	}
 	srv := httptest.NewServer(http.HandlerFunc(g.serve))
 	g.URL = srv.URL
@@ -105,9 +105,9 @@ func (g *defectGate) serve(w http.ResponseWriter, r *http.Request) {
 	if q := g.turnAway[r.URL.Path]; len(q) > 0 {
 		status, g.turnAway[r.URL.Path] = q[0], q[1:]
 	}
-	var call *parkedCall
+	var call *heldRequest
 	if status == 0 && g.parking[r.URL.Path] {
-		call = &parkedCall{path: r.URL.Path, release: make(chan struct{}), left: make(chan struct{})}
+		call = &heldRequest{path: r.URL.Path, release: make(chan struct{}), left: make(chan struct{})}
 		g.calls = append(g.calls, call)
 	}
 	g.mu.Unlock()
@@ -201,7 +201,7 @@ func (g *defectGate) refuse(path string, statuses ...int) {
 }
 
 // next waits for the next request to be parked.
-func (g *defectGate) next(t *testing.T, what string) *parkedCall {
+func (g *defectGate) next(t *testing.T, what string) *heldRequest {
 	t.Helper()
 	select {
 	case c := <-g.arrived:
@@ -956,7 +956,7 @@ func TestCleanupEndsDetachedWork(t *testing.T) {
 	case <-time.After(hangGuard):
 		t.Fatal("Cleanup never returned")
 	}
-	for _, c := range []*parkedCall{sharedMint, exclMint} {
+	for _, c := range []*heldRequest{sharedMint, exclMint} {
 		select {
 		case <-c.left:
 		case <-time.After(hangGuard):

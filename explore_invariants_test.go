@@ -1,0 +1,821 @@
+package instacart
+
+// The schedule explorer's invariants I1–I6 and the bookkeeping they need
+// (explore_test.go has the overview). Each check says in its failure message
+// which invariant broke, what happened and which operation did it; tokens
+// are named by their order of issue and a short hash, never in full, and
+// secrets never appear.
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+type failure struct {
+	inv   string // "I1" … "I6", "LEAK", "LIVENESS"
+	class string // what kind of failure of inv, for the summary
+	msg   string
+	step  int
+}
+
+func (f failure) key() string {
+	if f.class == "" {
+		return f.inv
+	}
+	return f.inv + " [" + f.class + "]"
+}
+
+// wireCall is one call the transport saw.
+type wireCall struct {
+	seq      int
+	op       *opRun // nil: background work
+	host     string
+	endpoint string // "token" or "revoke"
+	p        wireParams
+	fault    faultKind
+	sent     bool // a connection was made (GotConn)
+	handled  bool // Connect (the fake) processed it
+	token    string
+	// sentAt is the fake time the attempt began (when the engine starts
+	// counting a token's life), handledAt when Connect processed it.
+	sentAt, handledAt time.Time
+}
+
+// removal is how a token left tokens/ storage.
+type removal struct {
+	kind string // "overwritten", "deleted"
+	op   *opRun // nil: background work (tidy, a role's clean-up)
+	by   *tokenRec
+}
+
+// tokenRec is everything the explorer knows of one token Connect minted.
+type tokenRec struct {
+	ord      int
+	tok      string
+	call     *wireCall
+	lost     bool // the answer never reached the engine (timeout after handling)
+	garbage  bool // delivered in a 200 the client cannot parse
+	stored   bool
+	leases   int
+	story    []string
+	removals []removal
+}
+
+func (r *tokenRec) name() string { return fmt.Sprintf("#%d(%s)", r.ord, shortHash(r.tok)) }
+
+func shortHash(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:3])
+}
+
+func shortTok(tok string) string { return "tok:" + shortHash(tok) }
+
+// secretRef is where a secret was written to config for.
+type secretRef struct {
+	host, clientID string
+	order          int
+}
+
+// mark records which operation took a token out of service, and when.
+type mark struct {
+	step, tick int
+	by         *opRun
+	gen        int
+}
+
+type invariants struct {
+	w *world
+
+	mu          sync.Mutex // guards the fields below up to the blank line
+	calls       []*wireCall
+	tokens      map[string]*tokenRec
+	order       []*tokenRec
+	codeHandled map[string]*wireCall
+	codeLost    map[string]*wireCall
+	codeNames   map[string]string // alias -> "C1"
+	realOf      map[string]string // alias -> the fake's token or code
+	aliasOf     map[string]string // the fake's token -> alias
+	secretFor   map[string]secretRef
+	failures    []failure
+	lostFaults  int
+	// staleOverwrites counts stores of a shared token minted with older
+	// credentials over one minted with newer credentials (for the summary).
+	staleOverwrites int
+
+	// Scheduler goroutine only.
+	handed  map[string]map[string]bool // role -> tokens its shared reads handed out
+	flushed map[string]mark            // token -> first flush that took it out of service
+	retire  map[string]mark            // token -> first role edit/delete or config change retiring it
+}
+
+func newInvariants(w *world) *invariants {
+	return &invariants{
+		w: w, tokens: map[string]*tokenRec{}, codeHandled: map[string]*wireCall{}, codeLost: map[string]*wireCall{},
+		codeNames: map[string]string{}, realOf: map[string]string{}, aliasOf: map[string]string{}, secretFor: map[string]secretRef{},
+		handed: map[string]map[string]bool{}, flushed: map[string]mark{}, retire: map[string]mark{},
+	}
+}
+
+// failLocked records a failure; name is the invariant and a class in
+// brackets ("I2[…]"), which the summary groups by.
+func (inv *invariants) failLocked(name, format string, args ...any) {
+	f := failure{inv: name, msg: fmt.Sprintf(format, args...), step: int(inv.w.stepNow.Load())}
+	if i := strings.IndexByte(name, '['); i > 0 {
+		f.inv, f.class = name[:i], strings.TrimSuffix(name[i+1:], "]")
+	}
+	inv.failures = append(inv.failures, f)
+}
+
+func (inv *invariants) fail(name, format string, args ...any) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	inv.failLocked(name, format, args...)
+}
+
+func (inv *invariants) hasFailures() bool {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	return len(inv.failures) > 0
+}
+
+func (inv *invariants) takeFailures() []failure {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	f := inv.failures
+	inv.failures = nil
+	return f
+}
+
+func opName(o *opRun) string {
+	if o == nil {
+		return "background work"
+	}
+	return o.name + " (" + o.desc + ")"
+}
+
+// newCode gives the fake's code an alias for the engine, and a name.
+func (inv *invariants) newCode(real string) (alias, name string) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	n := len(inv.codeNames) + 1
+	alias = fmt.Sprintf("xcode%027d", n)
+	name = "C" + itoa(n)
+	inv.codeNames[alias] = name
+	inv.realOf[alias] = real
+	return alias, name
+}
+
+// aliasToken names a token the fake minted as the engine will see it: a
+// deterministic string of a token's shape.
+func (inv *invariants) aliasToken(real string) string {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	if a, ok := inv.aliasOf[real]; ok {
+		return a
+	}
+	a := fmt.Sprintf("xtok%039d", len(inv.aliasOf)+1)
+	inv.aliasOf[real] = a
+	inv.realOf[a] = real
+	return a
+}
+
+// unalias puts the fake's own token or code back into a request body.
+func (inv *invariants) unalias(body []byte) []byte {
+	var m map[string]any
+	if json.Unmarshal(body, &m) != nil {
+		return body
+	}
+	inv.mu.Lock()
+	changed := false
+	for _, k := range []string{"code", "token"} {
+		if v, _ := m[k].(string); v != "" {
+			if real, ok := inv.realOf[v]; ok {
+				m[k] = real
+				changed = true
+			}
+		}
+	}
+	inv.mu.Unlock()
+	if !changed {
+		return body
+	}
+	b, _ := json.Marshal(m)
+	return b
+}
+
+func (inv *invariants) writeSecret(secret, host, clientID string) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	inv.secretFor[secret] = secretRef{host: host, clientID: clientID, order: len(inv.secretFor) + 1}
+}
+
+// ---------------------------------------------------------------- the wire
+
+// beginCall records a call as the transport takes it. I4: a client secret
+// only ever goes to the host and client id it was written to config with.
+func (inv *invariants) beginCall(o *opRun, host, endpoint string, p wireParams, fault faultKind, sentAt time.Time) *wireCall {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	c := &wireCall{seq: len(inv.calls) + 1, op: o, host: host, endpoint: endpoint, p: p, fault: fault, sentAt: sentAt}
+	inv.calls = append(inv.calls, c)
+	if p.ClientSecret != "" {
+		ref, ok := inv.secretFor[p.ClientSecret]
+		switch {
+		case !ok:
+			inv.failLocked("I4[secret]", "a client secret never written to config was sent to host %s (POST %s by %s)", host, endpoint, opName(o))
+		case ref.host != host || ref.clientID != p.ClientID:
+			inv.failLocked("I4[secret]", "the client secret written for client %q at host %s was sent to host %s as client %q (POST %s by %s)",
+				ref.clientID, ref.host, host, p.ClientID, endpoint, opName(o))
+		}
+	}
+	return c
+}
+
+// sent: the call went out. I2 (codes): a code whose answer was lost is never
+// sent again.
+func (inv *invariants) sent(c *wireCall) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	c.sent = true
+	if c.endpoint == "token" && c.p.Code != "" {
+		if prev := inv.codeLost[c.p.Code]; prev != nil {
+			inv.failLocked("I2[code sent again after a lost answer]", "authorization code %s was sent again by %s after Connect handled it for %s and the answer was lost",
+				inv.codeNameLocked(c.p.Code), opName(c.op), opName(prev.op))
+		}
+	}
+}
+
+func (inv *invariants) codeNameLocked(code string) string {
+	if n, ok := inv.codeNames[code]; ok {
+		return n
+	}
+	return "(a code the explorer did not issue)"
+}
+
+// handled: Connect processed the call. I3: no code is processed twice. A
+// token it minted is registered; if the fault was a timeout after handling,
+// it never reached the engine.
+func (inv *invariants) handled(c *wireCall, status int, tok string) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	c.handled = true
+	c.handledAt = inv.w.clock.now()
+	if c.endpoint == "token" && c.p.Code != "" {
+		if prev := inv.codeHandled[c.p.Code]; prev != nil {
+			inv.failLocked("I3[code twice]", "authorization code %s reached Connect twice: first for %s (call %d, %s), again for %s (call %d)",
+				inv.codeNameLocked(c.p.Code), opName(prev.op), prev.seq, prev.fault, opName(c.op), c.seq)
+		} else {
+			inv.codeHandled[c.p.Code] = c
+		}
+		if c.fault == faultTimeoutAfterHandling {
+			inv.codeLost[c.p.Code] = c
+		}
+	}
+	if tok == "" {
+		return
+	}
+	c.token = tok
+	rec := &tokenRec{ord: len(inv.order) + 1, tok: tok, call: c}
+	inv.tokens[tok] = rec
+	inv.order = append(inv.order, rec)
+	switch c.fault {
+	case faultTimeoutAfterHandling:
+		rec.lost = true
+		inv.lostFaults++
+		rec.story = append(rec.story, fmt.Sprintf("minted at %s for %s; the answer was lost (timeout after handling)", c.host, opName(c.op)))
+	case faultGarbage200:
+		rec.garbage = true
+		rec.story = append(rec.story, fmt.Sprintf("minted at %s for %s; delivered in an unparseable 200", c.host, opName(c.op)))
+	default:
+		rec.story = append(rec.story, fmt.Sprintf("minted at %s for %s", c.host, opName(c.op)))
+	}
+}
+
+// ---------------------------------------------------------------- storage
+
+func (inv *invariants) observePutLocked(o *opRun, key string, prev *logical.StorageEntry, value []byte) {
+	switch {
+	case strings.HasPrefix(key, tokenStoragePrefix):
+		var t issuedToken
+		if json.Unmarshal(value, &t) != nil {
+			return
+		}
+		rec := inv.tokens[t.AccessToken]
+		if rec != nil {
+			rec.stored = true
+			rec.story = append(rec.story, fmt.Sprintf("stored at %s by %s", key, opName(o)))
+		}
+		if prev != nil {
+			var p issuedToken
+			if json.Unmarshal(prev.Value, &p) == nil && p.AccessToken != t.AccessToken {
+				if pr := inv.tokens[p.AccessToken]; pr != nil {
+					if rec != nil && inv.secretFor[rec.call.p.ClientSecret].order < inv.secretFor[pr.call.p.ClientSecret].order {
+						inv.staleOverwrites++ // not a failure by itself: I2 judges what becomes of pr
+					}
+					by := "an unknown token"
+					if rec != nil {
+						by = rec.name()
+					}
+					pr.story = append(pr.story, fmt.Sprintf("overwritten at %s by %s (%s)", key, by, opName(o)))
+					pr.removals = append(pr.removals, removal{kind: "overwritten", op: o, by: rec})
+				}
+			}
+		}
+	case strings.HasPrefix(key, revokingStoragePrefix):
+		var p pendingRevocation
+		if json.Unmarshal(value, &p) == nil {
+			if rec := inv.tokens[p.AccessToken]; rec != nil {
+				rec.story = append(rec.story, "queued for revocation by "+opName(o))
+			}
+			if o != nil {
+				o.queued = append(o.queued, p.AccessToken)
+			}
+		}
+	case strings.HasPrefix(key, "wal/"):
+		var e struct {
+			Data struct {
+				AccessToken string `json:"access_token"`
+			} `json:"data"`
+		}
+		if json.Unmarshal(value, &e) == nil && e.Data.AccessToken != "" {
+			if rec := inv.tokens[e.Data.AccessToken]; rec != nil {
+				rec.story = append(rec.story, "written to the WAL by "+opName(o))
+			}
+		}
+	}
+}
+
+func (inv *invariants) observeDeleteLocked(o *opRun, key string, prev *logical.StorageEntry) {
+	if prev == nil {
+		return
+	}
+	switch {
+	case strings.HasPrefix(key, tokenStoragePrefix):
+		var t issuedToken
+		if json.Unmarshal(prev.Value, &t) == nil {
+			if rec := inv.tokens[t.AccessToken]; rec != nil {
+				rec.story = append(rec.story, fmt.Sprintf("removed from %s by %s", key, opName(o)))
+				rec.removals = append(rec.removals, removal{kind: "deleted", op: o})
+			}
+		}
+	case strings.HasPrefix(key, revokingStoragePrefix):
+		var p pendingRevocation
+		if json.Unmarshal(prev.Value, &p) == nil {
+			if rec := inv.tokens[p.AccessToken]; rec != nil {
+				rec.story = append(rec.story, "dropped from the revocation queue by "+opName(o))
+			}
+		}
+	case strings.HasPrefix(key, "wal/"):
+		var e struct {
+			Data struct {
+				AccessToken string `json:"access_token"`
+			} `json:"data"`
+		}
+		if json.Unmarshal(prev.Value, &e) == nil && e.Data.AccessToken != "" {
+			if rec := inv.tokens[e.Data.AccessToken]; rec != nil {
+				rec.story = append(rec.story, "WAL entry deleted by "+opName(o))
+			}
+		}
+	}
+}
+
+func (inv *invariants) leaseEvent(tok, what string) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	if rec := inv.tokens[tok]; rec != nil {
+		if strings.HasPrefix(what, "leased") {
+			rec.leases++
+		}
+		rec.story = append(rec.story, what)
+	}
+}
+
+func (inv *invariants) tokenName(tok string) string {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	if rec := inv.tokens[tok]; rec != nil {
+		return rec.name()
+	}
+	return shortTok(tok) + " (not minted through the explorer's transport)"
+}
+
+// ---------------------------------------------------------------- I1
+
+func (inv *invariants) handedOut(role, tok string) {
+	m := inv.handed[role]
+	if m == nil {
+		m = map[string]bool{}
+		inv.handed[role] = m
+	}
+	m[tok] = true
+}
+
+func (inv *invariants) handedOutSnapshot(role string) map[string]bool {
+	out := map[string]bool{}
+	for t := range inv.handed[role] {
+		out[t] = true
+	}
+	return out
+}
+
+// roleSnapshot: what a role edit or delete retires.
+func (inv *invariants) roleSnapshot(role string) map[string]bool {
+	out := inv.handedOutSnapshot(role)
+	for t := range inv.w.rawStoredTokens(roleTokenPrefix(role)) {
+		out[t] = true
+	}
+	return out
+}
+
+// allSharedSnapshot: what a change of credentials retires.
+func (inv *invariants) allSharedSnapshot() map[string]bool {
+	out := map[string]bool{}
+	for _, m := range inv.handed {
+		for t := range m {
+			out[t] = true
+		}
+	}
+	for t := range inv.w.rawStoredTokens(tokenStoragePrefix) {
+		out[t] = true
+	}
+	return out
+}
+
+// A flush Vault cancelled (its deadline passed or its client left) and that
+// answered with that cancellation may have stopped anywhere: it binds only
+// the tokens it did move to the revocation queue.
+func (inv *invariants) flushDone(o *opRun) {
+	snap := o.flushSnap
+	if a := o.last(); (o.deadlineHit || o.disconnected) && a.err != nil && isContextError(a.err) {
+		inv.mu.Lock()
+		snap = map[string]bool{}
+		for _, t := range o.queued {
+			snap[t] = true
+		}
+		inv.mu.Unlock()
+	}
+	for t := range snap {
+		if _, ok := inv.flushed[t]; !ok {
+			inv.flushed[t] = mark{step: o.endStep, tick: o.endTick, by: o, gen: o.gen}
+		}
+	}
+}
+
+func (inv *invariants) retired(o *opRun, role string) {
+	for t := range o.oldSnap {
+		if _, ok := inv.retire[t]; !ok {
+			inv.retire[t] = mark{step: o.endStep, tick: o.endTick, by: o, gen: o.gen}
+		}
+	}
+}
+
+// binds reports whether what m's operation did binds read o: both ran on the
+// same backend generation, or o's generation was created after m's
+// operation completed. (Across a restart the two generations' memories are
+// kept coherent by nothing: Vault does not invalidate a node's own writes.)
+func (inv *invariants) binds(m mark, o *opRun) bool {
+	return m.gen == o.gen || (o.gen > m.gen && inv.w.genTick[o.gen] >= m.tick)
+}
+
+// checkI1: no token is handed out after it was taken out of service. A flush
+// of R that completed binds every creds answer completing after it; a role
+// edit or delete, or a config change, binds reads that started after it
+// completed.
+func (inv *invariants) checkI1(o *opRun, tok string) {
+	if m, ok := inv.flushed[tok]; ok && o.endTick > m.tick && inv.binds(m, o) {
+		inv.fail("I1[after flush]", "%s (completed step %d) handed out %s, which %s took out of service (completed step %d)",
+			opName(o), o.endStep, inv.tokenName(tok), opName(m.by), m.step)
+	}
+	if m, ok := inv.retire[tok]; ok && o.startTick >= m.tick && inv.binds(m, o) {
+		inv.fail("I1[after edit/rotation]", "%s (started step %d) handed out %s, retired by %s (completed step %d)",
+			opName(o), o.startStep, inv.tokenName(tok), opName(m.by), m.step)
+	}
+}
+
+// ---------------------------------------------------------------- I5
+
+// checkI5: a creds read never answers 500: every error is a 4xx error
+// response or a coded error other than 500, and says what happened in a
+// sentence.
+//
+// Exempt: a context error answered after the request was cancelled (its
+// deadline passed or its client left). Vault ends such a request itself.
+func (inv *invariants) checkI5(o *opRun, a opAnswer) {
+	if (o.deadlineHit || o.disconnected) && a.err != nil && isContextError(a.err) {
+		return
+	}
+	var msg string
+	switch {
+	case a.err == nil && a.resp == nil:
+		inv.fail("I5[no answer]", "%s answered nothing at all", opName(o))
+		return
+	case a.err == nil && !a.resp.IsError():
+		return
+	case a.err == nil:
+		msg = a.resp.Error().Error()
+	default:
+		var coded logical.HTTPCodedError
+		if !errors.As(a.err, &coded) {
+			inv.fail("I5[500]", "%s answered 500: %s", opName(o), a.err)
+			return
+		}
+		if coded.Code() == 500 || coded.Code() < 400 {
+			inv.fail("I5[500]", "%s answered %d: %s", opName(o), coded.Code(), a.err)
+			return
+		}
+		msg = a.err.Error()
+	}
+	if len(strings.Fields(msg)) < 3 || strings.Contains(msg, "%!") || strings.Contains(msg, "<nil>") {
+		inv.fail("I5[not a sentence]", "%s answered an error that is not a sentence: %q", opName(o), msg)
+	}
+}
+
+func isContextError(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
+		strings.Contains(err.Error(), context.Canceled.Error()) || strings.Contains(err.Error(), context.DeadlineExceeded.Error())
+}
+
+// ---------------------------------------------------------------- I6
+
+// i6Probe is what storage held for a shared read at the moment it failed.
+type i6Probe struct {
+	leasable bool
+	what     string
+}
+
+// i6Probe runs on the op's goroutine right after its failed answer.
+func (inv *invariants) i6Probe(o *opRun) *i6Probe {
+	w := inv.w
+	cfg := w.rawConfig()
+	r := w.rawRole(o.role)
+	if !cfg.configured() || r == nil {
+		return &i6Probe{}
+	}
+	t := w.rawToken(tokenKey(o.role, o.user))
+	now := w.clock.now()
+	if t == nil || !t.belongsTo(cfg.CredentialsID, r.hash) || !t.leasable(now) {
+		return &i6Probe{}
+	}
+	return &i6Probe{leasable: true, what: fmt.Sprintf("%s, %s of life left", inv.tokenName(t.AccessToken), t.ExpiresAt.Sub(now).Round(time.Second))}
+}
+
+// checkI6a: a shared read of R fails only if R has no still-leasable token
+// in storage for the current credentials and role definition. Exempt: R or
+// the config changed, or the backend restarted, during the read, or an
+// operation of another backend generation overlapped it; the client
+// went away (nobody sees the answer); Connect refused the credentials
+// themselves during the read (invalid_client: the engine fails closed).
+func (inv *invariants) checkI6a(o *opRun) {
+	if o.i6 == nil || !o.i6.leasable || o.disconnected {
+		return
+	}
+	a := o.last()
+	msg := ""
+	if a.err != nil {
+		msg = a.err.Error()
+	} else if a.resp != nil && a.resp.IsError() {
+		msg = a.resp.Error().Error()
+	}
+	if strings.Contains(msg, "invalid_client") {
+		return
+	}
+	for _, x := range inv.w.ops {
+		if x == o || x.startTick > o.endTick || (x.processed && x.endTick < o.startTick) {
+			continue
+		}
+		if x.gen != o.gen {
+			return // another backend generation at work: its mints are not coalesced with this one's
+		}
+		switch x.kind {
+		case opConfigRotate, opConfigMove, opConfigDelete, opConfigCreate, opRestart:
+			return
+		case opRoleEdit, opRoleDelete, opRoleCreate:
+			if x.role == o.role {
+				return
+			}
+		}
+	}
+	inv.mu.Lock()
+	sentSome := false
+	for _, c := range inv.calls {
+		sentSome = sentSome || c.op == o
+	}
+	inv.mu.Unlock()
+	why, class := "Connect failed", "I6[a: failed despite a leasable token]"
+	switch {
+	case strings.Contains(msg, "max_concurrent_mints") || (o.deadlineHit && !sentSome):
+		why, class = "its deadline passed while it waited for a mint slot (or for another reader's queued mint) and it sent nothing to Connect", "I6[a: starved of mint slots]"
+	case o.deadlineHit:
+		why, class = "its deadline passed while it waited for Connect", "I6[a: deadline while refreshing]"
+	}
+	inv.fail(class, "(a) %s failed (%s) while role %s had a still-leasable token in storage (%s): %s",
+		opName(o), why, o.role, o.i6.what, msg)
+}
+
+// i6bProbe: the pending revocations of tokens minted at host y when a
+// periodic pass with host x down began.
+type i6bProbe struct {
+	x, y    string
+	pending map[string]string // storage key -> token
+	flips   int               // len(world.hostFlips) when it began
+}
+
+func (inv *invariants) tokenHost(tok string) string {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	if rec := inv.tokens[tok]; rec != nil {
+		return rec.call.host
+	}
+	return ""
+}
+
+func (inv *invariants) pendingHosts() map[string]int {
+	out := map[string]int{}
+	for _, k := range inv.w.rawKeys(revokingStoragePrefix) {
+		if p, _ := getJSON[pendingRevocation](context.Background(), inv.w.inner, k); p != nil {
+			out[inv.tokenHost(p.AccessToken)]++
+		}
+	}
+	return out
+}
+
+func (inv *invariants) i6bStart(x, y string) *i6bProbe {
+	p := &i6bProbe{x: x, y: y, pending: map[string]string{}, flips: len(inv.w.hostFlips)}
+	for _, k := range inv.w.rawKeys(revokingStoragePrefix) {
+		if e, _ := getJSON[pendingRevocation](context.Background(), inv.w.inner, k); e != nil && inv.tokenHost(e.AccessToken) == y {
+			p.pending[k] = e.AccessToken
+		}
+	}
+	return p
+}
+
+// checkI6b: after one periodic pass with host x down (and y answering
+// without faults throughout), no revocation of a token minted at y that was
+// pending when the pass began is still pending.
+func (inv *invariants) checkI6b(o *opRun) {
+	p := o.i6b
+	if p == nil || len(p.pending) == 0 || o.disconnected || o.deadlineHit || len(inv.w.hostFlips) != p.flips {
+		return
+	}
+	var left []string
+	for k, tok := range p.pending {
+		if e, _ := getJSON[pendingRevocation](context.Background(), inv.w.inner, k); e != nil && e.AccessToken == tok {
+			left = append(left, inv.tokenName(tok))
+		}
+	}
+	sort.Strings(left)
+	if len(left) > 0 {
+		inv.fail("I6[b: periodic pass stops at a down host]", "(b) after %s, %d of the %d pending revocations of tokens minted at host %s (which answered throughout) are still pending: %s",
+			opName(o), len(left), len(p.pending), p.y, strings.Join(left, ", "))
+	}
+}
+
+// ---------------------------------------------------------------- leaks
+
+// checkLeaks: no answer names a client secret.
+func (inv *invariants) checkLeaks(o *opRun) {
+	inv.mu.Lock()
+	secrets := make([]string, 0, len(inv.secretFor))
+	for s := range inv.secretFor {
+		secrets = append(secrets, s)
+	}
+	inv.mu.Unlock()
+	for _, a := range o.answers {
+		b, _ := json.Marshal(a.resp)
+		text := string(b)
+		if a.err != nil {
+			text += a.err.Error()
+		}
+		for _, s := range secrets {
+			if strings.Contains(text, s) {
+				inv.fail("LEAK[answer]", "%s answered with a client secret in it", opName(o))
+				return
+			}
+		}
+	}
+}
+
+// ---------------------------------------------------------------- I2
+
+// checkI2 runs at quiescence, after the drain: every token whose answer
+// reached the engine is held by a live lease, in storage, revoked at
+// Connect, or expired (or in its last second, which the engine never
+// leases). Tokens whose answer was lost are counted apart; each is one
+// injected timeout after handling, and Connect minted nothing the transport
+// did not see.
+func (inv *invariants) checkI2() {
+	w := inv.w
+	now := w.clock.now()
+	held := map[string]bool{}
+	for _, l := range w.leases {
+		if l.live(now) {
+			held[l.token] = true
+		}
+	}
+	inv.mu.Lock()
+	order := append([]*tokenRec(nil), inv.order...)
+	lostFaults := inv.lostFaults
+	inv.mu.Unlock()
+
+	lost := 0
+	perHost := map[string]int{}
+	for _, rec := range order {
+		perHost[rec.call.host]++
+		if rec.lost {
+			lost++
+			continue
+		}
+		if held[rec.tok] || w.storageHolds(rec.tok) {
+			continue
+		}
+		h := w.hostByName(rec.call.host)
+		inv.mu.Lock()
+		real := inv.realOf[rec.tok]
+		inv.mu.Unlock()
+		info, ok := h.fake.Token(real)
+		if !ok {
+			inv.fail("I2[bookkeeping]", "%s was delivered by host %s, which does not know it", rec.name(), h.name)
+			continue
+		}
+		// Expired: the engine counts a token's life from when the attempt
+		// that minted it began, Connect from when it handled it; the
+		// engine's earlier count is the one it can act on (it skips
+		// revoking a token it counts as expired), and the last second is
+		// never leased.
+		expires := info.ExpiresAt.Add(-rec.call.handledAt.Sub(rec.call.sentAt))
+		if info.Revoked || !now.Before(expires.Add(-minLeasable)) {
+			continue
+		}
+		inv.mu.Lock()
+		story := strings.Join(rec.story, "; ")
+		inv.mu.Unlock()
+		tag, why := inv.cause(rec)
+		inv.fail("I2["+tag+"]", "orphan %s: live at host %s for another %s, held by no live lease, not in storage, not revoked. Cause: %s. Story: %s",
+			rec.name(), h.name, info.ExpiresAt.Sub(now).Round(time.Second), why, story)
+	}
+	if lost != lostFaults {
+		inv.fail("I2[bookkeeping]", "%d tokens never reached the engine, but %d timeouts after handling were injected", lost, lostFaults)
+	}
+	for _, h := range w.hosts {
+		if n := len(h.fake.Tokens()); n != perHost[h.name] {
+			inv.fail("I2[bookkeeping]", "host %s minted %d tokens, the transport saw %d", h.name, n, perHost[h.name])
+		}
+	}
+}
+
+// cause explains how an orphan came to be, naming the known defect it shows
+// when it is one.
+func (inv *invariants) cause(rec *tokenRec) (tag, why string) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	o := rec.call.op
+	kind := opKind(-1)
+	if o != nil {
+		kind = o.kind
+	}
+	switch {
+	case rec.garbage:
+		return "clean-up tried once: unusable answer", "Connect's answer was an unparseable 200; the client's one revocation of the token it named failed and nothing retried it"
+	case kind == opConfigRotate || kind == opConfigMove || kind == opConfigCreate:
+		return "clean-up tried once: verify token", "minted to verify credentials; its one revocation failed"
+	case (kind == opReadExclusive || kind == opReadCode) && rec.leases == 0:
+		return "clean-up tried once: exclusive token nobody leased", "an exclusive token nobody leased (its reader gave up, or it was discarded); its clean-up revocation was tried once"
+	case kind == opReadExclusive || kind == opReadCode:
+		return "exclusive lease ended, token live", "an exclusive token whose lease ended without it being revoked"
+	case !rec.stored && rec.leases == 0:
+		return "clean-up tried once: shared token discarded", "a shared token never stored nor leased (discarded); its revocation was tried once"
+	case len(rec.removals) == 0:
+		return "dropped from the revocation queue", "a shared token whose leases all ended, dropped from the revocation queue without being revoked"
+	}
+	rm := rec.removals[len(rec.removals)-1]
+	switch {
+	case rm.kind == "overwritten" && rm.by != nil:
+		mine, theirs := inv.secretFor[rec.call.p.ClientSecret], inv.secretFor[rm.by.call.p.ClientSecret]
+		switch {
+		case theirs.order < mine.order:
+			return "old-credentials mint overwrote the new shared token", fmt.Sprintf("overwritten in storage by %s, minted with OLDER credentials (a mint that finished after a rotation overwrote the new shared token)", rm.by.name())
+		case theirs.order > mine.order:
+			return "old-credentials shared token never revoked", fmt.Sprintf("overwritten in storage by %s, minted with newer credentials after a rotation; the old-credentials token was never revoked", rm.by.name())
+		}
+		return "replaced shared token untracked", fmt.Sprintf("replaced in storage by %s (a refresh with the same credentials); the engine stopped tracking it while it was live, and all its leases ended", rm.by.name())
+	case rm.op == nil:
+		return "deleted/edited role's token never revoked", "removed from storage by background work (tidy or a role's clean-up) while live, never revoked"
+	case rm.op.kind == opRoleEdit || rm.op.kind == opRoleDelete:
+		return "deleted/edited role's token never revoked", "removed from storage when its role was edited or deleted, never revoked"
+	case rm.op.kind == opTidy || rm.op.kind == opPeriodic || rm.op.kind == opPeriodicHostDown || rm.op.kind == opRollbackImmediate:
+		return "deleted/edited role's token never revoked", "removed from storage by tidy (role changed or deleted) while live, never revoked"
+	case rm.op.kind == opFlush:
+		return "dropped from the revocation queue", "flushed, then dropped from the revocation queue without being revoked"
+	}
+	return "removed while live", "removed from storage by " + opName(rm.op) + " while live"
+}
