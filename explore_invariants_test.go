@@ -628,6 +628,9 @@ type i6bProbe struct {
 	x, y    string
 	pending map[string]string // storage key -> token
 	flips   int               // len(world.hostFlips) when it began
+	// yTimedOut: the fake clock passed request_timeout of a call to y during
+	// the pass, so y did not answer throughout.
+	yTimedOut bool
 }
 
 func (inv *invariants) tokenHost(tok string) string {
@@ -664,7 +667,7 @@ func (inv *invariants) i6bStart(x, y string) *i6bProbe {
 // pending when the pass began is still pending.
 func (inv *invariants) checkI6b(o *opRun) {
 	p := o.i6b
-	if p == nil || len(p.pending) == 0 || o.disconnected || o.deadlineHit || len(inv.w.hostFlips) != p.flips {
+	if p == nil || len(p.pending) == 0 || o.disconnected || o.deadlineHit || p.yTimedOut || len(inv.w.hostFlips) != p.flips {
 		return
 	}
 	var left []string

@@ -1093,6 +1093,9 @@ func (w *world) advanceTo(target time.Time) {
 				v.fault = faultTimeoutAfterHandling
 			}
 			w.logf("request_timeout of %s passes [%s]", call.label, v.fault)
+			if o := call.op; o != nil && o.i6b != nil && call.host == o.i6b.y {
+				o.i6b.yTimedOut = true // y did not answer in time after all: I6(b) has nothing to say
+			}
 			w.sched.release(call, v)
 		} else {
 			op.deadlineHit = true
