@@ -111,6 +111,9 @@ type invariants struct {
 	// staleOverwrites counts stores of a shared token minted with older
 	// credentials over one minted with newer credentials (for the summary).
 	staleOverwrites int
+	// i6bPasses counts periodic passes with a host down; i6bJudged those
+	// with pending revocations at the other host that I6(b) could judge.
+	i6bPasses, i6bJudged int
 
 	// Scheduler goroutine only.
 	handed  map[string]map[string]bool // role -> tokens its shared reads handed out
@@ -471,7 +474,7 @@ func (inv *invariants) flushDone(o *opRun) {
 	}
 }
 
-func (inv *invariants) retired(o *opRun, role string) {
+func (inv *invariants) retired(o *opRun) {
 	for t := range o.oldSnap {
 		if _, ok := inv.retire[t]; !ok {
 			inv.retire[t] = mark{step: o.endStep, tick: o.endTick, by: o, gen: o.gen}
@@ -493,8 +496,15 @@ func (inv *invariants) binds(m mark, o *opRun) bool {
 // completed.
 func (inv *invariants) checkI1(o *opRun, tok string) {
 	if m, ok := inv.flushed[tok]; ok && o.endTick > m.tick && inv.binds(m, o) {
-		inv.fail("I1[after flush]", "%s (completed step %d) handed out %s, which %s took out of service (completed step %d)",
-			opName(o), o.endStep, inv.tokenName(tok), opName(m.by), m.step)
+		how := "it started after the flush completed"
+		if o.startTick < m.tick {
+			how = "it started before the flush completed"
+		}
+		if a := o.last(); a.resp != nil && len(a.resp.Warnings) > 0 {
+			how += ", and answered with a warning (served the cached token while Connect failed)"
+		}
+		inv.fail("I1[after flush]", "%s (completed step %d) handed out %s, which %s took out of service (completed step %d); %s",
+			opName(o), o.endStep, inv.tokenName(tok), opName(m.by), m.step, how)
 	}
 	if m, ok := inv.retire[tok]; ok && o.startTick >= m.tick && inv.binds(m, o) {
 		inv.fail("I1[after edit/rotation]", "%s (started step %d) handed out %s, retired by %s (completed step %d)",
@@ -628,9 +638,6 @@ type i6bProbe struct {
 	x, y    string
 	pending map[string]string // storage key -> token
 	flips   int               // len(world.hostFlips) when it began
-	// yTimedOut: the fake clock passed request_timeout of a call to y during
-	// the pass, so y did not answer throughout.
-	yTimedOut bool
 }
 
 func (inv *invariants) tokenHost(tok string) string {
@@ -667,9 +674,22 @@ func (inv *invariants) i6bStart(x, y string) *i6bProbe {
 // pending when the pass began is still pending.
 func (inv *invariants) checkI6b(o *opRun) {
 	p := o.i6b
-	if p == nil || len(p.pending) == 0 || o.disconnected || o.deadlineHit || p.yTimedOut || len(inv.w.hostFlips) != p.flips {
+	if p == nil {
 		return
 	}
+	inv.i6bPasses++
+	if len(p.pending) == 0 || o.disconnected || o.deadlineHit || len(inv.w.hostFlips) != p.flips {
+		return
+	}
+	inv.mu.Lock()
+	for _, c := range inv.calls {
+		if c.op == o && c.host == p.y && c.fault != faultNone {
+			inv.mu.Unlock()
+			return // host y did not answer throughout (an attempt timed out on the clock)
+		}
+	}
+	inv.mu.Unlock()
+	inv.i6bJudged++
 	var left []string
 	for k, tok := range p.pending {
 		if e, _ := getJSON[pendingRevocation](context.Background(), inv.w.inner, k); e != nil && e.AccessToken == tok {
@@ -817,7 +837,7 @@ func (inv *invariants) cause(rec *tokenRec) (tag, why string) {
 		return "deleted/edited role's token never revoked", "removed from storage when its role was edited or deleted, never revoked"
 	case rm.op.kind == opTidy || rm.op.kind == opPeriodic || rm.op.kind == opPeriodicHostDown || rm.op.kind == opRollbackImmediate:
 		return "deleted/edited role's token never revoked", "removed from storage by tidy (role changed or deleted) while live, never revoked"
-	case rm.op.kind == opFlush:
+	case rm.op.kind == opFlush || rm.op.kind == opFlushHostDown:
 		return "dropped from the revocation queue", "flushed, then dropped from the revocation queue without being revoked"
 	}
 	return "removed while live", "removed from storage by " + opName(rm.op) + " while live"

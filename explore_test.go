@@ -101,7 +101,9 @@ type seedResult struct {
 	// staleOverwrites: shared tokens minted with older credentials stored
 	// over newer ones.
 	staleOverwrites int
-	dur             time.Duration
+	// periodic passes with a host down, and those I6(b) judged
+	i6bPasses, i6bJudged int
+	dur                  time.Duration
 }
 
 func envInt(t *testing.T, name string, def int) int {
@@ -143,6 +145,7 @@ func TestLifecycleExplorer(t *testing.T) {
 	failing := map[string]*byInvariant{}
 	var failedSeeds, stalls, ops, tokens, lost int
 	var staleSeeds []uint64
+	var i6bPasses, i6bJudged int
 	budgeted := !replay && os.Getenv("EXPLORE_SEEDS") == ""
 	ran := 0
 	for i, seed := range seeds {
@@ -155,6 +158,8 @@ func TestLifecycleExplorer(t *testing.T) {
 		ops += res.ops
 		tokens += res.tokens
 		lost += res.lost
+		i6bPasses += res.i6bPasses
+		i6bJudged += res.i6bJudged
 		if res.staleOverwrites > 0 {
 			staleSeeds = append(staleSeeds, seed)
 		}
@@ -189,6 +194,7 @@ func TestLifecycleExplorer(t *testing.T) {
 	var summary strings.Builder
 	fmt.Fprintf(&summary, "explored %d seeds × %d decisions in %s: %d operations, %d tokens minted (%d answers lost in transit), %d settle stalls; %d seeds failed",
 		ran, steps, time.Since(start).Round(time.Millisecond), ops, tokens, lost, stalls, failedSeeds)
+	fmt.Fprintf(&summary, "\n  I6(b) judged %d of %d periodic passes with a host down (the others had no revocation pending at the other host, or were cut short)", i6bJudged, i6bPasses)
 	if len(staleSeeds) > 0 {
 		fmt.Fprintf(&summary, "\n  a shared token minted with older credentials was stored over a newer one in seeds %v (I2 fails on it once the newer token's leases end early)", staleSeeds)
 	}
@@ -229,6 +235,7 @@ func runExploreSeed(seed uint64, steps int) seedResult {
 	res.tokens = len(w.inv.order)
 	res.lost = w.inv.lostFaults
 	res.staleOverwrites = w.inv.staleOverwrites
+	res.i6bPasses, res.i6bJudged = w.inv.i6bPasses, w.inv.i6bJudged
 	w.inv.mu.Unlock()
 	res.dur = time.Since(start)
 	return res

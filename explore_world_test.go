@@ -313,6 +313,7 @@ const (
 	opRevokeLease
 	opRenewLease
 	opFlush
+	opFlushHostDown // the host that minted the role's tokens goes down, then the role is flushed (pending revocations, for I6b)
 	opConfigRotate
 	opConfigMove
 	opRotateDuringMint // a rotation or move while a shared read's mint is at Connect, then a read with the new credentials
@@ -324,6 +325,7 @@ const (
 	opTidy
 	opPeriodic
 	opPeriodicHostDown
+	opOutage // revocations left pending at both hosts, then a periodic pass with one down (I6b)
 	opRestart
 	opVaultRevoke // Vault revoking a lease at expiry, or retrying a failed revocation
 	opRollbackImmediate
@@ -342,6 +344,7 @@ var opWeights = [numOpKinds]int{
 	opRevokeLease:      5,
 	opRenewLease:       2,
 	opFlush:            5,
+	opFlushHostDown:    2,
 	opConfigRotate:     2,
 	opConfigMove:       2,
 	opRotateDuringMint: 3,
@@ -353,6 +356,7 @@ var opWeights = [numOpKinds]int{
 	opTidy:             1,
 	opPeriodic:         2,
 	opPeriodicHostDown: 2,
+	opOutage:           1,
 	opRestart:          1,
 }
 
@@ -891,9 +895,17 @@ func (w *world) startSomething() {
 	total := 0
 	for k := opKind(0); k < numOpKinds; k++ {
 		wt := opWeights[k]
+		if k == opPeriodicHostDown {
+			if at := w.inv.pendingHosts(); at["A"] == 0 || at["B"] == 0 {
+				wt = 0
+				if w.rng.IntN(10) == 0 {
+					wt = opWeights[k]
+				}
+			}
+		}
 		if w.calm {
 			switch k {
-			case opConfigRotate, opConfigMove, opConfigDelete, opRoleEdit, opRoleDelete, opRestart, opRotateDuringMint:
+			case opConfigRotate, opConfigMove, opConfigDelete, opRoleEdit, opRoleDelete, opRestart, opRotateDuringMint, opOutage:
 				wt = 0
 			}
 		}
@@ -955,6 +967,8 @@ func (w *world) applies(k opKind) bool {
 		return configured && w.configOps == 0
 	case opRotateDuringMint:
 		return configured && w.configOps == 0 && w.sharedMintAtConnect() != nil
+	case opOutage:
+		return configured && w.configOps == 0
 	case opConfigCreate:
 		return !configured && w.configOps == 0
 	case opRoleEdit, opRoleDelete:
@@ -1093,9 +1107,6 @@ func (w *world) advanceTo(target time.Time) {
 				v.fault = faultTimeoutAfterHandling
 			}
 			w.logf("request_timeout of %s passes [%s]", call.label, v.fault)
-			if o := call.op; o != nil && o.i6b != nil && call.host == o.i6b.y {
-				o.i6b.yTimedOut = true // y did not answer in time after all: I6(b) has nothing to say
-			}
 			w.sched.release(call, v)
 		} else {
 			op.deadlineHit = true
@@ -1226,14 +1237,41 @@ func (w *world) startKind(k opKind) {
 			resp, err := o.b.HandleRequest(o.ctx, &logical.Request{Operation: logical.RenewOperation, Secret: &s, Storage: o.store})
 			o.answers = append(o.answers, opAnswer{resp, err})
 		})
-	case opFlush:
+	case opFlush, opFlushHostDown:
 		r := pick(w, sharedRoles)
-		o := &opRun{kind: k, role: r, desc: "delete cache/" + r}
-		o.flushSnap = w.inv.handedOutSnapshot(r)
-		for t := range w.rawStoredTokens(roleTokenPrefix(r)) {
-			o.flushSnap[t] = true
+		if k == opFlushHostDown {
+			if cfg := w.rawConfig(); cfg.configured() {
+				if h := w.hostByBaseURL(cfg.BaseURL); h != nil {
+					w.setHostDown(h, true)
+				}
+			}
 		}
-		w.startSimple(o, logical.DeleteOperation, "cache/"+r, nil)
+		w.startFlush(k, r)
+	case opOutage:
+		// Revocations pending at both hosts, then a periodic pass with
+		// one of them down (I6b): a role's token minted at the current
+		// host, flushed while it is down; the config moves to the other
+		// host; another role's token minted there, flushed while that
+		// one is down. Each operation runs ahead of the others, its
+		// faults still the RNG's.
+		cfg := w.rawConfig()
+		h1 := w.hostByBaseURL(cfg.BaseURL)
+		h2 := w.otherHost(h1)
+		perm := w.rng.Perm(len(sharedRoles))
+		ra, rb := sharedRoles[perm[0]], sharedRoles[perm[1]]
+		w.setHostDown(h1, false)
+		w.setHostDown(h2, false)
+		w.startCreds(w.sharedRead(ra, " (outage)"))
+		w.runOwnCalls(w.ops[len(w.ops)-1])
+		w.setHostDown(h1, true)
+		w.runOwnCalls(w.startFlush(opFlushHostDown, ra))
+		w.startKind(opConfigMove)
+		w.runOwnCalls(w.ops[len(w.ops)-1])
+		w.startCreds(w.sharedRead(rb, " (outage)"))
+		w.runOwnCalls(w.ops[len(w.ops)-1])
+		w.setHostDown(h2, true)
+		w.runOwnCalls(w.startFlush(opFlushHostDown, rb))
+		w.startKind(opPeriodicHostDown)
 	case opRotateDuringMint:
 		// The rotation runs to completion while the read's mint with the
 		// old credentials is still at Connect; then a read of the same
@@ -1246,28 +1284,7 @@ func (w *world) startKind(k opKind) {
 			kind = opConfigMove
 		}
 		w.startKind(kind)
-		for range 200 {
-			if w.configOps == 0 {
-				break
-			}
-			var mine []*parkedCall
-			for _, pc := range w.sched.parkedSorted() {
-				if pc.op != nil && (pc.op.kind == opConfigRotate || pc.op.kind == opConfigMove) {
-					mine = append(mine, pc)
-				}
-			}
-			if len(mine) == 0 {
-				w.sched.settle()
-				w.processCompletions()
-				if len(mine) == 0 && w.configOps > 0 {
-					break // blocked behind something else: leave it to the scheduler
-				}
-				continue
-			}
-			w.releaseOne(mine)
-			w.sched.settle()
-			w.processCompletions()
-		}
+		w.runOwnCalls(w.ops[len(w.ops)-1])
 		r := reader.role
 		if reader.user != "" {
 			w.startCreds(&opRun{kind: opReadUser, role: r, user: reader.user, desc: "write creds/users user_id=" + reader.user + " (after the rotation)"})
@@ -1338,7 +1355,9 @@ func (w *world) startKind(k opKind) {
 	case opPeriodic:
 		w.startRollback(&opRun{kind: k, desc: "periodic (Vault's rollback timer)"}, false)
 	case opPeriodicHostDown:
-		// I6(b): one host down, the other answering without faults.
+		// I6(b): one host down, the other answering without faults. Its
+		// odds are the scenario's weight when revocations are pending at
+		// both hosts, a tenth of it otherwise.
 		x := w.hostForI6b()
 		w.setHostDown(x, true)
 		if y := w.otherHost(x); y.down {
@@ -1347,12 +1366,40 @@ func (w *world) startKind(k opKind) {
 		o := &opRun{kind: k, faultless: true, desc: "periodic with host " + x.name + " down"}
 		o.i6b = w.inv.i6bStart(x.name, w.otherHost(x).name)
 		w.startRollback(o, false)
+		// The pass takes milliseconds (one host refuses at once, the other
+		// answers): its own calls go first, in seeded order, with no clock
+		// move in between. What it waits for behind other operations'
+		// calls is left to the scheduler.
+		w.runOwnCalls(o)
 	case opRestart:
 		old, oldGen := w.b, w.gen
 		w.newBackend()
 		o := &opRun{kind: k, b: old, gen: oldGen, desc: fmt.Sprintf("restart: generation %d takes over, generation %d is cleaned up", w.gen, oldGen)}
 		w.startOp(o, func(o *opRun) { o.b.Cleanup(o.ctx) })
 	}
+}
+
+// runOwnCalls releases o's parked calls (the RNG picks among them, sorted
+// by label, and their faults) until o ends or none of its calls is parked:
+// o runs ahead of everything else without the clock moving.
+func (w *world) runOwnCalls(o *opRun) {
+	for range 500 {
+		if o.done.Load() {
+			break
+		}
+		var mine []*parkedCall
+		for _, pc := range w.sched.parkedSorted() {
+			if pc.op == o {
+				mine = append(mine, pc)
+			}
+		}
+		if len(mine) == 0 {
+			break // blocked behind another operation: the scheduler decides
+		}
+		w.releaseOne(mine)
+		w.sched.settle()
+	}
+	w.processCompletions()
 }
 
 // sharedMintAtConnect is a shared read whose mint is parked at Connect, if any.
@@ -1387,6 +1434,26 @@ func (w *world) hostForI6b() *host {
 		return w.hosts[0]
 	}
 	return pick(w, w.hosts)
+}
+
+// startFlush starts a flush of role r: DELETE cache/r.
+func (w *world) startFlush(k opKind, r string) *opRun {
+	o := &opRun{kind: k, role: r, desc: "delete cache/" + r}
+	o.flushSnap = w.inv.handedOutSnapshot(r)
+	for t := range w.rawStoredTokens(roleTokenPrefix(r)) {
+		o.flushSnap[t] = true
+	}
+	w.startSimple(o, logical.DeleteOperation, "cache/"+r, nil)
+	return o
+}
+
+// sharedRead is a read of shared role r (a user's, for the users role).
+func (w *world) sharedRead(r, note string) *opRun {
+	if r == roleUsers {
+		u := pick(w, exploreUsers)
+		return &opRun{kind: opReadUser, role: r, user: u, desc: "write creds/users user_id=" + u + note}
+	}
+	return &opRun{kind: opReadShared, role: r, desc: "read creds/" + r + note}
 }
 
 func (w *world) startRoleDelete(r string) {
@@ -1513,17 +1580,17 @@ func (w *world) complete(o *opRun) {
 			}
 			l.expire = exp
 		}
-	case opFlush:
+	case opFlush, opFlushHostDown:
 		w.inv.flushDone(o)
 	case opConfigRotate, opConfigMove, opConfigCreate, opConfigDelete:
 		w.configOps--
 		if a.err == nil && (a.resp == nil || !a.resp.IsError()) && o.oldSnap != nil {
-			w.inv.retired(o, "")
+			w.inv.retired(o)
 		}
 	case opRoleEdit, opRoleDelete, opRoleCreate:
 		delete(w.roleBusy, o.role)
 		if a.err == nil && (a.resp == nil || !a.resp.IsError()) && o.oldSnap != nil {
-			w.inv.retired(o, o.role)
+			w.inv.retired(o)
 		}
 	case opPeriodicHostDown:
 		w.inv.checkI6b(o)
