@@ -117,16 +117,30 @@ func (b *backend) takeOutOfService(ctx context.Context, s logical.Storage, role,
 	if m := b.tokens.get(key); m != nil && (stored == nil || m.AccessToken != stored.AccessToken) {
 		held = append(held, m)
 	}
+	// The move is all or nothing, whatever the caller does meanwhile: a token
+	// queued for revocation but still stored would be served again, and then
+	// revoked under its readers.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	var queued []*issuedToken
+	undo := func() {
+		for _, t := range queued {
+			b.dequeue(ctx, s, role, t.AccessToken)
+		}
+	}
 	for _, t := range held {
-		if t != nil && b.now().Before(t.ExpiresAt) {
+		if t != nil && !t.expired(b.now()) {
 			if err := queueRevocation(ctx, s, role, t.UserID, t.revocable); err != nil {
+				undo()
 				return err
 			}
+			queued = append(queued, t)
 		}
 	}
 	b.tokens.forget(key)
 	if stored != nil {
 		if err := s.Delete(ctx, key); err != nil {
+			undo() // still stored, hence still live: not queued either
 			return storageError("deleting cached token", err)
 		}
 	}

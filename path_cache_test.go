@@ -261,3 +261,33 @@ func TestCacheFlushCountsExpiredPending(t *testing.T) {
 		t.Errorf("%d revoke requests for an expired token", got)
 	}
 }
+
+// A flush whose caller leaves between queueing a token for revocation and
+// dropping it from storage still finishes the move: a token queued to be
+// revoked is never served again (found by the schedule explorer, I1).
+func TestFlushWhoseCallerLeavesFinishesTheMove(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	tok := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"].(string)
+	g := gateStorage(e)
+	gt := g.park("delete", tokenKey("cc", ""))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = e.doCtx(ctx, logical.DeleteOperation, "cache/cc", nil)
+	}()
+	gt.awaitParked(t)
+	cancel() // the caller leaves with the token queued, not yet dropped
+	close(gt.release)
+	<-done
+
+	if stored, err := e.b.tokens.load(context.Background(), e.storage, tokenKey("cc", "")); err != nil || stored != nil {
+		t.Fatalf("the flushed token is still stored (err %v)", err)
+	}
+	resp := e.mustOK(logical.ReadOperation, "creds/cc", nil)
+	if resp.Data["access_token"] == tok {
+		t.Fatal("a read after the flush was served the token queued for revocation")
+	}
+}
