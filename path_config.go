@@ -265,10 +265,12 @@ func (b *backend) verifyCredentials(ctx context.Context, client *connect.Client)
 	if err != nil {
 		if ce, _ := connect.AsError(err); ce != nil {
 			if unusable, named := ce.UnusableToken(); named {
-				// Nothing is saved, so no queue could retry this: one try.
-				if rerr := client.Revoke(ctx, client.Credentials(), unusable.AccessToken, verifyLabel()); rerr != nil {
-					b.Logger().Warn("could not revoke the token named in an unusable answer to verify; it expires by itself", "expires_at", unusable.ExpiresAt, "error", errorSummary(rerr))
-				}
+				// Connect minted a token with these credentials, so it
+				// accepts them; only its answer was unusable. They are saved
+				// and the token goes to the revocation queue, which needs
+				// them saved to retry (unsaved, one failed try left it live).
+				b.Logger().Warn("Connect's answer to the credentials check could not be used, but it minted a token with them: saving them and revoking that token", "error", errorSummary(err))
+				return &unusable, nil, nil
 			}
 		}
 		resp, err := upstreamError(err)

@@ -288,3 +288,43 @@ func TestConfigDeleteKeepsCredentialsToRevoke(t *testing.T) {
 		t.Error("the deleted config's credentials outlived every token they minted")
 	}
 }
+
+// Connect answers the credentials check with an unusable 200 that names a
+// token it minted, and cannot take its revocation at first: the credentials
+// are saved (Connect minted with them) and the token waits in the revocation
+// queue, which revokes it once Connect is back. Unsaved, one failed try left
+// it live with nothing to retry it (found by the schedule explorer, I2).
+func TestVerifyWithAnUnusableAnswerQueuesItsToken(t *testing.T) {
+	e := newTestEnv(t)
+	e.fake.InjectFaults(connectfake.PathToken, connectfake.Fault{AfterHandling: true, Status: http.StatusOK,
+		Body: `{"access_token":"` + connectfake.PlaceholderAccessToken + `","token_type":"Bearer","expires_in":"soon"}`})
+	e.fake.InjectFaults(connectfake.PathRevoke, unavailableFaults(4)...) // the try and its 3 retries
+	e.configure()
+	if cfg, err := getConfig(context.Background(), e.storage); err != nil || !cfg.configured() {
+		t.Fatalf("the credentials were not saved (err %v)", err)
+	}
+	queued := queuedFor(t, e.storage, verifyQueue)
+	if len(queued) != 1 {
+		t.Fatalf("%d tokens queued for revocation, want the one the check minted", len(queued))
+	}
+	live := 0
+	for _, tok := range e.fake.Tokens() {
+		if !tok.Revoked {
+			live++
+		}
+	}
+	if live != 1 {
+		t.Fatalf("%d live tokens at Connect, want the check's, still queued", live)
+	}
+	if err := e.b.periodic(context.Background(), &logical.Request{Storage: e.storage}); err != nil {
+		t.Fatalf("periodic: %v", err)
+	}
+	if n := len(queuedFor(t, e.storage, verifyQueue)); n != 0 {
+		t.Errorf("%d tokens still queued after Connect came back", n)
+	}
+	for _, tok := range e.fake.Tokens() {
+		if !tok.Revoked {
+			t.Error("the check's token is still live after the retry")
+		}
+	}
+}
