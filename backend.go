@@ -71,6 +71,11 @@ type backend struct {
 	roles     sync.Map // role name -> *role
 
 	tokens *tokenCache
+	// counts are the tokens stored per role (token_counts.go).
+	counts *tokenCounts
+	// legacyUserKeys is set while storage may still hold per-user tokens at
+	// the previous release's keys (legacy_layout.go).
+	legacyUserKeys atomic.Bool
 
 	bg *background // work outside requests (background.go)
 
@@ -112,7 +117,8 @@ type configSnapshot struct {
 }
 
 func newBackend() *backend {
-	b := &backend{now: time.Now, tokens: newTokenCache(tokenCacheSize), bg: newBackground()}
+	b := &backend{now: time.Now, tokens: newTokenCache(tokenCacheSize), counts: newTokenCounts(), bg: newBackground()}
+	b.legacyUserKeys.Store(true)
 	b.metrics = newBackendMetrics(b)
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),
@@ -120,7 +126,7 @@ func newBackend() *backend {
 		PathsSpecial: &logical.Paths{
 			// Seal-wrap where Vault supports it (Enterprise): the client
 			// secret, live bearer tokens, and tokens briefly held in the WAL.
-			SealWrapStorage: []string{configStoragePath, tokenStoragePrefix, revokingStoragePrefix, framework.WALPrefix},
+			SealWrapStorage: []string{configStoragePath, tokenStoragePrefix, userTokenStoragePrefix, revokingStoragePrefix, framework.WALPrefix},
 			// A WAL entry is the node's own unfinished work: it is not
 			// replicated, as in every HashiCorp engine.
 			LocalStorage: []string{framework.WALPrefix},
@@ -131,6 +137,7 @@ func newBackend() *backend {
 			[]*framework.Path{pathCreds(b), pathCache(b), pathTidy(b), pathMetrics(b)},
 		),
 		Secrets:        []*framework.Secret{secretToken(b)},
+		InitializeFunc: b.initialize,
 		Invalidate:     b.invalidate,
 		Clean:          b.clean,
 		PeriodicFunc:   b.periodic,
@@ -153,9 +160,36 @@ func (b *backend) invalidate(_ context.Context, key string) {
 		b.roles.Delete(name)
 		mu.Unlock()
 		b.metrics.roleChanged(name) // written or deleted: the next scrape tells
-	case strings.HasPrefix(key, tokenStoragePrefix):
+	case strings.HasPrefix(key, tokenStoragePrefix), strings.HasPrefix(key, userTokenStoragePrefix):
 		b.tokens.forget(key)
 	}
+}
+
+// initialize runs when Vault mounts the engine or starts it on the active
+// node. A mount with no tokens stored has nothing to count or move; one with
+// tokens gets a tidy pass in the background, which counts them (for the
+// gauges), moves the previous release's per-user tokens, and resumes a pass
+// cut short.
+func (b *backend) initialize(ctx context.Context, req *logical.InitializationRequest) error {
+	if !b.WriteSafeReplicationState() {
+		return nil
+	}
+	roles, err := tokenRoles(ctx, req.Storage)
+	if err != nil {
+		return err
+	}
+	cur, err := getJSON[tidyCursor](ctx, req.Storage, tidyCursorPath)
+	if err != nil {
+		return err
+	}
+	if len(roles) == 0 && cur == nil {
+		b.counts.finishPass(nil)
+		b.legacyUserKeys.Store(false)
+		return nil
+	}
+	b.startTidy(req.Storage)
+	b.lastTidy.Store(b.now().UnixNano())
+	return nil
 }
 
 // resetSnapshot forgets the configuration and every shared token held in

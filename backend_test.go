@@ -72,6 +72,10 @@ func newTestEnv(t testing.TB) *testEnv {
 	if err != nil {
 		t.Fatalf("Factory: %v", err)
 	}
+	// As Vault does when it mounts the engine.
+	if err := lb.Initialize(context.Background(), &logical.InitializationRequest{Storage: conf.StorageView}); err != nil {
+		t.Fatalf("Initialize: %v", err)
+	}
 	e := &testEnv{t: t, b: lb.(*backend), storage: conf.StorageView, fake: fake, sys: sys, logs: logs}
 	t.Cleanup(func() { e.assertNoSecretLeaks(t) })
 	return e

@@ -20,8 +20,19 @@ type background struct {
 	stopMu  sync.Mutex // orders starting work against stopping
 	stopped bool
 
-	tidyMu  sync.Mutex // guards tidying
-	tidying *tidyPass  // the pass running, nil when none
+	tidyMu   sync.Mutex // guards tidying and lastPass
+	tidying  *tidyPass  // the pass running, nil when none
+	lastPass *tidyPass  // the pass that ran last, nil before the first
+}
+
+// tidyStatus is the pass running, or else the last one (nil before any).
+func (bg *background) tidyStatus() *tidyPass {
+	bg.tidyMu.Lock()
+	defer bg.tidyMu.Unlock()
+	if bg.tidying != nil {
+		return bg.tidying
+	}
+	return bg.lastPass
 }
 
 func newBackground() *background {
@@ -85,7 +96,7 @@ func (b *backend) startTidy(s logical.Storage) *tidyPass {
 	if p := b.bg.tidying; p != nil {
 		return p
 	}
-	p := &tidyPass{done: make(chan struct{})}
+	p := &tidyPass{done: make(chan struct{}), started: b.now()}
 	if !b.bg.start() {
 		p.err = errShuttingDown
 		close(p.done)
@@ -95,16 +106,18 @@ func (b *backend) startTidy(s logical.Storage) *tidyPass {
 	go func() {
 		defer b.bg.wg.Done()
 		p.err = b.tidy(b.bg.ctx, s, p)
+		end := b.now()
+		p.finished.Store(&end)
 		b.bg.tidyMu.Lock()
-		b.bg.tidying = nil
+		b.bg.tidying, b.bg.lastPass = nil, p
 		b.bg.tidyMu.Unlock()
 		close(p.done)
 		rep := p.report()
 		switch {
 		case p.err != nil:
 			b.Logger().Warn("tidy stopped; the next pass goes on", "removed", rep.expiredTokens+rep.orphanedTokens, "error", p.err)
-		case rep != (tidyReport{}):
-			b.Logger().Info("tidy", "expired_tokens_removed", rep.expiredTokens, "orphaned_tokens_removed", rep.orphanedTokens, "retired_credentials_removed", rep.retiredCredentials)
+		case rep.expiredTokens+rep.orphanedTokens+rep.movedTokens+rep.retiredCredentials > 0:
+			b.Logger().Info("tidy", "tokens_checked", rep.checked, "expired_tokens_removed", rep.expiredTokens, "orphaned_tokens_removed", rep.orphanedTokens, "tokens_moved", rep.movedTokens, "retired_credentials_removed", rep.retiredCredentials)
 		}
 	}()
 	return p

@@ -308,7 +308,7 @@ func (inv *invariants) handled(c *wireCall, status int, tok string) {
 
 func (inv *invariants) observePutLocked(o *opRun, key string, prev *logical.StorageEntry, value []byte) {
 	switch {
-	case strings.HasPrefix(key, tokenStoragePrefix):
+	case tokenRole(key) != "":
 		var t issuedToken
 		if json.Unmarshal(value, &t) != nil {
 			return
@@ -363,7 +363,7 @@ func (inv *invariants) observeDeleteLocked(o *opRun, key string, prev *logical.S
 		return
 	}
 	switch {
-	case strings.HasPrefix(key, tokenStoragePrefix):
+	case tokenRole(key) != "":
 		var t issuedToken
 		if json.Unmarshal(prev.Value, &t) == nil {
 			if rec := inv.tokens[t.AccessToken]; rec != nil {
@@ -434,7 +434,7 @@ func (inv *invariants) handedOutSnapshot(role string) map[string]bool {
 // roleSnapshot: what a role edit or delete retires.
 func (inv *invariants) roleSnapshot(role string) map[string]bool {
 	out := inv.handedOutSnapshot(role)
-	for t := range inv.w.rawStoredTokens(roleTokenPrefix(role)) {
+	for t := range inv.w.rawRoleTokens(role) {
 		out[t] = true
 	}
 	return out
@@ -448,7 +448,7 @@ func (inv *invariants) allSharedSnapshot() map[string]bool {
 			out[t] = true
 		}
 	}
-	for t := range inv.w.rawStoredTokens(tokenStoragePrefix) {
+	for t := range inv.w.rawStoredTokens(tokenStoragePrefix, userTokenStoragePrefix) {
 		out[t] = true
 	}
 	return out

@@ -722,15 +722,22 @@ func (w *world) rawKeys(prefix string) []string {
 	return out
 }
 
-// rawStoredTokens returns the access tokens stored under prefix.
-func (w *world) rawStoredTokens(prefix string) map[string]bool {
+// rawStoredTokens returns the access tokens stored under prefixes.
+func (w *world) rawStoredTokens(prefixes ...string) map[string]bool {
 	out := map[string]bool{}
-	for _, k := range w.rawKeys(prefix) {
-		if t := w.rawToken(k); t != nil {
-			out[t.AccessToken] = true
+	for _, prefix := range prefixes {
+		for _, k := range w.rawKeys(prefix) {
+			if t := w.rawToken(k); t != nil {
+				out[t.AccessToken] = true
+			}
 		}
 	}
 	return out
+}
+
+// rawRoleTokens returns the access tokens stored for role, per-user ones included.
+func (w *world) rawRoleTokens(role string) map[string]bool {
+	return w.rawStoredTokens(roleTokenPrefix(role), userTokenPrefix(role))
 }
 
 // storageHolds reports whether any stored value holds tok.
@@ -1038,7 +1045,7 @@ func (w *world) advanceClock() {
 		d = time.Duration(20+w.rng.IntN(50)) * time.Minute
 	default:
 		var instants []time.Time
-		for _, k := range w.rawKeys(tokenStoragePrefix) {
+		for _, k := range append(w.rawKeys(tokenStoragePrefix), w.rawKeys(userTokenStoragePrefix)...) {
 			if t := w.rawToken(k); t != nil {
 				instants = append(instants, t.ExpiresAt, t.ExpiresAt.Add(-time.Hour))
 			}
@@ -1440,7 +1447,7 @@ func (w *world) hostForI6b() *host {
 func (w *world) startFlush(k opKind, r string) *opRun {
 	o := &opRun{kind: k, role: r, desc: "delete cache/" + r}
 	o.flushSnap = w.inv.handedOutSnapshot(r)
-	for t := range w.rawStoredTokens(roleTokenPrefix(r)) {
+	for t := range w.rawRoleTokens(r) {
 		o.flushSnap[t] = true
 	}
 	w.startSimple(o, logical.DeleteOperation, "cache/"+r, nil)

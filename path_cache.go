@@ -3,9 +3,7 @@ package instacart
 import (
 	"context"
 	"fmt"
-	"maps"
 	"net/http"
-	"slices"
 	"strings"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -60,17 +58,21 @@ func (b *backend) pathCacheDelete(ctx context.Context, req *logical.Request, d *
 		return nil, logical.ErrReadOnly // revoke only where the tokens can also be dropped
 	}
 	defer b.metrics.invalidateGauges() // the next scrape shows what the flush left
-	stored, err := b.tokens.roleKeys(ctx, req.Storage, name)
+	// Storage is walked a shard at a time. Memory may hold tokens storage
+	// does not (another node's flush, a lost invalidation): they are revoked
+	// and forgotten too.
+	err = walkRoleTokens(ctx, req.Storage, name, func(keys []string) error {
+		for _, key := range keys {
+			if err := b.takeOutOfService(ctx, req.Storage, name, key); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	// Memory may hold tokens storage does not (another node's flush, a lost
-	// invalidation): they are revoked and forgotten too.
-	keys := map[string]bool{}
-	for _, k := range append(stored, b.tokens.memoryKeys(roleTokenPrefix(name))...) {
-		keys[k] = true
-	}
-	for _, key := range slices.Sorted(maps.Keys(keys)) {
+	for _, key := range b.tokens.memoryKeys(name) {
 		if err := b.takeOutOfService(ctx, req.Storage, name, key); err != nil {
 			return nil, err
 		}
@@ -143,6 +145,7 @@ func (b *backend) takeOutOfService(ctx context.Context, s logical.Storage, role,
 			undo() // still stored, hence still live: not queued either
 			return storageError("deleting cached token", err)
 		}
+		b.counts.add(key, -1)
 	}
 	return nil
 }

@@ -150,10 +150,10 @@ func TestCacheFlushCarriesOnPastRefusal(t *testing.T) {
 	if live != 1 {
 		t.Errorf("%d tokens live after the flush, want 1 (the refused one)", live)
 	}
-	if keys, _ := e.b.tokens.roleKeys(context.Background(), e.storage, "shoppers"); len(keys) != 0 {
+	if keys := storedRoleKeys(t, e.storage, "shoppers"); len(keys) != 0 {
 		t.Errorf("%d tokens left in storage", len(keys))
 	}
-	if got := e.b.tokens.memoryKeys(roleTokenPrefix("shoppers")); len(got) != 0 {
+	if got := e.b.tokens.memoryKeys("shoppers"); len(got) != 0 {
 		t.Errorf("%d tokens left in memory", len(got))
 	}
 	// What Connect says about a revocation could echo the token: it stays

@@ -10,23 +10,30 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
-// storedTokenKeys lists the stored shared tokens (by listing only, so it is
-// safe while a background removal runs).
+// storedTokenKeys lists the stored shared tokens of every role, in both
+// layouts (by listing only, so it is safe while a background removal runs).
 func storedTokenKeys(e *testEnv) []string {
 	e.t.Helper()
-	var keys []string
-	dirs, err := e.storage.List(context.Background(), tokenStoragePrefix)
+	roles, err := tokenRoles(context.Background(), e.storage)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	for _, d := range dirs {
-		got, err := e.storage.List(context.Background(), tokenStoragePrefix+d)
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		for _, k := range got {
-			keys = append(keys, tokenStoragePrefix+d+k)
-		}
+	var keys []string
+	for _, r := range roles {
+		keys = append(keys, storedRoleKeys(e.t, e.storage, r)...)
+	}
+	return keys
+}
+
+// storedRoleKeys lists role's stored tokens.
+func storedRoleKeys(t testing.TB, s logical.Storage, role string) []string {
+	t.Helper()
+	var keys []string
+	if err := walkRoleTokens(context.Background(), s, role, func(k []string) error {
+		keys = append(keys, k...)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 	return keys
 }
@@ -71,7 +78,7 @@ func TestTidyRemovesExpiredAndOrphanedTokens(t *testing.T) {
 	if keys := storedTokenKeys(e); len(keys) != 0 {
 		t.Errorf("tokens left in storage: %v", keys)
 	}
-	if keys := e.b.tokens.memoryKeys(tokenStoragePrefix); len(keys) != 0 {
+	if keys := e.b.tokens.entries.Keys(); len(keys) != 0 {
 		t.Errorf("%d expired tokens left in memory", len(keys))
 	}
 }
@@ -150,15 +157,15 @@ func TestRoleDeleteAtScale(t *testing.T) {
 	if len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "DELETE cache/big") {
 		t.Errorf("warnings = %q, want one saying how to revoke the role's tokens", resp.Warnings)
 	}
-	if got := counted.getsUnder(roleTokenPrefix("big")); got != 0 {
+	if got := counted.getsUnder(roleTokenPrefix("big")) + counted.getsUnder(userTokenPrefix("big")); got != 0 {
 		t.Errorf("the delete read %d of the role's tokens", got)
 	}
 	for _, p := range counted.listed() {
-		if strings.HasPrefix(p, tokenStoragePrefix) {
+		if strings.HasPrefix(p, tokenStoragePrefix) || strings.HasPrefix(p, userTokenStoragePrefix) {
 			t.Errorf("the delete listed %q", p)
 		}
 	}
-	if keys := e.b.tokens.memoryKeys(roleTokenPrefix("big")); len(keys) != 0 {
+	if keys := e.b.tokens.memoryKeys("big"); len(keys) != 0 {
 		t.Errorf("%d of the deleted role's tokens left in memory", len(keys))
 	}
 	if left := len(storedTokenKeys(e)); left != n+1 {
@@ -176,7 +183,7 @@ func TestTidyCallOutlastingItsRequest(t *testing.T) {
 	}
 	e.advance(25 * time.Hour)
 	g := gateStorage(e)
-	gt := g.park("get", roleTokenPrefix("shoppers")+"*") // the pass, held mid-way
+	gt := g.park("get", userTokenPrefix("shoppers")+"*") // the pass, held mid-way
 
 	ctx, cancel := context.WithTimeout(context.Background(), tidyResponseMargin) // no time to wait
 	defer cancel()

@@ -2,8 +2,6 @@ package instacart
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -119,7 +117,7 @@ func (b *backend) refreshShared(slotCtx, ctx context.Context, s logical.Storage,
 	gen := b.tokens.generation(key)
 	candidate := b.tokens.get(key)
 	if !m.serves(candidate) {
-		stored, err := b.tokens.load(ctx, s, key)
+		stored, err := b.loadUserToken(ctx, s, m)
 		if err != nil {
 			return refreshed{}, err
 		}
@@ -192,14 +190,6 @@ func (b *backend) fallback(ctx context.Context, s logical.Storage, m *mintReques
 	return candidate, fmt.Sprintf("no new token could be had in time (%s); this token expires at %s", errorSummary(cause), candidate.ExpiresAt.Format(time.RFC3339)), true
 }
 
-// supersededKey is where a shared token replaced while still valid is kept,
-// out of service, until it expires or a flush revokes it: its leases still
-// hold it.
-func supersededKey(role, token string) string {
-	sum := sha256.Sum256([]byte(token))
-	return roleTokenPrefix(role) + "old-" + hex.EncodeToString(sum[:16])
-}
-
 // publishShared makes a newly minted shared token live: stored at its key,
 // unless its role was deleted or redefined, or the credentials rotated, while
 // it was minted. A still-valid token it replaces is kept out of service, so
@@ -225,9 +215,16 @@ func (b *backend) publishShared(ctx context.Context, s logical.Storage, m *mintR
 		return err
 	}
 	if prev != nil && prev.AccessToken != t.AccessToken && !prev.expired(b.now()) {
-		if err := putJSON(ctx, s, supersededKey(m.roleName, prev.AccessToken), prev); err != nil {
+		if err := putJSON(ctx, s, supersededKey(key, prev.AccessToken), prev); err != nil {
 			return err
 		}
+		b.counts.add(key, 1)
 	}
-	return b.tokens.store(ctx, s, key, t)
+	if err := b.tokens.store(ctx, s, key, t); err != nil {
+		return err
+	}
+	if prev == nil {
+		b.counts.add(key, 1)
+	}
+	return nil
 }

@@ -2,11 +2,8 @@ package instacart
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"hash/fnv"
-	"strings"
 	"sync"
 	"time"
 
@@ -16,11 +13,6 @@ import (
 
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect"
 )
-
-// tokenStoragePrefix holds shared tokens: tokens/<role>/<key>, where key is
-// "role" for role-wide tokens or "user-<sha256 of the user id>" for assertion
-// tokens (user ids may hold any character; storage keys may not).
-const tokenStoragePrefix = "tokens/"
 
 // maxMintWait bounds a coalesced mint that outlives the request that started it.
 const maxMintWait = 2 * time.Minute
@@ -115,16 +107,6 @@ func genStripe(key string) int {
 	return int(h.Sum32() % genStripes)
 }
 
-func roleTokenPrefix(roleName string) string { return tokenStoragePrefix + roleName + "/" }
-
-func tokenKey(roleName, userID string) string {
-	if userID == "" {
-		return roleTokenPrefix(roleName) + "role"
-	}
-	sum := sha256.Sum256([]byte(userID))
-	return roleTokenPrefix(roleName) + "user-" + hex.EncodeToString(sum[:])
-}
-
 func newTokenCache(size int) *tokenCache {
 	entries, err := lru.New[string, *issuedToken](size)
 	if err != nil {
@@ -179,11 +161,11 @@ func (c *tokenCache) clear() {
 	c.entries.Purge()
 }
 
-// memoryKeys lists the keys held in memory under prefix.
-func (c *tokenCache) memoryKeys(prefix string) []string {
+// memoryKeys lists the keys of role's tokens held in memory.
+func (c *tokenCache) memoryKeys(role string) []string {
 	var keys []string
 	for _, key := range c.entries.Keys() {
-		if strings.HasPrefix(key, prefix) {
+		if tokenRole(key) == role {
 			keys = append(keys, key)
 		}
 	}
@@ -203,19 +185,6 @@ func (c *tokenCache) store(ctx context.Context, s logical.Storage, key string, t
 	}
 	c.rememberIf(key, t, gen)
 	return nil
-}
-
-// roleKeys lists the storage keys of a role's shared tokens.
-func (c *tokenCache) roleKeys(ctx context.Context, s logical.Storage, roleName string) ([]string, error) {
-	prefix := roleTokenPrefix(roleName)
-	keys, err := s.List(ctx, prefix)
-	if err != nil {
-		return nil, fmt.Errorf("listing cached tokens of role %q: %w", roleName, err)
-	}
-	for i, k := range keys {
-		keys[i] = prefix + k
-	}
-	return keys, nil
 }
 
 // forgetExpired drops expired tokens from memory.

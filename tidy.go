@@ -1,0 +1,286 @@
+package instacart
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// tidyInterval is how often the periodic function tidies on its own: a pass
+// reads every stored shared token, so it runs hourly, not every minute.
+const tidyInterval = time.Hour
+
+// tidyWorkers is how many keys a pass checks and removes at once. On raft
+// each delete waits for a log write, and raft writes concurrent ones
+// together: one at a time, a million expired tokens took half an hour.
+const tidyWorkers = 16
+
+// tidyCursorPath records the last unit (a role's folder or one shard of its
+// users) a pass finished, so a pass cut short (a restart, a failover, a
+// storage error) is resumed there by the next.
+const tidyCursorPath = "tidy/cursor"
+
+type tidyCursor struct {
+	Role string    `json:"role"`
+	Unit tokenUnit `json:"unit"`
+}
+
+// tidyReport is what a tidy pass did so far.
+type tidyReport struct {
+	checked, expiredTokens, orphanedTokens, movedTokens, retiredCredentials int
+}
+
+// tidyPass is one tidy pass: its counts grow as it goes, and done closes
+// when it ends (err then says how).
+type tidyPass struct {
+	done                                       chan struct{}
+	err                                        error
+	started                                    time.Time
+	resumedFrom                                string // "<role>/<unit>" the pass began after, "" for the start
+	checked, expired, orphaned, moved, retired atomic.Int64
+	position                                   atomic.Pointer[string] // the unit being tidied
+	finished                                   atomic.Pointer[time.Time]
+}
+
+func (p *tidyPass) report() tidyReport {
+	return tidyReport{int(p.checked.Load()), int(p.expired.Load()), int(p.orphaned.Load()), int(p.moved.Load()), int(p.retired.Load())}
+}
+
+// tidyStop is a unit of the pass: all of a role's units after the cursor
+// (from == cursor), or those up to it (upTo), or all.
+type tidyStop struct {
+	role       string
+	from, upTo *tokenUnit
+}
+
+func (t tidyStop) includes(u tokenUnit) bool {
+	switch {
+	case t.from != nil:
+		return u > *t.from
+	case t.upTo != nil:
+		return u <= *t.upTo
+	}
+	return true
+}
+
+// tidyPlan orders a pass: the roles after the cursor, then those before it,
+// with the cursor's own role split across both ends.
+func tidyPlan(roles []string, cur *tidyCursor) []tidyStop {
+	if cur == nil {
+		plan := make([]tidyStop, len(roles))
+		for i, r := range roles {
+			plan[i] = tidyStop{role: r}
+		}
+		return plan
+	}
+	var after, before []tidyStop
+	for _, r := range roles {
+		switch {
+		case r == cur.Role:
+			after = append(after, tidyStop{role: r, from: &cur.Unit})
+			before = append(before, tidyStop{role: r, upTo: &cur.Unit})
+		case r > cur.Role:
+			after = append(after, tidyStop{role: r})
+		default:
+			before = append(before, tidyStop{role: r})
+		}
+	}
+	return append(after, before...)
+}
+
+// tidy walks every role's stored tokens unit by unit, from where the last
+// pass stopped: it removes expired ones, moves the previous release's
+// per-user tokens to their shards, and counts what stays. Then it drops
+// retired credentials past their retention.
+func (b *backend) tidy(ctx context.Context, s logical.Storage, p *tidyPass) error {
+	cur, err := getJSON[tidyCursor](ctx, s, tidyCursorPath)
+	if err != nil {
+		return err
+	}
+	if cur != nil {
+		p.resumedFrom = cur.Role + "/" + cur.Unit
+	}
+	roles, err := tokenRoles(ctx, s)
+	if err != nil {
+		return err
+	}
+	counted := map[string]bool{}
+	for _, stop := range tidyPlan(roles, cur) {
+		whole := stop.from == nil && stop.upTo == nil
+		if err := b.tidyRole(ctx, s, stop, whole, p); err != nil {
+			return err
+		}
+		counted[stop.role] = whole
+	}
+	if err := s.Delete(ctx, tidyCursorPath); err != nil {
+		return storageError("deleting the tidy cursor", err)
+	}
+	b.counts.finishPass(counted)
+	// Every key of the previous release's layout was moved or removed.
+	b.legacyUserKeys.Store(false)
+	b.tokens.forgetExpired(b.now())
+	retired, err := b.pruneConfig(ctx, s)
+	p.retired.Add(int64(retired))
+	return err
+}
+
+// tidyRole tidies the units of one role that stop includes, saving the
+// cursor after each; whole says the pass sees them all, so it counts them.
+func (b *backend) tidyRole(ctx context.Context, s logical.Storage, stop tidyStop, whole bool, p *tidyPass) error {
+	units, err := roleUnits(ctx, s, stop.role)
+	if err != nil {
+		return err
+	}
+	// The role as it was when the pass began; removal checks it as it is then.
+	current, err := b.getRole(ctx, s, stop.role)
+	if err != nil {
+		return err
+	}
+	if whole {
+		b.counts.startCount(stop.role)
+	}
+	var listed int64
+	for _, u := range units {
+		if !stop.includes(u) {
+			continue
+		}
+		keys, err := unitKeys(ctx, s, stop.role, u)
+		if err != nil {
+			return err
+		}
+		pos := stop.role + "/" + u
+		p.position.Store(&pos)
+		moved := p.moved.Load()
+		if err := b.tidyKeys(ctx, s, stop.role, current, keys, p); err != nil {
+			return err
+		}
+		// A token moved out of the folder is counted in the shard it moved
+		// to, which comes later.
+		listed += int64(len(keys)) - (p.moved.Load() - moved)
+		if err := putJSON(ctx, s, tidyCursorPath, tidyCursor{Role: stop.role, Unit: u}); err != nil {
+			return err
+		}
+	}
+	if whole {
+		b.counts.finishCount(stop.role, listed)
+	}
+	return nil
+}
+
+// tidyKeys checks keys tidyWorkers at a time: a token of the previous
+// layout is moved, a stale one removed.
+func (b *backend) tidyKeys(ctx context.Context, s logical.Storage, role string, current *role, keys []string, p *tidyPass) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	work := make(chan string)
+	var wg sync.WaitGroup
+	for range min(tidyWorkers, len(keys)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for key := range work {
+				if err := b.tidyKey(ctx, s, role, current, key, p); err != nil {
+					cancel(err)
+				}
+			}
+		}()
+	}
+	for _, key := range keys {
+		if ctx.Err() != nil {
+			break
+		}
+		work <- key
+	}
+	close(work)
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return ctx.Err()
+}
+
+func (b *backend) tidyKey(ctx context.Context, s logical.Storage, role string, current *role, key string, p *tidyPass) error {
+	p.checked.Add(1)
+	if _, ok := migratedKey(key); ok {
+		_, outcome, err := b.moveLegacyToken(ctx, s, role, key)
+		switch outcome {
+		case legacyMoved:
+			p.moved.Add(1)
+		case legacyExpired:
+			p.expired.Add(1)
+		}
+		return err
+	}
+	// Most tokens are fresh: a read without the lock skips them.
+	t, err := b.tokens.load(ctx, s, key)
+	if err != nil {
+		return err
+	}
+	if e, o := staleness(t, current, b.now()); !e && !o {
+		return nil
+	}
+	expired, orphaned, err := b.removeIfStale(ctx, s, role, key)
+	if expired {
+		p.expired.Add(1)
+	}
+	if orphaned {
+		p.orphaned.Add(1)
+	}
+	return err
+}
+
+// staleness says whether a stored token should go: only once it has
+// expired, since until then the leases holding it may need it revoked (a
+// flush). orphaned: its role (r, nil when deleted) no longer served it.
+func staleness(t *issuedToken, r *role, now time.Time) (expired, orphaned bool) {
+	switch {
+	case t == nil || !t.expired(now):
+		return false, false
+	case r == nil || t.RoleHash != r.hash:
+		return false, true
+	}
+	return true, false
+}
+
+// removeIfStale deletes key if its token is stale, checked again under the
+// role lock and the key's publish lock, which publishShared also takes: a
+// token stored there meanwhile is never dropped.
+func (b *backend) removeIfStale(ctx context.Context, s logical.Storage, role, key string) (expired, orphaned bool, err error) {
+	mu := b.roleLock(role)
+	mu.RLock()
+	defer mu.RUnlock()
+	unlock := b.tokens.lockKey(key)
+	defer unlock()
+	r, err := b.getRoleLocked(ctx, s, role)
+	if err != nil {
+		return false, false, err
+	}
+	t, err := b.tokens.load(ctx, s, key)
+	if err != nil {
+		return false, false, err
+	}
+	expired, orphaned = staleness(t, r, b.now())
+	if !expired && !orphaned {
+		return false, false, nil
+	}
+	b.tokens.forget(key)
+	if err := s.Delete(ctx, key); err != nil {
+		return false, false, storageError("deleting cached token", err)
+	}
+	b.counts.add(key, -1)
+	return expired, orphaned, nil
+}
+
+// forgetRoleTokens is called after a role is deleted or redefined: its
+// tokens leave memory at once. In storage they stay, out of service (their
+// role no longer serves them), until they expire and tidy removes them, or a
+// flush of the role revokes them: leases may still hold them.
+func (b *backend) forgetRoleTokens(role string) {
+	for _, k := range b.tokens.memoryKeys(role) {
+		b.tokens.forget(k)
+	}
+}
