@@ -14,10 +14,11 @@ import (
 )
 
 // gaugeRefreshInterval bounds how often a scrape rebuilds the gauges from
-// storage: counting a role's per-user tokens lists them all, and anyone who
-// may read metrics could otherwise make every scrape do it. A config or role
-// write (here, or on another node: an invalidation) makes the next scrape
-// rebuild them whatever their age.
+// storage (a read per role and a list of the revocation queue), so anyone who
+// may read metrics cannot make every scrape do it. A config or role write
+// (here, or on another node: an invalidation) makes the next scrape rebuild
+// them whatever their age. The stored-token counts are kept in memory
+// (token_counts.go) and set at every scrape: no scrape lists tokens.
 const gaugeRefreshInterval = time.Minute
 
 // scrape renders the registry in Prometheus' text format, after rebuilding
@@ -43,6 +44,11 @@ func (m *metrics) scrape(ctx context.Context, b *backend, s logical.Storage) ([]
 			m.gaugesAt, m.gaugesGen = now, gen
 		}
 	}
+	for _, name := range m.sharedRoles {
+		if n, ok := b.counts.get(name); ok {
+			m.sharedTokens.WithLabelValues(name).Set(float64(n))
+		}
+	}
 	families, err := m.registry.Gather()
 	if err != nil {
 		return nil, fmt.Errorf("gathering metrics: %w", err)
@@ -61,20 +67,19 @@ func (m *metrics) scrape(ctx context.Context, b *backend, s logical.Storage) ([]
 type gaugeValues struct {
 	renewBy      float64 // 0: not set
 	roles        map[string]connect.GrantType
-	sharedTokens map[string]float64
+	sharedRoles  []string
 	sharedExpiry map[string]float64
 	pending      map[string]float64
 }
 
 // readGauges reads the gauges from storage: renew_by from the config; per
-// shared role the tokens held and, for role-wide tokens, their expiry; and
-// per role (and for the verify token) the tokens queued for revocation. It
-// costs one list per shared role, one read per role-wide token, and one list
-// of the revocation queue plus one per role with tokens queued.
+// shared role, for role-wide tokens, their expiry; and per role (and for
+// the verify token) the tokens queued for revocation. It costs one read per
+// role-wide token, and one list of the revocation queue plus one per role
+// with tokens queued; it lists no stored token.
 func (m *metrics) readGauges(ctx context.Context, b *backend, s logical.Storage) (*gaugeValues, error) {
 	g := &gaugeValues{
 		roles:        map[string]connect.GrantType{},
-		sharedTokens: map[string]float64{},
 		sharedExpiry: map[string]float64{},
 		pending:      map[string]float64{verifyRole: 0},
 	}
@@ -102,9 +107,7 @@ func (m *metrics) readGauges(ctx context.Context, b *backend, s logical.Storage)
 		if !r.shared() {
 			continue
 		}
-		if n, ok := b.counts.get(name); ok {
-			g.sharedTokens[name] = float64(n)
-		}
+		g.sharedRoles = append(g.sharedRoles, name)
 		if r.GrantType == connect.GrantFulfillmentUserAssertion && r.UserID == "" {
 			continue // per-user tokens: no one expiry stands for the role
 		}
@@ -148,9 +151,7 @@ func (m *metrics) applyGauges(g *gaugeValues, suspects map[string]struct{}) {
 	if g.renewBy != 0 {
 		m.renewBy.WithLabelValues().Set(g.renewBy)
 	}
-	for name, v := range g.sharedTokens {
-		m.sharedTokens.WithLabelValues(name).Set(v)
-	}
+	m.sharedRoles = g.sharedRoles
 	for name, v := range g.sharedExpiry {
 		m.sharedExpiry.WithLabelValues(name).Set(v)
 	}

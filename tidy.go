@@ -131,10 +131,6 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, p *tidyPass) erro
 // tidyRole tidies the units of one role that stop includes, saving the
 // cursor after each; whole says the pass sees them all, so it counts them.
 func (b *backend) tidyRole(ctx context.Context, s logical.Storage, stop tidyStop, whole bool, p *tidyPass) error {
-	units, err := roleUnits(ctx, s, stop.role)
-	if err != nil {
-		return err
-	}
 	// The role as it was when the pass began; removal checks it as it is then.
 	current, err := b.getRole(ctx, s, stop.role)
 	if err != nil {
@@ -144,13 +140,9 @@ func (b *backend) tidyRole(ctx context.Context, s logical.Storage, stop tidyStop
 		b.counts.startCount(stop.role)
 	}
 	var listed int64
-	for _, u := range units {
+	err = walkRoleTokens(ctx, s, stop.role, func(u tokenUnit, keys []string) error {
 		if !stop.includes(u) {
-			continue
-		}
-		keys, err := unitKeys(ctx, s, stop.role, u)
-		if err != nil {
-			return err
+			return nil
 		}
 		pos := stop.role + "/" + u
 		p.position.Store(&pos)
@@ -161,9 +153,10 @@ func (b *backend) tidyRole(ctx context.Context, s logical.Storage, stop tidyStop
 		// A token moved out of the folder is counted in the shard it moved
 		// to, which comes later.
 		listed += int64(len(keys)) - (p.moved.Load() - moved)
-		if err := putJSON(ctx, s, tidyCursorPath, tidyCursor{Role: stop.role, Unit: u}); err != nil {
-			return err
-		}
+		return putJSON(ctx, s, tidyCursorPath, tidyCursor{Role: stop.role, Unit: u})
+	})
+	if err != nil {
+		return err
 	}
 	if whole {
 		b.counts.finishCount(stop.role, listed)

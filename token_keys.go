@@ -124,22 +124,20 @@ func tokenRoles(ctx context.Context, s logical.Storage) ([]string, error) {
 // folder (unit "", with the role-wide token), or one shard of its users.
 type tokenUnit = string
 
-// roleUnits lists the units of a role's stored tokens, in order: its folder
-// first, so a flush takes a previous release's token before a read can move
-// it to a shard the flush has passed; then the shards that hold tokens.
-func roleUnits(ctx context.Context, s logical.Storage, role string) ([]tokenUnit, error) {
-	shards, err := s.List(ctx, userTokenPrefix(role))
+// roleShards lists the shards holding a role's per-user tokens, in order.
+func roleShards(ctx context.Context, s logical.Storage, role string) ([]tokenUnit, error) {
+	dirs, err := s.List(ctx, userTokenPrefix(role))
 	if err != nil {
 		return nil, fmt.Errorf("listing the token shards of role %q: %w", role, err)
 	}
-	units := []tokenUnit{""}
-	for _, sh := range shards {
-		if sh, ok := strings.CutSuffix(sh, "/"); ok {
-			units = append(units, sh)
+	var shards []tokenUnit
+	for _, d := range dirs {
+		if sh, ok := strings.CutSuffix(d, "/"); ok {
+			shards = append(shards, sh)
 		}
 	}
-	slices.Sort(units)
-	return units, nil
+	slices.Sort(shards)
+	return shards, nil
 }
 
 // unitKeys lists the token keys of one unit of a role.
@@ -162,18 +160,27 @@ func unitKeys(ctx context.Context, s logical.Storage, role string, unit tokenUni
 }
 
 // walkRoleTokens calls fn with the keys of each unit of a role's tokens in
-// turn, so no more than one shard's keys are held at once.
-func walkRoleTokens(ctx context.Context, s logical.Storage, role string, fn func(keys []string) error) error {
-	units, err := roleUnits(ctx, s, role)
+// turn, so no more than one shard's keys are held at once. The role's
+// folder comes first, and the shards are listed after it: a token a read
+// moves out of the folder meanwhile lands in a shard still to come.
+func walkRoleTokens(ctx context.Context, s logical.Storage, role string, fn func(unit tokenUnit, keys []string) error) error {
+	keys, err := unitKeys(ctx, s, role, "")
 	if err != nil {
 		return err
 	}
-	for _, u := range units {
-		keys, err := unitKeys(ctx, s, role, u)
+	if err := fn("", keys); err != nil {
+		return err
+	}
+	shards, err := roleShards(ctx, s, role)
+	if err != nil {
+		return err
+	}
+	for _, sh := range shards {
+		keys, err := unitKeys(ctx, s, role, sh)
 		if err != nil {
 			return err
 		}
-		if err := fn(keys); err != nil {
+		if err := fn(sh, keys); err != nil {
 			return err
 		}
 	}
