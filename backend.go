@@ -71,8 +71,9 @@ type backend struct {
 	roles     sync.Map // role name -> *role
 
 	tokens *tokenCache
-	// counts are the tokens stored per role (token_counts.go).
-	counts *tokenCounts
+	// counts are the tokens stored per role, queued those waiting in each
+	// role's revocation queue (token_counts.go).
+	counts, queued *tokenCounts
 	// legacyUserKeys is set while storage may still hold per-user tokens at
 	// the previous release's keys (legacy_layout.go).
 	legacyUserKeys atomic.Bool
@@ -117,7 +118,7 @@ type configSnapshot struct {
 }
 
 func newBackend() *backend {
-	b := &backend{now: time.Now, tokens: newTokenCache(tokenCacheSize), counts: newTokenCounts(), bg: newBackground()}
+	b := &backend{now: time.Now, tokens: newTokenCache(tokenCacheSize), counts: newTokenCounts(), queued: newTokenCounts(), bg: newBackground()}
 	b.legacyUserKeys.Store(true)
 	b.metrics = newBackendMetrics(b)
 	b.Backend = &framework.Backend{
@@ -166,10 +167,10 @@ func (b *backend) invalidate(_ context.Context, key string) {
 }
 
 // initialize runs when Vault mounts the engine or starts it on the active
-// node. A mount with no tokens stored has nothing to count or move; one with
-// tokens gets a tidy pass in the background, which counts them (for the
-// gauges), moves the previous release's per-user tokens, and resumes a pass
-// cut short.
+// node. A mount with no tokens stored or queued has nothing to count or
+// move; one with tokens gets a tidy pass in the background, which counts them
+// (for the gauges), moves the previous release's per-user tokens, and
+// resumes a pass cut short.
 func (b *backend) initialize(ctx context.Context, req *logical.InitializationRequest) error {
 	if !b.WriteSafeReplicationState() {
 		return nil
@@ -181,6 +182,13 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 	cur, err := getJSON[tidyCursor](ctx, req.Storage, tidyCursorPath)
 	if err != nil {
 		return err
+	}
+	queues, err := req.Storage.List(ctx, revokingStoragePrefix)
+	if err != nil {
+		return fmt.Errorf("listing revocation queues: %w", err)
+	}
+	if len(queues) == 0 {
+		b.queued.finishPass(nil) // else the first retry pass, within a minute, counts them
 	}
 	if len(roles) == 0 && cur == nil {
 		b.counts.finishPass(nil)

@@ -115,9 +115,9 @@ type metrics struct {
 	gaugesAt  time.Time
 	gaugesGen uint64
 	gaugeGen  atomic.Uint64
-	// sharedRoles are the shared roles as last rebuilt: their stored-token
-	// counts are set at every scrape.
-	sharedRoles []string
+	// sharedRoles are the shared roles as last rebuilt, pendingRoles the
+	// roles with a revocation queue: their counts are set at every scrape.
+	sharedRoles, pendingRoles []string
 
 	// suspects are roles written or deleted on another node (invalidated)
 	// or deleted here: the next gauge refresh forgets the series of those

@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/common/expfmt"
 
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect"
@@ -44,11 +47,8 @@ func (m *metrics) scrape(ctx context.Context, b *backend, s logical.Storage) ([]
 			m.gaugesAt, m.gaugesGen = now, gen
 		}
 	}
-	for _, name := range m.sharedRoles {
-		if n, ok := b.counts.get(name); ok {
-			m.sharedTokens.WithLabelValues(name).Set(float64(n))
-		}
-	}
+	setCounts(m.sharedTokens, m.sharedRoles, b.counts)
+	setCounts(m.pending, m.pendingRoles, b.queued)
 	families, err := m.registry.Gather()
 	if err != nil {
 		return nil, fmt.Errorf("gathering metrics: %w", err)
@@ -62,6 +62,16 @@ func (m *metrics) scrape(ctx context.Context, b *backend, s logical.Storage) ([]
 	return buf.Bytes(), nil
 }
 
+// setCounts sets gauge, per role of roles, to the count counts keep, once
+// counted (a restarted node's first pass counts within a minute).
+func setCounts(gauge *prometheus.GaugeVec, roles []string, counts *tokenCounts) {
+	for _, name := range roles {
+		if n, ok := counts.get(name); ok {
+			gauge.WithLabelValues(name).Set(float64(n))
+		}
+	}
+}
+
 // gaugeValues are the gauges as read from storage, set all at once (or not
 // at all, when reading them failed).
 type gaugeValues struct {
@@ -69,19 +79,19 @@ type gaugeValues struct {
 	roles        map[string]connect.GrantType
 	sharedRoles  []string
 	sharedExpiry map[string]float64
-	pending      map[string]float64
+	pendingRoles map[string]bool // roles, the verify queue and deleted roles' queues
 }
 
 // readGauges reads the gauges from storage: renew_by from the config; per
 // shared role, for role-wide tokens, their expiry; and per role (and for
 // the verify token) the tokens queued for revocation. It costs one read per
-// role-wide token, and one list of the revocation queue plus one per role
-// with tokens queued; it lists no stored token.
+// role-wide token and a list of the roles with a revocation queue; the
+// counts of tokens stored and queued are kept in memory (token_counts.go).
 func (m *metrics) readGauges(ctx context.Context, b *backend, s logical.Storage) (*gaugeValues, error) {
 	g := &gaugeValues{
 		roles:        map[string]connect.GrantType{},
 		sharedExpiry: map[string]float64{},
-		pending:      map[string]float64{verifyRole: 0},
+		pendingRoles: map[string]bool{verifyRole: true},
 	}
 	e, err := b.getSnapshot(ctx, s)
 	if err != nil {
@@ -103,7 +113,7 @@ func (m *metrics) readGauges(ctx context.Context, b *backend, s logical.Storage)
 			continue
 		}
 		g.roles[name] = r.GrantType
-		g.pending[name] = 0
+		g.pendingRoles[name] = true
 		if !r.shared() {
 			continue
 		}
@@ -124,17 +134,12 @@ func (m *metrics) readGauges(ctx context.Context, b *backend, s logical.Storage)
 	}
 	queues, err := s.List(ctx, revokingStoragePrefix)
 	if err != nil {
-		return nil, fmt.Errorf("listing pending revocations: %w", err)
+		return nil, fmt.Errorf("listing revocation queues: %w", err)
 	}
 	for _, q := range queues {
-		if !strings.HasSuffix(q, "/") {
-			continue
+		if name, ok := strings.CutSuffix(q, "/"); ok {
+			g.pendingRoles[name] = true
 		}
-		keys, err := s.List(ctx, revokingStoragePrefix+q)
-		if err != nil {
-			return nil, fmt.Errorf("listing pending revocations: %w", err)
-		}
-		g.pending[strings.TrimSuffix(q, "/")] = float64(len(keys))
 	}
 	return g, nil
 }
@@ -155,9 +160,7 @@ func (m *metrics) applyGauges(g *gaugeValues, suspects map[string]struct{}) {
 	for name, v := range g.sharedExpiry {
 		m.sharedExpiry.WithLabelValues(name).Set(v)
 	}
-	for name, v := range g.pending {
-		m.pending.WithLabelValues(name).Set(v)
-	}
+	m.pendingRoles = slices.Sorted(maps.Keys(g.pendingRoles))
 	for name := range suspects {
 		if _, ok := g.roles[name]; !ok {
 			m.forgetRole(name)

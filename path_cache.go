@@ -132,7 +132,7 @@ func (b *backend) takeOutOfService(ctx context.Context, s logical.Storage, role,
 	}
 	for _, t := range held {
 		if t != nil && !t.expired(b.now()) {
-			if err := queueRevocation(ctx, s, role, t.UserID, t.revocable); err != nil {
+			if err := b.queueRevocation(ctx, s, role, t.UserID, t.revocable); err != nil {
 				undo()
 				return err
 			}
@@ -145,7 +145,7 @@ func (b *backend) takeOutOfService(ctx context.Context, s logical.Storage, role,
 			undo() // still stored, hence still live: not queued either
 			return storageError("deleting cached token", err)
 		}
-		b.counts.add(key, -1)
+		b.counts.add(role, -1)
 	}
 	return nil
 }

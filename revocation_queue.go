@@ -57,9 +57,13 @@ func pendingKey(role, token string) string {
 }
 
 // queueRevocation moves a token to the revoking state.
-func queueRevocation(ctx context.Context, s logical.Storage, role, userID string, r revocable) error {
+func (b *backend) queueRevocation(ctx context.Context, s logical.Storage, role, userID string, r revocable) error {
 	p := pendingRevocation{Role: role, UserID: userID, revocable: r}
-	return putJSON(ctx, s, pendingKey(role, r.AccessToken), p)
+	if err := putJSON(ctx, s, pendingKey(role, r.AccessToken), p); err != nil {
+		return err
+	}
+	b.queued.add(role, 1)
+	return nil
 }
 
 // revokeSoon revokes a token nobody will hold (an unusable answer, one too
@@ -77,7 +81,7 @@ func (b *backend) revokeSoon(ctx context.Context, s logical.Storage, role, userI
 	// it ends with the mount, and the queue has the token.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
-	queueErr := queueRevocation(ctx, s, role, userID, r)
+	queueErr := b.queueRevocation(ctx, s, role, userID, r)
 	tryCtx, cancelTry := context.WithCancel(ctx)
 	defer cancelTry()
 	defer context.AfterFunc(b.bg.ctx, cancelTry)()
@@ -104,7 +108,9 @@ func (b *backend) revokeSoon(ctx context.Context, s logical.Storage, role, userI
 func (b *backend) dequeue(ctx context.Context, s logical.Storage, role, token string) {
 	if err := s.Delete(ctx, pendingKey(role, token)); err != nil {
 		b.Logger().Debug("could not drop a revoked token from the queue; the next pass will", "role", role, "error", err)
+		return
 	}
+	b.queued.add(role, -1)
 }
 
 // revocationPass remembers, for one pass over the queue, the credentials
@@ -148,10 +154,12 @@ type revocationTally struct {
 // them wait for the next.
 func (b *backend) revokeQueued(ctx context.Context, s logical.Storage, role string, pass *revocationPass) (revocationTally, error) {
 	prefix := revokingStoragePrefix + role + "/"
+	b.queued.startCount(role)
 	keys, err := s.List(ctx, prefix)
 	if err != nil {
 		return revocationTally{}, fmt.Errorf("listing pending revocations: %w", err)
 	}
+	defer b.queued.finishCount(role, int64(len(keys)))
 	type queued struct {
 		key string
 		p   *pendingRevocation
@@ -214,6 +222,7 @@ func (b *backend) revokeQueued(ctx context.Context, s logical.Storage, role stri
 					mu.Unlock()
 					return
 				}
+				b.queued.add(role, -1)
 			}
 		}()
 	}
@@ -238,8 +247,10 @@ func (b *backend) retryRevocations(ctx context.Context, s logical.Storage) error
 	)
 	sem := make(chan struct{}, revokeRetryWorkers)
 	pass := newRevocationPass()
+	counted := map[string]bool{}
 	for _, dir := range dirs {
 		role := strings.TrimSuffix(dir, "/")
+		counted[role] = true
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
@@ -254,5 +265,6 @@ func (b *backend) retryRevocations(ctx context.Context, s logical.Storage) error
 		}()
 	}
 	wg.Wait()
+	b.queued.finishPass(counted)
 	return errors.Join(errs...)
 }

@@ -106,7 +106,7 @@ func (b *backend) tokenRevoke(ctx context.Context, req *logical.Request, _ *fram
 		b.metrics.revocation(revocationSkippedExpired) // nothing to send, nothing to queue
 		return nil, nil
 	}
-	if err := queueRevocation(ctx, req.Storage, info.role, info.userID, info.token); err != nil {
+	if err := b.queueRevocation(ctx, req.Storage, info.role, info.userID, info.token); err != nil {
 		return nil, fmt.Errorf("queueing the token for revocation (Vault will retry): %w", err)
 	}
 	tryCtx, cancel := answerBy(ctx) // leave time to answer Vault

@@ -264,7 +264,7 @@ func (b *backend) removeIfStale(ctx context.Context, s logical.Storage, role, ke
 	if err := s.Delete(ctx, key); err != nil {
 		return false, false, storageError("deleting cached token", err)
 	}
-	b.counts.add(key, -1)
+	b.counts.add(role, -1)
 	return expired, orphaned, nil
 }
 

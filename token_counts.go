@@ -2,16 +2,17 @@ package instacart
 
 import "sync"
 
-// tokenCounts counts the tokens each role has stored, as this node stores
-// and removes them, so the instacart_shared_tokens gauge never lists a
-// role's tokens (a million shoppers' keys are ~75 MB). Each tidy pass counts
-// every role anew from the shards it walks: that corrects what another node
-// wrote, give or take the writes made while a role was being counted.
+// tokenCounts counts tokens per role as this node adds and removes them, so
+// no gauge lists a role's tokens (a million shoppers' keys are ~75 MB): the
+// tokens stored (counted anew by every tidy pass, from the shards it walks)
+// and those queued for revocation (counted anew by every retry pass). A pass
+// corrects what another node wrote, give or take the writes made while it
+// counted the role.
 type tokenCounts struct {
 	mu    sync.Mutex
 	roles map[string]*roleCount
-	// baseline is set once a whole tidy pass has counted storage: from then
-	// on a role missing from the counts has no tokens stored.
+	// baseline is set once a whole pass has counted storage: from then on a
+	// role missing from the counts has none.
 	baseline bool
 }
 
@@ -34,11 +35,11 @@ func (c *tokenCounts) role(name string) *roleCount {
 	return rc
 }
 
-// add counts d more tokens stored under key's role.
-func (c *tokenCounts) add(key string, d int64) {
+// add counts d more tokens of role.
+func (c *tokenCounts) add(role string, d int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	rc := c.role(tokenRole(key))
+	rc := c.role(role)
 	rc.n += d
 	if rc.counting {
 		rc.moved += d
@@ -53,7 +54,7 @@ func (c *tokenCounts) startCount(role string) {
 	rc.counting, rc.moved = true, 0
 }
 
-// finishCount sets role's count to the stored tokens a pass counted, plus
+// finishCount sets role's count to the tokens a pass counted, plus
 // what this node stored or removed since the count began.
 func (c *tokenCounts) finishCount(role string, counted int64) {
 	c.mu.Lock()
@@ -63,7 +64,7 @@ func (c *tokenCounts) finishCount(role string, counted int64) {
 }
 
 // finishPass records that a whole pass has counted storage: roles it found
-// nothing stored for keep only what was stored since.
+// nothing for keep only what was added since.
 func (c *tokenCounts) finishPass(counted map[string]bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -75,8 +76,8 @@ func (c *tokenCounts) finishPass(counted map[string]bool) {
 	}
 }
 
-// get is role's count, and whether it is known (not before the first tidy
-// pass has counted storage).
+// get is role's count, and whether it is known (not before the first pass
+// has counted storage).
 func (c *tokenCounts) get(role string) (int64, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
