@@ -329,6 +329,7 @@ const (
 	opRestart
 	opVaultRevoke // Vault revoking a lease at expiry, or retrying a failed revocation
 	opRollbackImmediate
+	opUpgrade // a restart onto storage as v0.1.0 left it: per-user tokens at tokens/<role>/user-<hash>
 	numOpKinds
 )
 
@@ -358,6 +359,7 @@ var opWeights = [numOpKinds]int{
 	opPeriodicHostDown: 2,
 	opOutage:           1,
 	opRestart:          1,
+	opUpgrade:          1,
 }
 
 // opRun is one operation: one Vault request (or a few: the API client's
@@ -912,7 +914,7 @@ func (w *world) startSomething() {
 		}
 		if w.calm {
 			switch k {
-			case opConfigRotate, opConfigMove, opConfigDelete, opRoleEdit, opRoleDelete, opRestart, opRotateDuringMint, opOutage:
+			case opConfigRotate, opConfigMove, opConfigDelete, opRoleEdit, opRoleDelete, opRestart, opUpgrade, opRotateDuringMint, opOutage:
 				wt = 0
 			}
 		}
@@ -984,6 +986,9 @@ func (w *world) applies(k opKind) bool {
 		return len(w.missingRoles()) > 0
 	case opRestart:
 		return w.step > 3
+	case opUpgrade:
+		// v0.1.0 stops before this release starts: nothing in flight.
+		return w.step > 3 && len(w.inflight) == 0 && len(w.rawKeys(userTokenStoragePrefix)) > 0
 	}
 	return true
 }
@@ -1378,12 +1383,41 @@ func (w *world) startKind(k opKind) {
 		// move in between. What it waits for behind other operations'
 		// calls is left to the scheduler.
 		w.runOwnCalls(o)
-	case opRestart:
+	case opRestart, opUpgrade:
+		desc := "restart"
+		if k == opUpgrade {
+			desc = fmt.Sprintf("upgrade from v0.1.0 (%d per-user tokens at its keys)", w.toPreviousLayout())
+		}
 		old, oldGen := w.b, w.gen
 		w.newBackend()
-		o := &opRun{kind: k, b: old, gen: oldGen, desc: fmt.Sprintf("restart: generation %d takes over, generation %d is cleaned up", w.gen, oldGen)}
+		o := &opRun{kind: k, b: old, gen: oldGen, desc: fmt.Sprintf("%s: generation %d takes over, generation %d is cleaned up", desc, w.gen, oldGen)}
 		w.startOp(o, func(o *opRun) { o.b.Cleanup(o.ctx) })
 	}
+}
+
+// toPreviousLayout rewrites, in raw storage, the per-user tokens as v0.1.0
+// stored them: in the role's folder, live ones as user-<hash>. It returns
+// how many it moved.
+func (w *world) toPreviousLayout() int {
+	ctx := context.Background()
+	n := 0
+	for _, key := range w.rawKeys(userTokenStoragePrefix) {
+		role := tokenRole(key)
+		base := key[strings.LastIndex(key, "/")+1:]
+		to := roleTokenPrefix(role) + base
+		if !strings.HasPrefix(base, supersededPrefix) {
+			to = roleTokenPrefix(role) + legacyUserPrefix + base
+		}
+		e, _ := w.inner.Get(ctx, key)
+		if e == nil {
+			continue
+		}
+		e.Key = to
+		if w.inner.Put(ctx, e) == nil && w.inner.Delete(ctx, key) == nil {
+			n++
+		}
+	}
+	return n
 }
 
 // runOwnCalls releases o's parked calls (the RNG picks among them, sorted

@@ -237,7 +237,11 @@ func (b *backend) writeConfig(ctx context.Context, s logical.Storage, d *framewo
 
 	if err := putConfig(ctx, s, cfg); err != nil {
 		if minted != nil { // the credentials were not saved: nothing can retry with them
-			if rerr := next.client.Revoke(ctx, next.client.Credentials(), minted.AccessToken, verifyLabel()); rerr != nil {
+			// The write may have failed because the caller left: the one
+			// revocation there can be must not end with the request.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+			defer cancel()
+			if rerr := next.client.Revoke(rctx, next.client.Credentials(), minted.AccessToken, verifyLabel()); rerr != nil {
 				b.Logger().Warn("could not revoke the token minted to verify credentials that were not saved; it expires by itself", "expires_at", minted.ExpiresAt, "error", errorSummary(rerr))
 			}
 		}

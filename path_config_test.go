@@ -328,3 +328,33 @@ func TestVerifyWithAnUnusableAnswerQueuesItsToken(t *testing.T) {
 		}
 	}
 }
+
+// A config write whose caller leaves as the config is saved fails, and the
+// token minted to verify the unsaved credentials is still revoked: the
+// revocation does not end with the request (the explorer's I2, seed 281).
+func TestVerifyTokenOfUnsavedConfigRevokedAfterCallerLeaves(t *testing.T) {
+	e := newTestEnv(t)
+	g := gateStorage(e)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	g.failPut = func(key string) error {
+		if key != configStoragePath {
+			return nil
+		}
+		cancel() // the caller leaves; the write fails with its context
+		return context.Canceled
+	}
+	_, err := e.doCtx(ctx, logical.UpdateOperation, "config", map[string]any{
+		"client_id": testClientID, "client_secret": testSecret, "base_url": e.fake.URL, "verify": true,
+	})
+	if err == nil {
+		t.Fatal("the config write succeeded though its storage write failed")
+	}
+	toks := e.fake.Tokens()
+	if len(toks) != 1 {
+		t.Fatalf("%d tokens minted, want the one verify token", len(toks))
+	}
+	if !toks[0].Revoked {
+		t.Error("the verify token of credentials that were never saved was left live")
+	}
+}

@@ -25,6 +25,7 @@ type gatedStorage struct {
 	gates map[string]*gate // "get:<key>", "put:<key>", ...
 
 	readOnly   atomic.Bool
+	failPut    func(key string) error
 	failDelete func(key string) error
 	// honourCtx refuses calls on a done context, as Vault's gRPC storage does.
 	honourCtx bool
@@ -97,6 +98,11 @@ func (g *gatedStorage) Get(ctx context.Context, key string) (*logical.StorageEnt
 func (g *gatedStorage) Put(ctx context.Context, entry *logical.StorageEntry) error {
 	if g.readOnly.Load() {
 		return errReadOnlyOverGRPC
+	}
+	if g.failPut != nil {
+		if err := g.failPut(entry.Key); err != nil {
+			return err
+		}
 	}
 	err := g.Storage.Put(ctx, entry)
 	g.wait("put", entry.Key)
