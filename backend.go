@@ -193,6 +193,7 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 	if len(roles) == 0 && cur == nil {
 		b.counts.finishPass(nil)
 		b.legacyUserKeys.Store(false)
+		b.lastTidy.Store(b.now().UnixNano()) // nothing stored: the first pass is due in an hour
 		return nil
 	}
 	b.startTidy(req.Storage)

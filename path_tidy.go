@@ -49,6 +49,7 @@ func (b *backend) pathTidyWrite(ctx context.Context, req *logical.Request, _ *fr
 		return nil, logical.ErrReadOnly
 	}
 	pass := b.startTidy(req.Storage)
+	b.lastTidy.Store(b.now().UnixNano()) // the hourly pass counts from this one
 	wait := time.NewTimer(tidyResponseWait(ctx))
 	defer wait.Stop()
 	var warnings []string
