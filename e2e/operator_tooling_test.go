@@ -150,6 +150,7 @@ func TestPolicies(t *testing.T) {
 		{"list", "instacart/roles"},
 		{"delete", "instacart/cache/fulfillment"},
 		{"write", "-f", "instacart/tidy"},
+		{"read", "instacart/tidy"},
 		{"read", "-format=raw", "instacart/metrics"},
 	} {
 		if out, errOut, code := v.cli(t, operator, "", args...); code != 0 {
@@ -180,6 +181,7 @@ func TestPolicies(t *testing.T) {
 		{"write", "instacart/roles/fulfillment", "grant_type=client_credentials"},
 		{"delete", "instacart/cache/fulfillment"},
 		{"write", "-f", "instacart/tidy"},
+		{"read", "instacart/tidy"},
 		{"read", "instacart/metrics"},
 		// Another role's lease, in the URL (as `vault lease revoke` sends
 		// it), in the body, or in the body of a URL the policy allows

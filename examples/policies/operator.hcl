@@ -18,9 +18,9 @@ path "instacart/cache/*" {
   capabilities = ["delete"]
 }
 
-# vault write -f instacart/tidy
+# vault write -f instacart/tidy; vault read instacart/tidy (the pass's progress)
 path "instacart/tidy" {
-  capabilities = ["update"]
+  capabilities = ["update", "read"]
 }
 
 path "instacart/metrics" {
