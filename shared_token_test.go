@@ -1,0 +1,273 @@
+package instacart
+
+import (
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect/connectfake"
+)
+
+func TestSharedAndExclusiveReuse(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+
+	first := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]
+	second := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]
+	if first != second || e.fake.Mints() != 1 {
+		t.Errorf("shared role: tokens equal %v, mints %d", first == second, e.fake.Mints())
+	}
+
+	a := e.mustOK(logical.ReadOperation, "creds/cc-excl", nil).Data["access_token"]
+	b := e.mustOK(logical.ReadOperation, "creds/cc-excl", nil).Data["access_token"]
+	if a == b || e.fake.Mints() != 3 {
+		t.Errorf("exclusive role: tokens equal %v, mints %d", a == b, e.fake.Mints())
+	}
+
+	// Assertion roles share one token per user.
+	u1 := e.mustOK(logical.UpdateOperation, "creds/shoppers", map[string]any{"user_id": "store-1"}).Data["access_token"]
+	u2 := e.mustOK(logical.UpdateOperation, "creds/shoppers", map[string]any{"user_id": "store-2"}).Data["access_token"]
+	u1again := e.mustOK(logical.UpdateOperation, "creds/shoppers", map[string]any{"user_id": "store-1"}).Data["access_token"]
+	if u1 == u2 || u1 != u1again || e.fake.Mints() != 5 {
+		t.Errorf("per-user sharing: u1==u2 %v, u1 stable %v, mints %d", u1 == u2, u1 == u1again, e.fake.Mints())
+	}
+}
+
+// Concurrent cold readers share one mint: Connect holds the only token
+// request until every reader is waiting on it, so they truly overlap.
+func TestConcurrentColdReadsMintOnce(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	url, arrived, release := gatedConnect(t, e.fake)
+	e.mustOK(logical.UpdateOperation, "config", map[string]any{"base_url": url, "client_secret": testSecret, "verify": false})
+	const readers = 100
+	var waiting sync.WaitGroup
+	waiting.Add(readers)
+	e.b.onSharedWait = waiting.Done
+	go func() {
+		<-arrived
+		waiting.Wait() // every reader is waiting on the one mint
+		close(release)
+	}()
+
+	var wg sync.WaitGroup
+	tokens := make([]string, readers)
+	errs := make([]error, readers)
+	for i := range readers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := e.do(logical.ReadOperation, "creds/cc", nil)
+			if err == nil && resp.IsError() {
+				err = resp.Error()
+			}
+			if err == nil {
+				tokens[i] = resp.Data["access_token"].(string)
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("reader %d: %v", i, err)
+		}
+		if tokens[i] != tokens[0] {
+			t.Fatalf("reader %d got a different token", i)
+		}
+	}
+	if got := e.fake.Mints(); got != 1 {
+		t.Errorf("%d concurrent cold reads minted %d tokens, want 1", readers, got)
+	}
+	e.b.onSharedWait = nil
+}
+
+func TestSharedTokenReplacedNearExpiry(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	first := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]
+	e.advance(22*time.Hour + 30*time.Minute) // 1h30m left: still above min_remaining_ttl
+	if got := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]; got != first {
+		t.Error("replaced too early")
+	}
+	e.advance(time.Hour) // 30m left: below the default 1h
+	second := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]
+	if second == first || e.fake.Mints() != 2 {
+		t.Errorf("not replaced near expiry (mints %d)", e.fake.Mints())
+	}
+}
+
+func TestShortLivedTokensAreNotMintedPerRead(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	e.fake.SetTokenLifetime(time.Minute) // shorter than min_remaining_ttl (1h)
+	for range 5 {
+		e.mustOK(logical.ReadOperation, "creds/cc", nil)
+	}
+	if got := e.fake.Mints(); got != 1 {
+		t.Errorf("5 reads of a 60 s token minted %d times, want 1", got)
+	}
+}
+
+func TestServesCachedTokenWhileConnectIsDown(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	first := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]
+	e.advance(23*time.Hour + 30*time.Minute) // inside min_remaining_ttl: a refresh is due
+	e.fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 503})
+	resp := e.mustOK(logical.ReadOperation, "creds/cc", nil)
+	if resp.Data["access_token"] != first || len(resp.Warnings) == 0 {
+		t.Errorf("want the cached token with a warning, got warnings %q", resp.Warnings)
+	}
+	// Once it has expired there is nothing safe to serve.
+	e.advance(time.Hour)
+	e.fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 503}, connectfake.Fault{Status: 503})
+	if _, err := e.do(logical.ReadOperation, "creds/cc", nil); err == nil || !strings.Contains(err.Error(), "503") {
+		t.Errorf("expired cache + Connect down: err = %v, want one naming 503", err)
+	}
+}
+
+func TestSharedTokenSurvivesRestart(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	first := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]
+
+	e.b = reloadBackend(t, e) // as after a Vault restart or plugin reload
+	again := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]
+	if again != first || e.fake.Mints() != 1 {
+		t.Errorf("after restart: same token %v, mints %d", again == first, e.fake.Mints())
+	}
+}
+
+func TestRoleChangeDropsSharedToken(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	first := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]
+	e.mustOK(logical.UpdateOperation, "roles/cc", map[string]any{"scopes": "connect:fulfillment,connect:ian"})
+	resp := e.mustOK(logical.ReadOperation, "creds/cc", nil)
+	if resp.Data["access_token"] == first || !reflect.DeepEqual(resp.Data["scopes"], []string{"connect:fulfillment", "connect:ian"}) {
+		t.Errorf("token minted for the old scopes was served: %v", resp.Data["scopes"])
+	}
+	// A ttl change does not touch what the token is, so it stays.
+	e.mustOK(logical.UpdateOperation, "roles/cc", map[string]any{"ttl": "2h"})
+	if again := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]; again != resp.Data["access_token"] {
+		t.Error("ttl change dropped the shared token")
+	}
+}
+
+// TestBadUpstreamAnswersAreNeverCached feeds every kind of broken answer to a
+// shared role's first read: each is an error (never a panic, never a token),
+// nothing reaches storage, and the next read mints a working token.
+func TestBadUpstreamAnswersAreNeverCached(t *testing.T) {
+	faults := map[string]connectfake.Fault{
+		"malformed JSON":     {Status: 200, Body: `{"access_token":`},
+		"truncated JSON":     {Status: 200, Body: `{"access_token":"x","token_type":"Bearer","expi`},
+		"expires_in 0":       {Status: 200, Body: `{"access_token":"x","token_type":"Bearer","expires_in":0}`},
+		"expires_in -1":      {Status: 200, Body: `{"access_token":"x","token_type":"Bearer","expires_in":-1}`},
+		"expires_in absurd":  {Status: 200, Body: `{"access_token":"x","token_type":"Bearer","expires_in":99999999999}`},
+		"token_type mac":     {Status: 200, Body: `{"access_token":"x","token_type":"mac","expires_in":86400}`},
+		"empty token":        {Status: 200, Body: `{"access_token":"","token_type":"Bearer","expires_in":86400}`},
+		"connection reset":   {Reset: true},
+		"500 with HTML body": {Status: 500, Body: "<html>oops</html>"},
+	}
+	for name, fault := range faults {
+		t.Run(name, func(t *testing.T) {
+			e := newTestEnv(t)
+			setupRoles(e)
+			e.mustOK(logical.UpdateOperation, "config", map[string]any{"max_retries": 0})
+			before := e.storageSnapshot()
+			e.fake.InjectFaults(connectfake.PathToken, fault)
+			resp, err := e.do(logical.ReadOperation, "creds/cc", nil)
+			if err == nil && !resp.IsError() {
+				t.Fatalf("a broken answer produced a token")
+			}
+			if !reflect.DeepEqual(before, e.storageSnapshot()) {
+				t.Errorf("a broken answer changed storage")
+			}
+			tok := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"].(string)
+			if usersStatus(t, e.fake.URL, tok) != 200 {
+				t.Error("the token after recovery does not work")
+			}
+		})
+	}
+}
+
+// A shared token with under a second left (min_remaining_ttl=0) is replaced
+// by a fresh mint instead of failing the read.
+func TestSharedTokenWithUnderASecondLeftIsReplaced(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	e.mustOK(logical.UpdateOperation, "roles/cc", map[string]any{"min_remaining_ttl": 0})
+	now := time.Now()
+	e.b.now = func() time.Time { return now }
+	first := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]
+
+	now = now.Add(24*time.Hour - 500*time.Millisecond)
+	resp := e.mustOK(logical.ReadOperation, "creds/cc", nil)
+	if resp.Data["access_token"] == first {
+		t.Error("a token with half a second left was handed out again")
+	}
+	if resp.Secret.TTL < time.Hour {
+		t.Errorf("lease TTL %v: the replacement is not fresh", resp.Secret.TTL)
+	}
+}
+
+// A mint in flight when its role is deleted must not store a token under the
+// dead role, where a role re-created with the same definition would serve it
+// and no flush could reach it meanwhile.
+func TestRoleDeletedDuringMint(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	g := gateStorage(e)
+	key := tokenKey("cc", "")
+
+	gt := g.park("get", key) // refreshShared's storage read, just before the mint
+	type result struct {
+		resp *logical.Response
+		err  error
+	}
+	res := make(chan result, 1)
+	go func() {
+		resp, err := e.do(logical.ReadOperation, "creds/cc", nil)
+		res <- result{resp, err}
+	}()
+	gt.awaitParked(t)
+	e.mustOK(logical.DeleteOperation, "roles/cc", nil)
+	close(gt.release)
+	r := <-res
+	if r.err == nil && !r.resp.IsError() {
+		t.Fatal("a token minted for a role deleted meanwhile was handed out")
+	}
+	if got := e.fake.Mints(); got != 1 {
+		t.Fatalf("mints = %d, want 1", got)
+	}
+	for _, info := range e.fake.Tokens() {
+		if !info.Revoked {
+			t.Error("the token minted for the deleted role is still live at Connect")
+		}
+	}
+	if snap := e.storageSnapshot(); snap[key] != "" {
+		t.Error("a token was stored under the deleted role")
+	}
+
+	// The same definition again is a new role: its first read mints.
+	e.mustOK(logical.UpdateOperation, "roles/cc", map[string]any{"grant_type": "client_credentials", "scopes": "connect:fulfillment"})
+	e.mustOK(logical.ReadOperation, "creds/cc", nil)
+	if got := e.fake.Mints(); got != 2 {
+		t.Errorf("mints = %d after re-creating the role, want 2", got)
+	}
+}
+
+func liveTokenCount(e *testEnv) int {
+	n := 0
+	for _, info := range e.fake.Tokens() {
+		if !info.Revoked && info.ExpiresAt.After(time.Now()) {
+			n++
+		}
+	}
+	return n
+}
