@@ -1,6 +1,7 @@
 package instacart
 
 import (
+	"context"
 	"reflect"
 	"strings"
 	"sync"
@@ -270,4 +271,46 @@ func liveTokenCount(e *testEnv) int {
 		}
 	}
 	return n
+}
+
+// Vault cleaning the mount up while a shared mint is being published (the
+// flight's context ends between minting and storing) leaves the token queued
+// for revocation, not lost: the queue is written on a context of its own (the
+// explorer's I2, seed 13 at the time).
+func TestCleanupMidPublishQueuesTheToken(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	before := len(e.fake.Tokens()) // the config's verify token
+	g := gateStorage(e)
+	g.honourCtx = true // as Vault's gRPC storage refuses a call on an ended context
+	held := g.park("get", tokenKey("cc", ""))
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.do(logical.ReadOperation, "creds/cc", nil)
+		done <- err
+	}()
+	held.awaitParked(t) // the refresh's first read of the key, before the mint
+	next := g.park("get", tokenKey("cc", ""))
+	close(held.release)
+	next.awaitParked(t) // minted; publishing
+	e.b.bg.cancel()     // the mount's clean-up
+	close(next.release)
+	if err := <-done; err == nil {
+		t.Fatal("the read succeeded though its token could not be stored")
+	}
+	e.b.bg.wg.Wait()
+	toks := e.fake.Tokens()[before:]
+	if len(toks) != 1 {
+		t.Fatalf("%d tokens minted, want 1", len(toks))
+	}
+	keys, err := e.storage.List(context.Background(), revokingStoragePrefix+"cc/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 1 && !toks[0].Revoked {
+		t.Errorf("the token minted as the mount was cleaned up is neither queued (%d queued) nor revoked", len(keys))
+	}
+	if stored := storedRoleKeys(t, e.storage, "cc"); len(stored) != 0 {
+		t.Errorf("stored after the failed publish: %q", stored)
+	}
 }

@@ -99,6 +99,9 @@ func (g *gatedStorage) Put(ctx context.Context, entry *logical.StorageEntry) err
 	if g.readOnly.Load() {
 		return errReadOnlyOverGRPC
 	}
+	if g.honourCtx && ctx.Err() != nil {
+		return ctx.Err()
+	}
 	if g.failPut != nil {
 		if err := g.failPut(entry.Key); err != nil {
 			return err
