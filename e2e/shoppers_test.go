@@ -70,28 +70,36 @@ type tidyTotals struct {
 
 // tidyUntilDone posts instacart/tidy, again while the answer says the pass
 // goes on in the background (a pass that outlasts the request), within
-// limit, and sums the counts.
+// limit, and sums the counts of the passes it saw. A call that joins a pass
+// answers that pass's counts so far, so each pass (by started_at) counts
+// once, as its last answer gave it.
 func tidyUntilDone(t testing.TB, v *vault, limit time.Duration) tidyTotals {
 	t.Helper()
+	type counts struct{ expired, orphaned, retired int }
+	passes := map[string]counts{}
 	var tt tidyTotals
 	start := time.Now()
 	for {
 		var out struct {
 			Warnings []string `json:"warnings"`
 			Data     struct {
-				Expired  int `json:"expired_tokens_removed"`
-				Orphaned int `json:"orphaned_tokens_removed"`
-				Retired  int `json:"retired_credentials_removed"`
+				StartedAt string `json:"started_at"`
+				Expired   int    `json:"expired_tokens_removed"`
+				Orphaned  int    `json:"orphaned_tokens_removed"`
+				Retired   int    `json:"retired_credentials_removed"`
 			} `json:"data"`
 		}
 		v.mustAPI(t, http.MethodPost, "instacart/tidy", nil, &out)
 		tt.calls++
-		tt.expired += out.Data.Expired
-		tt.orphaned += out.Data.Orphaned
-		tt.retired += out.Data.Retired
+		passes[out.Data.StartedAt] = counts{out.Data.Expired, out.Data.Orphaned, out.Data.Retired}
 		background := strings.Contains(strings.Join(out.Warnings, "\n"), "goes on in the background")
-		t.Logf("POST instacart/tidy #%d: %d expired, %d orphaned, %d retired removed; warnings %q", tt.calls, out.Data.Expired, out.Data.Orphaned, out.Data.Retired, out.Warnings)
+		t.Logf("POST instacart/tidy #%d (pass started %s): %d expired, %d orphaned, %d retired removed so far; warnings %q", tt.calls, out.Data.StartedAt, out.Data.Expired, out.Data.Orphaned, out.Data.Retired, out.Warnings)
 		if !background {
+			for _, c := range passes {
+				tt.expired += c.expired
+				tt.orphaned += c.orphaned
+				tt.retired += c.retired
+			}
 			tt.took = time.Since(start)
 			return tt
 		}
