@@ -79,7 +79,7 @@ func (p *tidyPass) status() map[string]any {
 	rep := p.report()
 	d := map[string]any{
 		"running":                     true,
-		"started_at":                  p.started.Format(time.RFC3339),
+		"started_at":                  p.started.Format(time.RFC3339Nano),
 		"tokens_checked":              rep.checked,
 		"expired_tokens_removed":      rep.expiredTokens,
 		"orphaned_tokens_removed":     rep.orphanedTokens,
@@ -94,7 +94,7 @@ func (p *tidyPass) status() map[string]any {
 	}
 	if end := p.finished.Load(); end != nil {
 		d["running"] = false
-		d["finished_at"] = end.Format(time.RFC3339)
+		d["finished_at"] = end.Format(time.RFC3339Nano)
 		if p.err != nil {
 			d["error"] = errorSummary(p.err)
 		}
