@@ -54,19 +54,19 @@ func (b *backend) moveLegacyToken(ctx context.Context, s logical.Storage, role, 
 		if err := b.tokens.store(ctx, s, newKey, old); err != nil {
 			return nil, legacyAbsent, err
 		}
-		b.counts.add(role, 1)
+		b.counts.addKey(newKey, 1)
 		live = old
 	case live.AccessToken != old.AccessToken:
 		if err := putJSON(ctx, s, supersededKey(newKey, old.AccessToken), old); err != nil {
 			return nil, legacyAbsent, err
 		}
-		b.counts.add(role, 1)
+		b.counts.addKey(newKey, 1)
 	}
 	b.tokens.forget(legacyKey)
 	if err := s.Delete(ctx, legacyKey); err != nil {
 		return nil, legacyAbsent, storageError("deleting a moved token", err)
 	}
-	b.counts.add(role, -1)
+	b.counts.addKey(legacyKey, -1)
 	return live, outcome, nil
 }
 

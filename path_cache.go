@@ -61,7 +61,7 @@ func (b *backend) pathCacheDelete(ctx context.Context, req *logical.Request, d *
 	// Storage is walked a shard at a time. Memory may hold tokens storage
 	// does not (another node's flush, a lost invalidation): they are revoked
 	// and forgotten too.
-	err = walkRoleTokens(ctx, req.Storage, name, func(_ tokenUnit, keys []string) error {
+	err = walkRoleTokens(ctx, req.Storage, name, nil, func(_ tokenUnit, keys []string) error {
 		for _, key := range keys {
 			if err := b.takeOutOfService(ctx, req.Storage, name, key); err != nil {
 				return err
@@ -145,7 +145,7 @@ func (b *backend) takeOutOfService(ctx context.Context, s logical.Storage, role,
 			undo() // still stored, hence still live: not queued either
 			return storageError("deleting cached token", err)
 		}
-		b.counts.add(role, -1)
+		b.counts.addKey(key, -1)
 	}
 	return nil
 }

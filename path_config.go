@@ -241,6 +241,7 @@ func (b *backend) writeConfig(ctx context.Context, s logical.Storage, d *framewo
 			// revocation there can be must not end with the request.
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 			defer cancel()
+			defer context.AfterFunc(b.bg.ctx, cancel)() // but with the mount
 			if rerr := next.client.Revoke(rctx, next.client.Credentials(), minted.AccessToken, verifyLabel()); rerr != nil {
 				b.Logger().Warn("could not revoke the token minted to verify credentials that were not saved; it expires by itself", "expires_at", minted.ExpiresAt, "error", errorSummary(rerr))
 			}

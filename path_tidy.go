@@ -86,8 +86,11 @@ func (p *tidyPass) status() map[string]any {
 		"tokens_moved":                rep.movedTokens,
 		"retired_credentials_removed": rep.retiredCredentials,
 	}
-	if p.resumedFrom != "" {
-		d["resumed_after"] = p.resumedFrom
+	if rep.skipped > 0 {
+		d["corrupt_entries_skipped"] = rep.skipped
+	}
+	if from := p.resumedFrom.Load(); from != nil {
+		d["resumed_after"] = *from
 	}
 	if pos := p.position.Load(); pos != nil {
 		d["position"] = *pos

@@ -29,7 +29,7 @@ func storedTokenKeys(e *testEnv) []string {
 func storedRoleKeys(t testing.TB, s logical.Storage, role string) []string {
 	t.Helper()
 	var keys []string
-	if err := walkRoleTokens(context.Background(), s, role, func(_ tokenUnit, k []string) error {
+	if err := walkRoleTokens(context.Background(), s, role, nil, func(_ tokenUnit, k []string) error {
 		keys = append(keys, k...)
 		return nil
 	}); err != nil {

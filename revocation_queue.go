@@ -62,7 +62,7 @@ func (b *backend) queueRevocation(ctx context.Context, s logical.Storage, role, 
 	if err := putJSON(ctx, s, pendingKey(role, r.AccessToken), p); err != nil {
 		return err
 	}
-	b.queued.add(role, 1)
+	b.queued.add(role, "", 1)
 	return nil
 }
 
@@ -110,7 +110,7 @@ func (b *backend) dequeue(ctx context.Context, s logical.Storage, role, token st
 		b.Logger().Debug("could not drop a revoked token from the queue; the next pass will", "role", role, "error", err)
 		return
 	}
-	b.queued.add(role, -1)
+	b.queued.add(role, "", -1)
 }
 
 // revocationPass remembers, for one pass over the queue, the credentials
@@ -159,7 +159,8 @@ func (b *backend) revokeQueued(ctx context.Context, s logical.Storage, role stri
 	if err != nil {
 		return revocationTally{}, fmt.Errorf("listing pending revocations: %w", err)
 	}
-	defer b.queued.finishCount(role, int64(len(keys)))
+	b.queued.listedUnit(role, "", len(keys))
+	defer b.queued.finishCount(role)
 	type queued struct {
 		key string
 		p   *pendingRevocation
@@ -222,7 +223,7 @@ func (b *backend) revokeQueued(ctx context.Context, s logical.Storage, role stri
 					mu.Unlock()
 					return
 				}
-				b.queued.add(role, -1)
+				b.queued.add(role, "", -1)
 			}
 		}()
 	}

@@ -218,13 +218,13 @@ func (b *backend) publishShared(ctx context.Context, s logical.Storage, m *mintR
 		if err := putJSON(ctx, s, supersededKey(key, prev.AccessToken), prev); err != nil {
 			return err
 		}
-		b.counts.add(m.roleName, 1)
+		b.counts.addKey(key, 1)
 	}
 	if err := b.tokens.store(ctx, s, key, t); err != nil {
 		return err
 	}
 	if prev == nil {
-		b.counts.add(m.roleName, 1)
+		b.counts.addKey(key, 1)
 	}
 	return nil
 }

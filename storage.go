@@ -9,6 +9,10 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
+// errCorrupt marks a storage entry that cannot be decoded: reading it again
+// will not help.
+var errCorrupt = errors.New("not a valid entry")
+
 // getJSON reads and decodes one storage entry; nil when there is none.
 func getJSON[T any](ctx context.Context, s logical.Storage, key string) (*T, error) {
 	entry, err := s.Get(ctx, key)
@@ -20,7 +24,7 @@ func getJSON[T any](ctx context.Context, s logical.Storage, key string) (*T, err
 	}
 	v := new(T)
 	if err := entry.DecodeJSON(v); err != nil {
-		return nil, fmt.Errorf("decoding %s: %w", key, err)
+		return nil, fmt.Errorf("decoding %s: %w: %w", key, errCorrupt, err)
 	}
 	return v, nil
 }

@@ -31,7 +31,7 @@ type tidyCursor struct {
 
 // tidyReport is what a tidy pass did so far.
 type tidyReport struct {
-	checked, expiredTokens, orphanedTokens, movedTokens, retiredCredentials int
+	checked, expiredTokens, orphanedTokens, movedTokens, retiredCredentials, skipped int
 }
 
 // tidyPass is one tidy pass: its counts grow as it goes, and done closes
@@ -40,14 +40,15 @@ type tidyPass struct {
 	done                                       chan struct{}
 	err                                        error
 	started                                    time.Time
-	resumedFrom                                string // "<role>/<unit>" the pass began after, "" for the start
+	resumedFrom                                atomic.Pointer[string] // "<role>/<unit>" the pass began after, if it resumed one
 	checked, expired, orphaned, moved, retired atomic.Int64
+	skipped                                    atomic.Int64           // entries that could not be decoded
 	position                                   atomic.Pointer[string] // the unit being tidied
 	finished                                   atomic.Pointer[time.Time]
 }
 
 func (p *tidyPass) report() tidyReport {
-	return tidyReport{int(p.checked.Load()), int(p.expired.Load()), int(p.orphaned.Load()), int(p.moved.Load()), int(p.retired.Load())}
+	return tidyReport{int(p.checked.Load()), int(p.expired.Load()), int(p.orphaned.Load()), int(p.moved.Load()), int(p.retired.Load()), int(p.skipped.Load())}
 }
 
 // tidyStop is a unit of the pass: all of a role's units after the cursor
@@ -102,19 +103,32 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, p *tidyPass) erro
 		return err
 	}
 	if cur != nil {
-		p.resumedFrom = cur.Role + "/" + cur.Unit
+		from := cur.Role + "/" + cur.Unit
+		p.resumedFrom.Store(&from)
 	}
 	roles, err := tokenRoles(ctx, s)
 	if err != nil {
 		return err
 	}
+	plan := tidyPlan(roles, cur)
+	// A role is counted from its first stop to its last: the cursor's role
+	// is visited at both ends of a resumed pass.
+	stops := map[string]int{}
+	for _, stop := range plan {
+		stops[stop.role]++
+	}
 	counted := map[string]bool{}
-	for _, stop := range tidyPlan(roles, cur) {
-		whole := stop.from == nil && stop.upTo == nil
-		if err := b.tidyRole(ctx, s, stop, whole, p); err != nil {
+	for _, stop := range plan {
+		if !counted[stop.role] {
+			counted[stop.role] = true
+			b.counts.startCount(stop.role)
+		}
+		if err := b.tidyRole(ctx, s, stop, p); err != nil {
 			return err
 		}
-		counted[stop.role] = whole
+		if stops[stop.role]--; stops[stop.role] == 0 {
+			b.counts.finishCount(stop.role)
+		}
 	}
 	if err := s.Delete(ctx, tidyCursorPath); err != nil {
 		return storageError("deleting the tidy cursor", err)
@@ -128,40 +142,23 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, p *tidyPass) erro
 	return err
 }
 
-// tidyRole tidies the units of one role that stop includes, saving the
-// cursor after each; whole says the pass sees them all, so it counts them.
-func (b *backend) tidyRole(ctx context.Context, s logical.Storage, stop tidyStop, whole bool, p *tidyPass) error {
+// tidyRole tidies the units of one role that stop includes, counting them
+// and saving the cursor after each.
+func (b *backend) tidyRole(ctx context.Context, s logical.Storage, stop tidyStop, p *tidyPass) error {
 	// The role as it was when the pass began; removal checks it as it is then.
 	current, err := b.getRole(ctx, s, stop.role)
 	if err != nil {
 		return err
 	}
-	if whole {
-		b.counts.startCount(stop.role)
-	}
-	var listed int64
-	err = walkRoleTokens(ctx, s, stop.role, func(u tokenUnit, keys []string) error {
-		if !stop.includes(u) {
-			return nil
-		}
+	return walkRoleTokens(ctx, s, stop.role, stop.includes, func(u tokenUnit, keys []string) error {
+		b.counts.listedUnit(stop.role, u, countable(keys))
 		pos := stop.role + "/" + u
 		p.position.Store(&pos)
-		moved := p.moved.Load()
 		if err := b.tidyKeys(ctx, s, stop.role, current, keys, p); err != nil {
 			return err
 		}
-		// A token moved out of the folder is counted in the shard it moved
-		// to, which comes later.
-		listed += int64(len(keys)) - (p.moved.Load() - moved)
 		return putJSON(ctx, s, tidyCursorPath, tidyCursor{Role: stop.role, Unit: u})
 	})
-	if err != nil {
-		return err
-	}
-	if whole {
-		b.counts.finishCount(stop.role, listed)
-	}
-	return nil
 }
 
 // tidyKeys checks keys tidyWorkers at a time: a token of the previous
@@ -196,7 +193,20 @@ func (b *backend) tidyKeys(ctx context.Context, s logical.Storage, role string, 
 	return ctx.Err()
 }
 
+// tidyKey tidies one key. An entry that cannot be decoded is skipped (and
+// logged): failing the pass would leave its cursor before it, and every
+// later pass would stop there too.
 func (b *backend) tidyKey(ctx context.Context, s logical.Storage, role string, current *role, key string, p *tidyPass) error {
+	err := b.tidyOne(ctx, s, role, current, key, p)
+	if errors.Is(err, errCorrupt) {
+		p.skipped.Add(1)
+		b.Logger().Warn("tidy skipped a stored token it cannot decode", "role", role, "error", err)
+		return nil
+	}
+	return err
+}
+
+func (b *backend) tidyOne(ctx context.Context, s logical.Storage, role string, current *role, key string, p *tidyPass) error {
 	p.checked.Add(1)
 	if _, ok := migratedKey(key); ok {
 		_, outcome, err := b.moveLegacyToken(ctx, s, role, key)
@@ -264,7 +274,7 @@ func (b *backend) removeIfStale(ctx context.Context, s logical.Storage, role, ke
 	if err := s.Delete(ctx, key); err != nil {
 		return false, false, storageError("deleting cached token", err)
 	}
-	b.counts.add(role, -1)
+	b.counts.addKey(key, -1)
 	return expired, orphaned, nil
 }
 

@@ -159,16 +159,23 @@ func unitKeys(ctx context.Context, s logical.Storage, role string, unit tokenUni
 	return out, nil
 }
 
-// walkRoleTokens calls fn with the keys of each unit of a role's tokens in
-// turn, so no more than one shard's keys are held at once. The role's
-// folder comes first, and the shards are listed after it: a token a read
-// moves out of the folder meanwhile lands in a shard still to come.
-func walkRoleTokens(ctx context.Context, s logical.Storage, role string, fn func(unit tokenUnit, keys []string) error) error {
-	keys, err := unitKeys(ctx, s, role, "")
-	if err != nil {
-		return err
+// walkRoleTokens calls fn with the keys of each unit of a role's tokens that
+// include accepts (nil: all), in turn, so no more than one shard's keys are
+// held at once. The role's folder comes first, and the shards are listed
+// after it: a token a read moves out of the folder meanwhile lands in a
+// shard still to come.
+func walkRoleTokens(ctx context.Context, s logical.Storage, role string, include func(tokenUnit) bool, fn func(unit tokenUnit, keys []string) error) error {
+	visit := func(u tokenUnit) error {
+		if include != nil && !include(u) {
+			return nil
+		}
+		keys, err := unitKeys(ctx, s, role, u)
+		if err != nil {
+			return err
+		}
+		return fn(u, keys)
 	}
-	if err := fn("", keys); err != nil {
+	if err := visit(""); err != nil {
 		return err
 	}
 	shards, err := roleShards(ctx, s, role)
@@ -176,11 +183,7 @@ func walkRoleTokens(ctx context.Context, s logical.Storage, role string, fn func
 		return err
 	}
 	for _, sh := range shards {
-		keys, err := unitKeys(ctx, s, role, sh)
-		if err != nil {
-			return err
-		}
-		if err := fn(sh, keys); err != nil {
+		if err := visit(sh); err != nil {
 			return err
 		}
 	}
