@@ -51,8 +51,8 @@ func (p *tidyPass) report() tidyReport {
 	return tidyReport{int(p.checked.Load()), int(p.expired.Load()), int(p.orphaned.Load()), int(p.moved.Load()), int(p.retired.Load()), int(p.skipped.Load())}
 }
 
-// tidyStop is a unit of the pass: all of a role's units after the cursor
-// (from == cursor), or those up to it (upTo), or all.
+// tidyStop is one role's turn in a pass: its units after the cursor's (from),
+// those up to it (upTo), or all.
 type tidyStop struct {
 	role       string
 	from, upTo *tokenUnit
