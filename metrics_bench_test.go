@@ -2,6 +2,7 @@ package instacart
 
 import (
 	"context"
+	"strconv"
 	"testing"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -35,5 +36,25 @@ func BenchmarkCachedCredsRead(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkColdUserRead is the first read of a new user's token through the
+// backend: a mint at the in-process fake, its storage, its lease. The
+// plugin's share of a cold read's cost (Vault's gRPC and lease are not in it).
+func BenchmarkColdUserRead(b *testing.B) {
+	e := newTestEnv(b)
+	e.configure()
+	e.mustOK(logical.UpdateOperation, "roles/shoppers", map[string]any{"grant_type": "fulfillment_user_assertion", "scopes": "connect:recommendations", "allowed_user_ids": "*"})
+	ctx := context.Background()
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		i++
+		req := &logical.Request{Operation: logical.UpdateOperation, Path: "creds/shoppers", Storage: e.storage, Data: map[string]any{"user_id": "user-" + strconv.Itoa(i)}}
+		resp, err := e.b.HandleRequest(ctx, req)
+		if err != nil || resp.IsError() {
+			b.Fatal(err, resp)
+		}
 	}
 }
