@@ -19,6 +19,10 @@ type RaftVaultOptions struct {
 	// RawStorage turns on sys/raw (raw_storage_endpoint), e.g. to count the
 	// entries a mount has stored (RawList).
 	RawStorage bool
+	// PrometheusRetention, when set (e.g. "1h"), turns on Vault's own
+	// Prometheus telemetry (sys/metrics?format=prometheus): cumulative
+	// counters, e.g. of raft log entries applied.
+	PrometheusRetention string
 }
 
 // StartRaftVault runs a single-node Vault server with integrated (raft)
@@ -60,6 +64,9 @@ plugin_directory     = %q
 disable_mlock        = true
 raw_storage_endpoint = %t
 `, data, port, clusterPort, addr, clusterPort, o.PluginDir, o.RawStorage)
+	if o.PrometheusRetention != "" {
+		hcl += fmt.Sprintf("telemetry {\n  prometheus_retention_time = %q\n}\n", o.PrometheusRetention)
+	}
 	conf := filepath.Join(o.Dir, "vault.hcl")
 	if err := os.WriteFile(conf, []byte(hcl), 0o600); err != nil {
 		return nil, fmt.Errorf("vault config: %w", err)

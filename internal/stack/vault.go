@@ -89,6 +89,9 @@ type DevVaultOptions struct {
 	PluginDir string
 	Dir       string // holds vault.hcl and vault.log
 	LogLevel  string // default "info"
+	// RawStorage turns on sys/raw (raw_storage_endpoint), e.g. to count the
+	// entries a mount has stored (RawList).
+	RawStorage bool
 }
 
 // StartDevVault runs `vault server -dev` on a free loopback port with the
@@ -105,6 +108,9 @@ func StartDevVault(o DevVaultOptions) (*Vault, error) {
 	token := "root-" + RandomHex(12)
 	conf := filepath.Join(o.Dir, "vault.hcl")
 	hcl := fmt.Sprintf("plugin_directory = %q\napi_addr = %q\n", o.PluginDir, addr)
+	if o.RawStorage {
+		hcl += "raw_storage_endpoint = true\n"
+	}
 	if err := os.WriteFile(conf, []byte(hcl), 0o600); err != nil {
 		return nil, fmt.Errorf("vault config: %w", err)
 	}
