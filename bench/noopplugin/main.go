@@ -1,6 +1,7 @@
 // Command noopplugin is the benchmark's baseline: a secrets engine that does
 // no work, so reads through it measure only Vault's and the plugin
-// framework's own cost (gRPC hop, routing, lease bookkeeping).
+// framework's own cost (gRPC hop, routing, lease bookkeeping); and, at
+// floor/creds/<role>, the floor of a cold per-user read (floor.go).
 package main
 
 import (
@@ -19,6 +20,7 @@ const secretType = "noop_token"
 
 func factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend, error) {
 	var b *framework.Backend
+	fl := newFloor()
 	b = &framework.Backend{
 		BackendType: logical.TypeLogical,
 		Paths: []*framework.Path{
@@ -46,6 +48,12 @@ func factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 			},
 		},
 		Secrets: []*framework.Secret{{
+			Type:   floorSecretType,
+			Fields: map[string]*framework.FieldSchema{},
+			Revoke: func(context.Context, *logical.Request, *framework.FieldData) (*logical.Response, error) {
+				return nil, nil
+			},
+		}, {
 			Type:   secretType,
 			Fields: map[string]*framework.FieldSchema{},
 			Renew: func(_ context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
@@ -56,6 +64,7 @@ func factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 			},
 		}},
 	}
+	b.Paths = append(b.Paths, fl.paths(b)...)
 	if err := b.Setup(ctx, conf); err != nil {
 		return nil, err
 	}
