@@ -34,10 +34,17 @@ const (
 // startRaftVault runs a single-node Vault with integrated storage (raft),
 // initialised and unsealed, with sys/raw on to count stored tokens.
 func startRaftVault(bin, pluginDir, dir string) (*vault, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	return startRaftVaultWith(stack.RaftVaultOptions{Bin: bin, PluginDir: pluginDir, Dir: dir})
+}
+
+// startRaftVaultWith is startRaftVault with more options (Bin, PluginDir and
+// Dir set; sys/raw is always on).
+func startRaftVaultWith(o stack.RaftVaultOptions) (*vault, error) {
+	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("raft vault dir: %w", err)
 	}
-	v, err := stack.StartRaftVault(stack.RaftVaultOptions{Bin: bin, PluginDir: pluginDir, Dir: dir, LogLevel: "warn", RawStorage: true})
+	o.LogLevel, o.RawStorage = "warn", true
+	v, err := stack.StartRaftVault(o)
 	if err != nil {
 		return nil, err
 	}
@@ -241,15 +248,11 @@ func (r *runner) perUser(ctx context.Context, n, clients int, lifetime time.Dura
 		return nil, err
 	}
 	res.mintBound = cfg.Data.MaxConcurrentMints
-	uuid, err := v.MountUUID("instacart")
+	store, err := v.tokenStore("instacart", usersRole)
 	if err != nil {
 		return nil, err
 	}
-	storedPrefix := "logical/" + uuid + "/tokens/" + usersRole + "/"
-	stored := func() (int, error) {
-		keys, err := v.RawList(storedPrefix)
-		return len(keys), err
-	}
+	stored := store.count
 	pid, err := r.pluginPID()
 	if err != nil {
 		return nil, err
