@@ -27,7 +27,15 @@ func TestSmokeRun(t *testing.T) {
 	}
 	for _, want := range []string{"## Targets", "| 3 | cold start", "| 4 | exclusive role", "| 1c | raft:", "| 7b | raft: through Vault Proxy",
 		"| 8a | 400 users: 0 failures | 0 failed, 400 served | met |", "| 8b |", "| 8d |", "| 8e | raft: cold per-user read", "| 8f | inmem:", "stored tokens after tidy | 0 |",
-		"## Per-user tokens on raft", "## What a lease per read costs", "## Through Vault Proxy on raft", "### Vault's CPU profile", "Smoke run"} {
+		"## Per-user tokens on raft", "## What a lease per read costs", "## Through Vault Proxy on raft", "### Vault's CPU profile", "Smoke run",
+		// Scenario 9: the cold per-user read against the mint floor, on both servers.
+		"## Cold per-user reads against the mint floor", "| 9a | inmem: cold per-user read p99", "| 9b |", "| 9c | raft: cold per-user read p99", "| 9d |",
+		"| inmem | 32 |", "| raft | 32 |", "### Storage writes per new user", "| raft | ours-cold |", "| raft | floor |", "On raft, per new user: **ours",
+		// Scenario 10, tiny: the users on the dev server, then their tidy on raft.
+		"## 400 shoppers (scenario 10)", "| 10a | 400 users (inmem): 0 failures | 0 failed, 400 served | met |",
+		"| 10b | 400 users (inmem): exactly one upstream token request per user | 400 token requests for 400 users | met |", "| 10c |",
+		"| 10d | 400 users: stored tokens after expiry and tidy = 0 | inmem: 400 stored after the users, 400 once expired, 0 after",
+		"| stored tokens after tidy | 0 |", "| 10e | raft: tidy of 401 expired tokens", "| 10f | raft: cached reads", "### Tidy on raft", "| stored after tidy | 0 |"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
 		}

@@ -97,6 +97,26 @@ func (l *loader) do(ctx context.Context, method, url string, payload []byte, bod
 	return true, ""
 }
 
+// put writes a JSON payload and reports whether Vault answered 200 or 204.
+func (l *loader) put(ctx context.Context, url string, payload []byte) (bool, string) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, url, bytes.NewReader(payload))
+	if err != nil {
+		return false, err.Error()
+	}
+	req.Header.Set("X-Vault-Token", l.token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := l.client.Do(req)
+	if err != nil {
+		return false, err.Error()
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 300))
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusNoContent {
+		return false, fmt.Sprintf("HTTP %d: %s", resp.StatusCode, strings.TrimSpace(string(raw)))
+	}
+	return true, ""
+}
+
 // run keeps conc workers reading url for d (or, with n > 0, until n reads in
 // total have been made) and measures every request.
 func (l *loader) run(ctx context.Context, url string, conc int, d time.Duration, n int) sample {

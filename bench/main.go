@@ -2,11 +2,15 @@
 // servers, the dev server (in-memory storage) and a single-node server on
 // integrated storage (raft, as production runs), against a no-op plugin, the
 // oauthapp plugin and KV v2, with the Connect fake as upstream; on raft also
-// through Vault Proxy and with 100,000 distinct users on one assertion role.
-// It writes a markdown report and an SVG chart.
+// through Vault Proxy and with 100,000 distinct users on one assertion role;
+// then, on fresh servers, the cold per-user read against the mint floor
+// (scenario 9) and -users shoppers on the dev server with their tidy on raft
+// (scenario 10). It writes a markdown report and an SVG chart.
 //
-//	go run ./bench                  # full run (about 15-20 minutes on 2 cores)
-//	go run ./bench -smoke           # under a minute: checks the harness works
+//	go run ./bench                  # full run (about 35 minutes on 2 cores)
+//	go run ./bench -smoke           # about a minute: checks the harness works
+//	go run ./bench -only floor      # scenario 9 only
+//	go run ./bench -only users -users 1000000   # the million shoppers only
 package main
 
 import (
@@ -45,7 +49,16 @@ type options struct {
 	userClients  int
 	userLifetime time.Duration
 	raftOnly     bool // skip the dev server's scenarios (for working on the raft ones)
+	// only runs some parts: "main" (scenarios 1-8), "floor" (9: the cold
+	// per-user read against the mint floor), "users" (10: -users shoppers
+	// on the dev server, then their tidy on raft); all when empty.
+	only          map[string]bool
+	floorDuration time.Duration // per target, concurrency and round in scenario 9
+	scrapeEvery   time.Duration // instacart/metrics scrapes in scenario 10
 }
+
+// runs reports whether part is to run.
+func (o options) runs(part string) bool { return len(o.only) == 0 || o.only[part] }
 
 func main() {
 	var opts options
@@ -55,10 +68,24 @@ func main() {
 	flag.BoolVar(&opts.smoke, "smoke", false, "a few seconds' run: one short round, concurrency 1 and 8, no oauthapp, no Vault Agent")
 	flag.StringVar(&opts.pluginBin, "plugin-bin", "", "use this prebuilt plugin binary (built with version "+pluginVer+") instead of building ./cmd/"+pluginName)
 	flag.StringVar(&opts.out, "out", "bench/results", "directory for latest.md and latest.svg (relative to the repository root)")
-	flag.IntVar(&opts.users, "users", 100_000, "distinct users in the per-user scenario")
+	flag.IntVar(&opts.users, "users", 100_000, "distinct users in the per-user scenarios: scenario 10 on the dev server and its tidy on raft; scenario 8 on raft at most 100,000")
 	flag.DurationVar(&opts.userLifetime, "user-token-lifetime", 2*time.Minute, "token lifetime during the per-user scenario (every token must expire before its tidy)")
-	flag.BoolVar(&opts.raftOnly, "raft-only", false, "run only the raft, Vault Proxy and per-user scenarios")
+	flag.BoolVar(&opts.raftOnly, "raft-only", false, "in the main part, run only the raft, Vault Proxy and per-user scenarios")
+	only := flag.String("only", "", "run only these parts, comma-separated: main (scenarios 1-8), floor (9: cold per-user reads against the mint floor), users (10: -users shoppers on the dev server, then their tidy on raft)")
+	flag.DurationVar(&opts.floorDuration, "floor-duration", 4*time.Second, "scenario 9: measurement time per target, concurrency and round")
 	flag.Parse()
+	if *only != "" {
+		opts.only = map[string]bool{}
+		for _, p := range strings.Split(*only, ",") {
+			switch p = strings.TrimSpace(p); p {
+			case "main", "floor", "users":
+				opts.only[p] = true
+			default:
+				fmt.Fprintf(os.Stderr, "bench: -only: unknown part %q (main, floor, users)\n", p)
+				os.Exit(2)
+			}
+		}
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -74,7 +101,12 @@ func run(ctx context.Context, opts options, w io.Writer) (string, error) {
 	opts.concurrency = []int{1, 8, 32, 128}
 	opts.coldReaders, opts.leaseReads, opts.warmup = 200, 1000, time.Second
 	opts.userClients = 32
+	opts.scrapeEvery = 15 * time.Second
+	if opts.floorDuration <= 0 {
+		opts.floorDuration = 4 * time.Second
+	}
 	if opts.smoke {
+		opts.floorDuration, opts.scrapeEvery = 200*time.Millisecond, time.Second
 		opts.rounds, opts.duration, opts.warmup = 1, 150*time.Millisecond, 100*time.Millisecond
 		opts.concurrency = []int{1, 8}
 		opts.leaseReads = 100
@@ -125,13 +157,25 @@ func run(ctx context.Context, opts options, w io.Writer) (string, error) {
 	if bins.oauthappErr != nil {
 		rep.oauthappSkip = compact(bins.oauthappErr.Error())
 	}
-	if !opts.raftOnly {
-		if err := runInmem(ctx, opts, bins, f, dir, logf, rep); err != nil {
+	if opts.runs("main") {
+		if !opts.raftOnly {
+			if err := runInmem(ctx, opts, bins, f, dir, logf, rep); err != nil {
+				return "", err
+			}
+		}
+		if err := runRaft(ctx, opts, bins, f, dir, logf, rep); err != nil {
 			return "", err
 		}
 	}
-	if err := runRaft(ctx, opts, bins, f, dir, logf, rep); err != nil {
-		return "", err
+	if opts.runs("floor") {
+		if err := runFloor(ctx, opts, bins, f, dir, logf, rep); err != nil {
+			return "", err
+		}
+	}
+	if opts.runs("users") {
+		if err := runMany(ctx, opts, bins, f, dir, logf, rep); err != nil {
+			return "", err
+		}
 	}
 	rep.elapsed, rep.loadEnd = time.Since(started), loadAvg()
 
@@ -149,6 +193,14 @@ func run(ctx context.Context, opts options, w io.Writer) (string, error) {
 	if u := rep.users; u != nil && u.profile.err == "" && u.profile.top != "" {
 		txt := "Vault CPU profile (sys/pprof/profile) during the per-user run, " + rep.started.UTC().Format("2006-01-02 15:04 MST") + "\n\n== by own time ==\n" + u.profile.top + "\n== by cumulative time ==\n" + u.profile.cum
 		if err := os.WriteFile(filepath.Join(opts.out, profileFile), []byte(txt), 0o644); err != nil {
+			return md, fmt.Errorf("writing profile: %w", err)
+		}
+	}
+	for _, fr := range rep.floor {
+		if fr.profiles == nil || fr.profiles[tOursCold].err != "" || fr.profiles[tFloor].err != "" {
+			continue
+		}
+		if err := os.WriteFile(filepath.Join(opts.out, floorProfileFile(fr.storage)), []byte(fr.profileText(rep.started)), 0o644); err != nil {
 			return md, fmt.Errorf("writing profile: %w", err)
 		}
 	}
@@ -231,6 +283,10 @@ func coldSweep(opts options, withMain bool) map[int]int {
 	return m
 }
 
+// maxRaftUsers bounds scenario 8 (raft, about 400 users/s): a larger -users
+// goes to scenario 10.
+const maxRaftUsers = 100_000
+
 // runRaft is scenarios 7-8 on a single-node raft server: the cached reads
 // again, with reads through Vault Proxy among them, then the per-user run.
 func runRaft(ctx context.Context, opts options, bins *binaries, f *stack.Fake, dir string, logf func(string, ...any), rep *report) error {
@@ -265,8 +321,10 @@ func runRaft(ctx context.Context, opts options, bins *binaries, f *stack.Fake, d
 	if rep.raftUsers, err = r.coldUserReads(ctx, probeRole, coldSweep(opts, false)); err != nil {
 		return fmt.Errorf("cold per-user reads: %w", err)
 	}
-	logf("==> scenario 8 (raft): %d distinct users on one assertion role, %d clients, tokens living %s", opts.users, opts.userClients, opts.userLifetime)
-	if rep.users, err = r.perUser(ctx, opts.users, opts.userClients, opts.userLifetime); err != nil {
+	// Scenario 10 takes -users past this on the dev server, and their tidy on raft.
+	users := min(opts.users, maxRaftUsers)
+	logf("==> scenario 8 (raft): %d distinct users on one assertion role, %d clients, tokens living %s", users, opts.userClients, opts.userLifetime)
+	if rep.users, err = r.perUser(ctx, users, opts.userClients, opts.userLifetime); err != nil {
 		return fmt.Errorf("per-user tokens: %w\n%s", err, v.Tail())
 	}
 	return nil

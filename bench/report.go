@@ -42,6 +42,8 @@ type report struct {
 	users                      *usersResult
 	inmemUsers, raftUsers      []*coldUsers // cold per-user reads by concurrency
 	loadStart, loadEnd         string       // /proc/loadavg's 1, 5 and 15 minute averages
+	floor                      []*floorRun  // scenario 9, inmem then raft
+	many                       *manyResult  // scenario 10
 }
 
 // loadAvg is the 1, 5 and 15 minute load averages.
@@ -225,7 +227,7 @@ func (rep *report) markdown() string {
 			p("Where the time went: %s %s", cs, u.raftSentence())
 		}
 		p("")
-		p("Stored tokens are counted in Vault's storage itself (`LIST sys/raw/logical/<mount uuid>/tokens/%s/`).", usersRole)
+		p("Stored tokens are counted in Vault's storage itself, through `sys/raw`: every key under `logical/<mount uuid>/users/%s/<shard>/` and every one but `role` under `logical/<mount uuid>/tokens/%s/` (either storage layout).", usersRole, usersRole)
 		if pr := u.profile; pr.err != "" {
 			p("")
 			p("Vault CPU profile: not taken (%s).", compact(pr.err))
@@ -244,6 +246,8 @@ func (rep *report) markdown() string {
 			p("Full listing, by own and by cumulative time: [`%s`](%s).", profileFile, profileFile)
 		}
 	}
+	rep.floorSection(p)
+	rep.manySection(p)
 	if rep.opts.smoke {
 		p("")
 		p("Smoke run: numbers are not meaningful; oauthapp and Vault Agent were skipped.")

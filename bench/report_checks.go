@@ -149,6 +149,10 @@ func (rep *report) checks() []check {
 	if rep.users != nil {
 		cs = append(cs, rep.userChecks()...)
 	}
+	cs = append(cs, rep.floorChecks()...)
+	if rep.many != nil {
+		cs = append(cs, rep.manyChecks()...)
+	}
 	return cs
 }
 

@@ -16,7 +16,7 @@ func (rep *report) svg() string {
 		thr          map[int]float64
 		p99          map[int]float64
 	}
-	colors := map[string]string{tInstacart: "#2f6fde", tNoop: "#7a7a7a", tNoopPlain: "#b5b5b5", tOauthapp: "#e0892b", tKV: "#3a9a5b", "excl": "#b03a8c", tProxy: "#17a2b8"}
+	colors := map[string]string{tOursCold: "#2f6fde", tFloor: "#7a7a7a", tInstacart: "#2f6fde", tNoop: "#7a7a7a", tNoopPlain: "#b5b5b5", tOauthapp: "#e0892b", tKV: "#3a9a5b", "excl": "#b03a8c", tProxy: "#17a2b8"}
 	fromAB := func(ab *abResult) []series {
 		var ss []series
 		for _, t := range ab.targets {
@@ -48,6 +48,9 @@ func (rep *report) svg() string {
 	}
 	if rep.raftAB != nil {
 		secs = append(secs, section{"raft (integrated storage)", rep.raftAB.conc, fromAB(rep.raftAB)})
+	}
+	for _, fr := range rep.floor {
+		secs = append(secs, section{"cold per-user read vs the mint floor, " + fr.storage, fr.ab.conc, fromAB(fr.ab)})
 	}
 
 	const (

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -51,3 +52,7 @@ func (s *rssSampler) finish() int64 {
 	defer s.mu.Unlock()
 	return s.peak
 }
+
+func pidSelf() int { return os.Getpid() }
+
+func mkdir(dir string) error { return os.MkdirAll(dir, 0o700) }

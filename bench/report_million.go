@@ -1,0 +1,177 @@
+package main
+
+// Scenario 10 in the report: many shoppers on the dev server, their tidy on raft.
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// manyChecks are targets 10a-10f.
+func (rep *report) manyChecks() []check {
+	m := rep.many
+	n := fmt.Sprintf("%d users", m.users)
+	c10a := check{id: "10a", target: n + " (inmem): 0 failures", measured: fmt.Sprintf("%d failed, %d served", m.s.errs, m.s.ok), result: verdict(m.s.errs == 0 && m.s.ok == m.users)}
+	if c10a.result == missed {
+		c10a.why = fmt.Sprintf("First failure: `%s`.", compact(m.s.firstErr))
+	}
+	c10b := check{id: "10b", target: n + " (inmem): exactly one upstream token request per user", measured: fmt.Sprintf("%d token requests for %d users", m.tokenRequests, m.users), result: verdict(m.tokenRequests == m.users)}
+	if c10b.result == missed {
+		c10b.why = fmt.Sprintf("%d requests more than users, with %d failed reads.", m.tokenRequests-m.users, m.s.errs)
+	}
+	peaks := append([]phasePeak(nil), m.rss...)
+	if m.raft != nil {
+		for _, p := range m.raft.rss {
+			peaks = append(peaks, phasePeak{"raft: " + p.phase, p.peak})
+		}
+	}
+	peak := peakOf(peaks)
+	c10c := check{id: "10c", target: n + ": plugin RSS < 64 MiB through the users, tidy, role delete and scrapes (every 200 ms)",
+		measured: fmt.Sprintf("peak %s (%s)", mib(peak), phaseList(peaks)), result: verdict(peak < 64<<20 && peak > 0)}
+	if c10c.result == missed {
+		c10c.why = fmt.Sprintf("Before the users the plugin held %s; after them %s, with at most %d tokens in memory.", mib(m.rssBefore), mib(m.rssEnd), lruSize)
+	}
+	stored := fmt.Sprintf("inmem: %d stored after the users, %d once expired, %d after %d tidy call(s) taking %s", m.storedEnd, m.storedExpired, m.storedAfter, len(m.tidyCalls), m.tidyTook.Round(time.Second))
+	ok := m.storedAfter == 0
+	if t := m.raft; t != nil {
+		stored += fmt.Sprintf("; raft: %d after tidy", t.storedAfter)
+		ok = ok && t.storedAfter == 0
+	}
+	c10d := check{id: "10d", target: n + ": stored tokens after expiry and tidy = 0", measured: stored, result: verdict(ok)}
+	cs := []check{c10a, c10b, c10c, c10d}
+	if t := m.raft; t != nil {
+		limit := tidyLimitFor(t.tokens)
+		removed := t.storedBefore - t.storedAfter
+		c10e := check{id: "10e", target: fmt.Sprintf("raft: tidy of %d expired tokens ≤ %s (10 min per 1,000,000, scaled)", t.storedBefore, fmtMin(limit)),
+			measured: fmt.Sprintf("%s, %.0f tokens/s, %d left", t.tidyTook.Round(time.Second), float64(removed)/t.tidyTook.Seconds(), t.storedAfter), result: verdict(t.tidyTook <= limit && t.storedAfter == 0)}
+		if c10e.result == missed {
+			c10e.why = fmt.Sprintf("At this rate 1,000,000 tokens would take %s. %d tidy call(s): %s.", fmtMin(time.Duration(1e6/max(float64(removed)/t.tidyTook.Seconds(), 1e-9)*float64(time.Second))), len(t.tidyCalls), tidyCallsLine(t.tidyCalls))
+		}
+		ratio := 0.0
+		if t.without.throughput() > 0 {
+			ratio = t.during.throughput() / t.without.throughput()
+		}
+		c10f := check{id: "10f", target: fmt.Sprintf("raft: cached reads (creds/bench, %d clients) during tidy ≥ 0.8× their throughput without", t.readClients),
+			measured: fmt.Sprintf("%.2f× (%.0f vs %.0f reads/s; p99 %s vs %s; %d window(s) during tidy)", ratio, t.during.throughput(), t.without.throughput(), fmtDur(t.during.pct(99)), fmtDur(t.without.pct(99)), t.duringWindows),
+			result:   verdict(ratio >= 0.8 && t.duringWindows > 0)}
+		if t.duringWindows == 0 {
+			c10f.result = notRun("tidy ended before a read window did")
+		}
+		if c10f.result == missed {
+			c10f.why = fmt.Sprintf("After tidy the same reads ran at %.0f/s. Tidy and the reads share raft's log (each read registers a lease, durable writes; each removed token is a durable delete) and %d cores.", t.post.throughput(), rep.machine.cores)
+		}
+		cs = append(cs, c10e, c10f)
+	}
+	return cs
+}
+
+func fmtMin(d time.Duration) string {
+	if d >= time.Minute {
+		return fmt.Sprintf("%.1f min", d.Minutes())
+	}
+	return d.Round(time.Second).String()
+}
+
+func phaseList(ps []phasePeak) string {
+	var xs []string
+	for _, p := range ps {
+		xs = append(xs, fmt.Sprintf("%s %s", p.phase, mib(p.peak)))
+	}
+	return strings.Join(xs, ", ")
+}
+
+func tidyCallsLine(calls []tidyCall) string {
+	var xs []string
+	for _, c := range calls {
+		xs = append(xs, c.String())
+	}
+	return strings.ReplaceAll(strings.Join(xs, "; "), "|", "/")
+}
+
+// manySection is scenario 10's part of the report.
+func (rep *report) manySection(p func(string, ...any)) {
+	m := rep.many
+	if m == nil {
+		return
+	}
+	p("")
+	p("## %d shoppers (scenario 10)", m.users)
+	p("")
+	p("On a fresh dev server (inmem): %d distinct user ids, each written once to `creds/%s` by %d clients; the fake answers after %s and hands out tokens living %s, so tokens expire (and Vault revokes their leases) while later users are still arriving; then, once all have expired, `POST instacart/tidy` until none is stored, then the role is deleted. The plugin's RSS is sampled every 200 ms and `instacart/metrics?format=prometheus` scraped every %s throughout.",
+		m.users, usersRole, m.clients, m.latency, m.lifetime, rep.opts.scrapeEvery)
+	p("")
+	p("| measure | value |")
+	p("|---|---:|")
+	p("| users served / failed | %d / %d |", m.s.ok, m.s.errs)
+	p("| users/s | %.0f |", m.s.throughput())
+	p("| read latency p50 / p90 / p99 / max | %s / %s / %s / %s |", fmtDur(m.s.pct(50)), fmtDur(m.s.pct(90)), fmtDur(m.s.pct(99)), fmtDur(m.s.pct(100)))
+	p("| reads that started after the first token had expired | %d |", m.expiredDuringRun)
+	p("| upstream token requests | %d (%.3f per user) |", m.tokenRequests, float64(m.tokenRequests)/float64(max(m.users, 1)))
+	p("| plugin RSS before / after the users | %s / %s |", mib(m.rssBefore), mib(m.rssEnd))
+	p("| plugin RSS peak by phase | %s |", phaseList(m.rss))
+	p("| stored tokens right after the users / once all expired (waited %s) | %d / %d |", m.waited.Round(time.Second), m.storedEnd, m.storedExpired)
+	for i, c := range m.tidyCalls {
+		p("| `POST instacart/tidy`, call %d of %d | %s |", i+1, len(m.tidyCalls), strings.ReplaceAll(c.String(), "|", "/"))
+	}
+	if m.tidyTook > 0 && m.storedExpired > m.storedAfter {
+		p("| tidy rate on inmem | %.0f tokens/s |", float64(m.storedExpired-m.storedAfter)/m.tidyTook.Seconds())
+	}
+	p("| stored tokens after tidy | %d |", m.storedAfter)
+	if m.roleDeleteErr != "" {
+		p("| `DELETE instacart/roles/%s` | failed: %s |", usersRole, m.roleDeleteErr)
+	} else {
+		p("| `DELETE instacart/roles/%s` | %s |", usersRole, fmtDur(m.roleDelete))
+	}
+	p("| scrapes of instacart/metrics: count / failed / slowest / largest | %d / %d / %s / %d bytes |", m.scr.n, m.scr.failed, fmtDur(m.scr.maxTook), m.scr.maxBytes)
+	if m.sawGauge {
+		p("| `instacart_shared_tokens{role=%q}` at the last scrape | %.0f |", usersRole, m.sharedGauge)
+	} else {
+		p("| `instacart_shared_tokens{role=%q}` | not in the scrape |", usersRole)
+	}
+	if m.s.firstErr != "" {
+		p("")
+		p("First failure: `%s`", compact(m.s.firstErr))
+	}
+	if m.scr.firstErr != "" {
+		p("")
+		p("First failed scrape: `%s`", compact(m.scr.firstErr))
+	}
+	t := m.raft
+	if t == nil {
+		return
+	}
+	p("")
+	p("### Tidy on raft")
+	p("")
+	p("On a fresh single-node raft server: one per-user token minted through the engine (living 2 s) gives a real record and its place (`%s`); %d copies of it, each for its own user id and token and expired an hour ago, are written beside it through `sys/raw` (minting them through leased reads would take hours on raft and leave as many leases). Then cached reads of `creds/bench` (a role-wide token, already cached) at %d clients in windows of equal length: without tidy, while `POST instacart/tidy` runs (called again whenever it answers that it goes on in the background, timed from the first call until an answer without that warning and no token left), and after.",
+		t.layout, t.tokens, t.readClients)
+	p("")
+	p("| measure | value |")
+	p("|---|---:|")
+	p("| expired tokens written / time | %d / %s (%.0f/s) |", t.tokens, t.fillTook.Round(time.Second), float64(t.tokens)/t.fillTook.Seconds())
+	p("| stored before tidy | %d |", t.storedBefore)
+	for i, c := range t.tidyCalls {
+		p("| `POST instacart/tidy`, call %d of %d | %s |", i+1, len(t.tidyCalls), strings.ReplaceAll(c.String(), "|", "/"))
+	}
+	p("| tidy took / rate | %s / %.0f tokens/s |", t.tidyTook.Round(time.Second), float64(t.storedBefore-t.storedAfter)/t.tidyTook.Seconds())
+	p("| stored after tidy | %d |", t.storedAfter)
+	switch {
+	case t.status != nil:
+		var kv []string
+		for _, k := range []string{"running", "tokens_checked", "expired_tokens_removed", "orphaned_tokens_removed"} {
+			if x, ok := t.status[k]; ok {
+				kv = append(kv, fmt.Sprintf("%s=%v", k, x))
+			}
+		}
+		p("| `GET instacart/tidy` during the pass | %s |", strings.Join(kv, ", "))
+	case t.statusMissing != "":
+		p("| `GET instacart/tidy` during the pass | not available (%s) |", t.statusMissing)
+	}
+	p("| cached reads without tidy: reads/s, p50 / p99 | %.0f, %s / %s |", t.without.throughput(), fmtDur(t.without.pct(50)), fmtDur(t.without.pct(99)))
+	p("| cached reads during tidy (%d windows): reads/s, p50 / p99 | %.0f, %s / %s |", t.duringWindows, t.during.throughput(), fmtDur(t.during.pct(50)), fmtDur(t.during.pct(99)))
+	p("| cached reads after tidy: reads/s, p50 / p99 | %.0f, %s / %s |", t.post.throughput(), fmtDur(t.post.pct(50)), fmtDur(t.post.pct(99)))
+	p("| read errors without / during / after | %d / %d / %d |", t.without.errs, t.during.errs, t.post.errs)
+	p("| plugin RSS peak by phase | %s |", phaseList(t.rss))
+	p("| scrapes of instacart/metrics: count / failed / slowest | %d / %d / %s |", t.scr.n, t.scr.failed, fmtDur(t.scr.maxTook))
+}
