@@ -147,12 +147,12 @@ func (rep *report) floorSection(p func(string, ...any)) {
 	for _, fr := range rep.floor {
 		if o, f := fr.writes[tOursCold], fr.writes[tFloor]; o != nil && f != nil && fr.storage == "raft" {
 			p("")
-			p("On raft, per new user: **ours %.2f durable writes (raft entries), the floor %.2f**: the engine adds %.2f beyond the token record and the lease.", o.per(mRaftApply), f.per(mRaftApply), o.per(mRaftApply)-f.per(mRaftApply))
+			p("On raft, per new user: **ours %.2f durable writes (raft entries), the floor %.2f**: the engine adds %.2f beyond the token record and the lease (Vault writes a lease as two entries: the lease and its index by token).", o.per(mRaftApply), f.per(mRaftApply), o.per(mRaftApply)-f.per(mRaftApply))
 		}
 	}
 	for _, fr := range rep.floor {
-		if len(fr.newKeys) == 0 {
-			continue
+		if fr.storage != "raft" || len(fr.newKeys) == 0 {
+			continue // sys/raw lists keys on the raft server
 		}
 		p("")
 		p("Storage keys one cold read added on %s (mount storage, and Vault's lease entries; hashes shortened; a key written over is not listed):", fr.storage)
