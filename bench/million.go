@@ -98,12 +98,15 @@ func peakOf(ps []phasePeak) int64 {
 
 // scrapes is what scraping instacart/metrics every interval saw.
 type scrapes struct {
-	n, failed  int
-	maxTook    time.Duration
-	maxBytes   int
-	firstErr   string
-	lastShared float64 // instacart_shared_tokens summed over the role's series, last scrape
-	sawShared  bool
+	n, failed int
+	maxTook   time.Duration
+	maxBytes  int
+	firstErr  string
+	// instacart_shared_tokens{role=usersRole}: the highest value seen, and
+	// the value at the last scrape that had the series (a role delete drops
+	// it).
+	peakShared, lastShared float64
+	sawShared              bool
 }
 
 type scraper struct {
@@ -171,7 +174,18 @@ func (s *scraper) scrape(r *runner) {
 			total, seen = total+x, true
 		}
 	}
-	s.res.lastShared, s.res.sawShared = total, seen
+	if seen {
+		s.res.lastShared, s.res.sawShared = total, true
+		s.res.peakShared = max(s.res.peakShared, total)
+	}
+}
+
+// now is one scrape at once; what the gauge said.
+func (s *scraper) now(r *runner) (float64, bool) {
+	s.scrape(r)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.res.lastShared, s.res.sawShared
 }
 
 func (s *scraper) finish(r *runner) scrapes {
@@ -189,21 +203,23 @@ type manyResult struct {
 	lifetime       time.Duration
 	latency        time.Duration
 	// The dev server's part.
-	s                 sample
-	tokenRequests     int
-	storedEnd         int // right after the users
-	storedExpired     int // once all expired, before tidy
-	storedAfter       int // after tidy
-	sharedGauge       float64
-	sawGauge          bool
-	waited, tidyTook  time.Duration
-	tidyCalls         []tidyCall
-	roleDelete        time.Duration
-	roleDeleteErr     string
-	rssBefore, rssEnd int64
-	rss               []phasePeak
-	scr               scrapes
-	expiredDuringRun  int // reads that started after the first token expired
+	s             sample
+	tokenRequests int
+	storedEnd     int // right after the users
+	storedExpired int // once all expired, before tidy
+	storedAfter   int // after tidy
+	// instacart_shared_tokens of the role: the peak over the run's scrapes,
+	// and at a scrape right after tidy (gauges refresh at most every minute).
+	gaugePeak, gaugeAfterTidy float64
+	sawGauge                  bool
+	waited, tidyTook          time.Duration
+	tidyCalls                 []tidyCall
+	roleDelete                time.Duration
+	roleDeleteErr             string
+	rssBefore, rssEnd         int64
+	rss                       []phasePeak
+	scr                       scrapes
+	expiredDuringRun          int // reads that started after the first token expired
 	// The raft part.
 	raft *raftTidyResult
 }
@@ -355,6 +371,7 @@ func (r *runner) manyUsers(ctx context.Context) (*manyResult, error) {
 		return nil, err
 	}
 	r.logf("  after expiry: %d stored; %d tidy call(s) in %s; %d stored after", res.storedExpired, len(res.tidyCalls), res.tidyTook.Round(time.Second), res.storedAfter)
+	res.gaugeAfterTidy, _ = scr.now(r)
 
 	rss.set("role delete")
 	t0 = time.Now()
@@ -366,7 +383,7 @@ func (r *runner) manyUsers(ctx context.Context) (*manyResult, error) {
 	res.rss = rss.finish()
 	res.scr = scr.finish(r)
 	rss = nil
-	res.sharedGauge, res.sawGauge = res.scr.lastShared, res.scr.sawShared
+	res.gaugePeak, res.sawGauge = res.scr.peakShared, res.scr.sawShared
 	r.logf("  role delete %s; RSS peaks %v; %d scrapes (%d failed, slowest %s)", res.roleDelete.Round(time.Millisecond), res.rss, res.scr.n, res.scr.failed, fmtDur(res.scr.maxTook))
 	return res, nil
 }

@@ -125,7 +125,7 @@ func (rep *report) manySection(p func(string, ...any)) {
 	}
 	p("| scrapes of instacart/metrics: count / failed / slowest / largest | %d / %d / %s / %d bytes |", m.scr.n, m.scr.failed, fmtDur(m.scr.maxTook), m.scr.maxBytes)
 	if m.sawGauge {
-		p("| `instacart_shared_tokens{role=%q}` at the last scrape | %.0f |", usersRole, m.sharedGauge)
+		p("| `instacart_shared_tokens{role=%q}`: peak over the scrapes / right after tidy (gauges refresh at most every minute) | %.0f / %.0f |", usersRole, m.gaugePeak, m.gaugeAfterTidy)
 	} else {
 		p("| `instacart_shared_tokens{role=%q}` | not in the scrape |", usersRole)
 	}
