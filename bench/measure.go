@@ -204,6 +204,12 @@ type cpuProfile struct {
 // profileVault starts, after delay, a CPU profile of Vault over d, written to
 // file; wait for the result on the returned channel.
 func profileVault(ctx context.Context, v *vault, delay, d time.Duration, file string) <-chan cpuProfile {
+	return profileURL(ctx, v.Client, fmt.Sprintf("%s/v1/sys/pprof/profile?seconds=%d", v.Addr, int(d/time.Second)), v.Token, v.Redact, delay, file)
+}
+
+// profileURL fetches a CPU profile from url (with token, when set) after
+// delay, writes it to file and summarises it.
+func profileURL(ctx context.Context, client *http.Client, url, token string, redact func(string) string, delay time.Duration, file string) <-chan cpuProfile {
 	ch := make(chan cpuProfile, 1)
 	go func() {
 		var p cpuProfile
@@ -215,20 +221,22 @@ func profileVault(ctx context.Context, v *vault, delay, d time.Duration, file st
 			return
 		}
 		t0 := time.Now()
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s/v1/sys/pprof/profile?seconds=%d", v.Addr, int(d/time.Second)), nil)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {
 			p.err = err.Error()
 			return
 		}
-		req.Header.Set("X-Vault-Token", v.Token)
-		resp, err := v.Client.Do(req)
+		if token != "" {
+			req.Header.Set("X-Vault-Token", token)
+		}
+		resp, err := client.Do(req)
 		if err != nil {
-			p.err = v.Redact(err.Error())
+			p.err = redact(err.Error())
 			return
 		}
 		defer resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
-			p.err = fmt.Sprintf("sys/pprof/profile: HTTP %d", resp.StatusCode)
+			p.err = fmt.Sprintf("CPU profile: HTTP %d", resp.StatusCode)
 			return
 		}
 		out, err := os.Create(file)

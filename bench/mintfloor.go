@@ -45,6 +45,9 @@ type floorRun struct {
 	profC    int
 	profiles map[string]cpuProfile
 	profCPU  map[string]*cpuAcc
+	// pluginProfile is our plugin's own CPU profile during ours at profC
+	// (with -plugin-pprof).
+	pluginProfile *cpuProfile
 }
 
 // cpuAcc is CPU used per process while serving users.
@@ -315,8 +318,17 @@ func (r *runner) floorCompare(ctx context.Context) (*floorRun, error) {
 			r.logf("  %s: profiling Vault for %s during %s at c=%d", r.storage, d, t.key, c)
 			file := filepath.Join(r.dir, fmt.Sprintf("vault-cpu-floor-%s-%s.pb.gz", r.storage, t.key))
 			prof := profileVault(ctx, v, 0, d, file)
+			var pprof <-chan cpuProfile
+			if u := r.pluginPprofURL(ours); u != "" && t.key == tOursCold {
+				pprof = profileURL(ctx, r.load.client, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", u, int(d/time.Second)), "", v.Redact, 0,
+					filepath.Join(r.dir, fmt.Sprintf("plugin-cpu-floor-%s.pb.gz", r.storage)))
+			}
 			s, cpu := r.coldRun(ctx, t, ids, c, d+time.Second, procsFor[t.key])
 			res.profiles[t.key] = <-prof
+			if pprof != nil {
+				pp := <-pprof
+				res.pluginProfile = &pp
+			}
 			res.profCPU[t.key] = &cpuAcc{}
 			res.profCPU[t.key].add(cpu, s.ok)
 		}

@@ -199,6 +199,20 @@ func (rep *report) floorSection(p func(string, ...any)) {
 				p("| %s | %s | %s |", name, dash(bo[name]), dash(bf[name]))
 			}
 		}
+		if pp := fr.pluginProfile; pp != nil {
+			p("")
+			if pp.err != "" {
+				p("Our plugin's own profile: not taken (%s).", compact(pp.err))
+			} else {
+				p("Our plugin's own CPU profile during ours (`-plugin-pprof`: the engine built from `bench/profplugin` with net/http/pprof; %s), the engine's and the SDK's frames by cumulative share:", pp.total())
+				p("")
+				p("```text")
+				for _, l := range pp.frames(20, "instacart-vault", "vault/sdk", "connect", "grpc") {
+					p("%s", l)
+				}
+				p("```")
+			}
+		}
 		p("")
 		p("Full listings: [`%s`](%s).", floorProfileFile(fr.storage), floorProfileFile(fr.storage))
 	}
@@ -212,7 +226,10 @@ func (fr *floorRun) profileText(started time.Time) string {
 	fmt.Fprintf(&b, "Vault CPU profiles (sys/pprof/profile) on %s at %d clients, %s: our cold per-user read, then the mint floor's\n", fr.storage, fr.profC, started.UTC().Format("2006-01-02 15:04 MST"))
 	for _, k := range []string{tOursCold, tFloor} {
 		pr := fr.profiles[k]
-		fmt.Fprintf(&b, "\n======== %s ========\n== by own time ==\n%s\n== by cumulative time ==\n%s", k, pr.top, pr.cum)
+		fmt.Fprintf(&b, "\n======== Vault during %s ========\n== by own time ==\n%s\n== by cumulative time ==\n%s", k, pr.top, pr.cum)
+	}
+	if pp := fr.pluginProfile; pp != nil && pp.err == "" {
+		fmt.Fprintf(&b, "\n======== our plugin during %s ========\n== by own time ==\n%s\n== by cumulative time ==\n%s", tOursCold, pp.top, pp.cum)
 	}
 	return b.String()
 }
@@ -241,4 +258,30 @@ func shortenHashes(key string) string {
 		}
 	}
 	return strings.Join(parts, "/")
+}
+
+// frames are the first n lines of the cumulative listing whose function
+// names contain any of subs, with the listing's header line.
+func (p cpuProfile) frames(n int, subs ...string) []string {
+	var out []string
+	for _, line := range strings.Split(p.cum, "\n") {
+		if strings.Contains(line, "flat%") {
+			out = append(out, line)
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) < 6 || !strings.HasSuffix(f[4], "%") {
+			continue
+		}
+		for _, s := range subs {
+			if strings.Contains(strings.Join(f[5:], " "), s) {
+				out = append(out, line)
+				break
+			}
+		}
+		if len(out) > n {
+			break
+		}
+	}
+	return out
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -54,5 +55,15 @@ func (s *rssSampler) finish() int64 {
 }
 
 func pidSelf() int { return os.Getpid() }
+
+// pluginPprofURL is the pprof address a plugin built from ./bench/profplugin
+// wrote beside its binary; empty for any other build.
+func (r *runner) pluginPprofURL(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("%s.pprof-%d", filepath.Join(r.bins.pluginDir, pluginName), pid))
+	if err != nil {
+		return ""
+	}
+	return string(b)
+}
 
 func mkdir(dir string) error { return os.MkdirAll(dir, 0o700) }

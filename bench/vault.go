@@ -39,14 +39,21 @@ type binaries struct {
 // build only disables its scenario.
 // A prebuilt plugin binary (pluginBin) replaces the build of ours, e.g. to
 // measure a release build or a profiling build; it must report pluginVer.
-func buildAll(ctx context.Context, repo, dir, pluginBin string, withOauthapp bool) (*binaries, error) {
+//
+// With pluginPprof, ours is built from ./bench/profplugin: the same engine
+// with net/http/pprof on a loopback port (see pluginPprofURL).
+func buildAll(ctx context.Context, repo, dir, pluginBin string, withOauthapp, pluginPprof bool) (*binaries, error) {
 	b := &binaries{pluginDir: filepath.Join(dir, "plugins"), fake: filepath.Join(dir, "connect-fake")}
 	builds := []struct{ out, pkg, ldflags string }{
 		{filepath.Join(b.pluginDir, noopName), "./bench/noopplugin", ""},
 		{b.fake, "./cmd/connect-fake", ""},
 	}
 	if pluginBin == "" {
-		builds = append(builds, struct{ out, pkg, ldflags string }{filepath.Join(b.pluginDir, pluginName), "./cmd/" + pluginName, "-X " + module + "/version.version=" + pluginVer})
+		pkg := "./cmd/" + pluginName
+		if pluginPprof {
+			pkg = "./bench/profplugin"
+		}
+		builds = append(builds, struct{ out, pkg, ldflags string }{filepath.Join(b.pluginDir, pluginName), pkg, "-X " + module + "/version.version=" + pluginVer})
 	} else if err := copyFile(pluginBin, filepath.Join(b.pluginDir, pluginName)); err != nil {
 		return nil, err
 	}
