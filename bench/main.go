@@ -51,7 +51,8 @@ type options struct {
 	raftOnly     bool // skip the dev server's scenarios (for working on the raft ones)
 	// only runs some parts: "main" (scenarios 1-8), "floor" (9: the cold
 	// per-user read against the mint floor), "users" (10: -users shoppers
-	// on the dev server, then their tidy on raft); all when empty.
+	// on the dev server, then their tidy on raft), "tidy" (10's tidy on
+	// raft alone); all when empty.
 	only          map[string]bool
 	floorDuration time.Duration // per target, concurrency and round in scenario 9
 	pluginPprof   bool          // our plugin built with pprof: scenario 9 profiles it on a miss
@@ -72,7 +73,7 @@ func main() {
 	flag.IntVar(&opts.users, "users", 100_000, "distinct users in the per-user scenarios: scenario 10 on the dev server and its tidy on raft; scenario 8 on raft at most 100,000")
 	flag.DurationVar(&opts.userLifetime, "user-token-lifetime", 2*time.Minute, "token lifetime during the per-user scenario (every token must expire before its tidy)")
 	flag.BoolVar(&opts.raftOnly, "raft-only", false, "in the main part, run only the raft, Vault Proxy and per-user scenarios")
-	only := flag.String("only", "", "run only these parts, comma-separated: main (scenarios 1-8), floor (9: cold per-user reads against the mint floor), users (10: -users shoppers on the dev server, then their tidy on raft)")
+	only := flag.String("only", "", "run only these parts, comma-separated: main (scenarios 1-8), floor (9: cold per-user reads against the mint floor), users (10: -users shoppers on the dev server, then their tidy on raft), tidy (10's tidy on raft alone)")
 	flag.DurationVar(&opts.floorDuration, "floor-duration", 4*time.Second, "scenario 9: measurement time per target, concurrency and round")
 	flag.BoolVar(&opts.pluginPprof, "plugin-pprof", false, "build our plugin from ./bench/profplugin (net/http/pprof on loopback), so scenario 9 profiles the plugin too on a miss")
 	flag.Parse()
@@ -80,10 +81,10 @@ func main() {
 		opts.only = map[string]bool{}
 		for _, p := range strings.Split(*only, ",") {
 			switch p = strings.TrimSpace(p); p {
-			case "main", "floor", "users":
+			case "main", "floor", "users", "tidy":
 				opts.only[p] = true
 			default:
-				fmt.Fprintf(os.Stderr, "bench: -only: unknown part %q (main, floor, users)\n", p)
+				fmt.Fprintf(os.Stderr, "bench: -only: unknown part %q (main, floor, users, tidy)\n", p)
 				os.Exit(2)
 			}
 		}
@@ -174,7 +175,7 @@ func run(ctx context.Context, opts options, w io.Writer) (string, error) {
 			return "", err
 		}
 	}
-	if opts.runs("users") {
+	if opts.runs("users") || opts.runs("tidy") {
 		if err := runMany(ctx, opts, bins, f, dir, logf, rep); err != nil {
 			return "", err
 		}

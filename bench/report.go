@@ -40,10 +40,11 @@ type report struct {
 	raftAB                     *abResult // the raft server, with the Vault Proxy target
 	proxy                      *proxyResult
 	users                      *usersResult
-	inmemUsers, raftUsers      []*coldUsers // cold per-user reads by concurrency
-	loadStart, loadEnd         string       // /proc/loadavg's 1, 5 and 15 minute averages
-	floor                      []*floorRun  // scenario 9, inmem then raft
-	many                       *manyResult  // scenario 10
+	inmemUsers, raftUsers      []*coldUsers    // cold per-user reads by concurrency
+	loadStart, loadEnd         string          // /proc/loadavg's 1, 5 and 15 minute averages
+	floor                      []*floorRun     // scenario 9, inmem then raft
+	many                       *manyResult     // scenario 10 on the dev server
+	tidyRaft                   *raftTidyResult // scenario 10's tidy on raft
 }
 
 // loadAvg is the 1, 5 and 15 minute load averages.

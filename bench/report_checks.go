@@ -150,9 +150,7 @@ func (rep *report) checks() []check {
 		cs = append(cs, rep.userChecks()...)
 	}
 	cs = append(cs, rep.floorChecks()...)
-	if rep.many != nil {
-		cs = append(cs, rep.manyChecks()...)
-	}
+	cs = append(cs, rep.manyChecks()...)
 	return cs
 }
 

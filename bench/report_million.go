@@ -8,45 +8,64 @@ import (
 	"time"
 )
 
-// manyChecks are targets 10a-10f.
+// manyChecks are targets 10a-10f: 10a-10b on the dev server, 10c-10d on
+// both parts run, 10e-10f on raft.
 func (rep *report) manyChecks() []check {
-	m := rep.many
-	n := fmt.Sprintf("%d users", m.users)
-	c10a := check{id: "10a", target: n + " (inmem): 0 failures", measured: fmt.Sprintf("%d failed, %d served", m.s.errs, m.s.ok), result: verdict(m.s.errs == 0 && m.s.ok == m.users)}
-	if c10a.result == missed {
-		c10a.why = fmt.Sprintf("First failure: `%s`.", compact(m.s.firstErr))
+	m, t := rep.many, rep.tidyRaft
+	if m == nil && t == nil {
+		return nil
 	}
-	c10b := check{id: "10b", target: n + " (inmem): exactly one upstream token request per user", measured: fmt.Sprintf("%d token requests for %d users", m.tokenRequests, m.users), result: verdict(m.tokenRequests == m.users)}
-	if c10b.result == missed {
-		c10b.why = fmt.Sprintf("%d requests more than users, with %d failed reads.", m.tokenRequests-m.users, m.s.errs)
+	var cs []check
+	var peaks []phasePeak
+	stored, ok := "", true
+	if m != nil {
+		n := fmt.Sprintf("%d users", m.users)
+		c10a := check{id: "10a", target: n + " (inmem): 0 failures", measured: fmt.Sprintf("%d failed, %d served", m.s.errs, m.s.ok), result: verdict(m.s.errs == 0 && m.s.ok == m.users)}
+		if c10a.result == missed {
+			c10a.why = fmt.Sprintf("First failure: `%s`.", compact(m.s.firstErr))
+		}
+		c10b := check{id: "10b", target: n + " (inmem): exactly one upstream token request per user", measured: fmt.Sprintf("%d token requests for %d users", m.tokenRequests, m.users), result: verdict(m.tokenRequests == m.users)}
+		if c10b.result == missed {
+			c10b.why = fmt.Sprintf("%d requests more than users, with %d failed reads.", m.tokenRequests-m.users, m.s.errs)
+		}
+		cs = append(cs, c10a, c10b)
+		for _, p := range m.rss {
+			peaks = append(peaks, phasePeak{"inmem: " + p.phase, p.peak})
+		}
+		stored = fmt.Sprintf("inmem: %d stored after the users, %d once expired, %d after %d tidy call(s) taking %s", m.storedEnd, m.storedExpired, m.storedAfter, len(m.tidyCalls), m.tidyTook.Round(time.Second))
+		ok = m.storedAfter == 0
 	}
-	peaks := append([]phasePeak(nil), m.rss...)
-	if m.raft != nil {
-		for _, p := range m.raft.rss {
+	if t != nil {
+		for _, p := range t.rss {
 			peaks = append(peaks, phasePeak{"raft: " + p.phase, p.peak})
 		}
+		if stored != "" {
+			stored += "; "
+		}
+		stored += fmt.Sprintf("raft: %d stored before tidy, %d after", t.storedBefore, t.storedAfter)
+		ok = ok && t.storedAfter == 0
 	}
+	n := fmt.Sprintf("%d users", rep.opts.users)
 	peak := peakOf(peaks)
 	c10c := check{id: "10c", target: n + ": plugin RSS < 64 MiB through the users, tidy, role delete and scrapes (every 200 ms)",
 		measured: fmt.Sprintf("peak %s (%s)", mib(peak), phaseList(peaks)), result: verdict(peak < 64<<20 && peak > 0)}
 	if c10c.result == missed {
-		c10c.why = fmt.Sprintf("Before the users the plugin held %s; after them %s, with at most %d tokens in memory.", mib(m.rssBefore), mib(m.rssEnd), lruSize)
+		c10c.why = "Sampled every 200 ms, RSS jumps between samples rather than growing with the tokens held (memory holds at most " + fmt.Sprint(lruSize) + "): "
+		if m != nil {
+			c10c.why += fmt.Sprintf("on inmem %s right after the users but a peak of %s, with scrapes every %s whose gauge rebuild (at most once a minute) lists every stored token of the role in one storage LIST, and tidy, which lists them all too. ", mib(m.rssEnd), mib(peakOf(m.rss)), rep.opts.scrapeEvery)
+		}
+		c10c.why += "Transient lists of hundreds of thousands of keys (and their gRPC messages) are what the Go heap grows for; the runtime keeps the pages a while after."
 	}
-	stored := fmt.Sprintf("inmem: %d stored after the users, %d once expired, %d after %d tidy call(s) taking %s", m.storedEnd, m.storedExpired, m.storedAfter, len(m.tidyCalls), m.tidyTook.Round(time.Second))
-	ok := m.storedAfter == 0
-	if t := m.raft; t != nil {
-		stored += fmt.Sprintf("; raft: %d after tidy", t.storedAfter)
-		ok = ok && t.storedAfter == 0
-	}
-	c10d := check{id: "10d", target: n + ": stored tokens after expiry and tidy = 0", measured: stored, result: verdict(ok)}
-	cs := []check{c10a, c10b, c10c, c10d}
-	if t := m.raft; t != nil {
+	cs = append(cs, c10c, check{id: "10d", target: n + ": stored tokens after expiry and tidy = 0", measured: stored, result: verdict(ok)})
+	if t != nil {
 		limit := tidyLimitFor(t.tokens)
 		removed := t.storedBefore - t.storedAfter
+		rate := float64(removed) / t.tidyTook.Seconds()
 		c10e := check{id: "10e", target: fmt.Sprintf("raft: tidy of %d expired tokens ≤ %s (10 min per 1,000,000, scaled)", t.storedBefore, fmtMin(limit)),
-			measured: fmt.Sprintf("%s, %.0f tokens/s, %d left", t.tidyTook.Round(time.Second), float64(removed)/t.tidyTook.Seconds(), t.storedAfter), result: verdict(t.tidyTook <= limit && t.storedAfter == 0)}
+			measured: fmt.Sprintf("%s, %.0f tokens/s, %d left", t.tidyTook.Round(time.Second), rate, t.storedAfter), result: verdict(t.tidyTook <= limit && t.storedAfter == 0)}
 		if c10e.result == missed {
-			c10e.why = fmt.Sprintf("At this rate 1,000,000 tokens would take %s. %d tidy call(s): %s.", fmtMin(time.Duration(1e6/max(float64(removed)/t.tidyTook.Seconds(), 1e-9)*float64(time.Second))), len(t.tidyCalls), tidyCallsLine(t.tidyCalls))
+			c10e.why = fmt.Sprintf("At this rate 1,000,000 tokens would take %s; the target needs %.0f tokens/s. The expired tokens were written through sys/raw at %.0f/s by 32 concurrent writers on the same server. %d tidy call(s): %s.",
+				fmtMin(time.Duration(1e6/max(rate, 1e-9)*float64(time.Second))), 1e6/600, float64(t.tokens)/t.fillTook.Seconds(), len(t.tidyCalls), tidyCallsLine(t.tidyCalls))
 		}
 		ratio := 0.0
 		if t.without.throughput() > 0 {
@@ -92,11 +111,18 @@ func tidyCallsLine(calls []tidyCall) string {
 // manySection is scenario 10's part of the report.
 func (rep *report) manySection(p func(string, ...any)) {
 	m := rep.many
-	if m == nil {
+	if m == nil && rep.tidyRaft == nil {
 		return
 	}
 	p("")
-	p("## %d shoppers (scenario 10)", m.users)
+	p("## %d shoppers (scenario 10)", rep.opts.users)
+	if m != nil {
+		rep.manyInmem(p, m)
+	}
+	rep.tidySection(p)
+}
+
+func (rep *report) manyInmem(p func(string, ...any), m *manyResult) {
 	p("")
 	p("On a fresh dev server (inmem): %d distinct user ids, each written once to `creds/%s` by %d clients; the fake answers after %s and hands out tokens living %s, so tokens expire (and Vault revokes their leases) while later users are still arriving; then, once all have expired, `POST instacart/tidy` until none is stored, then the role is deleted. The plugin's RSS is sampled every 200 ms and `instacart/metrics?format=prometheus` scraped every %s throughout.",
 		m.users, usersRole, m.clients, m.latency, m.lifetime, rep.opts.scrapeEvery)
@@ -137,14 +163,18 @@ func (rep *report) manySection(p func(string, ...any)) {
 		p("")
 		p("First failed scrape: `%s`", compact(m.scr.firstErr))
 	}
-	t := m.raft
+}
+
+// tidySection is scenario 10's tidy on raft.
+func (rep *report) tidySection(p func(string, ...any)) {
+	t := rep.tidyRaft
 	if t == nil {
 		return
 	}
 	p("")
 	p("### Tidy on raft")
 	p("")
-	p("On a fresh single-node raft server: one per-user token minted through the engine (living 2 s) gives a real record and its place (`%s`); %d copies of it, each for its own user id and token and expired an hour ago, are written beside it through `sys/raw` (minting them through leased reads would take hours on raft and leave as many leases). Then cached reads of `creds/bench` (a role-wide token, already cached) at %d clients in windows of equal length: without tidy, while `POST instacart/tidy` runs (called again whenever it answers that it goes on in the background, timed from the first call until an answer without that warning and no token left), and after.",
+	p("On a fresh single-node raft server: one per-user token minted through the engine (living 2 s) gives a real record and its place (`%s`); %d copies of it, each for its own user id and token and expired an hour ago, are written beside it through `sys/raw`, once the engine's own first periodic tidy (within a minute of mounting) has passed over the empty store (minting them through leased reads would take hours on raft and leave as many leases). Then cached reads of `creds/bench` (a role-wide token, already cached) at %d clients in windows of equal length: without tidy, while `POST instacart/tidy` runs (called again whenever it answers that it goes on in the background, timed from the first call until an answer without that warning and no token left), and after.",
 		t.layout, t.tokens, t.readClients)
 	p("")
 	p("| measure | value |")
