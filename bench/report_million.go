@@ -174,7 +174,7 @@ func (rep *report) tidySection(p func(string, ...any)) {
 	p("")
 	p("### Tidy on raft")
 	p("")
-	p("On a fresh single-node raft server: one per-user token minted through the engine (living 2 s) gives a real record and its place (`%s`); %d copies of it, each for its own user id and token and expired an hour ago, are written beside it through `sys/raw`, once the engine's own first periodic tidy (within a minute of mounting) has passed over the empty store (minting them through leased reads would take hours on raft and leave as many leases). Then cached reads of `creds/bench` (a role-wide token, already cached) at %d clients in windows of equal length: without tidy, while `POST instacart/tidy` runs (called again whenever it answers that it goes on in the background, timed from the first call until an answer without that warning and no token left), and after.",
+	p("On a fresh single-node raft server: one per-user token minted through the engine (living 2 s) gives a real record and its place (`%s`); %d copies of it, each for its own user id and token and expired an hour ago, are written beside it through `sys/raw` (the engine's own first tidy is due an hour after mounting, after this; minting them through leased reads would take hours on raft and leave as many leases). Then cached reads of `creds/bench` (a role-wide token, already cached) at %d clients in windows of equal length: without tidy, while `POST instacart/tidy` runs (called again whenever it answers that it goes on in the background, timed from the first call until an answer without that warning and no token left), and after.",
 		t.layout, t.tokens, t.readClients)
 	p("")
 	p("| measure | value |")
