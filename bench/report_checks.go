@@ -251,20 +251,26 @@ var profileRows = [][2]string{
 	{"revoking expired leases", "github.com/hashicorp/vault/vault.(*ExpirationManager).revokeCommon"},
 	{"serving the HTTP API", "net/http.(*conn).serve"},
 	{"gRPC served to plugins (their storage calls)", "google.golang.org/grpc.(*Server).handleStream"},
+	{"… of which plugins' storage reads", "github.com/hashicorp/vault/sdk/plugin/pb._Storage_Get_Handler"},
+	{"… of which plugins' storage writes", "github.com/hashicorp/vault/sdk/plugin/pb._Storage_Put_Handler"},
+	{"plugins' log lines relayed from their stderr", "github.com/hashicorp/go-plugin.(*Client).logStderr"},
 	{"garbage collection", "runtime.gcBgMarkWorker"},
 }
 
 // breakdown is the cum% of each of profileRows found in the profile.
-func (p cpuProfile) breakdown() [][2]string {
+func (p cpuProfile) breakdown() [][2]string { return p.breakdownOf(profileRows) }
+
+// breakdownOf is the cum% of each of rows found in the profile.
+func (p cpuProfile) breakdownOf(rows [][2]string) [][2]string {
 	cum := map[string]string{}
 	for _, line := range strings.Split(p.cum, "\n") {
 		f := strings.Fields(line)
 		if len(f) >= 6 && strings.HasSuffix(f[4], "%") {
-			cum[strings.Join(f[5:], " ")] = f[4]
+			cum[strings.TrimSuffix(strings.Join(f[5:], " "), " (inline)")] = f[4]
 		}
 	}
 	var out [][2]string
-	for _, r := range profileRows {
+	for _, r := range rows {
 		if v, ok := cum[r[1]]; ok {
 			out = append(out, [2]string{fmt.Sprintf("%s (`%s`)", r[0], r[1]), v})
 		}

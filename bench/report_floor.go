@@ -204,7 +204,15 @@ func (rep *report) floorSection(p func(string, ...any)) {
 			if pp.err != "" {
 				p("Our plugin's own profile: not taken (%s).", compact(pp.err))
 			} else {
-				p("Our plugin's own CPU profile during ours (`-plugin-pprof`: the engine built from `bench/profplugin` with net/http/pprof; %s), the engine's and the SDK's frames by cumulative share:", pp.total())
+				p("Our plugin's own CPU profile during ours (`-plugin-pprof`: the engine built from `bench/profplugin` with net/http/pprof; %s). Share of the plugin's CPU (cumulative):", pp.total())
+				p("")
+				p("| where | share |")
+				p("|---|---:|")
+				for _, g := range pp.breakdownOf(pluginRows) {
+					p("| %s | %s |", g[0], g[1])
+				}
+				p("")
+				p("The engine's and the SDK's frames by cumulative share:")
 				p("")
 				p("```text")
 				for _, l := range pp.frames(20, "instacart-vault", "vault/sdk", "connect", "grpc") {
@@ -216,6 +224,19 @@ func (rep *report) floorSection(p func(string, ...any)) {
 		p("")
 		p("Full listings: [`%s`](%s).", floorProfileFile(fr.storage), floorProfileFile(fr.storage))
 	}
+}
+
+// pluginRows are the frames of our plugin's profile the report names: what
+// a cold per-user read does beyond the floor's mint, write and lease.
+var pluginRows = [][2]string{
+	{"storage reads (gRPC to Vault)", "github.com/hashicorp/vault/sdk/plugin.(*GRPCStorageClient).Get"},
+	{"… of which the token cache's loads", "github.com/instacart-vault/vault-plugin-secrets-instacart.(*tokenCache).load"},
+	{"storage writes (gRPC to Vault)", "github.com/hashicorp/vault/sdk/plugin.(*GRPCStorageClient).Put"},
+	{"the token request (connect client)", "github.com/instacart-vault/vault-plugin-secrets-instacart/connect.(*Client).Token"},
+	{"… of which go-retryablehttp", "github.com/hashicorp/go-retryablehttp.(*Client).Do"},
+	{"the per-mint log line (debug level)", "github.com/instacart-vault/vault-plugin-secrets-instacart.(*metrics).logMint"},
+	{"publishing the token (role lock, predecessor check, store)", "github.com/instacart-vault/vault-plugin-secrets-instacart.(*backend).publishShared"},
+	{"garbage collection", "runtime.gcBgMarkWorker"},
 }
 
 func floorProfileFile(storage string) string { return "vault-cpu-floor-" + storage + ".txt" }
