@@ -99,7 +99,7 @@ test-e2e: vault prometheus
 test-bench-smoke: vault
 	$(GO) test -tags bench -count=1 -timeout 10m ./bench/
 
-## bench: the benchmark on inmem and raft Vault → bench/results/ (~35 min). USERS is the
+## bench: the benchmark on inmem and raft Vault → bench/results/ (~40 min). USERS is the
 ## shoppers of scenario 10 on the dev server and of its tidy on raft (scenario 8 on raft
 ## takes at most 100,000): make bench USERS=1000000 (about an hour more; not in CI).
 ## BENCH_ONLY runs only some parts, comma-separated: main (1-8), floor (9), users (10):

@@ -7,7 +7,7 @@
 // (scenario 9) and -users shoppers on the dev server with their tidy on raft
 // (scenario 10). It writes a markdown report and an SVG chart.
 //
-//	go run ./bench                  # full run (about 35 minutes on 2 cores)
+//	go run ./bench                  # full run (about 40 minutes on 2 cores)
 //	go run ./bench -smoke           # about a minute: checks the harness works
 //	go run ./bench -only floor      # scenario 9 only
 //	go run ./bench -only users -users 1000000   # the million shoppers only
