@@ -129,10 +129,13 @@ func outcomeLogFields(err error) []any {
 }
 
 // logMint writes the one line per token call: role, grant, outcome,
-// attempts and duration. Mints of per-user tokens go to debug level.
+// attempts and duration. A per-user token minted is counted, not logged:
+// a plugin logs at trace level whatever Vault's level (Vault drops what it
+// does not want), so each line costs both processes, once per shopper; a
+// per-user failure goes to debug level.
 func (m *metrics) logMint(tag *mintTag, a connect.Attempt, outcome mintOutcome, err error) {
 	l := m.log()
-	if l == nil {
+	if l == nil || (tag != nil && tag.perUser && outcome == outcomeMinted) {
 		return
 	}
 	roleName, purpose, perUser := verifyRole, "", false
