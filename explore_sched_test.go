@@ -172,14 +172,18 @@ const (
 func (s *scheduler) settle() {
 	start := time.Now()
 	last := s.events.Load()
-	quiet, idle := 0, false
+	quiet, idle, busy := 0, false, 0
 	for {
 		runtime.Gosched()
 		if e := s.events.Load(); e != last {
-			last, quiet, idle = e, 0, false
+			last, quiet, idle, busy = e, 0, false, 0
 			continue
 		}
-		if quiet++; quiet >= quietYields {
+		// Each dump stops the world: while others are busy, dump less and
+		// less often, or a goroutine another thread must wake up to run
+		// never gets to (seen on a VM with slow thread wake-ups: seconds
+		// per seed instead of milliseconds).
+		if quiet++; quiet >= quietYields<<min(busy, 8) {
 			quiet = 0
 			switch {
 			case idle:
@@ -189,6 +193,8 @@ func (s *scheduler) settle() {
 				return
 			case !s.othersBusy():
 				idle = true
+			default:
+				busy++
 			}
 		}
 		if time.Since(start) > settleCap {

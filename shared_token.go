@@ -94,8 +94,14 @@ func (b *backend) sharedToken(ctx context.Context, s logical.Storage, m *mintReq
 			return out.token, out.warnings, nil
 		case <-waitCtx.Done():
 			// No new token in time for this reader: the one it had, if its
-			// role still serves it.
-			if t, warning, ok := b.fallback(ctx, s, m, cached, waitCtx.Err()); ok {
+			// role still serves it. The check reads storage on a context of
+			// its own: woken late (a stall, a pause), the reader may have
+			// used up its margin too, and a check that fails for that
+			// would answer an error where a token was there to serve.
+			checkCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), answerMargin)
+			t, warning, ok := b.fallback(checkCtx, s, m, cached, waitCtx.Err())
+			cancel()
+			if ok {
 				b.metrics.read(m.roleName, sourceStaleWhileDown)
 				return t, []string{warning}, nil
 			}
@@ -116,11 +122,14 @@ func (b *backend) refreshShared(slotCtx, ctx context.Context, s logical.Storage,
 	key := m.key()
 	gen := b.tokens.generation(key)
 	candidate := b.tokens.get(key)
+	var read *priorRead // what storage held at key, when it was read
 	if !m.serves(candidate) {
+		version := b.tokens.version(key)
 		stored, err := b.loadUserToken(ctx, s, m)
 		if err != nil {
 			return refreshed{}, err
 		}
+		read = &priorRead{token: stored, version: version}
 		candidate = nil
 		if m.serves(stored) {
 			candidate = stored
@@ -142,7 +151,7 @@ func (b *backend) refreshShared(slotCtx, ctx context.Context, s logical.Storage,
 		tok, err = b.mintInSlot(ctx, s, m)
 		release()
 		if err == nil {
-			t, err := b.publishMinted(ctx, s, m, tok)
+			t, err := b.publishMinted(ctx, s, m, tok, read)
 			return refreshed{token: t, source: sourceMinted}, err
 		}
 	}
@@ -152,14 +161,15 @@ func (b *backend) refreshShared(slotCtx, ctx context.Context, s logical.Storage,
 	return refreshed{}, err
 }
 
-// publishMinted makes a newly minted shared token live, or revokes it.
-func (b *backend) publishMinted(ctx context.Context, s logical.Storage, m *mintRequest, tok *connect.Token) (*issuedToken, error) {
+// publishMinted makes a newly minted shared token live, or revokes it; read
+// is what the refresh read at its key (nil if it read nothing).
+func (b *backend) publishMinted(ctx context.Context, s logical.Storage, m *mintRequest, tok *connect.Token, read *priorRead) (*issuedToken, error) {
 	t := m.issued(tok)
 	if !t.leasable(b.now()) {
 		b.revokeSoon(ctx, s, m.roleName, m.userID, t.revocable, "too short-lived to lease")
 		return nil, errTooShortToLease
 	}
-	if err := b.publishShared(ctx, s, m, t); err != nil {
+	if err := b.publishShared(ctx, s, m, t, read); err != nil {
 		// Nobody can see or flush a token that was not stored.
 		b.revokeSoon(ctx, s, m.roleName, m.userID, t.revocable, "could not be stored")
 		return nil, err
@@ -190,13 +200,25 @@ func (b *backend) fallback(ctx context.Context, s logical.Storage, m *mintReques
 	return candidate, fmt.Sprintf("no new token could be had in time (%s); this token expires at %s", errorSummary(cause), candidate.ExpiresAt.Format(time.RFC3339)), true
 }
 
+// priorRead is what a refresh read at a key, and the key's stripe version
+// when it began: while the version is unchanged, nothing in this process has
+// written or dropped the key since, so the read still stands and publishing
+// need not read the key again (a new user's first read stores without a
+// second storage read). Vault runs a mount's writes in one process: the
+// active node's (standbys forward them).
+type priorRead struct {
+	token   *issuedToken
+	version stripeVersion
+}
+
 // publishShared makes a newly minted shared token live: stored at its key,
 // unless its role was deleted or redefined, or the credentials rotated, while
 // it was minted. A still-valid token it replaces is kept out of service, so
 // a flush can still reach it. The role lock (shared) keeps role writes,
 // deletes and flushes (exclusive) from interleaving; the key lock keeps two
-// publishes of one key from both replacing the same predecessor.
-func (b *backend) publishShared(ctx context.Context, s logical.Storage, m *mintRequest, t *issuedToken) error {
+// publishes of one key from both replacing the same predecessor. read, if
+// set, is what the refresh read at the key.
+func (b *backend) publishShared(ctx context.Context, s logical.Storage, m *mintRequest, t *issuedToken, read *priorRead) error {
 	mu := b.roleLock(m.roleName)
 	mu.RLock()
 	defer mu.RUnlock()
@@ -210,8 +232,10 @@ func (b *backend) publishShared(ctx context.Context, s logical.Storage, m *mintR
 	key := m.key()
 	unlock := b.tokens.lockKey(key)
 	defer unlock()
-	prev, err := b.tokens.load(ctx, s, key)
-	if err != nil {
+	var prev *issuedToken
+	if read != nil && b.tokens.version(key) == read.version {
+		prev = read.token
+	} else if prev, err = b.tokens.load(ctx, s, key); err != nil {
 		return err
 	}
 	if prev != nil && prev.AccessToken != t.AccessToken && !prev.expired(b.now()) {

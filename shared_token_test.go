@@ -283,18 +283,18 @@ func TestCleanupMidPublishQueuesTheToken(t *testing.T) {
 	before := len(e.fake.Tokens()) // the config's verify token
 	g := gateStorage(e)
 	g.honourCtx = true // as Vault's gRPC storage refuses a call on an ended context
-	held := g.park("get", tokenKey("cc", ""))
+	g.failPut = func(key string) error {
+		if key != tokenKey("cc", "") {
+			return nil
+		}
+		e.b.bg.cancel() // the mount's clean-up, as the minted token is stored
+		return context.Canceled
+	}
 	done := make(chan error, 1)
 	go func() {
 		_, err := e.do(logical.ReadOperation, "creds/cc", nil)
 		done <- err
 	}()
-	held.awaitParked(t) // the refresh's first read of the key, before the mint
-	next := g.park("get", tokenKey("cc", ""))
-	close(held.release)
-	next.awaitParked(t) // minted; publishing
-	e.b.bg.cancel()     // the mount's clean-up
-	close(next.release)
 	if err := <-done; err == nil {
 		t.Fatal("the read succeeded though its token could not be stored")
 	}
@@ -313,4 +313,30 @@ func TestCleanupMidPublishQueuesTheToken(t *testing.T) {
 	if stored := storedRoleKeys(t, e.storage, "cc"); len(stored) != 0 {
 		t.Errorf("stored after the failed publish: %q", stored)
 	}
+}
+
+// A reader whose whole deadline has passed by the time it is woken (a stall
+// ate its answer margin) is still answered with the token its role serves,
+// not with an error: the check behind that answer reads storage on a context
+// of its own (the explorer's I6(a), seeds 161 and 814).
+func TestFallbackCheckOutlivesTheReadersContext(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	first := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]
+	e.advance(23*time.Hour + 30*time.Minute) // a refresh is due
+	e.fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Hang: true})
+	g := gateStorage(e)
+	g.honourCtx = true // as Vault's gRPC storage refuses a call on an ended context
+	ctx, cancel := context.WithCancel(context.Background())
+	waiting := make(chan struct{})
+	e.b.onSharedWait = func() { close(waiting) }
+	go func() {
+		<-waiting
+		cancel() // no deadline, so no margin: the reader's context ends outright
+	}()
+	resp, err := e.doCtx(ctx, logical.ReadOperation, "creds/cc", nil)
+	if err != nil || resp.IsError() || resp.Data["access_token"] != first || len(resp.Warnings) == 0 {
+		t.Errorf("got %v, %v; want the role's still-valid token with a warning", resp, err)
+	}
+	e.b.stopBackground() // ends the hung refresh
 }

@@ -90,6 +90,9 @@ func (gt *gate) awaitParked(t *testing.T) {
 var errReadOnlyOverGRPC = errors.New(logical.ErrReadOnly.Error())
 
 func (g *gatedStorage) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
+	if g.honourCtx && ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
 	entry, err := g.Storage.Get(ctx, key)
 	g.wait("get", key)
 	return entry, err

@@ -145,16 +145,11 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, p *tidyPass) erro
 // tidyRole tidies the units of one role that stop includes, counting them
 // and saving the cursor after each.
 func (b *backend) tidyRole(ctx context.Context, s logical.Storage, stop tidyStop, p *tidyPass) error {
-	// The role as it was when the pass began; removal checks it as it is then.
-	current, err := b.getRole(ctx, s, stop.role)
-	if err != nil {
-		return err
-	}
 	return walkRoleTokens(ctx, s, stop.role, stop.includes, func(u tokenUnit, keys []string) error {
 		b.counts.listedUnit(stop.role, u, countable(keys))
 		pos := stop.role + "/" + u
 		p.position.Store(&pos)
-		if err := b.tidyKeys(ctx, s, stop.role, current, keys, p); err != nil {
+		if err := b.tidyKeys(ctx, s, stop.role, keys, p); err != nil {
 			return err
 		}
 		return putJSON(ctx, s, tidyCursorPath, tidyCursor{Role: stop.role, Unit: u})
@@ -163,7 +158,7 @@ func (b *backend) tidyRole(ctx context.Context, s logical.Storage, stop tidyStop
 
 // tidyKeys checks keys tidyWorkers at a time: a token of the previous
 // layout is moved, a stale one removed.
-func (b *backend) tidyKeys(ctx context.Context, s logical.Storage, role string, current *role, keys []string, p *tidyPass) error {
+func (b *backend) tidyKeys(ctx context.Context, s logical.Storage, role string, keys []string, p *tidyPass) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	work := make(chan string)
@@ -173,7 +168,7 @@ func (b *backend) tidyKeys(ctx context.Context, s logical.Storage, role string, 
 		go func() {
 			defer wg.Done()
 			for key := range work {
-				if err := b.tidyKey(ctx, s, role, current, key, p); err != nil {
+				if err := b.tidyKey(ctx, s, role, key, p); err != nil {
 					cancel(err)
 				}
 			}
@@ -196,8 +191,8 @@ func (b *backend) tidyKeys(ctx context.Context, s logical.Storage, role string, 
 // tidyKey tidies one key. An entry that cannot be decoded is skipped (and
 // logged): failing the pass would leave its cursor before it, and every
 // later pass would stop there too.
-func (b *backend) tidyKey(ctx context.Context, s logical.Storage, role string, current *role, key string, p *tidyPass) error {
-	err := b.tidyOne(ctx, s, role, current, key, p)
+func (b *backend) tidyKey(ctx context.Context, s logical.Storage, role, key string, p *tidyPass) error {
+	err := b.tidyOne(ctx, s, role, key, p)
 	if errors.Is(err, errCorrupt) {
 		p.skipped.Add(1)
 		b.Logger().Warn("tidy skipped a stored token it cannot decode", "role", role, "error", err)
@@ -206,7 +201,7 @@ func (b *backend) tidyKey(ctx context.Context, s logical.Storage, role string, c
 	return err
 }
 
-func (b *backend) tidyOne(ctx context.Context, s logical.Storage, role string, current *role, key string, p *tidyPass) error {
+func (b *backend) tidyOne(ctx context.Context, s logical.Storage, role, key string, p *tidyPass) error {
 	p.checked.Add(1)
 	if _, ok := migratedKey(key); ok {
 		_, outcome, err := b.moveLegacyToken(ctx, s, role, key)
@@ -218,14 +213,8 @@ func (b *backend) tidyOne(ctx context.Context, s logical.Storage, role string, c
 		}
 		return err
 	}
-	// Most tokens are fresh: a read without the lock skips them.
-	t, err := b.tokens.load(ctx, s, key)
-	if err != nil {
-		return err
-	}
-	if e, o := staleness(t, current, b.now()); !e && !o {
-		return nil
-	}
+	// One read per key, under the locks: a read without them first would
+	// cost an expired token two (each a call to Vault).
 	expired, orphaned, err := b.removeIfStale(ctx, s, role, key)
 	if expired {
 		p.expired.Add(1)

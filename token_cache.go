@@ -90,8 +90,10 @@ const tokenCacheSize = 10_000
 // busy forgetting of other keys (tidy, another node's mints) from getting in
 // the way.
 type tokenCache struct {
-	mu      sync.Mutex // guards gens, and orders remembering against forgetting
-	gens    [genStripes]uint64
+	mu   sync.Mutex // guards gens, and orders remembering against forgetting
+	gens [genStripes]uint64
+	// writes counts, per stripe, the stores this process made (see version).
+	writes  [genStripes]uint64
 	entries *lru.Cache[string, *issuedToken] // storage key -> token
 	flights singleflight.Group
 	// keyLocks serialise publishing to one key (striped like gens).
@@ -126,6 +128,19 @@ func (c *tokenCache) generation(key string) uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.gens[genStripe(key)]
+}
+
+// stripeVersion is what had happened to a stripe's keys in this process
+// (forgets, stores) when a storage read of one of them began.
+type stripeVersion struct{ gen, writes uint64 }
+
+// version is key's stripe's version now: a storage read of key begun after
+// it still stands, in this process, while the version is unchanged.
+func (c *tokenCache) version(key string) stripeVersion {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	i := genStripe(key)
+	return stripeVersion{c.gens[i], c.writes[i]}
 }
 
 // rememberIf keeps t in memory unless something under key's stripe was
@@ -180,7 +195,11 @@ func (c *tokenCache) load(ctx context.Context, s logical.Storage, key string) (*
 // store writes a shared token to storage, then to memory.
 func (c *tokenCache) store(ctx context.Context, s logical.Storage, key string, t *issuedToken) error {
 	gen := c.generation(key)
-	if err := putJSON(ctx, s, key, t); err != nil {
+	err := putJSON(ctx, s, key, t)
+	c.mu.Lock()
+	c.writes[genStripe(key)]++ // even a failed put may have landed
+	c.mu.Unlock()
+	if err != nil {
 		return err
 	}
 	c.rememberIf(key, t, gen)

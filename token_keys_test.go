@@ -40,11 +40,13 @@ func (c *writeCountingStorage) reset() (writes, deletes []string) {
 }
 
 // A per-user token lives in its user's shard, and a new user costs one
-// durable write: its token record.
+// durable write, its token record, and one read of its key (a token stored
+// before must be found; publishing reuses that read).
 func TestNewUserCostsOneWriteInItsShard(t *testing.T) {
 	e := newTestEnv(t)
 	setupRoles(e)
-	counted := &writeCountingStorage{Storage: e.storage}
+	reads := &countingStorage{Storage: e.storage}
+	counted := &writeCountingStorage{Storage: reads}
 	e.storage = counted
 	for _, user := range []string{"store-1", "store-2", "store-3"} {
 		e.mustOK(logical.UpdateOperation, "creds/shoppers", map[string]any{"user_id": user})
@@ -53,6 +55,9 @@ func TestNewUserCostsOneWriteInItsShard(t *testing.T) {
 		want := "users/shoppers/" + h[:2] + "/" + h
 		if len(writes) != 1 || writes[0] != want || len(deletes) != 0 {
 			t.Errorf("user %s: writes %q, deletes %q; want the one write %q", user, writes, deletes, want)
+		}
+		if n := reads.getsUnder(want); n != 1 {
+			t.Errorf("user %s: %d reads of its key, want 1", user, n)
 		}
 	}
 	if keys, _ := e.storage.List(context.Background(), roleTokenPrefix("shoppers")); len(keys) != 0 {
