@@ -230,7 +230,7 @@ func codedStatus(err error) int {
 func TestTokensAreSealWrapped(t *testing.T) {
 	e := newTestEnv(t)
 	wrapped := e.b.PathsSpecial.SealWrapStorage
-	for _, want := range []string{configStoragePath, tokenStoragePrefix, revokingStoragePrefix, "wal/"} {
+	for _, want := range []string{configStoragePath, tokenStoragePrefix, userTokenStoragePrefix, revokingStoragePrefix, "wal/"} {
 		found := false
 		for _, p := range wrapped {
 			found = found || p == want
