@@ -140,15 +140,7 @@ func (r *runner) manyUsers(ctx context.Context) (*manyResult, error) {
 	if res.storedEnd, err = store.count(); err != nil {
 		return nil, err
 	}
-	firstEnd, lastEnd := int64(0), int64(0)
-	for i := range reads {
-		if e := reads[i].end.Load(); e != 0 {
-			if firstEnd == 0 || e < firstEnd {
-				firstEnd = e
-			}
-			lastEnd = max(lastEnd, e)
-		}
-	}
+	firstEnd, lastEnd := endSpan(reads)
 	for i := range reads {
 		if reads[i].start.Load() > firstEnd+int64(opts.userLifetime) {
 			res.expiredDuringRun++

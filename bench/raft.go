@@ -187,6 +187,20 @@ func userID(i int) string { return fmt.Sprintf("shopper-%07d", i) }
 // it failed).
 type userRead struct{ start, end atomic.Int64 }
 
+// endSpan is when the first and the last of reads ended (Unix nanoseconds;
+// reads that never ended are left out).
+func endSpan(reads []userRead) (first, last int64) {
+	for i := range reads {
+		if e := reads[i].end.Load(); e != 0 {
+			if first == 0 || e < first {
+				first = e
+			}
+			last = max(last, e)
+		}
+	}
+	return first, last
+}
+
 // readUsers has clients read creds/<role> once for each of n users (ids
 // from first on), recording when each read started and ended.
 func (r *runner) readUsers(ctx context.Context, role string, first, n, clients int) (sample, []userRead) {
@@ -298,15 +312,7 @@ func (r *runner) perUser(ctx context.Context, n, clients int, lifetime time.Dura
 		return nil, err
 	}
 	// Reads that started before the first token expired.
-	firstEnd, lastEnd := int64(0), int64(0)
-	for i := range reads {
-		if e := reads[i].end.Load(); e != 0 {
-			if firstEnd == 0 || e < firstEnd {
-				firstEnd = e
-			}
-			lastEnd = max(lastEnd, e)
-		}
-	}
+	firstEnd, lastEnd := endSpan(reads)
 	firstExpiry := firstEnd + int64(lifetime)
 	for i := range reads {
 		if e, b := reads[i].end.Load(), reads[i].start.Load(); e != 0 && b < firstExpiry {
