@@ -1,6 +1,7 @@
 package instacart
 
 import (
+	"errors"
 	"reflect"
 	"strconv"
 	"strings"
@@ -42,6 +43,17 @@ func FuzzRoleWrite(f *testing.F) {
 		}
 		before := e.storageSnapshot()
 		resp, err := e.do(logical.UpdateOperation, "roles/"+name, data)
+		if name == "" {
+			// "roles/" is the list path: Vault answers a write there with
+			// 405, and nothing may be stored.
+			if !errors.Is(err, logical.ErrUnsupportedOperation) {
+				t.Fatalf("write to roles/ answered %v, %v; want unsupported operation", resp, err)
+			}
+			if !reflect.DeepEqual(before, e.storageSnapshot()) {
+				t.Errorf("write to roles/ changed storage")
+			}
+			return
+		}
 		if err != nil {
 			t.Fatalf("internal error (would be a 500): %v", err)
 		}
