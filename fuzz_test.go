@@ -184,6 +184,9 @@ func echoes(msg, v string, others []string) bool {
 		if !marked || !strings.Contains(msg, f) {
 			continue
 		}
+		if !utf8.ValidString(f) && utf8.ValidString(msg) {
+			continue // a stray byte of f matched inside one of msg's characters ("…" holds 0x80)
+		}
 		explained := false
 		for _, o := range others {
 			for _, part := range append(strings.Split(o, ","), o) {
