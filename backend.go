@@ -15,6 +15,7 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+	"golang.org/x/time/rate"
 
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect"
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/internal/fairshare"
@@ -93,6 +94,14 @@ type backend struct {
 	// codeMu serialises claiming authorization codes (code_records.go).
 	codeMu sync.Mutex
 
+	// tidyPace bounds how fast tidy checks keys while the mount serves
+	// creds, lastServed (unix nanoseconds) is when it last did (tidy.go).
+	// tidyPace is a *rate.Limiter but in tests.
+	tidyPace interface {
+		WaitN(context.Context, int) error
+	}
+	lastServed atomic.Int64
+
 	// lastTidy is when the periodic function last started (or joined) a
 	// background tidy pass (unix nanoseconds).
 	lastTidy atomic.Int64
@@ -118,7 +127,7 @@ type configSnapshot struct {
 }
 
 func newBackend() *backend {
-	b := &backend{now: time.Now, tokens: newTokenCache(tokenCacheSize), counts: newTokenCounts(), queued: newTokenCounts(), bg: newBackground()}
+	b := &backend{now: time.Now, tokens: newTokenCache(tokenCacheSize), counts: newTokenCounts(), queued: newTokenCounts(), bg: newBackground(), tidyPace: rate.NewLimiter(tidyPaceWhileServing, tidyBatch)}
 	b.legacyUserKeys.Store(true)
 	b.metrics = newBackendMetrics(b)
 	b.Backend = &framework.Backend{

@@ -27,6 +27,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/logical"
+	"golang.org/x/time/rate"
 
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect"
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect/connectfake"
@@ -651,6 +652,9 @@ func (w *world) newBackend() *backend {
 	}
 	b := lb.(*backend)
 	b.now = w.clock.now
+	// The pace waits on real time, which the world does not schedule; it
+	// holds no lifecycle decision (TestTidyIsPacedWhileServing holds it).
+	b.tidyPace = rate.NewLimiter(rate.Inf, 0)
 	b.connectConfigHook = w.connectHook(w.gen)
 	w.b = b
 	w.backends = append(w.backends, b)

@@ -61,6 +61,7 @@ lease of an exclusive token revokes the token at Connect.
 `
 
 func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	b.served()
 	name, r, resp, err := b.knownRole(ctx, req.Storage, d)
 	if resp != nil || err != nil {
 		return resp, err
