@@ -227,15 +227,7 @@ func TestRoleDeletedDuringMint(t *testing.T) {
 	key := tokenKey("cc", "")
 
 	gt := g.park("get", key) // refreshShared's storage read, just before the mint
-	type result struct {
-		resp *logical.Response
-		err  error
-	}
-	res := make(chan result, 1)
-	go func() {
-		resp, err := e.do(logical.ReadOperation, "creds/cc", nil)
-		res <- result{resp, err}
-	}()
+	res := goDo(e, context.Background(), logical.ReadOperation, "creds/cc", nil)
 	gt.awaitParked(t)
 	e.mustOK(logical.DeleteOperation, "roles/cc", nil)
 	close(gt.release)

@@ -291,15 +291,7 @@ func pacedTidy(t *testing.T, e *testEnv, users int, servedBefore bool) (*logical
 	if servedBefore {
 		e.mustOK(logical.ReadOperation, "creds/cc", nil)
 	}
-	type answer struct {
-		resp *logical.Response
-		err  error
-	}
-	done := make(chan answer, 1)
-	go func() {
-		resp, err := e.do(logical.UpdateOperation, "tidy", nil)
-		done <- answer{resp, err}
-	}()
+	done := goDo(e, context.Background(), logical.UpdateOperation, "tidy", nil)
 	for {
 		select {
 		case gate.permits <- struct{}{}:
