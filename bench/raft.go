@@ -373,37 +373,13 @@ func (r *runner) perUser(ctx context.Context, n, clients int, lifetime time.Dura
 	if res.storedExpired, err = stored(); err != nil {
 		return nil, err
 	}
-	// Tidy until none is left, for at most tidyLimit: a call may answer
+	// Tidy until none is left, for at most 10 minutes: a call may answer
 	// before its pass is over (the engine's own choice, or Vault's request
 	// deadline, max_request_duration, 90 s by default), and the next call
 	// goes on with it.
-	const tidyLimit = 10 * time.Minute
-	t0 = time.Now()
-	for time.Since(t0) < tidyLimit {
-		var tidy struct {
-			Warnings []string `json:"warnings"`
-			Data     struct {
-				Expired  int `json:"expired_tokens_removed"`
-				Orphaned int `json:"orphaned_tokens_removed"`
-				Retired  int `json:"retired_credentials_removed"`
-			} `json:"data"`
-		}
-		t1 := time.Now()
-		err := v.Must(http.MethodPost, "instacart/tidy", nil, &tidy)
-		c := tidyCall{took: time.Since(t1), expired: tidy.Data.Expired, orphaned: tidy.Data.Orphaned, retired: tidy.Data.Retired, warnings: tidy.Warnings}
-		if err != nil {
-			c.err = compact(v.Redact(err.Error()))
-		}
-		res.tidyCalls = append(res.tidyCalls, c)
-		r.logf("  POST instacart/tidy #%d: %s", len(res.tidyCalls), c)
-		if res.storedAfter, err = stored(); err != nil {
-			return nil, err
-		}
-		if res.storedAfter == 0 {
-			break
-		}
+	if res.tidyCalls, res.tidyTook, res.storedAfter, err = r.tidyUntilEmpty(ctx, store, 10*time.Minute); err != nil {
+		return nil, err
 	}
-	res.tidyTook = time.Since(t0)
 	if res.rssAfterTidy, err = stack.RSSBytes(pid); err != nil {
 		return nil, err
 	}
