@@ -238,7 +238,7 @@ func runInmem(ctx context.Context, opts options, bins *binaries, f *stack.Fake, 
 	logf("==> scenarios 1-2 (inmem): cached reads, %d rounds x %s per target at concurrency %v", opts.rounds, opts.duration, opts.concurrency)
 	sampler := startRSSSampler(pid)
 	rep.ab, err = r.cachedReads(ctx)
-	rep.rssPeak = sampler.finish()
+	rep.rssPeak = peakOf(sampler.finish())
 	if err != nil {
 		return fmt.Errorf("cached reads: %w", err)
 	}

@@ -295,7 +295,7 @@ func (r *runner) perUser(ctx context.Context, n, clients int, lifetime time.Dura
 	res.s, reads = r.readUsers(ctx, usersRole, 0, n, clients)
 	res.raft = metrics.finish()
 	res.profile = <-prof
-	res.rssPeak = sampler.finish()
+	res.rssPeak = peakOf(sampler.finish())
 	res.cpu = readCPU(procs).since(cpu0)
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
