@@ -75,6 +75,9 @@ type backend struct {
 	// counts are the tokens stored per role, queued those waiting in each
 	// role's revocation queue (token_counts.go).
 	counts, queued *tokenCounts
+	// claims give each queued revocation, and each role's queue, one owner
+	// at a time (revocation_queue.go).
+	claims *queueClaims
 	// legacyUserKeys is set while storage may still hold per-user tokens at
 	// the previous release's keys (legacy_layout.go).
 	legacyUserKeys atomic.Bool
@@ -127,7 +130,7 @@ type configSnapshot struct {
 }
 
 func newBackend() *backend {
-	b := &backend{now: time.Now, tokens: newTokenCache(tokenCacheSize), counts: newTokenCounts(), queued: newTokenCounts(), bg: newBackground(), tidyPace: rate.NewLimiter(tidyPaceWhileServing, tidyBatch)}
+	b := &backend{now: time.Now, tokens: newTokenCache(tokenCacheSize), counts: newTokenCounts(), queued: newTokenCounts(), claims: newQueueClaims(), bg: newBackground(), tidyPace: rate.NewLimiter(tidyPaceWhileServing, tidyBatch)}
 	b.legacyUserKeys.Store(true)
 	b.metrics = newBackendMetrics(b)
 	b.Backend = &framework.Backend{

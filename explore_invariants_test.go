@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
 	"strings"
 	"sync"
@@ -661,8 +662,28 @@ func (inv *invariants) pendingHosts() map[string]int {
 
 func (inv *invariants) i6bStart(x, y string) *i6bProbe {
 	p := &i6bProbe{x: x, y: y, pending: map[string]string{}, flips: len(inv.w.hostFlips)}
+	// A role a flush is working on is that flush's to drain (one pass per
+	// role at a time: the periodic pass skips it), and a token that keeps
+	// failing waits for its own retry time.
+	flushing := map[string]bool{}
+	for _, o := range inv.w.ops {
+		if (o.kind == opFlush || o.kind == opFlushHostDown) && !o.done.Load() {
+			flushing[o.role] = true
+		}
+	}
+	// An entry claimed by an immediate attempt still in flight is that
+	// attempt's (one owner per entry).
+	claims := inv.w.b.claims
+	claims.mu.Lock()
+	claimed := maps.Clone(claims.entries)
+	claims.mu.Unlock()
+	now := inv.w.clock.now()
 	for _, k := range inv.w.rawKeys(revokingStoragePrefix) {
-		if e, _ := getJSON[pendingRevocation](context.Background(), inv.w.inner, k); e != nil && inv.tokenHost(e.AccessToken) == y {
+		if _, held := claimed[k]; held {
+			continue
+		}
+		if e, _ := getJSON[pendingRevocation](context.Background(), inv.w.inner, k); e != nil && inv.tokenHost(e.AccessToken) == y &&
+			!flushing[e.Role] && !now.Before(e.RetryAt) {
 			p.pending[k] = e.AccessToken
 		}
 	}

@@ -355,6 +355,17 @@ func (w *world) windDown() {
 	w.inv.fail("LIVENESS[no quiescence]", "the world did not quiesce within 20000 releases")
 }
 
+// latestRetryAt is when the last queued token backing off is due again.
+func (w *world) latestRetryAt() time.Time {
+	var latest time.Time
+	for _, k := range w.rawKeys(revokingStoragePrefix) {
+		if p, _ := getJSON[pendingRevocation](context.Background(), w.inner, k); p != nil && p.RetryAt.After(latest) {
+			latest = p.RetryAt
+		}
+	}
+	return latest
+}
+
 func (w *world) anyDone() bool {
 	for _, o := range w.inflight {
 		if o.done.Load() {
@@ -392,6 +403,12 @@ func (w *world) drainAndCheck() {
 	w.afterClockMove()
 	const rounds = 6
 	for range rounds {
+		// Time passes as the rollback timer fires: a token that kept
+		// failing is tried again once its own back-off ends.
+		if retry := w.latestRetryAt(); retry.After(w.clock.now()) {
+			w.logf("drain: time passes to %s, when the last token backing off is due", retry.Sub(exploreEpoch).Truncate(time.Second))
+			w.advanceTo(retry)
+		}
 		for len(w.vaultQ) > 0 {
 			l := w.vaultQ[0]
 			w.vaultQ = w.vaultQ[1:]

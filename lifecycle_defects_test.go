@@ -289,23 +289,15 @@ func unavailableFaults(n int) []connectfake.Fault {
 // queuedFor lists a role's tokens waiting in the revocation queue.
 func queuedFor(t *testing.T, s logical.Storage, role string) []string {
 	t.Helper()
-	keys, err := s.List(context.Background(), revokingStoragePrefix+role+"/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return keys
+	return queuedKeys(t, s, role)
 }
 
 // storedAccessTokens maps the keys under prefix to the access tokens they hold.
 func storedAccessTokens(t *testing.T, s logical.Storage, prefix string) map[string]string {
 	t.Helper()
-	keys, err := s.List(context.Background(), prefix)
-	if err != nil {
-		t.Fatal(err)
-	}
 	out := map[string]string{}
-	for _, k := range keys {
-		entry, err := s.Get(context.Background(), prefix+k)
+	for _, k := range storageKeysUnder(t, s, prefix) {
+		entry, err := s.Get(context.Background(), k)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -318,7 +310,7 @@ func storedAccessTokens(t *testing.T, s logical.Storage, prefix string) map[stri
 		if err := json.Unmarshal(entry.Value, &v); err != nil {
 			t.Fatal(err)
 		}
-		out[prefix+k] = v.AccessToken
+		out[k] = v.AccessToken
 	}
 	return out
 }

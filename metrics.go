@@ -63,10 +63,11 @@ const (
 	revocationSkippedExpired                          // expired already: nothing sent
 	revocationRefused                                 // Connect refused for good
 	revocationError                                   // not revoked for now (Connect failing, or no credentials)
+	revocationSetAside                                // a queued entry that cannot be decoded, set aside
 	numRevocationOutcomes
 )
 
-var revocationNames = [numRevocationOutcomes]string{"revoked", "skipped_expired", "refused", "error"}
+var revocationNames = [numRevocationOutcomes]string{"revoked", "skipped_expired", "refused", "error", "set_aside"}
 
 // verifyRole labels the token request a config write makes to verify new
 // credentials, and the queue its revocation waits in: it is for no role, and
@@ -161,7 +162,7 @@ func newMetrics(logger func() hclog.Logger, grantOf func(string) connect.GrantTy
 	}, []string{"status"})
 	revocations := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: metricRevocations,
-		Help: "Revocations of leased, flushed or discarded tokens, by outcome: revoked, skipped_expired (nothing to send), refused (for good), error (to be retried).",
+		Help: "Revocations of leased, flushed or discarded tokens, by outcome: revoked, skipped_expired (nothing to send), refused (for good), error (to be retried), set_aside (a queued entry that could not be decoded, moved to revoking/@aside/).",
 	}, []string{"outcome"})
 	for i := range m.revocations {
 		m.revocations[i] = revocations.WithLabelValues(revocationNames[i])

@@ -2,6 +2,7 @@ package instacart
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -52,100 +53,59 @@ func (b *backend) pathCacheDelete(ctx context.Context, req *logical.Request, d *
 	// service but valid for their leases, until they expire or this revokes them.
 	name, _, resp, err := b.namedRole(ctx, req.Storage, d)
 	if resp != nil || err != nil {
-		return resp, err
+		return resp, readError(err)
 	}
 	if !b.WriteSafeReplicationState() {
 		return nil, logical.ErrReadOnly // revoke only where the tokens can also be dropped
 	}
 	defer b.metrics.invalidateGauges() // the next scrape shows what the flush left
-	// Storage is walked a shard at a time. Memory may hold tokens storage
-	// does not (another node's flush, a lost invalidation): they are revoked
-	// and forgotten too.
-	err = walkRoleTokens(ctx, req.Storage, name, nil, func(_ tokenUnit, keys []string) error {
-		for _, key := range keys {
-			if err := b.takeOutOfService(ctx, req.Storage, name, key); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	tally, err := b.flushRole(ctx, req.Storage, name)
 	if err != nil {
-		return nil, err
+		return nil, flushError(err)
 	}
-	for _, key := range b.tokens.memoryKeys(name) {
-		if err := b.takeOutOfService(ctx, req.Storage, name, key); err != nil {
-			return nil, err
-		}
-	}
-
-	tally, err := b.revokeQueued(ctx, req.Storage, name, newRevocationPass())
-	if err != nil {
-		return nil, err
-	}
-	refused, pending := tally.refused, tally.pending
 	var warnings []string
-	if len(refused) > 0 {
-		warnings = append(warnings, fmt.Sprintf("Connect refused to revoke %d token(s), which are no longer handed out but stay live until they expire: %s", len(refused), strings.Join(refused, ", ")))
+	if tally.refused > 0 {
+		warnings = append(warnings, fmt.Sprintf("Connect refused to revoke %d token(s), which are no longer handed out but stay live until they expire: %s", tally.refused, named(tally.refusedNames, tally.refused)))
 	}
-	if len(pending) > 0 {
-		msg := fmt.Sprintf("could not revoke %d token(s) for now (Connect unavailable): %s; they are no longer handed out, and are retried every minute and by the next flush (this flush revoked %d)", len(pending), strings.Join(pending, ", "), tally.revoked)
+	if tally.setAside > 0 {
+		warnings = append(warnings, fmt.Sprintf("%d queued revocation(s) could not be read and were set aside under %s (the engine's log names them)", tally.setAside, asideStoragePrefix))
+	}
+	if tally.pending > 0 || !tally.complete {
+		msg := fmt.Sprintf("could not revoke %d token(s) for now (Connect unavailable): %s; they are no longer handed out, and are retried every minute and by the next flush (this flush revoked %d)", tally.pending, named(tally.pendingNames, tally.pending), tally.revoked)
+		if !tally.complete {
+			msg = fmt.Sprintf("the flush ran out of time before the end of the revocation queue (this flush revoked %d, %d could not be revoked for now); the rest are no longer handed out, and are retried every minute and by the next flush", tally.revoked, tally.pending)
+		}
 		if len(warnings) > 0 {
-			msg += "; " + warnings[0]
+			msg += "; " + strings.Join(warnings, "; ")
 		}
 		return nil, logical.CodedError(http.StatusBadGateway, msg)
 	}
 	return &logical.Response{Warnings: warnings, Data: map[string]any{
 		"revoked_tokens": tally.revoked,
 		"expired_tokens": tally.expired,
-		"refused_tokens": len(refused),
-		"pending_tokens": len(pending),
+		"refused_tokens": tally.refused,
+		"pending_tokens": tally.pending,
 	}}, nil
 }
 
-// takeOutOfService moves the token(s) held under key, in storage and in
-// memory, to the pending revocations, so none is handed out while (or after)
-// its revocation is tried. Holding the role lock exclusively keeps a token
-// minted meanwhile (publishShared) from landing between the read and the
-// delete and being dropped unrevoked.
-func (b *backend) takeOutOfService(ctx context.Context, s logical.Storage, role, key string) error {
-	mu := b.roleLock(role)
-	mu.Lock()
-	defer mu.Unlock()
-	stored, err := b.tokens.load(ctx, s, key)
-	if err != nil {
+// named lists the first names of n tokens, saying how many more there are.
+func named(names []string, n int) string {
+	s := strings.Join(names, ", ")
+	if more := n - len(names); more > 0 {
+		s += fmt.Sprintf(" and %d more", more)
+	}
+	return s
+}
+
+// flushError gives a flush's failure a status: a coded error passes, a
+// deadline is a 504, and storage trouble a 503.
+func flushError(err error) error {
+	var coded logical.HTTPCodedError
+	switch {
+	case errors.Is(err, logical.ErrReadOnly) || errors.As(err, &coded):
 		return err
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
+		return logical.CodedError(http.StatusGatewayTimeout, fmt.Sprintf("the flush ran out of time; what it took out of service stays out of service and queued, run it again: %v", err))
 	}
-	held := []*issuedToken{stored}
-	if m := b.tokens.get(key); m != nil && (stored == nil || m.AccessToken != stored.AccessToken) {
-		held = append(held, m)
-	}
-	// The move is all or nothing, whatever the caller does meanwhile: a token
-	// queued for revocation but still stored would be served again, and then
-	// revoked under its readers.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
-	defer cancel()
-	var queued []*issuedToken
-	undo := func() {
-		for _, t := range queued {
-			b.dequeue(ctx, s, role, t.AccessToken)
-		}
-	}
-	for _, t := range held {
-		if t != nil && !t.expired(b.now()) {
-			if err := b.queueRevocation(ctx, s, role, t.UserID, t.revocable); err != nil {
-				undo()
-				return err
-			}
-			queued = append(queued, t)
-		}
-	}
-	b.tokens.forget(key)
-	if stored != nil {
-		if err := s.Delete(ctx, key); err != nil {
-			undo() // still stored, hence still live: not queued either
-			return storageError("deleting cached token", err)
-		}
-		b.counts.addKey(key, -1)
-	}
-	return nil
+	return logical.CodedError(http.StatusServiceUnavailable, fmt.Sprintf("the flush could not complete, run it again (what it took out of service stays out of service and queued): %v", err))
 }

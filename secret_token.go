@@ -2,8 +2,8 @@ package instacart
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -90,10 +90,10 @@ func (b *backend) tokenRenew(ctx context.Context, req *logical.Request, _ *frame
 }
 
 // tokenRevoke revokes an exclusive token where it was minted. Shared tokens
-// are left alone (other leases hold them). The token is queued first, so an
-// attempt that fails, or outlasts Vault's deadline, leaves it to the queue's
-// retries; only a failure to queue it is returned, so Vault retries the
-// lease. A permanent refusal is logged, since retrying could never succeed.
+// are left alone (other leases hold them). The token is queued and tried once
+// (revokeNow), so an attempt that fails, or outlasts Vault's deadline, leaves
+// it to the queue's retries; only a token neither revoked nor queued is an
+// error, so Vault retries the lease.
 func (b *backend) tokenRevoke(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	info, err := parseLease(req.Secret)
 	if err != nil {
@@ -102,27 +102,11 @@ func (b *backend) tokenRevoke(ctx context.Context, req *logical.Request, _ *fram
 	if info.reuse != reuseExclusive {
 		return nil, nil
 	}
-	if info.token.expired(b.now()) {
-		b.metrics.revocation(revocationSkippedExpired) // nothing to send, nothing to queue
-		return nil, nil
-	}
-	if err := b.queueRevocation(ctx, req.Storage, info.role, info.userID, info.token); err != nil {
-		return nil, fmt.Errorf("queueing the token for revocation (Vault will retry): %w", err)
-	}
 	tryCtx, cancel := answerBy(ctx) // leave time to answer Vault
 	defer cancel()
-	permanent, err := b.revokeUpstream(tryCtx, req.Storage, info.role, info.token)
-	switch {
-	case err == nil:
-	case errors.Is(err, errCredentialsGone):
-		// Retention is meant to outlast every token: this should not happen.
-		b.Logger().Error("the credentials that minted a live token are gone: cannot revoke it upstream; it expires by itself", "role", info.role, "expires_at", info.token.ExpiresAt)
-	case permanent:
-		b.Logger().Warn("cannot revoke the token upstream; it expires by itself", "role", info.role, "expires_at", info.token.ExpiresAt, "error", err)
-	default:
-		b.Logger().Warn("could not revoke an exclusive token for now; it is queued and retried every minute", "role", info.role, "error", err)
-		return nil, nil
+	p := pendingRevocation{Role: info.role, UserID: info.userID, revocable: info.token}
+	if _, err := b.revokeNow(ctx, tryCtx, req.Storage, p, "its lease was revoked"); err != nil {
+		return nil, logical.CodedError(http.StatusServiceUnavailable, fmt.Sprintf("the token could not be revoked nor queued for revocation; Vault retries the lease: %v", err))
 	}
-	b.dequeue(context.WithoutCancel(ctx), req.Storage, info.role, info.token.AccessToken)
 	return nil, nil
 }

@@ -166,9 +166,5 @@ func TestRevokeRetriesWhenConnectIsDown(t *testing.T) {
 // pendingKeys lists a role's queued revocations.
 func pendingKeys(t testing.TB, e *testEnv, role string) []string {
 	t.Helper()
-	keys, err := e.storage.List(context.Background(), revokingStoragePrefix+role+"/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return keys
+	return queuedKeys(t, e.storage, role)
 }

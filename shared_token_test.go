@@ -295,10 +295,7 @@ func TestCleanupMidPublishQueuesTheToken(t *testing.T) {
 	if len(toks) != 1 {
 		t.Fatalf("%d tokens minted, want 1", len(toks))
 	}
-	keys, err := e.storage.List(context.Background(), revokingStoragePrefix+"cc/")
-	if err != nil {
-		t.Fatal(err)
-	}
+	keys := queuedKeys(t, e.storage, "cc")
 	if len(keys) != 1 && !toks[0].Revoked {
 		t.Errorf("the token minted as the mount was cleaned up is neither queued (%d queued) nor revoked", len(keys))
 	}
