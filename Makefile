@@ -19,10 +19,11 @@ DIST        ?= dist
 # Go modules of their own (the root's ./... does not enter them): linted, and
 # unit-tested where they have tests, with the root module.
 SUBMODULES  := tokensource examples/app-go e2e/tsclient
-# Node >= 18 and npm run e2e TestClientNodeVault* (examples/app-node); without
-# them those tests are skipped, and make says so at the end instead of passing quietly.
+# Node >= 18 and npm run the examples/app-node unit tests (node --test) and e2e
+# TestClientNodeVault*; without them those tests are skipped, and make says so at
+# the end instead of passing quietly.
 NODE_OK      = $(shell node -e 'process.exit(parseInt(process.versions.node) >= 18 ? 0 : 1)' >/dev/null 2>&1 && command -v npm >/dev/null && echo yes)
-NODE_NOTE   := NOTE: Node >= 18 and npm not found: the node-vault example tests (e2e TestClientNodeVault*, examples/app-node) were skipped
+NODE_NOTE   := NOTE: Node >= 18 and npm not found: the node-vault example tests (examples/app-node unit tests, e2e TestClientNodeVault*) were skipped
 # Debian's prometheus package (prometheus and promtool) runs the alert rule tests (test-prometheus) and
 # e2e TestPrometheusScrapesVault / TestPrometheusAlertRules; make prometheus installs it where apt-get runs as
 # root. The tests start their own Prometheus on a free port, so the package's service, running or not, is
@@ -65,6 +66,7 @@ test: lint test-unit test-fuzz test-prometheus test-e2e test-bench-smoke
 test-unit:
 	$(GO) test -race -count=1 ./...
 	cd tokensource && $(GO) test -race -count=1 ./...
+	$(if $(NODE_OK),cd examples/app-node && node --test app.test.js,@echo "$(NODE_NOTE)")
 
 ## explore: the schedule explorer on more seeds than test-unit runs (make explore SEEDS=10000);
 ## a failing seed replays with EXPLORE_SEED=<n> go test -race -run '^TestLifecycleExplorer$$' -v .

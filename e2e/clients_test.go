@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -86,16 +87,38 @@ type clientRunResult struct {
 // in its environment, watching the role's leases while it runs.
 func (s *clientStack) run(t *testing.T, dir string, name string, args ...string) clientRunResult {
 	t.Helper()
+	return s.runWith(t, []string{"VAULT_ADDR=" + s.v.Addr, "VAULT_TOKEN=" + s.appToken}, nil, dir, name, args...)
+}
+
+// runWith is run with vaultEnv (the VAULT_* variables; those of the test's
+// own environment are left out), calling during, if given, while the
+// program runs.
+func (s *clientStack) runWith(t *testing.T, vaultEnv []string, during func(), dir string, name string, args ...string) clientRunResult {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "VAULT_ADDR="+s.v.Addr, "VAULT_TOKEN="+s.appToken, "CONNECT_URL="+s.f.URL)
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "VAULT_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(append(cmd.Env, vaultEnv...), "CONNECT_URL="+s.f.URL)
+	var output bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &output, &output
 
 	w := watchLeases(s.v, clientPath+"/")
 	start := time.Now()
-	out, err := cmd.CombinedOutput()
+	err := cmd.Start()
+	if err == nil {
+		if during != nil {
+			during()
+		}
+		err = cmd.Wait()
+	}
 	took := time.Since(start)
+	out := output.Bytes()
 	seen, werr := w.stop()
 	if werr != nil {
 		t.Fatal(werr)

@@ -4,14 +4,12 @@ package e2e
 
 import (
 	"encoding/json"
-	"fmt"
 	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -314,22 +312,10 @@ func TestVaultProxy(t *testing.T) {
 	v := startDevVault(t)
 	v.installPlugin(t, f)
 	v.vault(t, "write", "instacart/roles/fulfillment", "grant_type=client_credentials", "scopes=connect:fulfillment")
-	appToken := v.appToken(t)
-
-	dir := t.TempDir()
-	tokenFile := filepath.Join(dir, "app-token")
-	writeFile(t, tokenFile, appToken)
-	port := freePort(t)
-	cfg := exampleConfig(t, "examples/proxy/proxy.hcl",
-		"http://127.0.0.1:8200", v.Addr,
-		"/etc/vault-proxy/app-token", tokenFile,
-		"127.0.0.1:8100", "127.0.0.1:"+strconv.Itoa(port),
-	)
-	writeFile(t, filepath.Join(dir, "proxy.hcl"), cfg)
-	startProcess(t, filepath.Join(dir, "proxy.log"), vaultBin, "proxy", "-config="+filepath.Join(dir, "proxy.hcl"))
+	proxy, proxyLog := startExampleProxy(t, v, v.appToken(t))
 
 	mintsBefore := f.Mints(t) // writing config verified the credentials
-	url := fmt.Sprintf("http://127.0.0.1:%d/v1/instacart/creds/fulfillment", port)
+	url := proxy + "/v1/instacart/creds/fulfillment"
 	readOnce := func() (int, string) {
 		resp, err := http.Get(url) // no X-Vault-Token: the proxy adds its own
 		if err != nil {
@@ -386,7 +372,7 @@ func TestVaultProxy(t *testing.T) {
 	for tok := range seen {
 		tokList = append(tokList, tok)
 	}
-	assertNoSecrets(t, "proxy log", readFileString(t, filepath.Join(dir, "proxy.log")), f.Secret(), tokList)
+	assertNoSecrets(t, "proxy log", readFileString(t, proxyLog), f.Secret(), tokList)
 }
 
 // appToken is a Vault token with examples/policies/app.hcl.

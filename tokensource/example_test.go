@@ -102,6 +102,50 @@ func ExampleSource_Token() {
 	fmt.Println(tok.Type(), tok.Extra("scopes"))
 }
 
+// An app that sets the Authorization header itself (rather than through
+// HTTPClient, which does this for it) tells the Source when Connect answers
+// 401: the token is dead (revoked by an operator's flush, say). Invalidate
+// reads a new one once, however many requests were refused with it; the
+// request is sent once more, and a second 401 is the answer.
+func ExampleSource_Invalidate() {
+	vault, err := api.NewClient(api.DefaultConfig())
+	if err != nil {
+		log.Fatal(err)
+	}
+	src, err := tokensource.New(vault, "instacart/creds/fulfillment")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer src.Close()
+	ctx := context.Background()
+	send := func(tok *oauth2.Token) (*http.Response, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://connect.instacart.com/v2/fulfillment/users/johnsmith6000", nil)
+		if err != nil {
+			return nil, err
+		}
+		tok.SetAuthHeader(req)
+		return http.DefaultClient.Do(req)
+	}
+	tok, err := src.TokenContext(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	resp, err := send(tok)
+	if err == nil && resp.StatusCode == http.StatusUnauthorized {
+		if src.Invalidate(ctx, tok) == nil { // else: keep the 401 (the error hook hears why)
+			if tok, err = src.TokenContext(ctx); err == nil {
+				resp.Body.Close()
+				resp, err = send(tok) // once: a second 401 stands
+			}
+		}
+	}
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer resp.Body.Close()
+	fmt.Println(resp.Status)
+}
+
 // HTTPClient uses the transport of an *http.Client put in the context under
 // oauth2.HTTPClient, for example one with timeouts or a proxy.
 func ExampleHTTPClient() {
@@ -229,7 +273,8 @@ func Example_reuseTokenSource() {
 // set VAULT_AGENT_ADDR=http://127.0.0.1:8100, which api.DefaultConfig reads,
 // and leave VAULT_TOKEN unset, so the Proxy adds its own token. Leave
 // WithRevokeOnClose off there: the Proxy's cached lease is shared by every
-// app that reads through it, and the Proxy renews it.
+// app that reads through it, and the Proxy renews it. A token Connect
+// refuses is replaced past the Proxy's cache (see Source.Invalidate).
 func Example_vaultProxy() {
 	vault, err := api.NewClient(api.DefaultConfig()) // VAULT_AGENT_ADDR
 	if err != nil {

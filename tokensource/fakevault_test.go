@@ -62,6 +62,8 @@ type fakeVault struct {
 	renews     int           // renewal calls
 	methods    []string
 	bodies     []map[string]any
+	replaces   []string // each creds call's replacesHeader ("" without)
+	events     []string // "creds" and "revoke <lease id>", in order
 	revoked    []string
 	revokeBody []map[string]any
 	renewBody  []map[string]any
@@ -185,6 +187,7 @@ func (fv *fakeVault) revoke(w http.ResponseWriter, r *http.Request, id string) {
 	fv.mu.Lock()
 	status := fv.failRevoke
 	ch := fv.revokedCh
+	fv.events = append(fv.events, "revoke "+id)
 	if status == 0 {
 		fv.revoked = append(fv.revoked, id)
 		fv.revokeBody = append(fv.revokeBody, body)
@@ -213,6 +216,8 @@ func (fv *fakeVault) creds(w http.ResponseWriter, r *http.Request) {
 	n := fv.calls
 	fv.methods = append(fv.methods, r.Method)
 	fv.bodies = append(fv.bodies, body)
+	fv.replaces = append(fv.replaces, r.Header.Get(replacesHeader))
+	fv.events = append(fv.events, "creds")
 	gate, arrived := fv.gate, fv.arrived
 	var fail int
 	if len(fv.failCreds) > 0 {
@@ -290,6 +295,20 @@ func (fv *fakeVault) Revoked() []string {
 	fv.mu.Lock()
 	defer fv.mu.Unlock()
 	return append([]string(nil), fv.revoked...)
+}
+
+// Events is the creds calls and revocations so far, in order.
+func (fv *fakeVault) Events() []string {
+	fv.mu.Lock()
+	defer fv.mu.Unlock()
+	return append([]string(nil), fv.events...)
+}
+
+// Replaces is each creds call's replacesHeader.
+func (fv *fakeVault) Replaces() []string {
+	fv.mu.Lock()
+	defer fv.mu.Unlock()
+	return append([]string(nil), fv.replaces...)
 }
 
 func (fv *fakeVault) set(f func(fv *fakeVault)) {

@@ -5,7 +5,9 @@ package tokensource
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/hashicorp/vault/api"
@@ -34,17 +36,34 @@ func (c *current) capped() bool {
 		c.expiresAt.Sub(c.leaseEnd) > capSlack
 }
 
-// read reads (or, with a user id, writes) the creds path once.
-func (s *Source) read() (*current, error) {
+// read reads (or, with a user id, writes) the creds path once. With
+// replaces (a token Connect refused), the request names that token's lease
+// in replacesHeader, so that Vault Proxy's cache does not answer it.
+func (s *Source) read(replaces *current) (*current, error) {
 	start := s.now()
+	var hdr http.Header
+	if replaces != nil {
+		id := replaces.leaseID
+		if id == "" { // no lease to name: any value unique to this read will do
+			id = rand.Text()
+		}
+		hdr = http.Header{replacesHeader: {id}}
+	}
 	var (
 		sec *api.Secret
 		err error
 	)
 	if s.userID != "" {
-		sec, err = s.client.Logical().WriteWithContext(s.ctx, s.path, map[string]any{"user_id": s.userID})
+		sec, err = s.client.Logical().WriteWithRequest(s.ctx, api.NewLogicalWriteRequest(s.path, map[string]any{"user_id": s.userID}, hdr))
 	} else {
-		sec, err = s.client.Logical().ReadWithContext(s.ctx, s.path)
+		// ReadWithRequest, unlike ReadWithContext, does not apply the
+		// client's timeout itself.
+		ctx, cancel := s.ctx, context.CancelFunc(func() {})
+		if t := s.client.ClientTimeout(); t > 0 {
+			ctx, cancel = context.WithTimeout(ctx, t)
+		}
+		sec, err = s.client.Logical().ReadWithRequest(ctx, api.NewLogicalReadRequest(s.path, nil, hdr))
+		cancel()
 	}
 	if err != nil {
 		return nil, fmt.Errorf("tokensource: reading %s: %w", s.path, err)
@@ -159,6 +178,17 @@ func liveLeases(ls []lease, now time.Time) []lease {
 	out := ls[:0]
 	for _, l := range ls {
 		if now.Before(l.expiry) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// dropLease removes the lease with id from ls (it was revoked); it reuses ls.
+func dropLease(ls []lease, id string) []lease {
+	out := ls[:0]
+	for _, l := range ls {
+		if l.id != id {
 			out = append(out, l)
 		}
 	}

@@ -151,10 +151,10 @@ func (p *Pool) evict(src *Source) {
 	}()
 }
 
-// TokenSource returns an [oauth2.TokenSource] (a [ContextTokenSource]) of
-// userID's tokens from the pool, for [HTTPClient] or any code that takes one.
-// It holds no token itself: each call goes through the pool, so it keeps
-// working after userID's Source was evicted.
+// TokenSource returns an [oauth2.TokenSource] (a [ContextTokenSource] and an
+// [Invalidator]) of userID's tokens from the pool, for [HTTPClient] or any
+// code that takes one. It holds no token itself: each call goes through the
+// pool, so it keeps working after userID's Source was evicted.
 func (p *Pool) TokenSource(userID string) ContextTokenSource {
 	return userSource{p: p, userID: userID}
 }
@@ -168,6 +168,30 @@ func (u userSource) Token() (*oauth2.Token, error) { return u.p.Token(context.Ba
 
 func (u userSource) TokenContext(ctx context.Context) (*oauth2.Token, error) {
 	return u.p.Token(ctx, u.userID)
+}
+
+func (u userSource) Invalidate(ctx context.Context, tok *oauth2.Token) error {
+	return u.p.Invalidate(ctx, u.userID, tok)
+}
+
+// Invalidate tells userID's Source that Connect refused tok, as
+// [Source.Invalidate] does; when the pool holds no Source for userID (it was
+// evicted), tok is no one's current token and nothing is read.
+func (p *Pool) Invalidate(ctx context.Context, userID string, tok *oauth2.Token) error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return ErrClosed
+	}
+	src, ok := p.sources.Peek(userID)
+	p.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	if err := src.Invalidate(ctx, tok); !errors.Is(err, ErrClosed) {
+		return err
+	}
+	return nil // evicted meanwhile: the next Token call makes a new Source
 }
 
 // Remove closes userID's Source now, revoking its leases if the pool was

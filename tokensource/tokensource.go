@@ -38,7 +38,8 @@
 // The Vault token needs the paths of examples/policies/app.hcl: read (and,
 // for roles that take input, update) on the creds path, and update on
 // sys/leases/renew/<mount>/creds/<role>/* and sys/leases/revoke/<mount>/creds/<role>/*
-// for renewing capped leases and [WithRevokeOnClose]. A Source names the
+// for renewing capped leases, revoking the lease of a token Connect refused
+// and [WithRevokeOnClose]. A Source names the
 // lease in the URL (PUT sys/leases/revoke/<lease_id>), never in the body, so
 // the policy can confine it to its role's leases.
 //
@@ -63,6 +64,19 @@
 // ([DefaultEarlyRefresh], or what you gave [WithEarlyRefresh]), so the
 // wrapper asks the Source whenever the Source would re-read.
 //
+// # When Connect refuses a token
+//
+// Connect answers 401 to a token it no longer accepts: an operator flushed
+// the role (vault delete <mount>/cache/<role>, which revokes the engine's
+// shared token at Connect), the credentials were rotated at Instacart, or an
+// exclusive token's lease was revoked. The token is dead, whatever its
+// expires_at says. [HTTPClient] then calls [Source.Invalidate]: the Source
+// revokes the dead token's lease, reads the creds path once (concurrent 401s
+// with the same token share that read) and the request is sent once more
+// with the new token. A second 401 is returned to the caller, never retried
+// in a loop. Apps that set the header themselves call Invalidate on a 401
+// (see its example).
+//
 // # Through Vault Agent or Vault Proxy
 //
 // Set VAULT_AGENT_ADDR to the listener of a Vault Agent or Proxy (for
@@ -71,6 +85,15 @@
 // examples/proxy/proxy.hcl in the repository does), leave VAULT_TOKEN unset:
 // the Agent or Proxy adds its own token. Leave [WithRevokeOnClose] off behind
 // a Proxy's cache, whose cached lease every app reading through it shares.
+//
+// The Proxy's cache answers a repeated read with the cached lease until that
+// lease would have ended, even after the lease is revoked with the lease id
+// in the URL (Vault v1.21's cache evicts only for the body form, which the
+// app policy denies). So the fresh read after a 401 carries the header
+// X-Tokensource-Replaces-Lease: <the dead lease's id>, which makes it a
+// different request to the cache: it reaches Vault, and the tokensource
+// apps behind the same Proxy that replace the same dead lease share its one
+// new lease.
 //
 // A Source never logs or prints a token, and its errors never contain one.
 package tokensource
@@ -102,6 +125,18 @@ const capSlack = 3 * time.Second
 
 // ErrClosed is returned by [Source.Token] after [Source.Close].
 var ErrClosed = errors.New("tokensource: closed")
+
+// refusedRetry is how long a Source waits before reading again for a token
+// Connect refused when a fresh read brought back that same token (the engine
+// still serves it): one read per refusal would add a lease per request.
+const refusedRetry = 30 * time.Second
+
+// replacesHeader marks the fresh read that replaces a refused token with the
+// lease it replaces. Vault ignores it; Vault Proxy's cache keys a response
+// on the whole request, headers included, so the read misses the entry that
+// holds the refused token, and every app behind the Proxy that replaces the
+// same lease shares one new cached lease.
+const replacesHeader = "X-Tokensource-Replaces-Lease"
 
 // errNotExtended: a renewal did not move the lease's end (the role's max_ttl,
 // the mount's or the Vault token's TTL caps it): read a new token instead.
@@ -175,13 +210,22 @@ type Source struct {
 	retryAt time.Time // after a failed early re-read: when to try again
 	leases  []lease   // leases read and not yet expired, for Close
 	closed  bool
+
+	// After a fresh read brought back the token Connect refused: that token
+	// and when Invalidate may read again for it.
+	refused      string
+	refusedUntil time.Time
+
+	joined func() // tests: an Invalidate call waits for the read in flight
 }
 
 // flight is one read of the creds path, shared by the callers that wait for it.
 type flight struct {
-	done chan struct{}
-	tok  *oauth2.Token
-	err  error
+	done     chan struct{}
+	tok      *oauth2.Token
+	err      error
+	replaces *current // a fresh read for a refused token: that token
+	healErr  error    // the fresh read brought back the refused token
 }
 
 var _ oauth2.TokenSource = (*Source)(nil)
@@ -286,7 +330,8 @@ func (s *Source) TokenContext(ctx context.Context) (*oauth2.Token, error) {
 }
 
 // refresh renews the current token's capped lease or reads a new token, for
-// the callers of flight f.
+// the callers of flight f. For a flight that replaces a refused token, it
+// revokes that token's lease first and reads past Vault Proxy's cache.
 func (s *Source) refresh(f *flight, cur *current) {
 	defer s.reads.Done()
 	var (
@@ -294,7 +339,18 @@ func (s *Source) refresh(f *flight, cur *current) {
 		err     error
 		notices []error
 		renewed bool
+		revoked string
 	)
+	if dead := f.replaces; dead != nil && dead.leaseID != "" {
+		// The lease holds a token Connect refuses: ending it costs nothing
+		// (a shared token stays with the engine; an exclusive one is dead).
+		// A failure is only reported: the fresh read matters, not this.
+		if rerr := revokeLease(s.ctx, s.client, dead.leaseID); rerr != nil {
+			notices = append(notices, fmt.Errorf("%w (the lease of the token Connect refused; reading a new token anyway)", rerr))
+		} else {
+			revoked = dead.leaseID
+		}
+	}
 	if cur != nil && cur.capped() && s.now().Before(cur.leaseEnd) {
 		if next, err = s.renew(cur); err == nil {
 			renewed = true
@@ -303,11 +359,14 @@ func (s *Source) refresh(f *flight, cur *current) {
 		}
 	}
 	if next == nil {
-		next, err = s.read()
+		next, err = s.read(f.replaces)
 	}
 
 	s.mu.Lock()
 	now := s.now()
+	if revoked != "" {
+		s.leases = dropLease(s.leases, revoked)
+	}
 	if err == nil {
 		s.leases = liveLeases(s.leases, now)
 		if next.leaseID != "" { // for Close to revoke, even if closed meanwhile
@@ -323,6 +382,13 @@ func (s *Source) refresh(f *flight, cur *current) {
 		s.cur = next
 		s.retryAt = time.Time{}
 		f.tok = next.tok
+		if f.replaces != nil && next.tok.AccessToken == f.replaces.tok.AccessToken {
+			s.refused, s.refusedUntil = next.tok.AccessToken, now.Add(refusedRetry)
+			f.healErr = fmt.Errorf("tokensource: Connect refused the token from %s, and a fresh read returned the same token: "+
+				"the engine still serves it (an operator replaces it with vault delete %s); reading again for it after %v",
+				s.path, flushPath(s.path), refusedRetry)
+			notices = append(notices, f.healErr)
+		}
 	case cur != nil && now.Before(cur.tok.Expiry):
 		// The early re-read failed, but the current token still works.
 		wait := min(max(cur.tok.Expiry.Sub(now)/8, time.Second), 30*time.Second)
@@ -350,6 +416,89 @@ func (s *Source) refresh(f *flight, cur *current) {
 // the margin before it, but not before three quarters of what is left.
 func (s *Source) refreshAt(end, now time.Time) time.Time {
 	return end.Add(-min(s.margin, end.Sub(now)/4))
+}
+
+// Invalidate tells the Source that Connect refused tok (HTTP 401: invalid,
+// expired or revoked), so that it is not handed out again. If tok is still
+// the current token, the Source revokes its lease (PUT
+// sys/leases/revoke/<lease_id>, as app.hcl allows) and reads the creds path
+// once more, past Vault Proxy's cache: the Proxy keeps answering the plain
+// read with the refused token's cached lease, revoked or not. Concurrent
+// calls for the same token share that one read; a call for a token already
+// replaced reads nothing. A failed revocation goes to [WithErrorHook] and
+// the read happens anyway.
+//
+// It returns nil once the current token is no longer tok: get the new one
+// with [Source.TokenContext]. Otherwise it returns why: the read failed, ctx
+// ended first, the Source is closed, or the fresh read brought back tok
+// itself (the engine still serves a token Connect refuses: an operator's
+// vault delete <mount>/cache/<role> replaces it). In that last case it
+// reads again for tok only after 30 seconds, so a refused token costs at
+// most one read per 30 seconds, not one per request.
+//
+// [HTTPClient] calls it on a 401 and retries the request once.
+func (s *Source) Invalidate(ctx context.Context, tok *oauth2.Token) error {
+	if tok == nil || tok.AccessToken == "" {
+		return errors.New("tokensource: Invalidate: no token")
+	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	for {
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			return ErrClosed
+		}
+		cur, f, now := s.cur, s.flight, s.now()
+		isCur := cur != nil && cur.tok.AccessToken == tok.AccessToken
+		switch {
+		case f != nil && f.replaces != nil && f.replaces.tok.AccessToken == tok.AccessToken:
+			// Its fresh read is in flight: share it.
+		case !isCur:
+			s.mu.Unlock()
+			return nil
+		case f != nil:
+			// A re-read already in flight may replace tok: wait for it and
+			// look again (it ends, so this waits once per read in flight).
+		case tok.AccessToken == s.refused && now.Before(s.refusedUntil):
+			s.mu.Unlock()
+			return fmt.Errorf("tokensource: Connect refused the token from %s, which the engine still serves (an operator replaces it with vault delete %s); not reading again for it before %s",
+				s.path, flushPath(s.path), s.refusedUntil.UTC().Format(time.RFC3339))
+		default:
+			f = &flight{done: make(chan struct{}), replaces: cur}
+			s.flight = f
+			s.cur = nil // callers wait for the fresh read instead of getting tok
+			s.reads.Add(1)
+			go s.refresh(f, nil)
+		}
+		joined := s.joined
+		s.mu.Unlock()
+		if joined != nil {
+			joined()
+		}
+
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return fmt.Errorf("tokensource: replacing the refused token from %s: gave up waiting: %w", s.path, ctx.Err())
+		}
+		if f.replaces != nil && f.replaces.tok.AccessToken == tok.AccessToken {
+			if f.err != nil {
+				return f.err
+			}
+			return f.healErr
+		}
+	}
+}
+
+// flushPath is the engine's cache path of the role whose creds path is path,
+// for messages: instacart/creds/x becomes instacart/cache/x.
+func flushPath(path string) string {
+	if i := strings.LastIndex(path, "/creds/"); i >= 0 {
+		return path[:i] + "/cache/" + path[i+len("/creds/"):]
+	}
+	return "<mount>/cache/<role>"
 }
 
 // Close stops the Source: a read in flight is cancelled and later calls to

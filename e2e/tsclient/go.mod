@@ -7,6 +7,7 @@ go 1.25.0
 require (
 	github.com/hashicorp/vault/api v1.22.0
 	github.com/instacart-vault/vault-plugin-secrets-instacart/tokensource v0.0.0
+	golang.org/x/oauth2 v0.36.0
 )
 
 require (
@@ -27,7 +28,6 @@ require (
 	github.com/ryanuber/go-glob v1.0.0 // indirect
 	golang.org/x/crypto v0.40.0 // indirect
 	golang.org/x/net v0.42.0 // indirect
-	golang.org/x/oauth2 v0.36.0 // indirect
 	golang.org/x/text v0.27.0 // indirect
 	golang.org/x/time v0.12.0 // indirect
 )

@@ -13,19 +13,26 @@
 //	                 store-3 (evicting store-1), store-1 again, then Close
 //	deadline <wait>  TokenContext with a deadline of wait on a cold Source,
 //	                 then Token without one
+//	heal             a Source (no WithRevokeOnClose) calls Connect, prints
+//	                 "ready" and waits for a line on stdin (the test flushes
+//	                 the role meanwhile), then calls again; then a second,
+//	                 new Source calls once, as another app would
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/vault/api"
+	"golang.org/x/oauth2"
 
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/tokensource"
 )
@@ -39,7 +46,7 @@ func main() {
 
 func run(args []string) error {
 	if len(args) < 2 {
-		return errors.New("usage: tsclient renew|pool|deadline <creds path> [arg]")
+		return errors.New("usage: tsclient renew|pool|deadline|heal <creds path> [arg]")
 	}
 	vault, err := api.NewClient(api.DefaultConfig()) // VAULT_ADDR, VAULT_TOKEN
 	if err != nil {
@@ -60,6 +67,8 @@ func run(args []string) error {
 			return err
 		}
 		return deadline(vault, path, d)
+	case "heal":
+		return heal(vault, path)
 	}
 	return fmt.Errorf("unknown scenario %q", args[0])
 }
@@ -204,4 +213,77 @@ func outcome(err error) string {
 		return "deadline exceeded"
 	}
 	return "error: " + err.Error()
+}
+
+// heal: a token Connect refuses after the operator's flush is replaced on
+// the next call, with no restart: one 401, one fresh read, one retry. Run
+// behind Vault Proxy, the second Source's plain read gets the refused token
+// from the Proxy's cache and heals the same way. Attempts are printed as
+// status and token number (1 for the first token seen), never a token.
+func heal(vault *api.Client, path string) error {
+	var hookErrs atomic.Int32
+	hook := tokensource.WithErrorHook(func(err error) { hookErrs.Add(1); fmt.Fprintln(os.Stderr, "hook:", err) })
+	rec := &recorder{base: http.DefaultTransport, seen: map[string]int{}}
+	ctx := context.WithValue(context.Background(), oauth2.HTTPClient, &http.Client{Transport: rec})
+
+	app, err := tokensource.New(vault, path, hook)
+	if err != nil {
+		return err
+	}
+	defer app.Close()
+	client := tokensource.HTTPClient(ctx, app)
+	fmt.Printf("first: %s\n", call(client))
+	fmt.Printf("first attempts: %s\n", rec.take())
+	fmt.Println("ready")
+	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+		return fmt.Errorf("waiting for the flush: %w", err)
+	}
+	fmt.Printf("second: %s\n", call(client))
+	fmt.Printf("second attempts: %s\n", rec.take())
+
+	other, err := tokensource.New(vault, path, hook)
+	if err != nil {
+		return err
+	}
+	defer other.Close()
+	fmt.Printf("newcomer: %s\n", call(tokensource.HTTPClient(ctx, other)))
+	fmt.Printf("newcomer attempts: %s\n", rec.take())
+	fmt.Printf("hook errors: %d\n", hookErrs.Load())
+	return nil
+}
+
+// recorder is a RoundTripper that notes each attempt's status and token,
+// numbering the tokens in the order it first sees them.
+type recorder struct {
+	base     http.RoundTripper
+	mu       sync.Mutex
+	seen     map[string]int // token -> its number; never printed
+	attempts []string
+}
+
+func (r *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
+	tok := strings.TrimPrefix(req.Header.Get("Authorization"), "Bearer ")
+	resp, err := r.base.RoundTrip(req)
+	status := "error"
+	if err == nil {
+		status = resp.Status
+	}
+	r.mu.Lock()
+	n, ok := r.seen[tok]
+	if !ok {
+		n = len(r.seen) + 1
+		r.seen[tok] = n
+	}
+	r.attempts = append(r.attempts, fmt.Sprintf("%s with token %d", status, n))
+	r.mu.Unlock()
+	return resp, err
+}
+
+// take returns the attempts since the last take, comma-separated.
+func (r *recorder) take() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := strings.Join(r.attempts, ", ")
+	r.attempts = nil
+	return out
 }

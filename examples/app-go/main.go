@@ -6,7 +6,9 @@
 //	    go run . instacart/creds/fulfillment 10000 30s   # 10,000 calls over 30 s
 //
 // The Vault token needs examples/policies/app.hcl (for the role it reads)
-// and nothing more.
+// and nothing more. Through Vault Proxy, set VAULT_AGENT_ADDR to its listener
+// instead of VAULT_ADDR: the app then leaves the Proxy's shared lease alone
+// on exit. A 401 from Connect makes it read a new token once and retry.
 package main
 
 import (
@@ -36,11 +38,17 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	// WithRevokeOnClose: examples/policies/app.hcl lets the app revoke its
-	// role's leases. The hook logs a failed re-read, which the Source
-	// otherwise rides out on the current token.
-	src, err := tokensource.New(vault, os.Args[1], tokensource.WithRevokeOnClose(),
-		tokensource.WithErrorHook(func(err error) { log.Print(err) })) // names no token
+	// The hook logs a failed re-read, which the Source otherwise rides out
+	// on the current token, and why a token Connect refused was not replaced.
+	opts := []tokensource.Option{tokensource.WithErrorHook(func(err error) { log.Print(err) })} // names no token
+	// Revoke the leases on exit (examples/policies/app.hcl allows it), but
+	// not through a Vault Agent or Proxy (VAULT_AGENT_ADDR): the Proxy's
+	// cached lease is shared by every app reading through it, and revoking
+	// it would hand the next one a revoked lease from the cache.
+	if os.Getenv(api.EnvVaultAgentAddr) == "" {
+		opts = append(opts, tokensource.WithRevokeOnClose())
+	}
+	src, err := tokensource.New(vault, os.Args[1], opts...)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -67,7 +75,7 @@ func main() {
 		statuses[resp.Status]++
 	}
 	fmt.Printf("calls: %d, tokens: %d, statuses: %v\n", calls, tokens, statuses)
-	if err := src.Close(); err != nil { // revokes the leases it holds
+	if err := src.Close(); err != nil { // revokes the leases it holds, unless behind a Proxy
 		log.Fatal(err)
 	}
 	if statuses["200 OK"] != calls {
