@@ -72,25 +72,36 @@ func unreachable(ce *connect.Error) string {
 	return fmt.Sprintf("config base_url cannot be reached: %s (DNS); check base_url at config", why)
 }
 
-// readError gives every failure of a creds read a status and a sentence:
-// coded errors and a write refused on a standby (which Vault must see as
-// logical.ErrReadOnly to forward the request) pass as they are; a wait for a
-// mint slot that ran out, or a request that ran out of time, is a 504;
-// anything else (storage trouble) is a 503, never a bare 500.
+// readError gives every failure of a creds read a status and a sentence: a
+// wait for a mint slot that ran out is a 504; the rest as requestError says.
 func readError(err error) error {
 	if err == nil {
 		return nil // before anything is allocated: the cached read calls this
 	}
 	var coded logical.HTTPCodedError
+	if errors.Is(err, errMintQueue) && !errors.As(err, &coded) {
+		return logical.CodedError(http.StatusGatewayTimeout, "no token request slot came free in time (config max_concurrent_mints); try again")
+	}
+	return requestError("read", err)
+}
+
+// requestError gives every failure of a request (what names it: "read",
+// "role write") a status and a sentence: coded errors and a write refused on
+// a standby (which Vault must see as logical.ErrReadOnly to forward the
+// request) pass as they are; a request that ran out of time is a 504;
+// anything else (storage trouble) is a 503, never a bare 500.
+func requestError(what string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var coded logical.HTTPCodedError
 	switch {
 	case errors.Is(err, logical.ErrReadOnly) || errors.As(err, &coded):
 		return err
-	case errors.Is(err, errMintQueue):
-		return logical.CodedError(http.StatusGatewayTimeout, "no token request slot came free in time (config max_concurrent_mints); try again")
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
-		return logical.CodedError(http.StatusGatewayTimeout, fmt.Sprintf("the read ran out of time: %v", err))
+		return logical.CodedError(http.StatusGatewayTimeout, fmt.Sprintf("the %s ran out of time: %v", what, err))
 	}
-	return logical.CodedError(http.StatusServiceUnavailable, fmt.Sprintf("the secrets engine could not complete the read, try again: %v", err))
+	return logical.CodedError(http.StatusServiceUnavailable, fmt.Sprintf("the secrets engine could not complete the %s, try again: %v", what, err))
 }
 
 // mintError is upstreamError for a token request. An authorization code is

@@ -103,7 +103,7 @@ func (b *backend) configExists(ctx context.Context, req *logical.Request, _ *fra
 func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	cfg, err := getConfig(ctx, req.Storage)
 	if err != nil || !cfg.configured() {
-		return nil, err
+		return nil, requestError("config read", err)
 	}
 	resp := &logical.Response{Data: map[string]any{
 		"client_id":            cfg.ClientID,
@@ -127,7 +127,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		// Outside configMu: the revocation looks the credentials up.
 		b.revokeSoon(ctx, req.Storage, verifyQueue, "", *verified, "minted to verify the credentials")
 	}
-	return resp, err
+	return resp, requestError("config write", err)
 }
 
 // writeConfig validates and stores a config write under configMu. verified
@@ -296,13 +296,13 @@ func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ 
 	defer b.configMu.Unlock()
 	cfg, err := getConfig(ctx, req.Storage)
 	if err != nil || !cfg.configured() {
-		return nil, err
+		return nil, requestError("config delete", err)
 	}
 	now := b.now()
 	cfg.retire(now.Add(b.retention(cfg)))
 	cfg.Retired = pruneRetired(cfg.Retired, now)
 	if err := putConfig(ctx, req.Storage, cfg); err != nil {
-		return nil, err
+		return nil, requestError("config delete", err)
 	}
 	b.resetSnapshot()
 	b.metrics.invalidateGauges()

@@ -3,7 +3,9 @@ package instacart
 import (
 	"context"
 	"errors"
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -105,3 +107,49 @@ func TestCredsReadRoleStorageFailureIs503(t *testing.T) {
 		t.Errorf("%d tokens minted for roles that could not be read", n)
 	}
 }
+
+// Every handler of roles/, config and tidy answers a storage failure with a
+// coded 503 and writes nothing half-way. (An existence check's error cannot
+// be coded: Vault turns it into a 500 whatever it says.)
+func TestHandlersStorageFailureIs503(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	f := faultStorage(e)
+	before := e.storageSnapshot()
+	role := map[string]any{"grant_type": "client_credentials", "scopes": "connect:fulfillment"}
+	for _, c := range []struct {
+		name, op, prefix string
+		req              logical.Operation
+		path             string
+		data             map[string]any
+	}{
+		{"role list", "list", roleStoragePrefix, logical.ListOperation, "roles/", nil},
+		{"role read", "get", roleStoragePrefix + "cc", logical.ReadOperation, "roles/cc", nil},
+		{"role create", "put", roleStoragePrefix + "new", logical.CreateOperation, "roles/new", role},
+		{"role update", "put", roleStoragePrefix + "cc", logical.UpdateOperation, "roles/cc", map[string]any{"ttl": "1h"}},
+		{"role update, role read", "get", roleStoragePrefix + "cc", logical.UpdateOperation, "roles/cc", map[string]any{"ttl": "1h"}},
+		{"role delete", "delete", roleStoragePrefix + "cc", logical.DeleteOperation, "roles/cc", nil},
+		{"role delete, role read", "get", roleStoragePrefix + "cc", logical.DeleteOperation, "roles/cc", nil},
+		{"config read", "get", configStoragePath, logical.ReadOperation, "config", nil},
+		{"config write", "put", configStoragePath, logical.UpdateOperation, "config", map[string]any{"max_retries": 1}},
+		{"config write, config read", "get", configStoragePath, logical.UpdateOperation, "config", map[string]any{"max_retries": 1}},
+		{"config delete", "put", configStoragePath, logical.DeleteOperation, "config", nil},
+		{"config delete, config read", "get", configStoragePath, logical.DeleteOperation, "config", nil},
+		{"tidy", "list", "", logical.UpdateOperation, "tidy", nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e.b.invalidate(context.Background(), roleStoragePrefix+"cc") // make the handler read it
+			f.failing(c.op, c.prefix)
+			defer f.failing("", "")
+			req := &logical.Request{Operation: c.req, Path: c.path, Data: c.data, Storage: e.storage}
+			resp, err := e.b.HandleRequest(context.Background(), req)
+			e.record(resp, err)
+			want503(t, c.name, resp, err)
+		})
+	}
+	if after := e.storageSnapshot(); !maps.Equal(before, after) {
+		t.Errorf("requests that failed on storage changed it:\nbefore %v\nafter  %v", keysOf(before), keysOf(after))
+	}
+}
+
+func keysOf(m map[string]string) []string { return slices.Sorted(maps.Keys(m)) }
