@@ -25,7 +25,9 @@ var connectErrorAdvice = map[string]string{
 }
 
 // upstreamError turns a Connect failure into what Vault should answer:
-// problems a person must fix become a 400 naming Instacart's error code;
+// problems a person must fix become a 400 naming Instacart's error code (never
+// quoting Connect's error_description, which may repeat the user id or code
+// the request carried: Vault's audit log does not HMAC error text);
 // no answer in time (a deadline, or every attempt timing out) is a 504;
 // a host that does not resolve or refuses connections is a 502 that names
 // base_url, since the address is the likelier fault than Connect; other transient trouble (after retries) is a 502 so callers retry later.
@@ -45,18 +47,18 @@ func upstreamError(err error) (*logical.Response, error) {
 		return nil, logical.CodedError(http.StatusBadGateway, fmt.Sprintf("Instacart Connect is unavailable, try again later (POST %s: %s)", ce.Path, connectSummary(ce)))
 	}
 	advice, known := connectErrorAdvice[ce.Code]
-	if !known {
+	switch {
+	case known:
+	case ce.StatusCode >= 300 && ce.StatusCode < 400:
+		advice = "Connect answered with a redirect, which is never followed (the request carries the credentials): check config base_url"
+	default:
 		advice = "Connect refused the request"
 	}
 	code := ce.Code
 	if code == "" {
 		code = http.StatusText(ce.StatusCode)
 	}
-	msg := fmt.Sprintf("Instacart Connect answered %d %s: %s", ce.StatusCode, code, advice)
-	if ce.Description != "" {
-		msg += fmt.Sprintf(" (Connect said: %q)", ce.Description)
-	}
-	return logical.ErrorResponse(msg), nil
+	return logical.ErrorResponse(fmt.Sprintf("Instacart Connect answered %d %s: %s", ce.StatusCode, code, advice)), nil
 }
 
 // unreachable says, for a call that could not reach its host at all, that

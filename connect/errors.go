@@ -24,6 +24,9 @@ const (
 	ErrInvalidResponse = "invalid_response"
 )
 
+// errRedirect explains a 3xx answer, which the client never follows.
+var errRedirect = errors.New("unexpected redirect (not followed, credentials stay here)")
+
 // maxDescription bounds how much of Connect's error text we carry into errors.
 const maxDescription = 200
 
@@ -39,10 +42,14 @@ type Error struct {
 	Path string // endpoint path, e.g. /v2/oauth/token
 	// StatusCode is the last attempt's HTTP status; 0 if it got no answer
 	// (a network error or a timeout), even if an earlier attempt got one.
-	StatusCode  int
-	Code        string // Instacart's "error" code, e.g. invalid_client
-	Description string // Instacart's error_description, credentials removed
-	Attempts    int    // HTTP attempts made, retries included
+	StatusCode int
+	Code       string // Instacart's "error" code, e.g. invalid_client
+	// Description is Instacart's error_description, credentials removed.
+	// Error leaves it out: Connect may repeat in it what the request
+	// carried (a user id, an authorization code), and error text travels to
+	// logs and audit entries unhashed. Show it only where that is safe.
+	Description string
+	Attempts    int // HTTP attempts made, retries included
 	// Sent: the last attempt (or part of it) may have been written to
 	// Connect: it was answered, or the client cannot prove it wrote nothing.
 	// False only when it provably wrote nothing (or no attempt was made).
@@ -63,9 +70,6 @@ func (e *Error) Error() string {
 	}
 	if e.Code != "" {
 		fmt.Fprintf(&b, " %s", e.Code)
-	}
-	if e.Description != "" {
-		fmt.Fprintf(&b, ": %s", e.Description)
 	}
 	if e.Err != nil {
 		fmt.Fprintf(&b, ": %v", e.Err)
@@ -194,7 +198,7 @@ func newStatusError(path string, resp *http.Response, body []byte, attempts int,
 		}
 	}
 	if e.Code == "" && resp.StatusCode >= 300 && resp.StatusCode < 400 {
-		e.Description = "unexpected redirect (not followed, credentials stay here)"
+		e.Err = errRedirect // ours, so Error may say it
 	}
 	e.Code = truncate(redact(e.Code, creds), 64)
 	e.Description = truncate(redact(e.Description, creds), maxDescription)
