@@ -52,6 +52,9 @@ type backend struct {
 
 	// now is the clock, replaceable in tests.
 	now func() time.Time
+	// sleep waits d or until ctx ends (then returning its error): the
+	// engine's own waits between retries, replaceable in tests.
+	sleep func(ctx context.Context, d time.Duration) error
 
 	// configMu serialises config writes, deletes and prunes and the first
 	// load; readers use snapshot.
@@ -127,7 +130,7 @@ type configSnapshot struct {
 }
 
 func newBackend() *backend {
-	b := &backend{now: time.Now, tokens: newTokenCache(tokenCacheSize), counts: newTokenCounts(), queued: newTokenCounts(), bg: newBackground(), tidyPace: rate.NewLimiter(tidyPaceWhileServing, tidyBatch)}
+	b := &backend{now: time.Now, sleep: sleepCtx, tokens: newTokenCache(tokenCacheSize), counts: newTokenCounts(), queued: newTokenCounts(), bg: newBackground(), tidyPace: rate.NewLimiter(tidyPaceWhileServing, tidyBatch)}
 	b.legacyUserKeys.Store(true)
 	b.metrics = newBackendMetrics(b)
 	b.Backend = &framework.Backend{

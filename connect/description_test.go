@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect"
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect/connectfake"
@@ -46,5 +47,20 @@ func TestRedirectErrorSaysItWasNotFollowed(t *testing.T) {
 	_, err := c.Token(context.Background(), connect.TokenRequest{GrantType: connect.GrantClientCredentials})
 	if ce, ok := connect.AsError(err); !ok || ce.StatusCode != http.StatusTemporaryRedirect || !strings.Contains(err.Error(), "unexpected redirect (not followed") {
 		t.Fatalf("err = %v, want a 307 saying the redirect was not followed", err)
+	}
+}
+
+// A 429's Retry-After reaches the caller, who may try again later.
+func TestErrorCarriesRetryAfter(t *testing.T) {
+	fake := newFake(t)
+	fake.InjectFaults(connectfake.PathRevoke, connectfake.Fault{Status: http.StatusTooManyRequests, RetryAfter: "7"})
+	c := newClient(t, fake, func(cfg *connect.Config) { cfg.MaxRetries = 0 })
+	err := c.Revoke(context.Background(), c.Credentials(), "no-such-token", nil)
+	ce, ok := connect.AsError(err)
+	if !ok || ce.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("err = %v, want a 429", err)
+	}
+	if ce.RetryAfter != 7*time.Second {
+		t.Errorf("RetryAfter = %v, want the 7s Connect asked for", ce.RetryAfter)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // Instacart's OAuth error codes (Instacart's Connect docs, "Errors").
@@ -54,7 +55,11 @@ type Error struct {
 	// Connect: it was answered, or the client cannot prove it wrote nothing.
 	// False only when it provably wrote nothing (or no attempt was made).
 	Sent bool
-	Err  error // underlying network or decoding error, if any
+	// RetryAfter is how long the last answer asked the client to wait
+	// (its Retry-After, as a 429 or 503 sends), for a caller that tries
+	// again later; 0 when it did not say.
+	RetryAfter time.Duration
+	Err        error // underlying network or decoding error, if any
 
 	// unusable is the token an unusable 200 named (see UnusableToken). A
 	// pointer, and unexported, so no formatting of an Error prints it: fmt
