@@ -10,7 +10,6 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect"
-	"github.com/instacart-vault/vault-plugin-secrets-instacart/internal/fairshare"
 )
 
 // rejection is Connect's refusal of the credentials, replayed until until.
@@ -30,27 +29,26 @@ var errMintQueue = errors.New("waiting for a free token request slot (config max
 // errShuttingDown: the mount is being cleaned up (unmounted, sealed, reloaded).
 var errShuttingDown = logical.CodedError(http.StatusServiceUnavailable, "the secrets engine is shutting down; try again")
 
-// mintSlots bounds the mount's token requests in flight, served round robin
-// by role so a busy role cannot starve the others. It belongs to the
-// backend, not to a config snapshot, so rebuilding the snapshot (any config
-// write, an invalidation) neither forgets the requests in flight nor lets
-// twice the bound through; it is replaced only when the bound changes.
-func (b *backend) slots(size int) *fairshare.Slots {
-	for {
-		cur := b.mintSlots.Load()
-		if cur != nil && cur.Size() == size {
-			return cur
-		}
-		next := fairshare.New(size)
-		if b.mintSlots.CompareAndSwap(cur, next) {
-			return next
-		}
+// sizeMintSlots fits the mount's one pool of mint slots (b.mintSlots, served
+// round robin by role so a busy role cannot starve the others) to e's
+// max_concurrent_mints as e becomes the current snapshot; b.publishMu is
+// held. Only the current configuration sizes it: a request holding an older
+// snapshot uses the same pool, so two configurations in use at once never
+// run more mints than the larger bound (each sizing a pool of its own, they
+// swapped pools back and forth and ran them all). The pool belongs to the
+// backend, so rebuilding the snapshot forgets nothing in flight.
+func (b *backend) sizeMintSlots(e *configSnapshot) {
+	if e == nil || e.client == nil {
+		return // no configuration to follow: keep the bound in force
+	}
+	if n := e.config.mintBound(); b.mintSlots.Size() != n {
+		b.mintSlots.Resize(n)
 	}
 }
 
 // acquireMintSlot waits, within ctx, for one of the mount's mint slots.
 func (b *backend) acquireMintSlot(ctx context.Context, m *mintRequest) (release func(), err error) {
-	sem := b.slots(m.snap.config.mintBound())
+	sem := b.mintSlots
 	if !sem.TryAcquire() {
 		if b.onMintQueued != nil {
 			b.onMintQueued()
