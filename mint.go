@@ -79,6 +79,7 @@ func (b *backend) mintInSlot(ctx context.Context, s logical.Storage, m *mintRequ
 			e.rejected.Store(&rejection{err: err, until: now.Add(credentialsRejectedHold)})
 		}
 		if unusable, named := unusableToken(ce); named {
+			b.keepCredentialsFor(ctx, s, m.credentialsID(), unusable.ExpiresAt)
 			b.revokeSoon(ctx, s, m.roleName, m.userID, revocableToken(m.credentialsID(), unusable), "Connect's answer could not be used")
 		}
 		return nil, err
@@ -87,6 +88,7 @@ func (b *backend) mintInSlot(ctx context.Context, s logical.Storage, m *mintRequ
 	if tok.ExpiresIn > documentedTokenLifetime && tok.ExpiresIn > e.config.LongestTokenLifetime {
 		b.persistLifetime(ctx, s, tok.ExpiresIn)
 	}
+	b.keepCredentialsFor(ctx, s, m.credentialsID(), tok.ExpiresAt)
 	return tok, nil
 }
 
@@ -144,9 +146,35 @@ const documentedTokenLifetime = 24 * time.Hour
 
 // retention is how long credentials retired from cfg are kept: long enough
 // for every token they minted to expire. A longer lifetime than Connect
-// documents, seen by this process or recorded in cfg, wins.
+// documents, seen by this process or recorded in cfg, wins. A mint whose
+// call to Connect started before the credentials were retired runs for up
+// to maxMintWait more, and its token's life counts from then; a mint that
+// starts later with them (a read that loaded the config before, then waited
+// for a slot) has its token covered by keepCredentialsFor.
 func (b *backend) retention(cfg *connectConfig) time.Duration {
-	return max(time.Duration(b.longestLifetime.Load()), cfg.LongestTokenLifetime, documentedTokenLifetime)
+	return max(time.Duration(b.longestLifetime.Load()), cfg.LongestTokenLifetime, documentedTokenLifetime) + maxMintWait
+}
+
+// keepCredentialsFor makes sure the credentials id, which minted a token
+// expiring at expires, are kept until then: they may have been retired while
+// the mint was in flight, with a retention counted from the rotation, not
+// from the token's request. Only then does it touch storage. Best effort:
+// the mint has succeeded either way.
+func (b *backend) keepCredentialsFor(ctx context.Context, s logical.Storage, id string, expires time.Time) {
+	if e, err := b.getSnapshot(ctx, s); err == nil && e.config.keeps(id, expires) {
+		return // current, or retired for long enough: the usual case
+	}
+	b.configMu.Lock()
+	defer b.configMu.Unlock()
+	cfg, err := getConfig(ctx, s)
+	if err == nil && cfg.retainUntil(id, expires) {
+		if err = putConfig(ctx, s, cfg); err == nil {
+			b.publishSnapshot(nil) // the next request loads the longer retention
+		}
+	}
+	if err != nil {
+		b.Logger().Warn("could not keep retired credentials until a token they minted late expires; revoking it may fail near the end of its life", "expires_at", expires, "error", err)
+	}
 }
 
 // persistLifetime records a token lifetime longer than any recorded so far,

@@ -3,6 +3,7 @@ package instacart
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
 )
@@ -40,5 +41,51 @@ func TestMintSlotsFollowTheCurrentConfig(t *testing.T) {
 	}
 	if held != 2 {
 		t.Errorf("requests holding the two snapshots in turn got %d mint slots at once; the current bound is 2", held)
+	}
+}
+
+// A read that loaded the config before a rotation and waited an hour for a
+// mint slot mints with the retired credentials after it: its token lives an
+// hour past the retention counted from the rotation. The credentials are kept
+// until it expires, so revoking its lease near the end of its life still
+// reaches Connect; pruned on time, they were gone and it stayed live.
+func TestRetiredCredentialsOutliveLateMints(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	move := defectClock(e)
+	gate, url := newCountingGate(t, e.fake)
+	e.mustOK(logical.UpdateOperation, "config", map[string]any{"base_url": url, "client_secret": testSecret, "verify": false, "max_concurrent_mints": 1})
+	queued := make(chan struct{}, 1)
+	e.b.onMintQueued = func() { queued <- struct{}{} }
+
+	first := goDo(e, context.Background(), logical.ReadOperation, "creds/cc-excl", nil)
+	<-gate.arrived // holds the only mint slot
+	late := goDo(e, context.Background(), logical.ReadOperation, "creds/cc-excl", nil)
+	<-queued // holds the current credentials' snapshot, waiting for the slot
+	e.b.onMintQueued = nil
+
+	const newID, newSecret = "test-client-2", "fake-second-secret-for-tests-98765"
+	e.fake.AddClient(newID, newSecret)
+	e.mustOK(logical.UpdateOperation, "config", map[string]any{"client_id": newID, "client_secret": newSecret, "verify": false})
+	move(time.Hour) // the late read waits an hour
+	gate.release <- struct{}{}
+	<-gate.arrived // the late read's mint, with the retired credentials
+	gate.release <- struct{}{}
+	if o := awaitOutcome(t, first, "the first read"); o.token() == "" {
+		t.Fatalf("first read: %v %v", o.resp, o.err)
+	}
+	o := awaitOutcome(t, late, "the late read")
+	tok := o.token()
+	if tok == "" {
+		t.Fatalf("late read: %v %v", o.resp, o.err)
+	}
+
+	move(23*time.Hour + 30*time.Minute) // past the rotation's retention, before the late token expires
+	periodicPass(t, e)                  // prunes what has expired
+	if err := revoke(e, o.resp.Secret); err != nil {
+		t.Fatal(err)
+	}
+	if e.fake.TokenLive(tok) {
+		t.Error("the late token's lease was revoked, but its credentials were gone: it is live at Connect")
 	}
 }

@@ -208,19 +208,12 @@ func (b *backend) writeConfig(ctx context.Context, s logical.Storage, d *framewo
 		return logical.ErrorResponse("client_secret is required when base_url or client_id changes: the stored secret is only ever sent to the host and client id it was written with"), nil, nil
 	}
 
-	now := b.now()
 	credsChanged := !old.configured() || old.ClientID != cfg.ClientID || old.ClientSecret != cfg.ClientSecret || old.BaseURL != cfg.BaseURL
 	if credsChanged {
-		if old.configured() {
-			retired := *old
-			retired.retire(now.Add(b.retention(old)))
-			cfg.Retired = retired.Retired
-		}
 		if cfg.CredentialsID, err = newRandomID(); err != nil {
 			return nil, nil, err
 		}
 	}
-	cfg.Retired = pruneRetired(cfg.Retired, now)
 	cfg.RenewBy = nextRenewBy(cfg.RenewBy, renewBy, renewByGiven, credsChanged)
 
 	next, err := b.newSnapshot(cfg)
@@ -246,6 +239,16 @@ func (b *backend) writeConfig(ctx context.Context, s logical.Storage, d *framewo
 		defer cancelSave()
 	}
 
+	// The old credentials are retired as of the save, not of the check:
+	// mints with them go on meanwhile, their tokens' lives counting from
+	// their requests (retention covers a mint in flight from here on).
+	now := b.now()
+	if credsChanged && old.configured() {
+		retired := *old
+		retired.retire(now.Add(b.retention(old)))
+		cfg.Retired = retired.Retired
+	}
+	cfg.Retired = pruneRetired(cfg.Retired, now)
 	if err := putConfig(saveCtx, s, cfg); err != nil {
 		if minted != nil {
 			// The credentials were not saved, so the revocation queue,
