@@ -52,6 +52,9 @@ type backend struct {
 
 	// now is the clock, replaceable in tests.
 	now func() time.Time
+	// sleep waits d or until ctx ends (then returning its error): the
+	// engine's own waits between retries, replaceable in tests.
+	sleep func(ctx context.Context, d time.Duration) error
 
 	// configMu serialises config writes, deletes and prunes and the first
 	// load; readers use snapshot.
@@ -84,10 +87,11 @@ type backend struct {
 
 	bg *background // work outside requests (background.go)
 
-	// mintSlots bound token requests in flight, shared fairly by role
-	// (mint.go); throttle holds token requests (not revocations) back after
-	// a 429. Both belong to the mount, whatever client is used.
-	mintSlots    atomic.Pointer[fairshare.Slots]
+	// mintSlots bound token requests in flight, shared fairly by role and
+	// sized by the current config (mint.go); throttle holds token requests
+	// (not revocations) back after a 429. Both belong to the mount,
+	// whatever client is used.
+	mintSlots    *fairshare.Slots
 	throttle     connect.Throttle
 	onMintQueued func() // tests: called when a mint must wait for a slot
 	onSharedWait func() // tests: called when a reader waits on a shared mint
@@ -130,7 +134,7 @@ type configSnapshot struct {
 }
 
 func newBackend() *backend {
-	b := &backend{now: time.Now, tokens: newTokenCache(tokenCacheSize), counts: newTokenCounts(), queued: newTokenCounts(), claims: newQueueClaims(), bg: newBackground(), tidyPace: rate.NewLimiter(tidyPaceWhileServing, tidyBatch)}
+	b := &backend{now: time.Now, sleep: sleepCtx, mintSlots: fairshare.New(defaultMaxConcurrentMints), tokens: newTokenCache(tokenCacheSize), counts: newTokenCounts(), queued: newTokenCounts(), claims: newQueueClaims(), bg: newBackground(), tidyPace: rate.NewLimiter(tidyPaceWhileServing, tidyBatch)}
 	b.legacyUserKeys.Store(true)
 	b.metrics = newBackendMetrics(b)
 	b.Backend = &framework.Backend{
@@ -226,6 +230,7 @@ func (b *backend) publishSnapshot(e *configSnapshot) {
 	b.publishMu.Lock()
 	b.snapshotGen++
 	old := b.snapshot.Swap(e)
+	b.sizeMintSlots(e)
 	b.publishMu.Unlock()
 	if old != nil && old != e && old.client != nil {
 		old.client.Close()
@@ -268,6 +273,7 @@ func (b *backend) getSnapshot(ctx context.Context, s logical.Storage) (*configSn
 		return e, nil
 	}
 	b.snapshot.Store(e)
+	b.sizeMintSlots(e)
 	return e, nil
 }
 

@@ -87,6 +87,35 @@ func (bg *background) detached(limit time.Duration) (ctx context.Context, done f
 	return ctx, func() { cancel(); bg.wg.Done() }, true
 }
 
+// outliveCaller returns a context that keeps ctx's values but not its end,
+// for work a caller's leaving must not cut short (a mint whose token must be
+// seen, the write that saves what revokes it). It ends after limit, or with
+// the mount's clean-up once the caller has left too: while the caller waits
+// it is a request like any other, which a clean-up does not cut short
+// either (cut, it would leave that token with nothing to revoke it). cancel
+// releases it.
+func (b *backend) outliveCaller(ctx context.Context, limit time.Duration) (context.Context, context.CancelFunc) {
+	detached, cancel := context.WithTimeout(context.WithoutCancel(ctx), limit)
+	stopCaller := context.AfterFunc(ctx, func() {
+		stopMount := context.AfterFunc(b.bg.ctx, cancel)
+		<-detached.Done() // within limit
+		stopMount()
+	})
+	return detached, func() { stopCaller(); cancel() }
+}
+
+// sleepCtx waits d, or until ctx ends and returns its error.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // startTidy starts a tidy pass in the background, or returns the one
 // already running: a pass over a million tokens outlasts both Vault's
 // rollback deadline and a request's.

@@ -112,6 +112,39 @@ func (c *connectConfig) credentialsFor(id string, now time.Time) (connect.Creden
 	return connect.Credentials{}, "", false
 }
 
+// keeps reports whether c keeps credentials id until at least t: they are
+// the current ones, or retired ones retained that long.
+func (c *connectConfig) keeps(id string, t time.Time) bool {
+	if c == nil {
+		return false
+	}
+	if id == c.CredentialsID && c.configured() {
+		return true
+	}
+	for _, r := range c.Retired {
+		if r.CredentialsID == id {
+			return !r.RetainUntil.Before(t)
+		}
+	}
+	return false
+}
+
+// retainUntil extends the retention of retired credentials id to t, and
+// reports whether that changed c (not when they are current, already kept
+// that long, or no longer kept).
+func (c *connectConfig) retainUntil(id string, t time.Time) bool {
+	if c == nil || (id == c.CredentialsID && c.configured()) {
+		return false
+	}
+	for i := range c.Retired {
+		if r := &c.Retired[i]; r.CredentialsID == id && r.RetainUntil.Before(t) {
+			r.RetainUntil = t
+			return true
+		}
+	}
+	return false
+}
+
 func getConfig(ctx context.Context, s logical.Storage) (*connectConfig, error) {
 	return getJSON[connectConfig](ctx, s, configStoragePath)
 }

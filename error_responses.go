@@ -25,7 +25,9 @@ var connectErrorAdvice = map[string]string{
 }
 
 // upstreamError turns a Connect failure into what Vault should answer:
-// problems a person must fix become a 400 naming Instacart's error code;
+// problems a person must fix become a 400 naming Instacart's error code (never
+// quoting Connect's error_description, which may repeat the user id or code
+// the request carried: Vault's audit log does not HMAC error text);
 // no answer in time (a deadline, or every attempt timing out) is a 504;
 // a host that does not resolve or refuses connections is a 502 that names
 // base_url, since the address is the likelier fault than Connect; other transient trouble (after retries) is a 502 so callers retry later.
@@ -45,18 +47,18 @@ func upstreamError(err error) (*logical.Response, error) {
 		return nil, logical.CodedError(http.StatusBadGateway, fmt.Sprintf("Instacart Connect is unavailable, try again later (POST %s: %s)", ce.Path, connectSummary(ce)))
 	}
 	advice, known := connectErrorAdvice[ce.Code]
-	if !known {
+	switch {
+	case known:
+	case ce.StatusCode >= 300 && ce.StatusCode < 400:
+		advice = "Connect answered with a redirect, which is never followed (the request carries the credentials): check config base_url"
+	default:
 		advice = "Connect refused the request"
 	}
 	code := ce.Code
 	if code == "" {
 		code = http.StatusText(ce.StatusCode)
 	}
-	msg := fmt.Sprintf("Instacart Connect answered %d %s: %s", ce.StatusCode, code, advice)
-	if ce.Description != "" {
-		msg += fmt.Sprintf(" (Connect said: %q)", ce.Description)
-	}
-	return logical.ErrorResponse(msg), nil
+	return logical.ErrorResponse(fmt.Sprintf("Instacart Connect answered %d %s: %s", ce.StatusCode, code, advice)), nil
 }
 
 // unreachable says, for a call that could not reach its host at all, that
@@ -72,25 +74,36 @@ func unreachable(ce *connect.Error) string {
 	return fmt.Sprintf("config base_url cannot be reached: %s (DNS); check base_url at config", why)
 }
 
-// readError gives every failure of a creds read a status and a sentence:
-// coded errors and a write refused on a standby (which Vault must see as
-// logical.ErrReadOnly to forward the request) pass as they are; a wait for a
-// mint slot that ran out, or a request that ran out of time, is a 504;
-// anything else (storage trouble) is a 503, never a bare 500.
+// readError gives every failure of a creds read a status and a sentence: a
+// wait for a mint slot that ran out is a 504; the rest as requestError says.
 func readError(err error) error {
 	if err == nil {
 		return nil // before anything is allocated: the cached read calls this
 	}
 	var coded logical.HTTPCodedError
+	if errors.Is(err, errMintQueue) && !errors.As(err, &coded) {
+		return logical.CodedError(http.StatusGatewayTimeout, "no token request slot came free in time (config max_concurrent_mints); try again")
+	}
+	return requestError("read", err)
+}
+
+// requestError gives every failure of a request (what names it: "read",
+// "role write") a status and a sentence: coded errors and a write refused on
+// a standby (which Vault must see as logical.ErrReadOnly to forward the
+// request) pass as they are; a request that ran out of time is a 504;
+// anything else (storage trouble) is a 503, never a bare 500.
+func requestError(what string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var coded logical.HTTPCodedError
 	switch {
 	case errors.Is(err, logical.ErrReadOnly) || errors.As(err, &coded):
 		return err
-	case errors.Is(err, errMintQueue):
-		return logical.CodedError(http.StatusGatewayTimeout, "no token request slot came free in time (config max_concurrent_mints); try again")
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
-		return logical.CodedError(http.StatusGatewayTimeout, fmt.Sprintf("the read ran out of time: %v", err))
+		return logical.CodedError(http.StatusGatewayTimeout, fmt.Sprintf("the %s ran out of time: %v", what, err))
 	}
-	return logical.CodedError(http.StatusServiceUnavailable, fmt.Sprintf("the secrets engine could not complete the read, try again: %v", err))
+	return logical.CodedError(http.StatusServiceUnavailable, fmt.Sprintf("the secrets engine could not complete the %s, try again: %v", what, err))
 }
 
 // mintError is upstreamError for a token request. An authorization code is

@@ -10,7 +10,6 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect"
-	"github.com/instacart-vault/vault-plugin-secrets-instacart/internal/fairshare"
 )
 
 // rejection is Connect's refusal of the credentials, replayed until until.
@@ -30,27 +29,26 @@ var errMintQueue = errors.New("waiting for a free token request slot (config max
 // errShuttingDown: the mount is being cleaned up (unmounted, sealed, reloaded).
 var errShuttingDown = logical.CodedError(http.StatusServiceUnavailable, "the secrets engine is shutting down; try again")
 
-// mintSlots bounds the mount's token requests in flight, served round robin
-// by role so a busy role cannot starve the others. It belongs to the
-// backend, not to a config snapshot, so rebuilding the snapshot (any config
-// write, an invalidation) neither forgets the requests in flight nor lets
-// twice the bound through; it is replaced only when the bound changes.
-func (b *backend) slots(size int) *fairshare.Slots {
-	for {
-		cur := b.mintSlots.Load()
-		if cur != nil && cur.Size() == size {
-			return cur
-		}
-		next := fairshare.New(size)
-		if b.mintSlots.CompareAndSwap(cur, next) {
-			return next
-		}
+// sizeMintSlots fits the mount's one pool of mint slots (b.mintSlots, served
+// round robin by role so a busy role cannot starve the others) to e's
+// max_concurrent_mints as e becomes the current snapshot; b.publishMu is
+// held. Only the current configuration sizes it: a request holding an older
+// snapshot uses the same pool, so two configurations in use at once never
+// run more mints than the larger bound (each sizing a pool of its own, they
+// swapped pools back and forth and ran them all). The pool belongs to the
+// backend, so rebuilding the snapshot forgets nothing in flight.
+func (b *backend) sizeMintSlots(e *configSnapshot) {
+	if e == nil || e.client == nil {
+		return // no configuration to follow: keep the bound in force
+	}
+	if n := e.config.mintBound(); b.mintSlots.Size() != n {
+		b.mintSlots.Resize(n)
 	}
 }
 
 // acquireMintSlot waits, within ctx, for one of the mount's mint slots.
 func (b *backend) acquireMintSlot(ctx context.Context, m *mintRequest) (release func(), err error) {
-	sem := b.slots(m.snap.config.mintBound())
+	sem := b.mintSlots
 	if !sem.TryAcquire() {
 		if b.onMintQueued != nil {
 			b.onMintQueued()
@@ -81,6 +79,7 @@ func (b *backend) mintInSlot(ctx context.Context, s logical.Storage, m *mintRequ
 			e.rejected.Store(&rejection{err: err, until: now.Add(credentialsRejectedHold)})
 		}
 		if unusable, named := unusableToken(ce); named {
+			b.keepCredentialsFor(ctx, s, m.credentialsID(), unusable.ExpiresAt)
 			b.revokeSoon(ctx, s, m.roleName, m.userID, revocableToken(m.credentialsID(), unusable), "Connect's answer could not be used")
 		}
 		return nil, err
@@ -89,6 +88,7 @@ func (b *backend) mintInSlot(ctx context.Context, s logical.Storage, m *mintRequ
 	if tok.ExpiresIn > documentedTokenLifetime && tok.ExpiresIn > e.config.LongestTokenLifetime {
 		b.persistLifetime(ctx, s, tok.ExpiresIn)
 	}
+	b.keepCredentialsFor(ctx, s, m.credentialsID(), tok.ExpiresAt)
 	return tok, nil
 }
 
@@ -146,9 +146,35 @@ const documentedTokenLifetime = 24 * time.Hour
 
 // retention is how long credentials retired from cfg are kept: long enough
 // for every token they minted to expire. A longer lifetime than Connect
-// documents, seen by this process or recorded in cfg, wins.
+// documents, seen by this process or recorded in cfg, wins. A mint whose
+// call to Connect started before the credentials were retired runs for up
+// to maxMintWait more, and its token's life counts from then; a mint that
+// starts later with them (a read that loaded the config before, then waited
+// for a slot) has its token covered by keepCredentialsFor.
 func (b *backend) retention(cfg *connectConfig) time.Duration {
-	return max(time.Duration(b.longestLifetime.Load()), cfg.LongestTokenLifetime, documentedTokenLifetime)
+	return max(time.Duration(b.longestLifetime.Load()), cfg.LongestTokenLifetime, documentedTokenLifetime) + maxMintWait
+}
+
+// keepCredentialsFor makes sure the credentials id, which minted a token
+// expiring at expires, are kept until then: they may have been retired while
+// the mint was in flight, with a retention counted from the rotation, not
+// from the token's request. Only then does it touch storage. Best effort:
+// the mint has succeeded either way.
+func (b *backend) keepCredentialsFor(ctx context.Context, s logical.Storage, id string, expires time.Time) {
+	if e, err := b.getSnapshot(ctx, s); err == nil && e.config.keeps(id, expires) {
+		return // current, or retired for long enough: the usual case
+	}
+	b.configMu.Lock()
+	defer b.configMu.Unlock()
+	cfg, err := getConfig(ctx, s)
+	if err == nil && cfg.retainUntil(id, expires) {
+		if err = putConfig(ctx, s, cfg); err == nil {
+			b.publishSnapshot(nil) // the next request loads the longer retention
+		}
+	}
+	if err != nil {
+		b.Logger().Warn("could not keep retired credentials until a token they minted late expires; revoking it may fail near the end of its life", "expires_at", expires, "error", err)
+	}
 }
 
 // persistLifetime records a token lifetime longer than any recorded so far,

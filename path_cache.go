@@ -2,7 +2,6 @@ package instacart
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -53,7 +52,7 @@ func (b *backend) pathCacheDelete(ctx context.Context, req *logical.Request, d *
 	// service but valid for their leases, until they expire or this revokes them.
 	name, _, resp, err := b.namedRole(ctx, req.Storage, d)
 	if resp != nil || err != nil {
-		return resp, readError(err)
+		return resp, requestError("flush", err)
 	}
 	if !b.WriteSafeReplicationState() {
 		return nil, logical.ErrReadOnly // revoke only where the tokens can also be dropped
@@ -61,7 +60,7 @@ func (b *backend) pathCacheDelete(ctx context.Context, req *logical.Request, d *
 	defer b.metrics.invalidateGauges() // the next scrape shows what the flush left
 	tally, err := b.flushRole(ctx, req.Storage, name)
 	if err != nil {
-		return nil, flushError(err)
+		return nil, requestError("flush", err)
 	}
 	var warnings []string
 	if tally.refused > 0 {
@@ -95,17 +94,4 @@ func named(names []string, n int) string {
 		s += fmt.Sprintf(" and %d more", more)
 	}
 	return s
-}
-
-// flushError gives a flush's failure a status: a coded error passes, a
-// deadline is a 504, and storage trouble a 503.
-func flushError(err error) error {
-	var coded logical.HTTPCodedError
-	switch {
-	case errors.Is(err, logical.ErrReadOnly) || errors.As(err, &coded):
-		return err
-	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
-		return logical.CodedError(http.StatusGatewayTimeout, fmt.Sprintf("the flush ran out of time; what it took out of service stays out of service and queued, run it again: %v", err))
-	}
-	return logical.CodedError(http.StatusServiceUnavailable, fmt.Sprintf("the flush could not complete, run it again (what it took out of service stays out of service and queued): %v", err))
 }

@@ -103,7 +103,7 @@ func (b *backend) configExists(ctx context.Context, req *logical.Request, _ *fra
 func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	cfg, err := getConfig(ctx, req.Storage)
 	if err != nil || !cfg.configured() {
-		return nil, err
+		return nil, requestError("config read", err)
 	}
 	resp := &logical.Response{Data: map[string]any{
 		"client_id":            cfg.ClientID,
@@ -127,7 +127,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		// Outside configMu: the revocation looks the credentials up.
 		b.revokeSoon(ctx, req.Storage, verifyQueue, "", *verified, "minted to verify the credentials")
 	}
-	return resp, err
+	return resp, requestError("config write", err)
 }
 
 // writeConfig validates and stores a config write under configMu. verified
@@ -208,19 +208,12 @@ func (b *backend) writeConfig(ctx context.Context, s logical.Storage, d *framewo
 		return logical.ErrorResponse("client_secret is required when base_url or client_id changes: the stored secret is only ever sent to the host and client id it was written with"), nil, nil
 	}
 
-	now := b.now()
 	credsChanged := !old.configured() || old.ClientID != cfg.ClientID || old.ClientSecret != cfg.ClientSecret || old.BaseURL != cfg.BaseURL
 	if credsChanged {
-		if old.configured() {
-			retired := *old
-			retired.retire(now.Add(b.retention(old)))
-			cfg.Retired = retired.Retired
-		}
 		if cfg.CredentialsID, err = newRandomID(); err != nil {
 			return nil, nil, err
 		}
 	}
-	cfg.Retired = pruneRetired(cfg.Retired, now)
 	cfg.RenewBy = nextRenewBy(cfg.RenewBy, renewBy, renewByGiven, credsChanged)
 
 	next, err := b.newSnapshot(cfg)
@@ -228,25 +221,42 @@ func (b *backend) writeConfig(ctx context.Context, s logical.Storage, d *framewo
 		return logical.ErrorResponse("base_url: %s", err), nil, nil
 	}
 	var minted *connect.Token
+	saveCtx := ctx
 	if credsChanged && d.Get("verify").(bool) {
-		if minted, resp, err = b.verifyCredentials(ctx, next.client); resp != nil || err != nil {
+		// Once the check is sent, a caller that leaves must not cut it
+		// short: a token Connect mints would be live with nothing holding
+		// it. It is seen, saved with the credentials that revoke it, and
+		// queued for revocation, whenever the caller leaves.
+		mintCtx, cancel := b.outliveCaller(ctx, maxMintWait)
+		minted, resp, err = b.verifyCredentials(mintCtx, next.client)
+		cancel()
+		if resp != nil || err != nil {
 			next.client.Close()
 			return resp, nil, err
 		}
+		var cancelSave context.CancelFunc
+		saveCtx, cancelSave = b.outliveCaller(ctx, cleanupTimeout)
+		defer cancelSave()
 	}
 
-	if err := putConfig(ctx, s, cfg); err != nil {
-		if minted != nil { // the credentials were not saved: nothing can retry with them
-			// The write may have failed because the caller left: the one
-			// revocation there can be must not end with the request.
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
-			defer cancel()
-			defer context.AfterFunc(b.bg.ctx, cancel)() // but with the mount
-			if rerr := next.client.Revoke(rctx, next.client.Credentials(), minted.AccessToken, verifyLabel()); rerr != nil {
-				b.Logger().Warn("could not revoke the token minted to verify credentials that were not saved; it expires by itself", "expires_at", minted.ExpiresAt, "error", errorSummary(rerr))
-			}
+	// The old credentials are retired as of the save, not of the check:
+	// mints with them go on meanwhile, their tokens' lives counting from
+	// their requests (retention covers a mint in flight from here on).
+	now := b.now()
+	if credsChanged && old.configured() {
+		retired := *old
+		retired.retire(now.Add(b.retention(old)))
+		cfg.Retired = retired.Retired
+	}
+	cfg.Retired = pruneRetired(cfg.Retired, now)
+	if err := putConfig(saveCtx, s, cfg); err != nil {
+		if minted != nil {
+			// The credentials were not saved, so the revocation queue,
+			// which looks them up by id, cannot retry with them.
+			b.revokeUnsaved(ctx, next.client, minted)
+		} else {
+			next.client.Close()
 		}
-		next.client.Close()
 		return nil, nil, err
 	}
 	// Swap in the new client; shared tokens from other credentials are
@@ -287,6 +297,54 @@ func (b *backend) verifyCredentials(ctx context.Context, client *connect.Client)
 	return tok, nil, nil
 }
 
+// unsavedRevocationWindow bounds the retries that revoke a token minted to
+// verify credentials that could not be saved.
+const unsavedRevocationWindow = 5 * time.Minute
+
+// revokeUnsaved revokes, in the background, a token minted with credentials
+// that were never saved, so nothing else will: it tries until Connect takes
+// or refuses it, the token expires, unsavedRevocationWindow passes or the
+// mount is cleaned up, waiting between tries as long as Connect's
+// Retry-After asks and backing off otherwise. As the mount is cleaned up, it
+// tries once while the caller (ctx) waits. It closes client when done.
+func (b *backend) revokeUnsaved(ctx context.Context, client *connect.Client, tok *connect.Token) {
+	started := b.bg.goDetached(unsavedRevocationWindow, func(bgCtx context.Context) {
+		defer client.Close()
+		backoff := time.Second
+		for {
+			err := client.Revoke(bgCtx, client.Credentials(), tok.AccessToken, verifyLabel())
+			ce, isConnect := connect.AsError(err)
+			switch {
+			case err == nil:
+				return
+			case isConnect && !ce.Temporary():
+				b.Logger().Warn("Connect refused to revoke the token minted to verify credentials that were not saved; it expires by itself", "expires_at", tok.ExpiresAt, "error", connectSummary(ce))
+				return
+			}
+			wait := backoff
+			if isConnect {
+				wait = max(wait, ce.RetryAfter)
+			}
+			if !b.now().Add(wait).Before(tok.ExpiresAt) {
+				return // expired by then: nothing left to revoke
+			}
+			if serr := b.sleep(bgCtx, wait); serr != nil {
+				b.Logger().Warn("could not revoke the token minted to verify credentials that were not saved; it expires by itself", "expires_at", tok.ExpiresAt, "error", errorSummary(err))
+				return
+			}
+			backoff = min(2*backoff, time.Minute)
+		}
+	})
+	if !started {
+		rctx, cancel := b.outliveCaller(ctx, cleanupTimeout)
+		defer cancel()
+		defer client.Close()
+		if err := client.Revoke(rctx, client.Credentials(), tok.AccessToken, verifyLabel()); err != nil {
+			b.Logger().Warn("could not revoke the token minted to verify credentials that were not saved as the mount shuts down; it expires by itself", "expires_at", tok.ExpiresAt, "error", errorSummary(err))
+		}
+	}
+}
+
 // pathConfigDelete removes the current credentials. Exclusive tokens they
 // minted may still be live at Connect, so, as a rotation does, it keeps them
 // (never returned) as retired until those tokens have expired; lease
@@ -296,13 +354,13 @@ func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ 
 	defer b.configMu.Unlock()
 	cfg, err := getConfig(ctx, req.Storage)
 	if err != nil || !cfg.configured() {
-		return nil, err
+		return nil, requestError("config delete", err)
 	}
 	now := b.now()
 	cfg.retire(now.Add(b.retention(cfg)))
 	cfg.Retired = pruneRetired(cfg.Retired, now)
 	if err := putConfig(ctx, req.Storage, cfg); err != nil {
-		return nil, err
+		return nil, requestError("config delete", err)
 	}
 	b.resetSnapshot()
 	b.metrics.invalidateGauges()

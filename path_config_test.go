@@ -350,6 +350,7 @@ func TestVerifyTokenOfUnsavedConfigRevokedAfterCallerLeaves(t *testing.T) {
 	if err == nil {
 		t.Fatal("the config write succeeded though its storage write failed")
 	}
+	awaitBackground(t, e.b) // the revocation is tried in the background
 	toks := e.fake.Tokens()
 	if len(toks) != 1 {
 		t.Fatalf("%d tokens minted, want the one verify token", len(toks))

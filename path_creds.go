@@ -64,7 +64,7 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, d *fr
 	b.served()
 	name, r, resp, err := b.knownRole(ctx, req.Storage, d)
 	if resp != nil || err != nil {
-		return resp, err
+		return resp, readError(err) // a role dropped by an invalidation is read from storage
 	}
 	userID, code, problem := credsInput(r, d)
 	if problem != "" {

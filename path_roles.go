@@ -161,7 +161,7 @@ func (b *backend) roleExists(ctx context.Context, req *logical.Request, d *frame
 func (b *backend) pathRolesList(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	names, err := req.Storage.List(ctx, roleStoragePrefix)
 	if err != nil {
-		return nil, fmt.Errorf("listing roles: %w", err)
+		return nil, requestError("role list", fmt.Errorf("listing roles: %w", err))
 	}
 	return logical.ListResponse(names), nil
 }
@@ -169,7 +169,7 @@ func (b *backend) pathRolesList(ctx context.Context, req *logical.Request, _ *fr
 func (b *backend) pathRoleRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	_, r, resp, err := b.namedRole(ctx, req.Storage, d)
 	if resp != nil || err != nil || r == nil {
-		return resp, err
+		return resp, requestError("role read", err)
 	}
 	return &logical.Response{Data: r.responseData()}, nil
 }
@@ -181,7 +181,7 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	}
 	old, r, warnings, resp, err := b.writeRole(ctx, req.Storage, name, d)
 	if resp != nil || err != nil {
-		return resp, err
+		return resp, requestError("role write", err)
 	}
 	if old != nil && old.hash != r.hash && old.shared() {
 		warnings = append(warnings, fmt.Sprintf("shared tokens minted for the previous definition are no longer handed out; they stay valid for the leases that hold them until they expire, and DELETE cache/%s revokes them", name))
@@ -242,7 +242,7 @@ func (b *backend) pathRoleDelete(ctx context.Context, req *logical.Request, d *f
 	}
 	mu.Unlock()
 	if err != nil {
-		return nil, storageError(fmt.Sprintf("deleting role %q", name), err)
+		return nil, requestError("role delete", storageError(fmt.Sprintf("deleting role %q", name), err))
 	}
 	if old == nil || !old.shared() {
 		return nil, nil

@@ -56,12 +56,12 @@ func (b *backend) pathTidyWrite(ctx context.Context, req *logical.Request, _ *fr
 	select {
 	case <-pass.done:
 		if pass.err != nil {
-			return nil, pass.err
+			return nil, requestError("tidy", pass.err)
 		}
 	case <-wait.C:
 		warnings = append(warnings, "tidy goes on in the background: these are the counts so far; the hourly pass or another call reports the rest")
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, requestError("tidy", ctx.Err())
 	}
 	return &logical.Response{Warnings: warnings, Data: pass.status()}, nil
 }

@@ -278,6 +278,9 @@ func (c *Client) post(ctx context.Context, st *attemptState, path string, body a
 		attempts, _, _ := st.snapshot()
 		e := newStatusError(path, resp, respBody, attempts, creds)
 		e.Sent = true // Connect answered the last attempt, so it was written
+		if wait, ok := retryAfter(resp, c.now()); ok {
+			e.RetryAfter = wait
+		}
 		return nil, time.Time{}, e
 	}
 	return respBody, st.startedAt(), nil

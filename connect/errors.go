@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // Instacart's OAuth error codes (Instacart's Connect docs, "Errors").
@@ -23,6 +24,9 @@ const (
 	// ErrInvalidResponse is ours: Connect answered 200 with something that is not a usable token.
 	ErrInvalidResponse = "invalid_response"
 )
+
+// errRedirect explains a 3xx answer, which the client never follows.
+var errRedirect = errors.New("unexpected redirect (not followed, credentials stay here)")
 
 // maxDescription bounds how much of Connect's error text we carry into errors.
 const maxDescription = 200
@@ -39,15 +43,23 @@ type Error struct {
 	Path string // endpoint path, e.g. /v2/oauth/token
 	// StatusCode is the last attempt's HTTP status; 0 if it got no answer
 	// (a network error or a timeout), even if an earlier attempt got one.
-	StatusCode  int
-	Code        string // Instacart's "error" code, e.g. invalid_client
-	Description string // Instacart's error_description, credentials removed
-	Attempts    int    // HTTP attempts made, retries included
+	StatusCode int
+	Code       string // Instacart's "error" code, e.g. invalid_client
+	// Description is Instacart's error_description, credentials removed.
+	// Error leaves it out: Connect may repeat in it what the request
+	// carried (a user id, an authorization code), and error text travels to
+	// logs and audit entries unhashed. Show it only where that is safe.
+	Description string
+	Attempts    int // HTTP attempts made, retries included
 	// Sent: the last attempt (or part of it) may have been written to
 	// Connect: it was answered, or the client cannot prove it wrote nothing.
 	// False only when it provably wrote nothing (or no attempt was made).
 	Sent bool
-	Err  error // underlying network or decoding error, if any
+	// RetryAfter is how long the last answer asked the client to wait
+	// (its Retry-After, as a 429 or 503 sends), for a caller that tries
+	// again later; 0 when it did not say.
+	RetryAfter time.Duration
+	Err        error // underlying network or decoding error, if any
 
 	// unusable is the token an unusable 200 named (see UnusableToken). A
 	// pointer, and unexported, so no formatting of an Error prints it: fmt
@@ -63,9 +75,6 @@ func (e *Error) Error() string {
 	}
 	if e.Code != "" {
 		fmt.Fprintf(&b, " %s", e.Code)
-	}
-	if e.Description != "" {
-		fmt.Fprintf(&b, ": %s", e.Description)
 	}
 	if e.Err != nil {
 		fmt.Fprintf(&b, ": %v", e.Err)
@@ -194,7 +203,7 @@ func newStatusError(path string, resp *http.Response, body []byte, attempts int,
 		}
 	}
 	if e.Code == "" && resp.StatusCode >= 300 && resp.StatusCode < 400 {
-		e.Description = "unexpected redirect (not followed, credentials stay here)"
+		e.Err = errRedirect // ours, so Error may say it
 	}
 	e.Code = truncate(redact(e.Code, creds), 64)
 	e.Description = truncate(redact(e.Description, creds), maxDescription)

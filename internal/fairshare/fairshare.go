@@ -29,7 +29,22 @@ func New(size int) *Slots {
 }
 
 // Size is how many slots there are.
-func (s *Slots) Size() int { return s.size }
+func (s *Slots) Size() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.size
+}
+
+// Resize sets how many slots there are (n >= 1). Holders keep their slots:
+// after a shrink below what is held, none is handed out until enough are
+// released; after a growth, waiters get the new slots in turn. Replacing the
+// Slots instead would let the old one's holders run beside the new one's.
+func (s *Slots) Resize(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.size = max(n, 1)
+	s.grant()
+}
 
 // TryAcquire takes a slot if one is free and nobody waits.
 func (s *Slots) TryAcquire() bool {
@@ -78,22 +93,28 @@ func (s *Slots) Acquire(ctx context.Context, group string) error {
 func (s *Slots) Release() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.turns) == 0 {
-		s.inUse--
-		return
+	s.inUse--
+	s.grant()
+}
+
+// grant hands free slots to waiters, one group's first waiter at a time in
+// turn; s.mu is held.
+func (s *Slots) grant() {
+	for s.inUse < s.size && len(s.turns) > 0 {
+		group := s.turns[0]
+		q := s.queues[group]
+		w := q[0]
+		s.queues[group] = q[1:]
+		s.turns = s.turns[1:]
+		if len(q) > 1 {
+			s.turns = append(s.turns, group) // its next waiter goes to the back of the turns
+		} else {
+			delete(s.queues, group)
+		}
+		s.inUse++
+		w.granted = true
+		close(w.ready)
 	}
-	group := s.turns[0]
-	q := s.queues[group]
-	w := q[0]
-	s.queues[group] = q[1:]
-	s.turns = s.turns[1:]
-	if len(q) > 1 {
-		s.turns = append(s.turns, group) // its next waiter goes to the back of the turns
-	} else {
-		delete(s.queues, group)
-	}
-	w.granted = true
-	close(w.ready)
 }
 
 // remove drops a waiter that gave up; s.mu is held.
