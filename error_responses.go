@@ -81,6 +81,22 @@ func readError(err error) error {
 	if err == nil {
 		return nil // before anything is allocated: the cached read calls this
 	}
+	return requestError("read", err)
+}
+
+// renewError is readError for a lease renewal, whose only failures are
+// storage's: checking the lease's token can read the role, the config and
+// the stored token (renewal.go).
+func renewError(err error) error {
+	if err == nil {
+		return nil
+	}
+	return requestError("renewal", err)
+}
+
+// requestError is readError and renewError for a non-nil err; what names
+// the request in the sentence.
+func requestError(what string, err error) error {
 	var coded logical.HTTPCodedError
 	switch {
 	case errors.Is(err, logical.ErrReadOnly) || errors.As(err, &coded):
@@ -88,9 +104,9 @@ func readError(err error) error {
 	case errors.Is(err, errMintQueue):
 		return logical.CodedError(http.StatusGatewayTimeout, "no token request slot came free in time (config max_concurrent_mints); try again")
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
-		return logical.CodedError(http.StatusGatewayTimeout, fmt.Sprintf("the read ran out of time: %v", err))
+		return logical.CodedError(http.StatusGatewayTimeout, fmt.Sprintf("the %s ran out of time: %v", what, err))
 	}
-	return logical.CodedError(http.StatusServiceUnavailable, fmt.Sprintf("the secrets engine could not complete the read, try again: %v", err))
+	return logical.CodedError(http.StatusServiceUnavailable, fmt.Sprintf("the secrets engine could not complete the %s, try again: %v", what, err))
 }
 
 // mintError is upstreamError for a token request. An authorization code is
