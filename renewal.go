@@ -3,6 +3,7 @@ package instacart
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -28,8 +29,18 @@ import (
 // show the token served, and nothing is written.
 
 // notServed is the refusal of a shared lease, telling its holder what to do.
+// The role is not quoted: Vault quotes the whole sentence again (%#v) when
+// it wraps a refusal, and escaped quotes make it hard to read in a log.
 func notServed(role, why string) string {
-	return fmt.Sprintf("this lease's token is no longer the one role %q hands out (%s) and may have been revoked at Instacart Connect: read creds/%s again for the current token", role, why, role)
+	return fmt.Sprintf("this lease's token is no longer the one role %s hands out (%s) and may have been revoked at Instacart Connect: read creds/%s again for the current token", role, why, role)
+}
+
+// refuseRenewal is a refusal as tokenRenew returns it: an error, not an
+// error response, since Vault dumps a refused renewal's response with %#v
+// into the error its caller (and Proxy's or Agent's log) sees, but shows
+// an error as it is. The status is a 400 either way.
+func refuseRenewal(refusal string) error {
+	return logical.CodedError(http.StatusBadRequest, refusal)
 }
 
 // renewable decides whether the lease described by info may be renewed. It

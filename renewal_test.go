@@ -32,14 +32,14 @@ func mustRenew(t *testing.T, e *testEnv, what string, secret *logical.Secret) *l
 }
 
 // mustRefuseRenewal renews a lease and fails the test unless it is refused
-// with a sentence telling the holder to read creds/<role> again.
+// with a 400 telling the holder to read creds/<role> again.
 func mustRefuseRenewal(t *testing.T, e *testEnv, what, role string, secret *logical.Secret) string {
 	t.Helper()
 	r, err := renew(e, secret, 0)
-	if err != nil || r == nil || !r.IsError() {
-		t.Fatalf("%s: renewal answered %v %v, want a refusal", what, r, err)
+	if codedStatus(err) != http.StatusBadRequest {
+		t.Fatalf("%s: renewal answered %v %v, want a 400 refusal", what, r, err)
 	}
-	msg := r.Error().Error()
+	msg := err.Error()
 	if !strings.Contains(msg, "read creds/"+role+" again") {
 		t.Errorf("%s: refusal %q does not tell the holder to read creds/%s again", what, msg, role)
 	}

@@ -63,14 +63,14 @@ func (b *backend) tokenRenew(ctx context.Context, req *logical.Request, _ *frame
 		return nil, err
 	}
 	if info.token.ExpiresAt.Sub(b.now()).Truncate(time.Second) <= 0 {
-		return logical.ErrorResponse("the token has expired and cannot be renewed; read creds/%s for a new one", info.role), nil
+		return nil, refuseRenewal(fmt.Sprintf("the token has expired and cannot be renewed; read creds/%s for a new one", info.role))
 	}
 	r, refusal, err := b.renewable(ctx, req.Storage, info)
 	if err != nil {
 		return nil, renewError(err)
 	}
 	if refusal != "" {
-		return logical.ErrorResponse(refusal), nil
+		return nil, refuseRenewal(refusal)
 	}
 	resp := &logical.Response{Secret: req.Secret}
 	resp.Secret.TTL, resp.Secret.MaxTTL = renewedTTL(info, r, req.Secret.IssueTime, b.now())
