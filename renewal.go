@@ -29,8 +29,6 @@ import (
 // show the token served, and nothing is written.
 
 // notServed is the refusal of a shared lease, telling its holder what to do.
-// The role is not quoted: Vault quotes the whole sentence again (%#v) when
-// it wraps a refusal, and escaped quotes make it hard to read in a log.
 func notServed(role, why string) string {
 	return fmt.Sprintf("this lease's token is no longer the one role %s hands out (%s) and may have been revoked at Instacart Connect: read creds/%s again for the current token", role, why, role)
 }
