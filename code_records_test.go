@@ -126,19 +126,27 @@ func TestAuthorizationCodeIsNeverSentTwice(t *testing.T) {
 	})
 }
 
-// countingStorage counts the storage calls made through it, by key.
+// countingStorage counts the storage calls made through it, by key, and
+// fails the reads failGet says to.
 type countingStorage struct {
 	logical.Storage
 
-	mu    sync.Mutex
-	gets  []string
-	lists []string
+	mu      sync.Mutex
+	gets    []string
+	lists   []string
+	failGet func(key string) error
 }
 
 func (c *countingStorage) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
 	c.mu.Lock()
 	c.gets = append(c.gets, key)
+	fail := c.failGet
 	c.mu.Unlock()
+	if fail != nil {
+		if err := fail(key); err != nil {
+			return nil, err
+		}
+	}
 	return c.Storage.Get(ctx, key)
 }
 

@@ -45,6 +45,8 @@ import (
 // Every read answers with a live token, or with an out-of-service-but-not-yet
 // flushed one only when it is still the token its role serves (the fallback
 // while Connect is failing re-checks this under the role lock at answer time).
+// A lease is renewed only while its token is live (renewal.go): the caches
+// that renew leases then read creds again and move to the live token.
 
 // revocable is what revoking a token needs: the credentials that minted it
 // (which name the host) and the token itself, with its expiry (a token past

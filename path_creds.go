@@ -227,24 +227,27 @@ func (b *backend) credsResponse(m *mintRequest, t *issuedToken, warnings []strin
 		"expires_at":   t.ExpiresAt.Format(time.RFC3339),
 		"created_at":   t.CreatedAt.Format(time.RFC3339),
 	}
-	// The lease keeps what renew (role, expiry) and revoke need. Only exclusive
-	// tokens are revoked upstream, so only their leases carry the token and
-	// the credentials that minted it (stored encrypted by Vault); keeping
-	// shared leases small keeps Vault's lease writes cheap on the hot path.
+	// The lease keeps what renew (role, expiry, which token) and revoke need.
+	// Only exclusive tokens are revoked upstream, so only their leases carry
+	// the token and the credentials that minted it (stored encrypted by
+	// Vault). A shared lease carries a short hash of its token and its user
+	// id, which renewal needs to find the token its role serves now and
+	// compare (renewal.go); keeping shared leases small keeps Vault's lease
+	// writes cheap on the hot path.
 	internal := map[string]any{
 		"role":       roleName,
 		"expires_at": t.ExpiresAt.Format(time.RFC3339Nano),
 	}
 	if t.UserID != "" {
 		data["user_id"] = t.UserID
+		internal["user_id"] = t.UserID // its key (shared), its queue entry (exclusive)
 	}
-	if !r.shared() {
+	if r.shared() {
+		internal["token_hash"] = tokenHash(t.AccessToken)
+	} else {
 		internal["token_reuse"] = r.TokenReuse
 		internal["credentials_id"] = t.CredentialsID
 		internal["access_token"] = t.AccessToken
-		if t.UserID != "" {
-			internal["user_id"] = t.UserID // names it in the revocation queue
-		}
 	}
 
 	resp := b.Secret(secretTypeToken).Response(data, internal)

@@ -30,19 +30,21 @@ func secretToken(b *backend) *framework.Secret {
 }
 
 // leaseInfo is what a lease's internal data says about its token. Only an
-// exclusive token's lease carries its revocable identity.
+// exclusive token's lease carries its revocable identity; a shared one's
+// names its token by tokenHash (none in leases issued before it did).
 type leaseInfo struct {
-	role, reuse, userID string
-	token               revocable
+	role, reuse, userID, tokenHash string
+	token                          revocable
 }
 
 func parseLease(s *logical.Secret) (leaseInfo, error) {
 	str := func(k string) string { v, _ := s.InternalData[k].(string); return v }
 	info := leaseInfo{
-		role:   str("role"),
-		reuse:  str("token_reuse"),
-		userID: str("user_id"),
-		token:  revocable{CredentialsID: str("credentials_id"), AccessToken: str("access_token")},
+		role:      str("role"),
+		reuse:     str("token_reuse"),
+		userID:    str("user_id"),
+		tokenHash: str("token_hash"),
+		token:     revocable{CredentialsID: str("credentials_id"), AccessToken: str("access_token")},
 	}
 	exp, err := time.Parse(time.RFC3339Nano, str("expires_at"))
 	if err != nil {
@@ -52,40 +54,26 @@ func parseLease(s *logical.Secret) (leaseInfo, error) {
 	return info, nil
 }
 
-// tokenRenew extends a lease up to the token's expiry, never past it: Connect
-// tokens cannot be refreshed.
+// tokenRenew extends a lease up to the token's expiry, while its token is
+// still good (renewal.go has the judgement); a refusal tells the holder to
+// read creds again.
 func (b *backend) tokenRenew(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	info, err := parseLease(req.Secret)
 	if err != nil {
 		return nil, err
 	}
-	remaining := info.token.ExpiresAt.Sub(b.now()).Truncate(time.Second)
-	if remaining <= 0 {
-		return logical.ErrorResponse("the token has expired and cannot be renewed; read creds/%s for a new one", info.role), nil
+	if info.token.ExpiresAt.Sub(b.now()).Truncate(time.Second) <= 0 {
+		return nil, refuseRenewal(fmt.Sprintf("the token has expired and cannot be renewed; read creds/%s for a new one", info.role))
 	}
-	ttl := remaining
-	// Vault caps renewals at IssueTime+MaxTTL, truncating both to whole
-	// seconds; a second of margin keeps the lease inside the token's life.
-	maxTTL := info.token.ExpiresAt.Sub(req.Secret.IssueTime) - time.Second
-	r, err := b.getRole(ctx, req.Storage, info.role)
+	r, refusal, err := b.renewable(ctx, req.Storage, info)
 	if err != nil {
-		return nil, err
+		return nil, renewError(err)
 	}
-	if r != nil {
-		if r.TTL > 0 && r.TTL < ttl {
-			ttl = r.TTL
-		}
-		if r.MaxTTL > 0 && r.MaxTTL < maxTTL {
-			maxTTL = r.MaxTTL
-		}
-	}
-	// Asking for more than is left before IssueTime+MaxTTL only earns a
-	// warning from Vault on every renewal ("TTL exceeded the effective max_ttl").
-	if left := req.Secret.IssueTime.Add(maxTTL).Sub(b.now()).Truncate(time.Second); left < ttl {
-		ttl = max(left, 0)
+	if refusal != "" {
+		return nil, refuseRenewal(refusal)
 	}
 	resp := &logical.Response{Secret: req.Secret}
-	resp.Secret.TTL, resp.Secret.MaxTTL = ttl, maxTTL
+	resp.Secret.TTL, resp.Secret.MaxTTL = renewedTTL(info, r, req.Secret.IssueTime, b.now())
 	return resp, nil
 }
 

@@ -2,6 +2,7 @@ package instacart
 
 import (
 	"context"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -78,9 +79,9 @@ func TestRenewNeverPastExpiry(t *testing.T) {
 	}
 
 	e.advance(25 * time.Hour)
-	r, err = renew(e, resp.Secret, time.Hour)
-	if err != nil || r == nil || !r.IsError() || !strings.Contains(r.Error().Error(), "expired") {
-		t.Errorf("renew after expiry: %v %v", r, err)
+	_, err = renew(e, resp.Secret, time.Hour)
+	if codedStatus(err) != http.StatusBadRequest || !strings.Contains(err.Error(), "expired") {
+		t.Errorf("renew after expiry: %v, want a 400 saying the token expired", err)
 	}
 }
 

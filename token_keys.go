@@ -80,9 +80,16 @@ func migratedKey(key string) (string, bool) {
 // out of service, until it expires or a flush revokes it (its leases still
 // hold it): beside the key it was live at.
 func supersededKey(liveKey, token string) string {
-	sum := sha256.Sum256([]byte(token))
 	dir, _ := path.Split(liveKey)
-	return dir + supersededPrefix + hex.EncodeToString(sum[:16])
+	return dir + supersededPrefix + tokenHash(token)
+}
+
+// tokenHash names a token without giving it away: the hex of the first 16
+// bytes of its sha256. Leases of shared tokens carry it, so a renewal can
+// tell whether the lease's token is still the one its role serves.
+func tokenHash(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:16])
 }
 
 // tokenRole names the role a stored token key belongs to ("" for none).

@@ -19,6 +19,12 @@
 # either way. (Vault caps a lease the same way, with the same warning, when it
 # would outlive the mount's max_lease_ttl or the role's max_ttl.)
 #
+# After a flush (`vault delete instacart/cache/<role>`, for a leaked token),
+# Agent re-renders when it next renews the lease, which the engine then
+# refuses: give the role a ttl (ttl=5m) so that is within minutes, not hours.
+# To re-render at once, restart Agent (a SIGHUP reloads only its log level
+# and TLS certificates, not its templates).
+#
 # No `cache {}` here on purpose: with a cache, the template's lease renewals go
 # through it, and the cache answers a repeated renewal with the first one's
 # TTL, so the template can sleep past the token's expiry. Serve read-heavy
