@@ -77,7 +77,8 @@ type backend struct {
 	tokens *tokenCache
 	// counts are the tokens stored per role, queued those waiting in each
 	// role's revocation queue (token_counts.go).
-	counts, queued *tokenCounts
+	counts *tokenCounts
+	queued *queueCounts
 	// claims give each queued revocation, and each role's queue, one owner
 	// at a time (revocation_queue.go).
 	claims *queueClaims
@@ -134,7 +135,7 @@ type configSnapshot struct {
 }
 
 func newBackend() *backend {
-	b := &backend{now: time.Now, sleep: sleepCtx, mintSlots: fairshare.New(defaultMaxConcurrentMints), tokens: newTokenCache(tokenCacheSize), counts: newTokenCounts(), queued: newTokenCounts(), claims: newQueueClaims(), bg: newBackground(), tidyPace: rate.NewLimiter(tidyPaceWhileServing, tidyBatch)}
+	b := &backend{now: time.Now, sleep: sleepCtx, mintSlots: fairshare.New(defaultMaxConcurrentMints), tokens: newTokenCache(tokenCacheSize), counts: newTokenCounts(), queued: newQueueCounts(), claims: newQueueClaims(), bg: newBackground(), tidyPace: rate.NewLimiter(tidyPaceWhileServing, tidyBatch)}
 	b.legacyUserKeys.Store(true)
 	b.metrics = newBackendMetrics(b)
 	b.Backend = &framework.Backend{
@@ -204,7 +205,7 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 		return fmt.Errorf("listing revocation queues: %w", err)
 	}
 	if len(queues) == 0 {
-		b.queued.finishPass(nil) // else the first retry pass, within a minute, counts them
+		b.queued.markEmpty() // else the retry passes count them, within minutes
 	}
 	if len(roles) == 0 && cur == nil {
 		b.counts.finishPass(nil)

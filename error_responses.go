@@ -80,28 +80,17 @@ func readError(err error) error {
 	if err == nil {
 		return nil // before anything is allocated: the cached read calls this
 	}
-	return requestError("read", err)
-}
-
-// renewError is readError for a lease renewal, whose only failures are
-// storage's: checking the lease's token can read the role, the config and
-// the stored token (renewal.go).
-func renewError(err error) error {
-	if err == nil {
-		return nil
-	}
-	return requestError("renewal", err)
-}
-
-// requestError is readError and renewError for a non-nil err; what names
-// the request in the sentence.
-func requestError(what string, err error) error {
 	var coded logical.HTTPCodedError
 	if errors.Is(err, errMintQueue) && !errors.As(err, &coded) {
 		return logical.CodedError(http.StatusGatewayTimeout, "no token request slot came free in time (config max_concurrent_mints); try again")
 	}
 	return requestError("read", err)
 }
+
+// renewError is requestError for a lease renewal, whose only failures are
+// storage's: checking the lease's token can read the role, the config and
+// the stored token (renewal.go).
+func renewError(err error) error { return requestError("renewal", err) }
 
 // requestError gives every failure of a request (what names it: "read",
 // "role write") a status and a sentence: coded errors and a write refused on

@@ -662,15 +662,6 @@ func (inv *invariants) pendingHosts() map[string]int {
 
 func (inv *invariants) i6bStart(x, y string) *i6bProbe {
 	p := &i6bProbe{x: x, y: y, pending: map[string]string{}, flips: len(inv.w.hostFlips)}
-	// A role a flush is working on is that flush's to drain (one pass per
-	// role at a time: the periodic pass skips it), and a token that keeps
-	// failing waits for its own retry time.
-	flushing := map[string]bool{}
-	for _, o := range inv.w.ops {
-		if (o.kind == opFlush || o.kind == opFlushHostDown) && !o.done.Load() {
-			flushing[o.role] = true
-		}
-	}
 	// An entry claimed by an immediate attempt still in flight is that
 	// attempt's (one owner per entry).
 	claims := inv.w.b.claims
@@ -683,11 +674,28 @@ func (inv *invariants) i6bStart(x, y string) *i6bProbe {
 			continue
 		}
 		if e, _ := getJSON[pendingRevocation](context.Background(), inv.w.inner, k); e != nil && inv.tokenHost(e.AccessToken) == y &&
-			!flushing[e.Role] && !now.Before(e.RetryAt) {
+			!now.Before(e.RetryAt) {
 			p.pending[k] = e.AccessToken
 		}
 	}
 	return p
+}
+
+// passOverlapped reports whether another pass over the queues (a periodic
+// pass, a rollback, a flush) ran at the same time as o: one pass per role at
+// a time, so o skipped the roles that pass held.
+func (inv *invariants) passOverlapped(o *opRun) bool {
+	for _, other := range inv.w.ops {
+		switch other.kind {
+		case opPeriodic, opPeriodicHostDown, opRollbackImmediate, opFlush, opFlushHostDown:
+		default:
+			continue
+		}
+		if other != o && other.startTick <= o.endTick && (!other.processed || other.endTick >= o.startTick) {
+			return true
+		}
+	}
+	return false
 }
 
 // checkI6b: after one periodic pass with host x down (and y answering
@@ -699,7 +707,7 @@ func (inv *invariants) checkI6b(o *opRun) {
 		return
 	}
 	inv.i6bPasses++
-	if len(p.pending) == 0 || o.disconnected || o.deadlineHit || len(inv.w.hostFlips) != p.flips {
+	if len(p.pending) == 0 || o.disconnected || o.deadlineHit || len(inv.w.hostFlips) != p.flips || inv.passOverlapped(o) {
 		return
 	}
 	inv.mu.Lock()

@@ -75,7 +75,11 @@ func (b *backend) takeOutOfService(ctx context.Context, s logical.Storage, role,
 			return err
 		}
 		claimed = append(claimed, pk)
-		isNew, err := b.enqueue(ctx, s, pk, pendingRevocation{Role: role, UserID: t.UserID, revocable: t.revocable})
+		from := ""
+		if t == stored {
+			from = key
+		}
+		isNew, err := b.enqueue(ctx, s, pk, pendingRevocation{Role: role, UserID: t.UserID, From: from, revocable: t.revocable})
 		if err != nil {
 			undo()
 			return err
@@ -87,7 +91,16 @@ func (b *backend) takeOutOfService(ctx context.Context, s logical.Storage, role,
 	b.tokens.forget(key)
 	if stored != nil {
 		if err := s.Delete(ctx, key); err != nil {
-			undo() // still stored, hence still live: not queued either
+			// A delete that failed may still have applied (a leader losing
+			// its leadership mid-commit): only a token storage still holds
+			// goes back in service. When even that is unknown it stays
+			// queued: no pass revokes it while its key still holds it.
+			if still, rerr := b.tokens.load(ctx, s, key); rerr == nil && (still == nil || still.AccessToken != stored.AccessToken) {
+				b.counts.addKey(key, -1)
+				return nil
+			} else if rerr == nil {
+				undo()
+			}
 			return storageError("deleting cached token", err)
 		}
 		b.counts.addKey(key, -1)

@@ -64,7 +64,7 @@ func (m *metrics) scrape(ctx context.Context, b *backend, s logical.Storage) ([]
 
 // setCounts sets gauge, per role of roles, to the count counts keep, once
 // counted (a restarted node's first pass counts within a minute).
-func setCounts(gauge *prometheus.GaugeVec, roles []string, counts *tokenCounts) {
+func setCounts(gauge *prometheus.GaugeVec, roles []string, counts interface{ get(string) (int64, bool) }) {
 	for _, name := range roles {
 		if n, ok := counts.get(name); ok {
 			gauge.WithLabelValues(name).Set(float64(n))
@@ -137,7 +137,7 @@ func (m *metrics) readGauges(ctx context.Context, b *backend, s logical.Storage)
 		return nil, fmt.Errorf("listing revocation queues: %w", err)
 	}
 	for _, q := range queues {
-		if name, ok := strings.CutSuffix(q, "/"); ok {
+		if name, ok := strings.CutSuffix(q, "/"); ok && revokingStoragePrefix+q != asideStoragePrefix {
 			g.pendingRoles[name] = true
 		}
 	}

@@ -70,14 +70,19 @@ func (b *backend) pathCacheDelete(ctx context.Context, req *logical.Request, d *
 		warnings = append(warnings, fmt.Sprintf("%d queued revocation(s) could not be read and were set aside under %s (the engine's log names them)", tally.setAside, asideStoragePrefix))
 	}
 	if tally.pending > 0 || !tally.complete {
-		msg := fmt.Sprintf("could not revoke %d token(s) for now (Connect unavailable): %s; they are no longer handed out, and are retried every minute and by the next flush (this flush revoked %d)", tally.pending, named(tally.pendingNames, tally.pending), tally.revoked)
+		status := http.StatusBadGateway
+		msg := fmt.Sprintf("could not revoke %d token(s) for now: %s; they are no longer handed out, and are retried every minute and by the next flush (this flush revoked %d)", tally.pending, named(tally.pendingNames, tally.pending), tally.revoked)
+		if tally.unreadable > 0 {
+			msg += fmt.Sprintf("; %d of them could not be read from storage", tally.unreadable)
+		}
 		if !tally.complete {
-			msg = fmt.Sprintf("the flush ran out of time before the end of the revocation queue (this flush revoked %d, %d could not be revoked for now); the rest are no longer handed out, and are retried every minute and by the next flush", tally.revoked, tally.pending)
+			status = http.StatusGatewayTimeout
+			msg = "the flush ran out of time before the end of the revocation queue; " + msg
 		}
 		if len(warnings) > 0 {
 			msg += "; " + strings.Join(warnings, "; ")
 		}
-		return nil, logical.CodedError(http.StatusBadGateway, msg)
+		return nil, logical.CodedError(status, msg)
 	}
 	return &logical.Response{Warnings: warnings, Data: map[string]any{
 		"revoked_tokens": tally.revoked,

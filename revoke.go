@@ -84,12 +84,19 @@ func (b *backend) revokeUpstream(ctx context.Context, s logical.Storage, role st
 	if err != nil {
 		ce, ok := connect.AsError(err)
 		if !ok {
-			return false, fmt.Errorf("revoking the token at Connect: %w", err)
+			return false, &revokeFailure{fmt.Sprintf("revoking the token at Connect: %v", err)}
 		}
 		if !ce.Temporary() {
 			return true, fmt.Errorf("Connect refused the revocation (%s)", connectSummary(ce))
 		}
-		return false, fmt.Errorf("revoking the token at Connect: %s", connectSummary(ce))
+		return false, &revokeFailure{"revoking the token at Connect: " + connectSummary(ce)}
 	}
 	return false, nil
 }
+
+// revokeFailure is Connect not revoking a token for now (unreachable,
+// failing, too slow), as opposed to the engine's own trouble (storage, the
+// configuration), which is no fault of the token's.
+type revokeFailure struct{ msg string }
+
+func (e *revokeFailure) Error() string { return e.msg }

@@ -32,13 +32,6 @@ type roleCount struct {
 	listed   map[tokenUnit]bool
 	seen     int64
 	moved    int64
-	// For exact counts (the revocation queue): changes under way per unit,
-	// and a version bumped as each begins and ends. A count whose listing of
-	// a unit overlapped a change cannot tell whether the listing saw it, so
-	// it is spoiled and the count stays what the changes made it.
-	changing map[tokenUnit]int
-	version  map[tokenUnit]uint64
-	spoiled  bool
 }
 
 func newTokenCounts() *tokenCounts { return &tokenCounts{roles: map[string]*roleCount{}} }
@@ -101,61 +94,7 @@ func (c *tokenCounts) startCount(role string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	rc := c.role(role)
-	rc.counting, rc.listed, rc.seen, rc.moved, rc.spoiled = true, map[tokenUnit]bool{}, 0, 0, false
-}
-
-// beginChange records that a storage change to unit is under way; endChange
-// ends it, counting d more tokens if it applied. Every change of an exactly
-// counted store goes between the two.
-func (c *tokenCounts) beginChange(role string, unit tokenUnit) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	rc := c.role(role)
-	if rc.changing == nil {
-		rc.changing, rc.version = map[tokenUnit]int{}, map[tokenUnit]uint64{}
-	}
-	rc.changing[unit]++
-	rc.version[unit]++
-}
-
-func (c *tokenCounts) endChange(role string, unit tokenUnit, d int64, applied bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	rc := c.role(role)
-	if rc.changing[unit]--; rc.changing[unit] == 0 {
-		delete(rc.changing, unit)
-	}
-	rc.version[unit]++
-	if applied {
-		rc.n += d
-		if rc.counting && rc.listed[unit] {
-			rc.moved += d
-		}
-	}
-}
-
-// unitVersion is taken before listing unit, for listedUnitSince.
-func (c *tokenCounts) unitVersion(role string, unit tokenUnit) uint64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.role(role).version[unit]
-}
-
-// listedUnitSince is listedUnit for a listing that began at version v: one
-// that overlapped a change spoils the count.
-func (c *tokenCounts) listedUnitSince(role string, unit tokenUnit, n int, v uint64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	rc := c.role(role)
-	if !rc.counting {
-		return
-	}
-	if rc.version[unit] != v || rc.changing[unit] > 0 {
-		rc.spoiled = true
-		return
-	}
-	rc.listed[unit] = true
-	rc.seen += int64(n)
+	rc.counting, rc.listed, rc.seen, rc.moved = true, map[tokenUnit]bool{}, 0, 0
 }
 
 // listedUnit records that the count of role listed n tokens in unit.
@@ -175,19 +114,8 @@ func (c *tokenCounts) finishCount(role string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	rc := c.role(role)
-	if rc.counting && !rc.spoiled {
-		rc.n = max(rc.seen+rc.moved, 0)
-	}
-	rc.counting, rc.listed = false, nil
-}
-
-// abortCount drops a count of role that could not list every unit: the
-// count stays what adds and removals made it.
-func (c *tokenCounts) abortCount(role string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if rc := c.roles[role]; rc != nil {
-		rc.counting, rc.listed = false, nil
+	if rc.counting {
+		rc.n, rc.counting, rc.listed = max(rc.seen+rc.moved, 0), false, nil
 	}
 }
 
@@ -198,7 +126,7 @@ func (c *tokenCounts) finishPass(counted map[string]bool) {
 	defer c.mu.Unlock()
 	c.baseline = true
 	for name, rc := range c.roles {
-		if !counted[name] && rc.n <= 0 && !rc.counting && len(rc.changing) == 0 {
+		if !counted[name] && rc.n <= 0 && !rc.counting {
 			delete(c.roles, name)
 		}
 	}
