@@ -101,7 +101,7 @@ test-bench-smoke: vault
 
 ## chaos: 3 raft nodes under concurrent reads of shared, per-user and exclusive roles at every
 ## node while the active node is killed (SIGKILL) 3 times and frozen (SIGSTOP 15 s) twice, Connect
-## answering late; prints the counts (~5 min; not part of make test)
+## answering late; prints the counts (~3 min; not part of make test)
 chaos: vault
 	$(GO) test -tags e2e,chaos -run '^TestChaosRaft$$' -count=1 -timeout 20m -v ./e2e/
 
