@@ -15,11 +15,13 @@ import (
 	"io"
 	"io/fs"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect/connectfake"
 )
@@ -34,7 +36,8 @@ func main() {
 	addr := flag.String("addr", "127.0.0.1:0", "listen address")
 	clientID := flag.String("client-id", "demo-client", "client id of the fake application")
 	lifetime := flag.Duration("token-lifetime", connectfake.DefaultTokenLifetime, "expires_in of minted tokens")
-	latency := flag.Duration("latency", 0, "added delay per token request")
+	latency := flag.Duration("latency", 0, "added delay per token request, before the token is minted")
+	answerDelay := flag.Duration("answer-delay", 0, "hold each token answer this long after the token is minted (a client that leaves meanwhile never gets it); also POST /_fake/answer-delay")
 	addrFile := flag.String("addr-file", "", "write the base URL to this file once listening")
 	secretFile := flag.String("secret-file", "", "read the client secret from this file (created with a random secret if missing)")
 	flag.Usage = usage
@@ -44,7 +47,9 @@ func main() {
 	if err != nil {
 		log.Fatalf("connect-fake: %v", err)
 	}
-	fake, err := connectfake.NewServer(*addr)
+	// The fake listens on a port of its own that nobody is told; clients
+	// reach it through answers, which logs its mints and holds answers.
+	fake, err := connectfake.NewServer("127.0.0.1:0")
 	if err != nil {
 		log.Fatalf("connect-fake: listen: %v", err)
 	}
@@ -52,17 +57,27 @@ func main() {
 	fake.AddClient(*clientID, secret)
 	fake.SetTokenLifetime(*lifetime)
 	fake.SetLatency(*latency)
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		log.Fatalf("connect-fake: listen: %v", err)
+	}
+	front := newAnswers(fake, *answerDelay)
+	srv := &http.Server{Handler: front, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	baseURL := "http://" + ln.Addr().String()
 
 	if *addrFile != "" {
-		if err := os.WriteFile(*addrFile, []byte(fake.URL+"\n"), 0o644); err != nil {
+		if err := os.WriteFile(*addrFile, []byte(baseURL+"\n"), 0o644); err != nil {
 			log.Fatalf("connect-fake: write addr file: %v", err)
 		}
 	}
-	fmt.Printf("connect-fake listening on %s (client id %q, token lifetime %s)\n", fake.URL, *clientID, *lifetime)
+	fmt.Printf("connect-fake listening on %s (client id %q, token lifetime %s)\n", baseURL, *clientID, *lifetime)
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 	<-sig
+	front.close()
+	_ = srv.Close()
 	fake.Close()
 }
 

@@ -2,6 +2,8 @@ package stack
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,7 +24,9 @@ type FakeOptions struct {
 	Dir      string // holds fake-secret, fake-url and fake.log
 	ClientID string
 	Lifetime time.Duration // expires_in of minted tokens; 0: the fake's default
-	Latency  time.Duration // added delay per token request
+	Latency  time.Duration // added delay per token request, before the mint
+	// AnswerDelay holds each token answer after the mint (see SetAnswerDelay).
+	AnswerDelay time.Duration
 }
 
 // Fake is cmd/connect-fake running as a process, with a client for its
@@ -51,6 +55,9 @@ func StartFake(o FakeOptions) (*Fake, error) {
 	}
 	if o.Latency > 0 {
 		args = append(args, "-latency", o.Latency.String())
+	}
+	if o.AnswerDelay > 0 {
+		args = append(args, "-answer-delay", o.AnswerDelay.String())
 	}
 	// An empty CONNECT_FAKE_CLIENT_SECRET makes the fake read the file.
 	p, err := StartProc("connect-fake", filepath.Join(o.Dir, "fake.log"), []string{"CONNECT_FAKE_CLIENT_SECRET="}, o.Bin, args...)
@@ -209,4 +216,51 @@ func (f *Fake) Users(token string) (int, error) {
 	}
 	resp.Body.Close()
 	return resp.StatusCode, nil
+}
+
+// SetAnswerDelay holds each token answer for d (whole milliseconds) after
+// the token is minted: a client that dies or leaves meanwhile never gets a
+// token that is live at Connect (SetLatency waits before the mint).
+func (f *Fake) SetAnswerDelay(d time.Duration) error {
+	return f.admin(http.StatusNoContent, http.MethodPost, "/_fake/answer-delay", map[string]int{"milliseconds": int(d / time.Millisecond)}, nil)
+}
+
+// Held is how many minted tokens' answers the fake is holding (see
+// SetAnswerDelay).
+func (f *Fake) Held() (int, error) {
+	var out struct {
+		Held int `json:"held"`
+	}
+	err := f.admin(http.StatusOK, http.MethodGet, "/_fake/held", nil, &out)
+	return out.Held, err
+}
+
+// MintRecord is one token the fake minted, named by TokenID, never by value.
+type MintRecord struct {
+	ID        string    `json:"id"`
+	GrantType string    `json:"grant_type"`
+	UserID    string    `json:"user_id"`
+	MintedAt  time.Time `json:"minted_at"`
+	// Outcome of its answer: "held", "sent" (written to the connection, which
+	// does not prove the client read it), "client_gone" (never sent) or
+	// "write_failed".
+	Outcome    string    `json:"outcome"`
+	AnsweredAt time.Time `json:"answered_at"`
+	Live       bool      `json:"live"` // when MintLog was called
+}
+
+// MintLog is every token the fake minted, oldest first, with whether each
+// is live now.
+func (f *Fake) MintLog() ([]MintRecord, error) {
+	var out struct {
+		Mints []MintRecord `json:"mints"`
+	}
+	err := f.admin(http.StatusOK, http.MethodGet, "/_fake/mints", nil, &out)
+	return out.Mints, err
+}
+
+// TokenID names a token as MintLog does: the hex SHA-256 of its value.
+func TokenID(tok string) string {
+	sum := sha256.Sum256([]byte(tok))
+	return hex.EncodeToString(sum[:])
 }

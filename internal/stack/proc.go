@@ -77,6 +77,16 @@ func (p *Proc) Stop() {
 	_ = signalGroup(p.cmd.Process, syscall.SIGKILL)
 }
 
+// Signal sends sig to the process and everything it started (its process
+// group), as a machine's crash (SIGKILL) or pause (SIGSTOP, SIGCONT) hits a
+// node with its plugin processes.
+func (p *Proc) Signal(sig syscall.Signal) error {
+	if err := signalGroup(p.cmd.Process, sig); err != nil {
+		return fmt.Errorf("signal %v to %s: %w", sig, p.Name, err)
+	}
+	return nil
+}
+
 // Exited reports whether the process has ended (a nil Proc has).
 func (p *Proc) Exited() bool {
 	if p == nil {

@@ -2,6 +2,7 @@ package stack
 
 import (
 	"context"
+	"encoding/json"
 	"net"
 	"net/http"
 	"os"
@@ -83,10 +84,29 @@ func TestFake(t *testing.T) {
 		"faults":   f.InjectFaults("/v2/oauth/token", map[string]any{"status": 503}),
 		"clear":    f.ClearFaults(),
 		"client":   f.AddClient("other", "other-secret"),
+		"answer":   f.SetAnswerDelay(time.Millisecond),
 	} {
 		if err != nil {
 			t.Errorf("%s: %v", name, err)
 		}
+	}
+	// The mint log names a minted token by TokenID, live, its answer sent.
+	resp, err := http.Post(f.URL+"/v2/oauth/token", "application/json", strings.NewReader(
+		`{"client_id":"other","client_secret":"other-secret","grant_type":"client_credentials"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var minted struct {
+		AccessToken string `json:"access_token"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&minted)
+	resp.Body.Close()
+	mints, err := f.MintLog()
+	if err != nil || len(mints) != 1 || mints[0].ID != TokenID(minted.AccessToken) || !mints[0].Live || mints[0].Outcome != "sent" {
+		t.Errorf("mint log after one mint: %+v, %v", mints, err)
+	}
+	if held, err := f.Held(); err != nil || held != 0 {
+		t.Errorf("held after the answer: %d, %v", held, err)
 	}
 	if code, err := f.Authorize("https://app.example/cb", "u1"); err != nil || code == "" {
 		t.Errorf("authorize: %q, %v", code, err)
