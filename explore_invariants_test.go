@@ -1,6 +1,6 @@
 package instacart
 
-// The schedule explorer's invariants I1–I6 and the bookkeeping they need
+// The schedule explorer's invariants I1–I9 and the bookkeeping they need
 // (explore_test.go has the overview). Each check says in its failure message
 // which invariant broke, what happened and which operation did it; tokens
 // are named by their order of issue and a short hash, never in full, and
@@ -14,6 +14,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/http"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -23,10 +25,19 @@ import (
 )
 
 type failure struct {
-	inv   string // "I1" … "I6", "LEAK", "LIVENESS"
+	inv   string // "I1" … "I9", "LEAK", "LIVENESS"
 	class string // what kind of failure of inv, for the summary
 	msg   string
 	step  int
+	// soft: a failure of what an answer says (I5, I7, LEAK[echo]), which
+	// leaves the world's state as it was: the seed goes on.
+	soft bool
+}
+
+// softFailure reports whether a failure of name is one of an answer's words
+// or status only.
+func softFailure(name string) bool {
+	return strings.HasPrefix(name, "I5[") || strings.HasPrefix(name, "I7[") || name == "LEAK[echo]"
 }
 
 func (f failure) key() string {
@@ -70,6 +81,12 @@ type tokenRec struct {
 	leases   int
 	story    []string
 	removals []removal
+	// callerLeft: the answer was lost because the request the call was made
+	// on had been cancelled (its caller left while Connect minted it);
+	// unlike a loss in transit, the engine chose that context.
+	callerLeft bool
+	// irrevocable: Vault gave up revoking a lease of it.
+	irrevocable bool
 }
 
 func (r *tokenRec) name() string { return fmt.Sprintf("#%d(%s)", r.ord, shortHash(r.tok)) }
@@ -115,6 +132,18 @@ type invariants struct {
 	// i6bPasses counts periodic passes with a host down; i6bJudged those
 	// with pending revocations at the other host that I6(b) could judge.
 	i6bPasses, i6bJudged int
+	// events orders Connect's handling of calls against operations'
+	// answers (I9); revokedAt is when Connect revoked a token.
+	events    int
+	revokedAt map[string]int
+	// I8's bookkeeping: the tick of the last write to the queue the current
+	// generation's counts cannot have seen (another generation's, a write
+	// that landed though storage said it failed, a pre-fill), and the start
+	// tick of its last periodic pass that ended well after it.
+	foreignTick int
+	recountGen  int
+	recountTick int
+	i8Judged    int
 
 	// Scheduler goroutine only.
 	handed  map[string]map[string]bool // role -> tokens its shared reads handed out
@@ -126,14 +155,15 @@ func newInvariants(w *world) *invariants {
 	return &invariants{
 		w: w, tokens: map[string]*tokenRec{}, codeHandled: map[string]*wireCall{}, codeLost: map[string]*wireCall{},
 		codeNames: map[string]string{}, realOf: map[string]string{}, aliasOf: map[string]string{}, secretFor: map[string]secretRef{},
-		handed: map[string]map[string]bool{}, flushed: map[string]mark{}, retire: map[string]mark{},
+		handed: map[string]map[string]bool{}, flushed: map[string]mark{}, retire: map[string]mark{}, revokedAt: map[string]int{},
+		foreignTick: -1,
 	}
 }
 
 // failLocked records a failure; name is the invariant and a class in
 // brackets ("I2[…]"), which the summary groups by.
 func (inv *invariants) failLocked(name, format string, args ...any) {
-	f := failure{inv: name, msg: fmt.Sprintf(format, args...), step: int(inv.w.stepNow.Load())}
+	f := failure{inv: name, msg: fmt.Sprintf(format, args...), step: int(inv.w.stepNow.Load()), soft: softFailure(name)}
 	if i := strings.IndexByte(name, '['); i > 0 {
 		f.inv, f.class = name[:i], strings.TrimSuffix(name[i+1:], "]")
 	}
@@ -146,10 +176,16 @@ func (inv *invariants) fail(name, format string, args ...any) {
 	inv.failLocked(name, format, args...)
 }
 
+// hasFailures reports whether a failure that stops the seed was recorded.
 func (inv *invariants) hasFailures() bool {
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
-	return len(inv.failures) > 0
+	for _, f := range inv.failures {
+		if !f.soft {
+			return true
+		}
+	}
+	return false
 }
 
 func (inv *invariants) takeFailures() []failure {
@@ -274,6 +310,15 @@ func (inv *invariants) handled(c *wireCall, status int, tok string) {
 	defer inv.mu.Unlock()
 	c.handled = true
 	c.handledAt = inv.w.clock.now()
+	inv.events++
+	if c.endpoint == "revoke" && status == http.StatusOK && c.p.Token != "" {
+		if _, ok := inv.revokedAt[c.p.Token]; !ok {
+			inv.revokedAt[c.p.Token] = inv.events
+		}
+		if rec := inv.tokens[c.p.Token]; rec != nil {
+			rec.story = append(rec.story, fmt.Sprintf("revoked at Connect (host %s) for %s", c.host, opName(c.op)))
+		}
+	}
 	if c.endpoint == "token" && c.p.Code != "" {
 		if prev := inv.codeHandled[c.p.Code]; prev != nil {
 			inv.failLocked("I3[code twice]", "authorization code %s reached Connect twice: first for %s (call %d, %s), again for %s (call %d)",
@@ -307,7 +352,8 @@ func (inv *invariants) handled(c *wireCall, status int, tok string) {
 
 // ---------------------------------------------------------------- storage
 
-func (inv *invariants) observePutLocked(o *opRun, key string, prev *logical.StorageEntry, value []byte) {
+func (inv *invariants) observePutLocked(o *opRun, gen int, key string, prev *logical.StorageEntry, value []byte, landed bool) {
+	inv.noteQueueWriteLocked(gen, key, landed)
 	switch {
 	case tokenRole(key) != "":
 		var t issuedToken
@@ -359,7 +405,8 @@ func (inv *invariants) observePutLocked(o *opRun, key string, prev *logical.Stor
 	}
 }
 
-func (inv *invariants) observeDeleteLocked(o *opRun, key string, prev *logical.StorageEntry) {
+func (inv *invariants) observeDeleteLocked(o *opRun, gen int, key string, prev *logical.StorageEntry, landed bool) {
+	inv.noteQueueWriteLocked(gen, key, landed)
 	if prev == nil {
 		return
 	}
@@ -455,16 +502,20 @@ func (inv *invariants) allSharedSnapshot() map[string]bool {
 	return out
 }
 
-// A flush Vault cancelled (its deadline passed or its client left) and that
-// answered with that cancellation may have stopped anywhere: it binds only
-// the tokens it did move to the revocation queue.
+// A flush that answered an error (Vault cancelled it, storage failed, a
+// revocation is still pending) may have stopped anywhere, or undone a move:
+// it binds only the tokens it moved to the revocation queue and that its
+// role no longer stores.
 func (inv *invariants) flushDone(o *opRun) {
 	snap := o.flushSnap
-	if a := o.last(); (o.deadlineHit || o.disconnected) && a.err != nil && isContextError(a.err) {
+	if a := o.last(); a.err != nil || (a.resp != nil && a.resp.IsError()) {
+		stored := inv.w.rawRoleTokens(o.role)
 		inv.mu.Lock()
 		snap = map[string]bool{}
 		for _, t := range o.queued {
-			snap[t] = true
+			if !stored[t] {
+				snap[t] = true
+			}
 		}
 		inv.mu.Unlock()
 	}
@@ -585,7 +636,9 @@ func (inv *invariants) i6Probe(o *opRun) *i6Probe {
 // the config changed, or the backend restarted, during the read, or an
 // operation of another backend generation overlapped it; the client
 // went away (nobody sees the answer); Connect refused the credentials
-// themselves during the read (invalid_client: the engine fails closed).
+// themselves, or the user's grant, during the read (invalid_client,
+// invalid_grant: the engine fails closed); a storage call failed meanwhile
+// (the engine cannot tell the token is still stored).
 func (inv *invariants) checkI6a(o *opRun) {
 	if o.i6 == nil || !o.i6.leasable || o.disconnected {
 		return
@@ -597,8 +650,11 @@ func (inv *invariants) checkI6a(o *opRun) {
 	} else if a.resp != nil && a.resp.IsError() {
 		msg = a.resp.Error().Error()
 	}
-	if strings.Contains(msg, "invalid_client") {
-		return
+	if strings.Contains(msg, "invalid_client") || strings.Contains(msg, "invalid_grant") {
+		return // Connect refused the credentials, or the user's grant: the engine fails closed
+	}
+	if inv.w.storageFailedDuring(o.startTick, o.endTick) || strings.Contains(msg, "explore: storage") || strings.Contains(msg, "explore: no answer from storage") {
+		return // storage failed meanwhile, or for the refresh it joined: whether the token is still stored could not be known
 	}
 	for _, x := range inv.w.ops {
 		if x == o || x.startTick > o.endTick || (x.processed && x.endTick < o.startTick) {
@@ -652,7 +708,10 @@ func (inv *invariants) tokenHost(tok string) string {
 
 func (inv *invariants) pendingHosts() map[string]int {
 	out := map[string]int{}
-	for _, k := range inv.w.rawKeys(revokingStoragePrefix) {
+	for _, k := range inv.w.queueKeys() {
+		if inv.w.prefilled[k] {
+			continue // names no token the transport saw
+		}
 		if p, _ := getJSON[pendingRevocation](context.Background(), inv.w.inner, k); p != nil {
 			out[inv.tokenHost(p.AccessToken)]++
 		}
@@ -663,14 +722,14 @@ func (inv *invariants) pendingHosts() map[string]int {
 func (inv *invariants) i6bStart(x, y string) *i6bProbe {
 	p := &i6bProbe{x: x, y: y, pending: map[string]string{}, flips: len(inv.w.hostFlips)}
 	// An entry claimed by an immediate attempt still in flight is that
-	// attempt's (one owner per entry).
+	// attempt's (one owner per entry); one backing off waits for its time.
 	claims := inv.w.b.claims
 	claims.mu.Lock()
 	claimed := maps.Clone(claims.entries)
 	claims.mu.Unlock()
 	now := inv.w.clock.now()
-	for _, k := range inv.w.rawKeys(revokingStoragePrefix) {
-		if _, held := claimed[k]; held {
+	for _, k := range inv.w.queueKeys() {
+		if _, held := claimed[k]; held || inv.w.prefilled[k] {
 			continue
 		}
 		if e, _ := getJSON[pendingRevocation](context.Background(), inv.w.inner, k); e != nil && inv.tokenHost(e.AccessToken) == y &&
@@ -734,7 +793,10 @@ func (inv *invariants) checkI6b(o *opRun) {
 
 // ---------------------------------------------------------------- leaks
 
-// checkLeaks: no answer names a client secret.
+// checkLeaks: no answer names a client secret (LEAK[answer]); no error or
+// warning quotes a user id or code its request carried, nor any access
+// token (LEAK[echo]): Connect's error_description may echo what was sent,
+// and errors and warnings reach Vault's audit log un-HMAC'd.
 func (inv *invariants) checkLeaks(o *opRun) {
 	inv.mu.Lock()
 	secrets := make([]string, 0, len(inv.secretFor))
@@ -754,6 +816,239 @@ func (inv *invariants) checkLeaks(o *opRun) {
 				return
 			}
 		}
+		said := answerWords(a)
+		switch {
+		case o.user != "" && strings.Contains(said, o.user):
+			inv.fail("LEAK[echo]", "%s answered an error or warning quoting the user id it was sent with: %q", opName(o), said)
+			return
+		case o.code != "" && strings.Contains(said, o.code):
+			inv.fail("LEAK[echo]", "%s answered an error or warning quoting the authorization code it was sent with: %q", opName(o), redactTokens(said))
+			return
+		case strings.Contains(said, "xtok") || strings.Contains(said, "xfill"):
+			inv.fail("LEAK[echo]", "%s answered an error or warning that names an access token: %q", opName(o), redactTokens(said))
+			return
+		}
+	}
+}
+
+// answerWords is what an answer says in words: its error, and its warnings.
+func answerWords(a opAnswer) string {
+	var parts []string
+	if a.err != nil {
+		parts = append(parts, a.err.Error())
+	}
+	if a.resp != nil {
+		if a.resp.IsError() {
+			parts = append(parts, a.resp.Error().Error())
+		}
+		parts = append(parts, a.resp.Warnings...)
+	}
+	return strings.Join(parts, " | ")
+}
+
+var tokenLike = regexp.MustCompile(`x(tok|fill|code)[0-9]+`)
+
+// redactTokens names the explorer's tokens and codes by a short hash.
+func redactTokens(s string) string {
+	return tokenLike.ReplaceAllStringFunc(s, func(t string) string { return "<" + shortTok(t) + ">" })
+}
+
+// checkLogLeaks: the backend's logs name no access token nor code.
+func (inv *invariants) checkLogLeaks(logs string) {
+	if m := tokenLike.FindString(logs); m != "" {
+		inv.fail("LEAK[logs]", "the backend's logs name an access token or code (%s)", redactTokens(m))
+	}
+}
+
+// ---------------------------------------------------------------- I7
+
+// checkI7: no operation of any path answers an error without a status: an
+// error is a logical.HTTPCodedError, a logical error Vault maps to a status
+// (logical.ErrReadOnly, which it forwards; ErrUnsupportedOperation,
+// ErrUnsupportedPath, ErrInvalidRequest, ErrPermissionDenied), or a 400
+// error response. Exempt, as for I5: a context error answered after the
+// request was cancelled. Creds reads are I5's, which is stricter.
+func (inv *invariants) checkI7(o *opRun) {
+	var path string
+	switch o.kind {
+	case opRevokeLease, opVaultRevoke:
+		path = "revoke"
+	case opRenewLease:
+		path = "renew"
+	case opFlush, opFlushHostDown:
+		path = "flush"
+	case opConfigRotate, opConfigMove, opConfigCreate, opConfigDelete:
+		path = "config"
+	case opRoleEdit, opRoleDelete, opRoleCreate:
+		path = "roles"
+	case opTidy:
+		path = "tidy"
+	default:
+		return
+	}
+	for _, a := range o.answers {
+		if a.err == nil || hasStatus(a.err) {
+			continue
+		}
+		if (o.deadlineHit || o.disconnected) && isContextError(a.err) {
+			continue
+		}
+		inv.fail("I7["+path+": error without a status]", "%s answered an error without a status (Vault answers 500): %s", opName(o), redactTokens(a.err.Error()))
+		return
+	}
+}
+
+// hasStatus reports whether Vault answers err with a status of its own.
+func hasStatus(err error) bool {
+	var coded logical.HTTPCodedError
+	if errors.As(err, &coded) && coded.Code() >= 400 {
+		return true
+	}
+	for _, e := range []error{logical.ErrReadOnly, logical.ErrUnsupportedOperation, logical.ErrUnsupportedPath, logical.ErrInvalidRequest, logical.ErrPermissionDenied} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// ---------------------------------------------------------------- I8
+
+// noteQueueWriteLocked records a write to the queue the current
+// generation's counts cannot have seen.
+func (inv *invariants) noteQueueWriteLocked(gen int, key string, landed bool) {
+	if !strings.HasPrefix(key, revokingStoragePrefix) {
+		return
+	}
+	if landed || int64(gen) != inv.w.curGen.Load() {
+		inv.foreignTick = int(inv.w.tickNow.Load())
+	}
+}
+
+// foreignQueueWrite: the world wrote the queue behind the engine's back.
+func (inv *invariants) foreignQueueWrite() {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	inv.foreignTick = inv.w.tick
+}
+
+// passDone: a periodic pass of the current generation that answered
+// without error, begun after the last foreign write, recounted every queue.
+func (inv *invariants) passDone(o *opRun) {
+	a := o.last()
+	if o.gen != inv.w.gen || a.err != nil || (a.resp != nil && a.resp.IsError()) || o.disconnected || o.deadlineHit {
+		return
+	}
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	if o.startTick > inv.foreignTick {
+		inv.recountGen, inv.recountTick = o.gen, o.startTick
+	}
+}
+
+// pendingGauge is what instacart_pending_revocations says of role (the
+// backend's counts, which the gauge is set to at every scrape), and
+// whether it says anything yet.
+func pendingGauge(b *backend, role string) (int64, bool) { return b.queued.get(role) }
+
+// gaugeRoles are the roles the backend counts queued tokens for.
+func gaugeRoles(b *backend) []string {
+	b.queued.mu.Lock()
+	defer b.queued.mu.Unlock()
+	out := make([]string, 0, len(b.queued.roles))
+	for r := range b.queued.roles {
+		out = append(out, r)
+	}
+	return out
+}
+
+// checkI8 runs at quiescence (nothing in flight, nothing parked): for every
+// role, the pending-revocations gauge equals the entries storage holds under
+// revoking/<role>/ (at any depth; those set aside under revoking/@aside/
+// not counted). Judged once the current generation's counts are known and a
+// periodic pass that ended well has recounted them since the last write
+// they could not see (another generation's, a write storage reported failed
+// though it landed, a pre-fill).
+func (inv *invariants) checkI8() {
+	w := inv.w
+	inv.mu.Lock()
+	judged := inv.recountGen == w.gen && inv.recountTick > inv.foreignTick
+	inv.mu.Unlock()
+	if !judged {
+		return
+	}
+	held := map[string]int{}
+	for _, k := range w.queueKeys() {
+		held[queueRole(k)]++
+	}
+	roles := map[string]bool{}
+	for r := range held {
+		roles[r] = true
+	}
+	for _, r := range gaugeRoles(w.b) {
+		roles[r] = true
+	}
+	names := make([]string, 0, len(roles))
+	for r := range roles {
+		names = append(names, r)
+	}
+	sort.Strings(names)
+	inv.i8Judged++
+	for _, r := range names {
+		n, known := pendingGauge(w.b, r)
+		if !known {
+			return
+		}
+		if int(n) != held[r] {
+			inv.fail("I8[pending gauge ≠ queue]", "at quiescence the pending-revocations gauge of role %s says %d, storage holds %d under revoking/%s/ (generation %d; its counts were last recounted by a pass begun at tick %d)",
+				r, n, held[r], r, w.gen, inv.recountTick)
+			return
+		}
+	}
+}
+
+// ---------------------------------------------------------------- I9
+
+// answered records when o answered, against Connect's handling of calls.
+func (inv *invariants) answered(o *opRun) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	inv.events++
+	o.answerSeq = inv.events
+}
+
+// checkI9: a token Connect revoked is never handed out afterwards.
+func (inv *invariants) checkI9(o *opRun, tok string) {
+	inv.mu.Lock()
+	at, ok := inv.revokedAt[tok]
+	inv.mu.Unlock()
+	if ok && at < o.answerSeq {
+		inv.mu.Lock()
+		story := ""
+		if rec := inv.tokens[tok]; rec != nil {
+			story = strings.Join(rec.story, "; ")
+		}
+		inv.mu.Unlock()
+		inv.fail("I9[revoked token served]", "%s handed out %s, which Connect had revoked before it answered. Story: %s", opName(o), inv.tokenName(tok), story)
+	}
+}
+
+// answerLostToCaller: c's answer was lost because its caller left.
+func (inv *invariants) answerLostToCaller(c *wireCall) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	if rec := inv.tokens[c.token]; rec != nil && c.token != "" {
+		rec.callerLeft = true
+		rec.story = append(rec.story, "its answer was lost: the caller of "+opName(c.op)+" left as Connect minted it")
+	}
+}
+
+// markIrrevocable: Vault gave up revoking a lease of tok.
+func (inv *invariants) markIrrevocable(tok string) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	if rec := inv.tokens[tok]; rec != nil {
+		rec.irrevocable = true
 	}
 }
 
@@ -778,6 +1073,7 @@ func (inv *invariants) checkI2() {
 	order := append([]*tokenRec(nil), inv.order...)
 	lostFaults := inv.lostFaults
 	inv.mu.Unlock()
+	inStorage := w.storedTokenNames()
 
 	lost := 0
 	perHost := map[string]int{}
@@ -787,7 +1083,7 @@ func (inv *invariants) checkI2() {
 			lost++
 			continue
 		}
-		if held[rec.tok] || w.storageHolds(rec.tok) {
+		if held[rec.tok] || inStorage[rec.tok] {
 			continue
 		}
 		h := w.hostByName(rec.call.host)
@@ -836,6 +1132,12 @@ func (inv *invariants) cause(rec *tokenRec) (tag, why string) {
 		kind = o.kind
 	}
 	switch {
+	case rec.irrevocable:
+		return "lease revocation given up, token never revoked", "Vault gave up revoking its lease (irrevocable after repeated failures, e.g. the queue write failing) and the token was never revoked at Connect"
+	case rec.callerLeft && (kind == opConfigRotate || kind == opConfigMove || kind == opConfigCreate):
+		return "verify token minted as its caller left", "minted to verify credentials while the config write's caller left: the answer was lost to the request's context and nothing revoked it"
+	case rec.callerLeft:
+		return "token minted as its caller left", "minted on the context of a request whose caller left: the answer was lost and nothing revoked it"
 	case rec.garbage:
 		return "clean-up tried once: unusable answer", "Connect's answer was an unparseable 200; the client's one revocation of the token it named failed and nothing retried it"
 	case kind == opConfigRotate || kind == opConfigMove || kind == opConfigCreate:

@@ -10,6 +10,11 @@ package instacart
 // run until it parked again, finished, or blocked on something only another
 // parked call can free (a mutex, a singleflight wait, a semaphore).
 //
+// A wait on the fake clock (a 429's pause) parks too, as a timer only the
+// clock releases. A pass over a long revocation queue is released in bursts:
+// the same goroutine's next read (or delete) of a queue entry follows the
+// previous one without a decision in between (world.releaseStorage).
+//
 // What is deterministic: given a seed, the sequence of choices (which
 // operation starts, which parked call is released, which fault it gets, when
 // the clock moves) is a function of the seed and of what the world looked like
@@ -26,6 +31,8 @@ package instacart
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"regexp"
 	"runtime"
 	"sort"
@@ -38,21 +45,33 @@ import (
 )
 
 // verdict is what a released call is told: for Connect calls, the fault the
-// seeded RNG chose (if any); closed when the run is over and nothing parks.
+// seeded RNG chose (if any); for storage calls, the error it fails with (if
+// any); closed when the run is over and nothing parks.
 type verdict struct {
 	fault  faultKind
 	closed bool
+	// storageErr fails a storage call; landed: a write is applied all the
+	// same (its answer was lost after the commit, as over gRPC).
+	storageErr error
+	landed     bool
+	// leave is the caller leaving while Connect handles its request: the
+	// transport calls it once Connect has handled the call.
+	leave func()
 }
 
-// parkedCall is one storage or Connect call waiting for the scheduler.
+// parkedCall is one storage or Connect call, or a wait on the fake clock,
+// waiting for the scheduler.
 type parkedCall struct {
 	who   string // "op12", or "bg@g2" for the backend's own background work
 	op    *opRun // nil for background work
-	kind  string // "storage" or "connect"
+	kind  string // "storage", "connect" or "timer"
 	host  string // Connect calls: the host name ("A" or "B")
+	what  string // storage calls: "get", "put", "delete", "list"
+	key   string // storage calls: the key (or prefix), unmasked
 	label string // stable: who, kind and a detail with random parts masked
+	seq   uint64 // arrival order
 	// deadline is when a Connect attempt times out (request_timeout on the
-	// fake clock); zero for storage calls.
+	// fake clock), or when a timer is due; zero for storage calls.
 	deadline time.Time
 	release  chan verdict
 }
@@ -67,7 +86,8 @@ type scheduler struct {
 	// events counts parks, releases, op starts and op ends: settle waits
 	// until it stops moving.
 	events atomic.Uint64
-	stalls int // settles that hit the real-time cap (diagnostics)
+	stalls int    // settles that hit the real-time cap (diagnostics)
+	seq    uint64 // guarded by mu: the last parkedCall.seq given
 
 	stackBuf []byte
 }
@@ -76,36 +96,160 @@ func newScheduler() *scheduler {
 	return &scheduler{stackBuf: make([]byte, 1<<20)}
 }
 
-// park blocks the calling goroutine until the scheduler releases it.
-func (s *scheduler) park(ctx context.Context, gen int, kind, host, detail string, deadline time.Time) verdict {
+// park blocks the calling goroutine until the scheduler releases it; pc
+// says what the call is (kind, host or storage op and key, deadline), detail
+// what its label says beside who makes it.
+func (s *scheduler) park(ctx context.Context, gen int, pc *parkedCall, detail string) verdict {
+	if !s.enqueue(ctx, gen, pc, detail) {
+		return verdict{closed: s.isClosed()}
+	}
+	return <-pc.release
+}
+
+// enqueue parks pc; false when calls do not park (set-up, tear-down).
+func (s *scheduler) enqueue(ctx context.Context, gen int, pc *parkedCall, detail string) bool {
 	o := opFrom(ctx)
 	who := "bg@g" + itoa(gen)
 	if o != nil {
 		who = o.name
 	}
-	pc := &parkedCall{who: who, op: o, kind: kind, host: host, label: who + " " + kind + " " + detail, deadline: deadline, release: make(chan verdict, 1)}
+	pc.who, pc.op, pc.label, pc.release = who, o, who+" "+pc.kind+" "+detail, make(chan verdict, 1)
 	s.mu.Lock()
-	if s.closed {
+	if s.closed || s.passthrough {
 		s.mu.Unlock()
-		return verdict{closed: true}
+		return false
 	}
-	if s.passthrough {
-		s.mu.Unlock()
-		return verdict{}
-	}
+	s.seq++
+	pc.seq = s.seq
 	s.parked = append(s.parked, pc)
 	s.mu.Unlock()
 	s.events.Add(1)
-	return <-pc.release
+	return true
+}
+
+func (s *scheduler) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+// sleep is connect.Config.Sleep on the fake clock: a wait of d parks as a
+// timer the scheduler fires once the clock has passed it (advanceTo), or
+// ends with ctx. Backoffs of under a millisecond (the world's retry waits)
+// cost nothing.
+func (s *scheduler) sleep(ctx context.Context, gen int, now time.Time, d time.Duration) error {
+	if d < time.Millisecond {
+		return ctx.Err()
+	}
+	pc := &parkedCall{kind: "timer", deadline: now.Add(d)}
+	if !s.enqueue(ctx, gen, pc, "sleep "+d.String()) {
+		return ctx.Err()
+	}
+	select {
+	case <-pc.release:
+		return ctx.Err()
+	case <-ctx.Done():
+		if s.remove(pc) {
+			s.events.Add(1)
+		}
+		return ctx.Err()
+	}
+}
+
+// remove takes pc off the parked list; false if it was not there (released).
+func (s *scheduler) remove(pc *parkedCall) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, p := range s.parked {
+		if p == pc {
+			s.parked = append(s.parked[:i], s.parked[i+1:]...)
+			return true
+		}
+	}
+	return false
 }
 
 // parkedSorted returns the parked calls ordered by label (ties: arrival).
+// Timers are left out: only the clock releases them.
 func (s *scheduler) parkedSorted() []*parkedCall {
 	s.mu.Lock()
-	out := append([]*parkedCall(nil), s.parked...)
+	out := make([]*parkedCall, 0, len(s.parked))
+	for _, pc := range s.parked {
+		if pc.kind != "timer" {
+			out = append(out, pc)
+		}
+	}
 	s.mu.Unlock()
 	sort.SliceStable(out, func(i, j int) bool { return out[i].label < out[j].label })
 	return out
+}
+
+// timers returns the parked timers ordered by when they are due (ties: label).
+func (s *scheduler) timers() []*parkedCall {
+	s.mu.Lock()
+	var out []*parkedCall
+	for _, pc := range s.parked {
+		if pc.kind == "timer" {
+			out = append(out, pc)
+		}
+	}
+	s.mu.Unlock()
+	sort.SliceStable(out, func(i, j int) bool {
+		if !out[i].deadline.Equal(out[j].deadline) {
+			return out[i].deadline.Before(out[j].deadline)
+		}
+		return out[i].label < out[j].label
+	})
+	return out
+}
+
+// nextPark waits for the goroutine just released from a storage call to
+// park again at a call of the same kind (what) of who under prefix (a pass
+// reading or dropping a long queue one entry after another), and returns
+// it; nil when it did something else (parked elsewhere, blocked, ended).
+// Only reads and deletes chain: what follows one in the engine's queue
+// walks is the same goroutine's next call, never a goroutine it starts. The
+// wait is short (the world was settled before the release, so that
+// goroutine is the one that runs); if it runs out, a full settle decides,
+// so the answer does not depend on the machine's speed. mark is the last
+// seq given before the release, ev the event count after it.
+func (s *scheduler) nextPark(who, what, prefix string, mark, ev uint64) *parkedCall {
+	for range 20000 {
+		if s.events.Load() != ev {
+			if pc, n := s.newParks(who, what, prefix, mark); n == 1 {
+				return pc
+			}
+			break
+		}
+		runtime.Gosched()
+	}
+	s.settle()
+	if pc, n := s.newParks(who, what, prefix, mark); n == 1 {
+		return pc
+	}
+	return nil
+}
+
+// newParks returns a call parked after mark by who, of kind what under
+// prefix, and how many there are.
+func (s *scheduler) newParks(who, what, prefix string, mark uint64) (*parkedCall, int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var found *parkedCall
+	n := 0
+	for _, p := range s.parked {
+		if p.seq > mark && p.who == who && p.kind == "storage" && p.what == what && strings.HasPrefix(p.key, prefix) {
+			found = p
+			n++
+		}
+	}
+	return found, n
+}
+
+func (s *scheduler) lastSeq() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.seq
 }
 
 func (s *scheduler) parkedCount() int {
@@ -116,14 +260,7 @@ func (s *scheduler) parkedCount() int {
 
 // release lets one parked call go on with v.
 func (s *scheduler) release(pc *parkedCall, v verdict) {
-	s.mu.Lock()
-	for i, p := range s.parked {
-		if p == pc {
-			s.parked = append(s.parked[:i], s.parked[i+1:]...)
-			break
-		}
-	}
-	s.mu.Unlock()
+	s.remove(pc)
 	s.events.Add(1)
 	pc.release <- v
 }
@@ -263,8 +400,12 @@ func worldGoroutine(stack []byte) bool {
 // before doing it on the shared in-memory storage, and tells the world what
 // was written (token stories for the I2 report). Each backend generation has
 // its own wrapper so its background work is labelled with its generation.
-// Like logical.InmemStorage (and unlike Vault's gRPC storage) it ignores a
-// cancelled context.
+//
+// Like Vault's gRPC storage, a call whose context has ended by the time it
+// is released fails (with gRPC's words: a plain error whose text names the
+// context error). The scheduler may fail any call (the verdict's
+// storageErr), a write possibly after it landed; slowness is the scheduler
+// moving the fake clock as it releases a call (world.releaseStorage).
 type parkingStorage struct {
 	w     *world
 	gen   int
@@ -273,42 +414,72 @@ type parkingStorage struct {
 
 var _ logical.Storage = (*parkingStorage)(nil)
 
-func (p *parkingStorage) park(ctx context.Context, what, key string) {
-	p.w.sched.park(ctx, p.gen, "storage", "", what+" "+maskKey(key), time.Time{})
+func (p *parkingStorage) park(ctx context.Context, what, key string) (verdict, error) {
+	v := p.w.sched.park(ctx, p.gen, &parkedCall{kind: "storage", what: what, key: key}, what+" "+maskKey(key))
+	if v.closed {
+		return v, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return v, grpcContextError(err)
+	}
+	if v.storageErr != nil && !v.landed {
+		return v, v.storageErr
+	}
+	return v, nil
+}
+
+// grpcContextError is what Vault's gRPC storage answers a plugin whose
+// context ended: a status error, which reaches the plugin as a string.
+func grpcContextError(err error) error {
+	code := "Canceled"
+	if errors.Is(err, context.DeadlineExceeded) {
+		code = "DeadlineExceeded"
+	}
+	return fmt.Errorf("rpc error: code = %s desc = %s", code, err)
 }
 
 func (p *parkingStorage) List(ctx context.Context, prefix string) ([]string, error) {
-	p.park(ctx, "list", prefix)
+	if _, err := p.park(ctx, "list", prefix); err != nil {
+		return nil, err
+	}
 	return p.inner.List(ctx, prefix)
 }
 
 func (p *parkingStorage) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
-	p.park(ctx, "get", key)
+	if _, err := p.park(ctx, "get", key); err != nil {
+		return nil, err
+	}
 	return p.inner.Get(ctx, key)
 }
 
 func (p *parkingStorage) Put(ctx context.Context, entry *logical.StorageEntry) error {
-	p.park(ctx, "put", entry.Key)
+	v, err := p.park(ctx, "put", entry.Key)
+	if err != nil {
+		return err
+	}
 	p.w.inv.mu.Lock()
 	defer p.w.inv.mu.Unlock()
 	prev, _ := p.inner.Get(ctx, entry.Key)
 	if err := p.inner.Put(ctx, entry); err != nil {
 		return err
 	}
-	p.w.inv.observePutLocked(opFrom(ctx), entry.Key, prev, entry.Value)
-	return nil
+	p.w.inv.observePutLocked(opFrom(ctx), p.gen, entry.Key, prev, entry.Value, v.landed)
+	return v.storageErr // set only when the write landed all the same
 }
 
 func (p *parkingStorage) Delete(ctx context.Context, key string) error {
-	p.park(ctx, "delete", key)
+	v, err := p.park(ctx, "delete", key)
+	if err != nil {
+		return err
+	}
 	p.w.inv.mu.Lock()
 	defer p.w.inv.mu.Unlock()
 	prev, _ := p.inner.Get(ctx, key)
 	if err := p.inner.Delete(ctx, key); err != nil {
 		return err
 	}
-	p.w.inv.observeDeleteLocked(opFrom(ctx), key, prev)
-	return nil
+	p.w.inv.observeDeleteLocked(opFrom(ctx), p.gen, key, prev, v.landed)
+	return v.storageErr // set only when the delete landed all the same
 }
 
 var (

@@ -11,6 +11,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -19,6 +20,7 @@ import (
 	"net/http/httptest"
 	"net/http/httptrace"
 	"os"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -108,10 +110,23 @@ const (
 	// clock while it was parked; sent, never processed. Chosen by time, never
 	// by the fault RNG.
 	faultTimeoutUnhandled
+	// faultEchoRefusal: Connect refuses the grant (400 invalid_grant) with an
+	// error_description that quotes what the request carried (the user id
+	// of an assertion, the code). Token requests carrying either only.
+	faultEchoRefusal
+	// faultEcho503: a 503 whose error_description quotes what the request
+	// carried (a user id, a code, the token being revoked).
+	faultEcho503
+	// faultCallerLeaves: Connect handles the call, and its caller leaves
+	// before the answer is read: the request's context is cancelled (an
+	// answer lost to whoever tied the call to that context). Calls of a
+	// request only.
+	faultCallerLeaves
 )
 
 func (f faultKind) String() string {
-	return [...]string{"ok", "refused", "503", "429 Retry-After: 0", "429", "timeout after handling", "invalid_client", "unparseable 200", "timeout, not handled"}[f]
+	return [...]string{"ok", "refused", "503", "429 Retry-After: 0", "429", "timeout after handling", "invalid_client", "unparseable 200", "timeout, not handled",
+		"400 invalid_grant quoting the request", "503 quoting the request", "the caller leaves while Connect handles it"}[f]
 }
 
 // faultWeights: the relative odds of each fault once the RNG decided a call
@@ -127,6 +142,9 @@ var faultWeights = []struct {
 	{faultRefused, 2},
 	{faultInvalidClient, 1},
 	{faultGarbage200, 2},
+	{faultEchoRefusal, 2},
+	{faultEcho503, 1},
+	{faultCallerLeaves, 2},
 }
 
 // tokenOnly: faults only token requests get. A refusal of the credentials
@@ -134,7 +152,24 @@ var faultWeights = []struct {
 // trying), and would then have to stay true of every later call; as a blip
 // it is only consistent on token requests, which the engine retries after
 // its hold. A revocation has no token to garble.
-func (f faultKind) tokenOnly() bool { return f == faultGarbage200 || f == faultInvalidClient }
+func (f faultKind) tokenOnly() bool {
+	return f == faultGarbage200 || f == faultInvalidClient || f == faultEchoRefusal
+}
+
+// appliesTo reports whether f can be given to the parked call pc.
+func (f faultKind) appliesTo(pc *parkedCall) bool {
+	isToken := strings.Contains(pc.label, " token ")
+	switch {
+	case f.tokenOnly() && !isToken:
+		return false
+	case f == faultEchoRefusal:
+		// Only a grant that carries a user id or a code has one to quote.
+		return strings.Contains(pc.label, " "+string(connect.GrantFulfillmentUserAssertion)) || strings.Contains(pc.label, " "+string(connect.GrantAuthorizationCode))
+	case f == faultCallerLeaves:
+		return pc.op != nil && pc.op.cancel != nil && !pc.op.disconnected && pc.op.kind != opRestart
+	}
+	return true
+}
 
 // wireParams are the fields of a token or revoke request body.
 type wireParams struct {
@@ -204,7 +239,8 @@ func (t *connectTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	if trace != nil && trace.GetConn != nil {
 		trace.GetConn(req.URL.Host)
 	}
-	v := w.sched.park(ctx, t.gen, "connect", hostName, hostName+" "+endpoint+" "+p.GrantType+userOfAssertion(p.Assertion), w.clock.now().Add(t.attemptTimeout))
+	v := w.sched.park(ctx, t.gen, &parkedCall{kind: "connect", host: hostName, deadline: w.clock.now().Add(t.attemptTimeout)},
+		hostName+" "+endpoint+" "+p.GrantType+userOfAssertion(p.Assertion))
 
 	call := w.inv.beginCall(opFrom(ctx), hostName, endpoint, p, v.fault, sentAt)
 	if h == nil || v.closed || v.fault == faultRefused {
@@ -237,6 +273,10 @@ func (t *connectTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 		return answer(req, http.StatusTooManyRequests, nil, `{"error":"too_many_requests","error_description":"Too Many Requests"}`), nil
 	case faultInvalidClient:
 		return answer(req, http.StatusUnauthorized, nil, `{"error":"invalid_client","error_description":"Client authentication failed."}`), nil
+	case faultEchoRefusal:
+		return answer(req, http.StatusBadRequest, nil, echoBody("invalid_grant", "The grant was refused", p)), nil
+	case faultEcho503:
+		return answer(req, http.StatusServiceUnavailable, nil, echoBody("server_error", "Service unavailable", p)), nil
 	}
 	// The engine sees aliases of the fake's random tokens and codes (so
 	// storage keys derived from them, and the order the engine walks them
@@ -257,6 +297,16 @@ func (t *connectTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 		}
 	}
 	w.inv.handled(call, rr.Code, tok)
+	if v.leave != nil {
+		// The caller leaves now: a call on its context loses the answer
+		// (net/http answers the context's error); one the engine made on a
+		// context of its own still gets it.
+		v.leave()
+		if err := ctx.Err(); err != nil {
+			w.inv.answerLostToCaller(call)
+			return nil, err
+		}
+	}
 	switch {
 	case v.fault == faultTimeoutAfterHandling:
 		return nil, lostAnswerError{}
@@ -264,6 +314,28 @@ func (t *connectTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 		return answer(req, http.StatusOK, nil, fmt.Sprintf(`{"access_token":%q,"token_type":"Bearer","expires_in":"garbage"}`, tok)), nil
 	}
 	return answer(req, rr.Code, rr.Header(), respBody), nil
+}
+
+// echoBody is an OAuth error whose error_description quotes what the
+// request carried, as some servers' do: the user id of an assertion, the
+// code, the token being revoked.
+func echoBody(code, what string, p wireParams) string {
+	var echo []string
+	if u, ok := decodeAssertionUser(p.Assertion); ok && p.Assertion != "" {
+		echo = append(echo, "user "+u)
+	}
+	if p.Code != "" {
+		echo = append(echo, "code "+p.Code)
+	}
+	if p.Token != "" {
+		echo = append(echo, "token "+p.Token)
+	}
+	desc := what
+	if len(echo) > 0 {
+		desc += " for " + strings.Join(echo, ", ")
+	}
+	b, _ := json.Marshal(map[string]string{"error": code, "error_description": desc})
+	return string(b)
 }
 
 func answer(req *http.Request, status int, header http.Header, body string) *http.Response {
@@ -328,36 +400,53 @@ const (
 	opVaultRevoke // Vault revoking a lease at expiry, or retrying a failed revocation
 	opRollbackImmediate
 	opUpgrade // a restart onto storage as v0.1.0 left it: per-user tokens at tokens/<role>/user-<hash>
+	// opQueueRace: a flush, a periodic pass and a lease revocation of one
+	// role started in one decision, their calls interleaved by the
+	// scheduler (two passes over one queue, a lease's token queued and
+	// dropped beside them); sometimes the flush's drop of a stored token
+	// fails once it has queued it.
+	opQueueRace
+	// opConfigVerifyLeaves: a config write with verify=true whose caller
+	// leaves mid-request: while Connect mints the verify token, or at one
+	// of its storage calls.
+	opConfigVerifyLeaves
+	// opRevokeWritesFailing: Vault revokes an exclusive lease while storage
+	// refuses writes, retrying with its backoff until it gives up (the
+	// lease is irrevocable after maxVaultRevokeAttempts failures).
+	opRevokeWritesFailing
 	numOpKinds
 )
 
 // opWeights: the odds of each kind when the scheduler starts an operation
 // (kinds that do not apply to the world as it is are skipped).
 var opWeights = [numOpKinds]int{
-	opReadShared:       14,
-	opReadUser:         8,
-	opUserBurst:        2,
-	opNoisyNeighbour:   3,
-	opReadExclusive:    5,
-	opReadCode:         5,
-	opRevokeLease:      5,
-	opRenewLease:       2,
-	opFlush:            5,
-	opFlushHostDown:    2,
-	opConfigRotate:     2,
-	opConfigMove:       2,
-	opRotateDuringMint: 3,
-	opConfigDelete:     1,
-	opConfigCreate:     6,
-	opRoleEdit:         2,
-	opRoleDelete:       1,
-	opRoleCreate:       4,
-	opTidy:             1,
-	opPeriodic:         2,
-	opPeriodicHostDown: 2,
-	opOutage:           1,
-	opRestart:          1,
-	opUpgrade:          1,
+	opReadShared:          14,
+	opReadUser:            8,
+	opUserBurst:           2,
+	opNoisyNeighbour:      3,
+	opReadExclusive:       5,
+	opReadCode:            5,
+	opRevokeLease:         5,
+	opRenewLease:          2,
+	opFlush:               5,
+	opFlushHostDown:       2,
+	opConfigRotate:        2,
+	opConfigMove:          2,
+	opRotateDuringMint:    3,
+	opConfigDelete:        1,
+	opConfigCreate:        6,
+	opRoleEdit:            2,
+	opRoleDelete:          1,
+	opRoleCreate:          4,
+	opTidy:                1,
+	opPeriodic:            2,
+	opPeriodicHostDown:    2,
+	opOutage:              1,
+	opRestart:             1,
+	opUpgrade:             1,
+	opQueueRace:           3,
+	opConfigVerifyLeaves:  2,
+	opRevokeWritesFailing: 1,
 }
 
 // opRun is one operation: one Vault request (or a few: the API client's
@@ -393,6 +482,9 @@ type opRun struct {
 	answers []opAnswer
 	i6      *i6Probe // shared reads: what storage held when the read failed
 	queued  []string // tokens it queued for revocation (guarded by invariants.mu)
+
+	// answerSeq orders its answer against Connect's handling (I9).
+	answerSeq int
 
 	// Scheduler-side bookkeeping, set at start.
 	lease     *lease
@@ -496,6 +588,11 @@ type lease struct {
 	revoked   bool
 	revoking  bool // a revocation is queued or running
 	by        string
+	// revokeFails counts Vault's failed attempts to revoke the lease;
+	// irrevocable: Vault gave up (maxVaultRevokeAttempts), as its
+	// expiration manager marks such a lease and never tries it again.
+	revokeFails int
+	irrevocable bool
 }
 
 func (l *lease) live(now time.Time) bool {
@@ -545,6 +642,25 @@ type world struct {
 
 	drainMode bool
 	trace     []string
+
+	// The storage nemesis. storageFaultRate: the odds that a storage call
+	// fails (a write landing all the same one time in three);
+	// writesFailing: every write fails (a full disk, a lost quorum);
+	// storageSlow: what each storage call costs on the fake clock.
+	storageFaultRate float64
+	writesFailing    bool
+	storageSlow      time.Duration
+	// failOnce, when set, fails the next storage call it matches.
+	failOnce func(pc *parkedCall) bool
+	// storageFaultTicks are the ticks at which storage calls failed.
+	storageFaultTicks []int
+	// fills counts queue pre-fills; prefilled holds their keys (they name
+	// no token the transport saw).
+	fills     int
+	prefilled map[string]bool
+
+	// curGen and tickNow mirror gen and tick for the backend's goroutines.
+	curGen, tickNow atomic.Int64
 }
 
 type hostFlip struct {
@@ -558,8 +674,13 @@ const (
 	opDeadline    = 90 * time.Second // Vault's default max_request_duration
 	vaultRetryAge = 60 * time.Second // the Vault API client's timeout: no retry of an answer later than this
 	tokenLifetime = 2 * time.Hour
-	clientIDHostA = "explore-client-a"
-	clientIDHostB = "explore-client-b"
+	// maxVaultRevokeAttempts and vaultRevokeRetryBase are Vault's
+	// expiration manager's (vault/expiration.go: maxRevokeAttempts,
+	// revokeRetryBase; the backoff doubles from twice the base).
+	maxVaultRevokeAttempts = 6
+	vaultRevokeRetryBase   = 10 * time.Second
+	clientIDHostA          = "explore-client-a"
+	clientIDHostB          = "explore-client-b"
 )
 
 func newWorld(seed uint64, steps int) *world {
@@ -580,6 +701,10 @@ func newWorld(seed uint64, steps int) *world {
 		roleBusy:  map[string]bool{},
 		usedScope: map[string]map[string]bool{},
 		genTick:   map[int]int{},
+		prefilled: map[string]bool{},
+	}
+	if !w.calm {
+		w.storageFaultRate = []float64{0, 0, 0.01, 0.03, 0.06}[rng.IntN(5)]
 	}
 	w.clock.nanos.Store(exploreEpoch.UnixNano())
 	w.inv = newInvariants(w)
@@ -632,10 +757,12 @@ func (w *world) connectHook(gen int) func(*connect.Config) {
 		// clock's timeout must never fire.
 		c.RequestTimeout = time.Hour
 		c.RetryWaitMin, c.RetryWaitMax = time.Nanosecond, time.Nanosecond
-		// Backoffs and a 429's pause cost no time: the scheduler moves the
-		// clock, so a pause ends as if the world had waited it out (what
-		// the pause holds back is held by connect's own tests).
-		c.Sleep = func(ctx context.Context, _ time.Duration) error { return ctx.Err() }
+		// Backoffs cost nothing; a 429's pause (connect.Throttle) is a
+		// timer on the fake clock: the token requests it holds back wait
+		// until the scheduler moves the clock past it, or their context ends.
+		c.Sleep = func(ctx context.Context, d time.Duration) error {
+			return w.sched.sleep(ctx, gen, w.clock.now(), d)
+		}
 	}
 }
 
@@ -656,9 +783,14 @@ func (w *world) newBackend() *backend {
 	// holds no lifecycle decision (TestTidyIsPacedWhileServing holds it).
 	b.tidyPace = rate.NewLimiter(rate.Inf, 0)
 	b.connectConfigHook = w.connectHook(w.gen)
+	gen := w.gen
+	// Waits (a 429's Retry-After before the verify token's revocation is
+	// tried again) pass on the world's clock.
+	b.sleep = func(ctx context.Context, d time.Duration) error { return w.sched.sleep(ctx, gen, w.clock.now(), d) }
 	w.b = b
 	w.backends = append(w.backends, b)
 	w.genTick[w.gen] = w.tick
+	w.curGen.Store(int64(w.gen))
 	return b
 }
 
@@ -728,6 +860,34 @@ func (w *world) rawKeys(prefix string) []string {
 	return out
 }
 
+// queueKeys are the revocation queue's entries, every role's, at any depth
+// (revoking/<role>/<id>, or revoking/<role>/<shard>/<id>); entries set
+// aside as undecodable (revoking/@aside/...) are not in the queue.
+func (w *world) queueKeys() []string {
+	var out []string
+	for _, k := range w.rawKeys(revokingStoragePrefix) {
+		if !strings.HasPrefix(k, asideStoragePrefix) {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// isQueueEntryKey reports whether key is an entry of a role's queue (not a
+// folder of it).
+func isQueueEntryKey(key string) bool {
+	return strings.HasPrefix(key, revokingStoragePrefix) && strings.Count(key, "/") >= 2 && !strings.HasSuffix(key, "/")
+}
+
+// queueRole is the role whose queue holds key (revoking/<role>/...).
+func queueRole(key string) string {
+	rest := strings.TrimPrefix(key, revokingStoragePrefix)
+	if i := strings.IndexByte(rest, '/'); i >= 0 {
+		return rest[:i]
+	}
+	return rest
+}
+
 // rawStoredTokens returns the access tokens stored under prefixes.
 func (w *world) rawStoredTokens(prefixes ...string) map[string]bool {
 	out := map[string]bool{}
@@ -746,15 +906,17 @@ func (w *world) rawRoleTokens(role string) map[string]bool {
 	return w.rawStoredTokens(roleTokenPrefix(role), userTokenPrefix(role))
 }
 
-// storageHolds reports whether any stored value holds tok.
-func (w *world) storageHolds(tok string) bool {
+// storedTokenNames are the explorer's token names any stored value holds.
+func (w *world) storedTokenNames() map[string]bool {
+	out := map[string]bool{}
 	for _, k := range w.rawKeys("") {
-		e, _ := w.inner.Get(context.Background(), k)
-		if e != nil && bytes.Contains(e.Value, []byte(tok)) {
-			return true
+		if e, _ := w.inner.Get(context.Background(), k); e != nil {
+			for _, t := range tokenLike.FindAll(e.Value, -1) {
+				out[string(t)] = true
+			}
 		}
 	}
-	return false
+	return out
 }
 
 // ---------------------------------------------------------------- requests
@@ -793,6 +955,7 @@ func (w *world) startOp(o *opRun, fn func(o *opRun)) {
 	w.sched.events.Add(1)
 	go func() {
 		defer func() {
+			w.inv.answered(o)
 			o.done.Store(true)
 			w.sched.events.Add(1)
 		}()
@@ -844,12 +1007,23 @@ func (w *world) act() {
 }
 
 // releaseOne releases one parked call, chosen by the RNG among the calls
-// sorted by label; a Connect call gets its fault now.
+// sorted by label.
 func (w *world) releaseOne(parked []*parkedCall) {
-	pc := parked[w.rng.IntN(len(parked))]
-	v := verdict{}
-	if pc.kind == "connect" {
-		v.fault = w.chooseFault(pc)
+	w.releaseCall(parked[w.rng.IntN(len(parked))])
+}
+
+// releaseCall releases pc: a Connect call with the fault the RNG picks now,
+// a storage call as releaseStorage does.
+func (w *world) releaseCall(pc *parkedCall) {
+	if pc.kind == "storage" {
+		w.releaseStorage(pc, "")
+		return
+	}
+	v := verdict{fault: w.chooseFault(pc)}
+	if v.fault == faultCallerLeaves {
+		o := pc.op
+		o.disconnected = true
+		v.leave = o.cancel
 	}
 	if v.fault != faultNone {
 		w.logf("release %s [%s]", pc.label, v.fault)
@@ -857,6 +1031,91 @@ func (w *world) releaseOne(parked []*parkedCall) {
 		w.logf("release %s", pc.label)
 	}
 	w.sched.release(pc, v)
+}
+
+// Storage faults as the engine sees them: plain errors, as Vault's gRPC
+// storage hands them to a plugin.
+var (
+	errStorageInjected = errors.New("rpc error: code = Unavailable desc = explore: storage unavailable (injected)")
+	errStorageLanded   = errors.New("rpc error: code = Unavailable desc = explore: no answer from storage (injected; the write landed)")
+	errStorageWrites   = errors.New("rpc error: code = Unavailable desc = explore: storage refuses writes (injected)")
+)
+
+// storageVerdict is what a released storage call is told: nothing in the
+// drain; else a one-shot fault armed for it, the write outage, or the
+// seed's fault rate.
+func (w *world) storageVerdict(pc *parkedCall) verdict {
+	if w.drainMode || (pc.op != nil && pc.op.faultless) {
+		return verdict{}
+	}
+	write := pc.what == "put" || pc.what == "delete"
+	var v verdict
+	switch {
+	case w.failOnce != nil && w.failOnce(pc):
+		w.failOnce = nil
+		v.storageErr = errStorageInjected
+	case w.writesFailing && write:
+		v.storageErr = errStorageWrites
+	case w.storageFaultRate > 0 && w.rng.Float64() < w.storageFaultRate:
+		v.storageErr = errStorageInjected
+		if write && w.rng.IntN(3) == 0 {
+			v.storageErr, v.landed = errStorageLanded, true
+		}
+	}
+	if v.storageErr != nil {
+		w.storageFaultTicks = append(w.storageFaultTicks, w.tick)
+	}
+	return v
+}
+
+// storageFailedDuring reports whether a storage call failed by the
+// nemesis's hand between ticks from and to.
+func (w *world) storageFailedDuring(from, to int) bool {
+	i := sort.SearchInts(w.storageFaultTicks, from)
+	return i < len(w.storageFaultTicks) && w.storageFaultTicks[i] <= to
+}
+
+// maxBurst bounds the storage calls under revoking/ released in one decision.
+const maxBurst = 512
+
+// releaseStorage releases a storage call with its verdict, after the fake
+// clock has moved by what the call costs (storageSlow). A call under
+// revoking/ is released half of the time in a burst: the next calls of the
+// same goroutine under revoking/ (a pass walking a long queue) follow,
+// each with its own verdict, without a decision in between, so a queue of
+// thousands costs dozens of decisions, not thousands.
+func (w *world) releaseStorage(pc *parkedCall, note string) {
+	burst := 1
+	if isQueueEntryKey(pc.key) && (pc.what == "get" || pc.what == "delete") && w.rng.IntN(2) == 0 {
+		burst = 2 + w.rng.IntN(maxBurst-1)
+	}
+	first, who, what := pc.label, pc.who, pc.what
+	n, faults := 0, 0
+	for pc != nil {
+		if w.storageSlow > 0 {
+			w.passTime(w.storageSlow)
+		}
+		v := w.storageVerdict(pc)
+		switch {
+		case n == 0 && v.storageErr != nil:
+			w.logf("release %s%s [%s]", pc.label, note, v.storageErr)
+		case n == 0:
+			w.logf("release %s%s", pc.label, note)
+		case v.storageErr != nil:
+			faults++
+			w.logf("  … %s [%s] (in the burst)", pc.label, v.storageErr)
+		}
+		ev := w.sched.events.Load()
+		mark := w.sched.lastSeq()
+		w.sched.release(pc, v)
+		if n++; n >= burst {
+			break
+		}
+		pc = w.sched.nextPark(who, what, revokingStoragePrefix, mark, ev+1)
+	}
+	if n > 1 {
+		w.logf("  … %d calls of %s released in one burst (%d failed)", n, first, faults)
+	}
 }
 
 func (w *world) chooseFault(pc *parkedCall) faultKind {
@@ -874,17 +1133,15 @@ func (w *world) chooseFault(pc *parkedCall) faultKind {
 	if w.rng.Float64() >= rate {
 		return faultNone
 	}
-	isToken := strings.Contains(pc.label, " token ")
 	total := 0
 	for _, fw := range faultWeights {
-		if fw.f.tokenOnly() && !isToken {
-			continue
+		if fw.f.appliesTo(pc) {
+			total += fw.w
 		}
-		total += fw.w
 	}
 	x := w.rng.IntN(total)
 	for _, fw := range faultWeights {
-		if fw.f.tokenOnly() && !isToken {
+		if !fw.f.appliesTo(pc) {
 			continue
 		}
 		if x -= fw.w; x < 0 {
@@ -918,7 +1175,8 @@ func (w *world) startSomething() {
 		}
 		if w.calm {
 			switch k {
-			case opConfigRotate, opConfigMove, opConfigDelete, opRoleEdit, opRoleDelete, opRestart, opUpgrade, opRotateDuringMint, opOutage:
+			case opConfigRotate, opConfigMove, opConfigDelete, opRoleEdit, opRoleDelete, opRestart, opUpgrade, opRotateDuringMint, opOutage,
+				opConfigVerifyLeaves, opRevokeWritesFailing:
 				wt = 0
 			}
 		}
@@ -990,6 +1248,10 @@ func (w *world) applies(k opKind) bool {
 		return len(w.missingRoles()) > 0
 	case opRestart:
 		return w.step > 3
+	case opConfigVerifyLeaves:
+		return w.configOps == 0
+	case opRevokeWritesFailing:
+		return len(w.liveExclusiveLeases()) > 0
 	case opUpgrade:
 		// v0.1.0 stops before this release starts: nothing in flight.
 		return w.step > 3 && len(w.inflight) == 0 && len(w.rawKeys(userTokenStoragePrefix)) > 0
@@ -997,8 +1259,13 @@ func (w *world) applies(k opKind) bool {
 	return true
 }
 
-// worldEvent moves the clock, takes a host down or up, or has a client go away.
+// worldEvent moves the clock, takes a host down or up, has a client go
+// away, or changes storage (a queue pre-filled, a slow phase, a write outage).
 func (w *world) worldEvent() {
+	if w.rng.IntN(10) == 0 {
+		w.storageEvent()
+		return
+	}
 	switch x := w.rng.IntN(100); {
 	case x < 60:
 		w.advanceClock()
@@ -1084,64 +1351,95 @@ func (w *world) advanceClock() {
 
 // advanceTo moves the clock to target as a discrete-event simulation: it
 // stops at every timer that falls due on the way, in time order (an attempt
-// of a parked Connect call timing out, a request's deadline), fires it and
-// lets the world settle, so a retry after a timeout happens before a
-// deadline that comes later.
+// of a parked Connect call timing out, a 429's pause ending, a request's
+// deadline), fires it and lets the world settle, so a retry after a timeout
+// happens before a deadline that comes later.
 //
-// Storage takes no time on the fake clock (it answers in milliseconds, a
-// deadline is 90 s): before the clock moves, every parked storage call is
-// released, in seeded order, until only Connect calls are parked. So a
-// deadline passes, or an attempt times out, only while Connect is being
-// waited for.
+// Before the clock moves, every parked storage call is released, in seeded
+// order, until only Connect calls and timers are parked: storage costs the
+// fake clock only what storageSlow says (0 but in slow phases), so a
+// deadline passes, or an attempt times out, while Connect is being waited
+// for, or while slow storage is.
 func (w *world) advanceTo(target time.Time) {
 	for range 10000 {
 		w.finishStorage()
-		var next time.Time
-		var call *parkedCall
-		var op *opRun
-		for _, pc := range w.sched.parkedSorted() {
-			if !pc.deadline.IsZero() && !pc.deadline.After(target) && (next.IsZero() || pc.deadline.Before(next)) {
-				next, call, op = pc.deadline, pc, nil
-			}
-		}
-		for _, o := range w.inflight {
-			if !o.deadlineHit && o.kind != opRestart && !o.deadline.After(target) && (next.IsZero() || o.deadline.Before(next)) {
-				next, call, op = o.deadline, nil, o
-			}
-		}
-		if next.IsZero() {
+		if !w.fireNextDue(target) {
 			break
 		}
-		if next.After(w.clock.now()) {
-			w.clock.set(next)
-		}
-		if call != nil {
-			v := verdict{fault: faultTimeoutUnhandled}
-			if h := w.hostByName(call.host); h == nil || h.down {
-				v.fault = faultRefused
-			} else if w.rng.IntN(10) < 3 {
-				v.fault = faultTimeoutAfterHandling
-			}
-			w.logf("request_timeout of %s passes [%s]", call.label, v.fault)
-			w.sched.release(call, v)
-		} else {
-			op.deadlineHit = true
-			w.logf("deadline of %s passes (request cancelled)", op.name)
-			op.cancel()
-		}
-		w.sched.settle()
-		w.processCompletions()
 	}
-	w.clock.set(target)
+	if target.After(w.clock.now()) {
+		w.clock.set(target)
+	}
 	w.afterClockMove()
 }
 
-// finishStorage releases the calls that take no time on the fake clock,
+// passTime moves the clock by d while a storage call is in progress: what
+// falls due on the way fires, in time order; nothing else is released.
+func (w *world) passTime(d time.Duration) {
+	target := w.clock.now().Add(d)
+	for range 10000 {
+		if !w.fireNextDue(target) {
+			break
+		}
+	}
+	if target.After(w.clock.now()) {
+		w.clock.set(target)
+	}
+	w.afterClockMove()
+}
+
+// fireNextDue fires the earliest of what falls due by target (a Connect
+// attempt's timeout, a timer, a request's deadline), the clock set to it;
+// false when nothing does.
+func (w *world) fireNextDue(target time.Time) bool {
+	var next time.Time
+	var call *parkedCall
+	var op *opRun
+	for _, pc := range append(w.sched.parkedSorted(), w.sched.timers()...) {
+		if !pc.deadline.IsZero() && !pc.deadline.After(target) && (next.IsZero() || pc.deadline.Before(next)) {
+			next, call, op = pc.deadline, pc, nil
+		}
+	}
+	for _, o := range w.inflight {
+		if !o.deadlineHit && o.kind != opRestart && !o.deadline.After(target) && (next.IsZero() || o.deadline.Before(next)) {
+			next, call, op = o.deadline, nil, o
+		}
+	}
+	if next.IsZero() {
+		return false
+	}
+	if next.After(w.clock.now()) {
+		w.clock.set(next)
+	}
+	switch {
+	case call != nil && call.kind == "timer":
+		w.logf("%s is over", call.label)
+		w.sched.release(call, verdict{})
+	case call != nil:
+		v := verdict{fault: faultTimeoutUnhandled}
+		if h := w.hostByName(call.host); h == nil || h.down {
+			v.fault = faultRefused
+		} else if w.rng.IntN(10) < 3 {
+			v.fault = faultTimeoutAfterHandling
+		}
+		w.logf("request_timeout of %s passes [%s]", call.label, v.fault)
+		w.sched.release(call, v)
+	default:
+		op.deadlineHit = true
+		w.logf("deadline of %s passes (request cancelled)", op.name)
+		op.cancel()
+	}
+	w.sched.settle()
+	w.processCompletions()
+	return true
+}
+
+// finishStorage releases the calls that take no decision of their own,
 // storage calls and Connect calls to a host that is down (a refused
 // connection is immediate), the RNG picking which among them sorted by
 // label, until none is parked.
 func (w *world) finishStorage() {
-	for range 2000 {
+	for range 20000 {
 		var instant []*parkedCall
 		for _, pc := range w.sched.parkedSorted() {
 			if pc.kind == "storage" {
@@ -1154,14 +1452,12 @@ func (w *world) finishStorage() {
 			return
 		}
 		pc := instant[w.rng.IntN(len(instant))]
-		v := verdict{}
 		if pc.kind == "connect" {
-			v.fault = faultRefused
 			w.logf("release %s [refused] (before the clock moves)", pc.label)
+			w.sched.release(pc, verdict{fault: faultRefused})
 		} else {
-			w.logf("release %s (before the clock moves)", pc.label)
+			w.releaseStorage(pc, " (before the clock moves)")
 		}
-		w.sched.release(pc, v)
 		w.sched.settle()
 		w.processCompletions()
 	}
@@ -1387,6 +1683,12 @@ func (w *world) startKind(k opKind) {
 		// move in between. What it waits for behind other operations'
 		// calls is left to the scheduler.
 		w.runOwnCalls(o)
+	case opQueueRace:
+		w.startQueueRace()
+	case opConfigVerifyLeaves:
+		w.startConfigVerifyLeaves()
+	case opRevokeWritesFailing:
+		w.revokeWhileWritesFail(pick(w, w.liveExclusiveLeases()))
 	case opRestart, opUpgrade:
 		desc := "restart"
 		if k == opUpgrade {
@@ -1573,6 +1875,7 @@ func (w *world) startVaultRevoke(l *lease) {
 // op order: Vault registers leases, the model follows, invariants are checked.
 func (w *world) processCompletions() {
 	w.tick++
+	w.tickNow.Store(int64(w.tick))
 	var still []*opRun
 	for _, o := range w.inflight {
 		if !o.done.Load() {
@@ -1598,6 +1901,7 @@ func (w *world) complete(o *opRun) {
 			tok, _ := a.resp.Data["access_token"].(string)
 			w.registerLease(o, a.resp, tok)
 			w.inv.checkI1(o, tok)
+			w.inv.checkI9(o, tok)
 			if o.kind == opReadShared || o.kind == opReadUser {
 				w.inv.handedOut(o.role, tok)
 			}
@@ -1609,6 +1913,12 @@ func (w *world) complete(o *opRun) {
 		if a.err == nil && (a.resp == nil || !a.resp.IsError()) {
 			l.revoked, l.revoking = true, false
 			w.inv.leaseEvent(l.token, "lease "+l.id+" revoked by "+o.name)
+		} else if l.revokeFails++; l.revokeFails >= maxVaultRevokeAttempts {
+			// Vault gives up: the lease is irrevocable, never tried again.
+			l.irrevocable = true
+			w.logf("Vault gives up on lease %s after %d failed revocations (irrevocable)", l.id, l.revokeFails)
+			w.inv.leaseEvent(l.token, fmt.Sprintf("lease %s irrevocable after %d failed revocations", l.id, l.revokeFails))
+			w.inv.markIrrevocable(l.token)
 		} else {
 			// Vault keeps the lease and tries again later.
 			w.vaultQ = append(w.vaultQ, l)
@@ -1640,6 +1950,11 @@ func (w *world) complete(o *opRun) {
 	case opPeriodicHostDown:
 		w.inv.checkI6b(o)
 	}
+	switch o.kind {
+	case opPeriodic, opPeriodicHostDown, opRollbackImmediate:
+		w.inv.passDone(o)
+	}
+	w.inv.checkI7(o)
 	w.inv.checkLeaks(o)
 }
 
@@ -1705,4 +2020,324 @@ func decodeAssertionUser(a string) (string, bool) {
 		return "", false
 	}
 	return v.UserID, true
+}
+
+// ---------------------------------------------------------------- storage nemesis
+
+// storageEvent pre-fills a revocation queue, or starts or ends a slow phase
+// or (but in calm seeds) a write outage.
+func (w *world) storageEvent() {
+	switch x := w.rng.IntN(10); {
+	case x < 4:
+		w.fillQueue()
+	case x < 7:
+		if w.storageSlow > 0 {
+			w.storageSlow = 0
+			w.logf("storage is fast again")
+			return
+		}
+		w.storageSlow = []time.Duration{100 * time.Millisecond, 500 * time.Millisecond, 2 * time.Second, 5 * time.Second}[w.rng.IntN(4)]
+		w.logf("storage turns slow: each call takes %s", w.storageSlow)
+	default:
+		if w.calm && !w.writesFailing {
+			w.advanceClock()
+			return
+		}
+		w.writesFailing = !w.writesFailing
+		if w.writesFailing {
+			w.logf("storage refuses every write")
+		} else {
+			w.logf("storage takes writes again")
+		}
+	}
+}
+
+// fillQueue writes, as another node or an earlier process would have, a
+// role's revocation queue of tens to thousands of entries: most expired,
+// a few live ones of the current credentials (unknown to Connect, which
+// revokes those with a 200), one in five fills with an entry or two that
+// cannot be decoded. Keys are the engine's own (pendingKey), so the layout
+// is whichever the engine writes. A deleted role's queue is filled too.
+func (w *world) fillQueue() {
+	ctx := context.Background()
+	r := pick(w, append(append([]string(nil), allRoles...), "gone"))
+	n := 20 + w.rng.IntN(180)
+	if w.rng.IntN(2) == 0 {
+		n = 500 + w.rng.IntN(2500)
+	}
+	cfg := w.rawConfig()
+	live := 0
+	if cfg.configured() {
+		live = w.rng.IntN(min(n, 30) + 1)
+	}
+	corrupt := 0
+	if w.rng.IntN(5) == 0 {
+		corrupt = 1 + w.rng.IntN(2)
+	}
+	now := w.clock.now()
+	w.fills++
+	for i := range n {
+		p := pendingRevocation{Role: r, revocable: revocable{
+			CredentialsID: "explore-long-gone",
+			AccessToken:   fmt.Sprintf("xfill%03d%035d", w.fills, i),
+			ExpiresAt:     now.Add(-time.Duration(1+w.rng.IntN(7200)) * time.Second),
+		}}
+		if i < live {
+			p.CredentialsID = cfg.CredentialsID
+			p.ExpiresAt = now.Add(time.Duration(120+w.rng.IntN(7000)) * time.Second)
+		}
+		key := pendingKey(r, p.AccessToken)
+		e, err := logical.StorageEntryJSON(key, p)
+		if err != nil {
+			panic(err)
+		}
+		_ = w.inner.Put(ctx, e)
+		w.prefilled[key] = true
+	}
+	for i := range corrupt {
+		key := pendingKey(r, fmt.Sprintf("xbad%03d%036d", w.fills, i))
+		_ = w.inner.Put(ctx, &logical.StorageEntry{Key: key, Value: []byte(`{"role": not json`)})
+		w.prefilled[key] = true
+	}
+	w.inv.foreignQueueWrite()
+	w.logf("revoking/%s/ pre-filled with %d entries (%d live, %d that cannot be decoded)", r, n+corrupt, live, corrupt)
+}
+
+// liveExclusiveLeases are the live leases of exclusive tokens.
+func (w *world) liveExclusiveLeases() []*lease {
+	var out []*lease
+	for _, l := range w.liveLeases() {
+		if l.exclusive {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// queueRoles are the roles whose revocation queue holds something.
+func (w *world) queueRoles() []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, k := range w.queueKeys() {
+		r := queueRole(k)
+		if !seen[r] {
+			seen[r] = true
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// startQueueRace starts a flush, a periodic pass and (with a live lease of
+// the role) a lease revocation of one role in one decision. Either freely,
+// in seeded order, the scheduler interleaving their calls (the flush's drop
+// of a stored token failing half of the time): the role is one whose queue
+// holds entries, or a live lease's (an exclusive one preferred), or one
+// with a stored token. Or, one time in three when a role-wide token is
+// stored, the flush runs until it has queued the token and is about to drop
+// it, the pass runs as far as it goes meanwhile, and the drop fails (the
+// flush undoes its move); then a read of the role.
+func (w *world) startQueueRace() {
+	var stored []string
+	for _, r := range []string{roleCC, roleCC2} {
+		if t := w.rawToken(tokenKey(r, "")); t != nil && t.leasable(w.clock.now()) {
+			stored = append(stored, r)
+		}
+	}
+	if len(stored) > 0 && w.rng.IntN(3) == 0 {
+		w.flushUndoRace(pick(w, stored))
+		return
+	}
+	var choices [][]string
+	if qs := w.queueRoles(); len(qs) > 0 {
+		choices = append(choices, qs)
+	}
+	var leased []string
+	for _, l := range w.liveExclusiveLeases() {
+		leased = append(leased, l.role)
+	}
+	if len(leased) == 0 {
+		for _, l := range w.liveLeases() {
+			leased = append(leased, l.role)
+		}
+	}
+	if len(leased) > 0 {
+		choices = append(choices, leased)
+	}
+	if len(stored) > 0 {
+		choices = append(choices, stored)
+	}
+	r := pick(w, allRoles)
+	if len(choices) > 0 {
+		r = pick(w, pick(w, choices))
+	}
+	l := w.liveLeaseOf(r)
+	w.logf("queue race on role %s: flush, periodic pass%s", r, map[bool]string{true: " and a lease revocation", false: ""}[l != nil])
+	failDrop := w.rng.IntN(2) == 0
+	for _, i := range w.rng.Perm(3) {
+		switch i {
+		case 0:
+			f := w.startFlush(opFlush, r)
+			if failDrop {
+				w.failDrop(f, r)
+			}
+		case 1:
+			w.startRollback(&opRun{kind: opPeriodic, desc: "periodic (queue race on " + r + ")"}, false)
+		case 2:
+			if l != nil {
+				l.revoking = true
+				w.startRevoke(&opRun{kind: opRevokeLease, lease: l, desc: "lease revoke " + l.id + " (queue race)"})
+			}
+		}
+	}
+}
+
+// liveLeaseOf is a live lease of role r (an exclusive one first), if any.
+func (w *world) liveLeaseOf(r string) *lease {
+	var shared *lease
+	for _, l := range w.liveLeases() {
+		switch {
+		case l.role != r:
+		case l.exclusive:
+			return l
+		case shared == nil:
+			shared = l
+		}
+	}
+	return shared
+}
+
+// failDrop arms a failure of flush f's next drop of a stored token of r.
+func (w *world) failDrop(f *opRun, r string) {
+	w.failOnce = func(pc *parkedCall) bool {
+		return pc.op == f && pc.what == "delete" && tokenRole(pc.key) == r
+	}
+	w.logf("  the drop of a stored token of %s by %s will fail", r, f.name)
+}
+
+// flushUndoRace: see startQueueRace.
+func (w *world) flushUndoRace(r string) {
+	w.logf("queue race on role %s: the flush queues its token, a periodic pass runs, the flush's drop fails", r)
+	f := w.startFlush(opFlush, r)
+	w.failDrop(f, r)
+	w.runUntil(f, func(pc *parkedCall) bool { return pc.what == "delete" && tokenRole(pc.key) == r })
+	p := &opRun{kind: opPeriodic, desc: "periodic (queue race on " + r + ")"}
+	w.startRollback(p, false)
+	w.runOwnCalls(p)
+	w.runOwnCalls(f)
+	w.startCreds(w.sharedRead(r, " (after the race)"))
+}
+
+// runUntil releases o's parked calls (the RNG picks among them, and their
+// faults) until one of them matches stop (left parked), o ends, or none of
+// its calls is parked.
+func (w *world) runUntil(o *opRun, stop func(*parkedCall) bool) {
+	for range 500 {
+		if o.done.Load() {
+			break
+		}
+		var mine []*parkedCall
+		for _, pc := range w.sched.parkedSorted() {
+			if pc.op == o {
+				if stop(pc) {
+					return
+				}
+				mine = append(mine, pc)
+			}
+		}
+		if len(mine) == 0 {
+			break
+		}
+		w.releaseOne(mine)
+		w.sched.settle()
+	}
+	w.processCompletions()
+}
+
+// startConfigVerifyLeaves writes config with verify=true (a rotation at the
+// current host, or a first config) and runs its calls ahead of the rest
+// until its caller leaves: while Connect handles the verify token request
+// (the answer lost to the request's context), or, the other half of the
+// time, as one of its first storage calls is about to be made.
+func (w *world) startConfigVerifyLeaves() {
+	cfg := w.rawConfig()
+	k, h := opConfigCreate, pick(w, w.hosts)
+	if cfg.configured() {
+		k, h = opConfigRotate, w.hostByBaseURL(cfg.BaseURL)
+	}
+	secret := w.newSecret(h)
+	h.addSecret(secret)
+	w.inv.writeSecret(secret, h.name, h.clientID)
+	atVerify := w.rng.IntN(2) == 0
+	storageLeft := w.rng.IntN(5)
+	o := &opRun{kind: k, secret: secret, desc: fmt.Sprintf("write config (verify=true, new secret at %s; its caller leaves mid-request)", h.name)}
+	o.oldSnap = w.inv.allSharedSnapshot()
+	w.configOps++
+	w.startSimple(o, logical.UpdateOperation, "config", w.configData(h, secret, true))
+	for range 200 {
+		if o.done.Load() {
+			break
+		}
+		var mine []*parkedCall
+		for _, pc := range w.sched.parkedSorted() {
+			if pc.op == o {
+				mine = append(mine, pc)
+			}
+		}
+		if len(mine) == 0 {
+			break
+		}
+		pc := mine[w.rng.IntN(len(mine))]
+		if atVerify && pc.kind == "connect" && strings.Contains(pc.label, " token ") {
+			o.disconnected = true
+			w.logf("release %s [%s]", pc.label, faultCallerLeaves)
+			w.sched.release(pc, verdict{leave: o.cancel})
+			w.sched.settle()
+			break
+		}
+		if !atVerify && pc.kind == "storage" {
+			if storageLeft == 0 {
+				o.disconnected = true
+				w.logf("client of %s goes away (request cancelled)", o.name)
+				o.cancel()
+				w.sched.settle()
+				break
+			}
+			storageLeft--
+		}
+		w.releaseCall(pc)
+		w.sched.settle()
+	}
+	w.processCompletions()
+}
+
+// revokeWhileWritesFail is Vault revoking exclusive lease l while storage
+// refuses every write: each failed attempt is retried after Vault's backoff
+// (the clock moves), until one succeeds, the attempt blocks behind another
+// operation (the scheduler takes over), or Vault gives up and marks the
+// lease irrevocable. Then storage takes writes again.
+func (w *world) revokeWhileWritesFail(l *lease) {
+	l.revoking = true
+	w.writesFailing = true
+	w.logf("storage refuses every write while Vault revokes lease %s", l.id)
+	for attempt := 1; attempt <= maxVaultRevokeAttempts; attempt++ {
+		o := &opRun{kind: opVaultRevoke, lease: l, desc: fmt.Sprintf("Vault revokes lease %s (attempt %d, storage refusing writes)", l.id, attempt)}
+		w.startRevoke(o)
+		w.runOwnCalls(o)
+		if !o.processed || l.revoked || l.irrevocable {
+			break
+		}
+		// complete queued the retry: Vault waits out its backoff first.
+		for i, x := range w.vaultQ {
+			if x == l {
+				w.vaultQ = append(w.vaultQ[:i], w.vaultQ[i+1:]...)
+				break
+			}
+		}
+		backoff := time.Duration(float64(vaultRevokeRetryBase<<l.revokeFails) * (0.5 + w.rng.Float64()))
+		w.logf("Vault retries lease %s in %s", l.id, backoff.Round(time.Second))
+		w.advanceTo(w.clock.now().Add(backoff))
+	}
+	w.writesFailing = false
+	w.logf("storage takes writes again")
 }

@@ -202,6 +202,30 @@ func echoes(msg, v string, others []string) bool {
 	return false
 }
 
+// echoes judges a byte that is not UTF-8 by itself, as a fuzzed user id may
+// be, quoted only by a message that is not valid UTF-8 either: a valid
+// message that holds the byte inside one of its characters (the "…" of a
+// truncated value holds 0x80) does not quote it (FuzzRoleWrite's find, until
+// now held only by its corpus seed testdata/fuzz/FuzzRoleWrite/invalid-byte-inside-ellipsis).
+func TestEchoesSeesNoStrayByteInsideACharacter(t *testing.T) {
+	e := newTestEnv(t)
+	grant := strings.Repeat("0", 65) // quoted truncated: "0…0…"
+	resp, err := e.do(logical.UpdateOperation, "roles/r", map[string]any{"grant_type": grant, "user_id": "\x80"})
+	if err != nil || !resp.IsError() {
+		t.Fatalf("got %v, %v; want a 400", resp, err)
+	}
+	msg := resp.Error().Error()
+	if !strings.Contains(msg, "…") || !strings.Contains(msg, "\x80") {
+		t.Fatalf("message %q: want one that holds byte 0x80 inside a truncated value's \"…\" (the case under test)", msg)
+	}
+	if echoes(msg, "\x80", []string{"r", grant}) {
+		t.Errorf("echoes took the 0x80 inside %q's \"…\" for the user id \"\\x80\"", msg)
+	}
+	if !echoes("user_id \x80 is not allowed", "\x80", nil) {
+		t.Error("echoes missed the byte quoted by a message that is not UTF-8 either")
+	}
+}
+
 // messageForms are the ways a message may quote s.
 func messageForms(s string) []string {
 	cut := strings.TrimSuffix(truncateForMessage(s), "…")

@@ -325,9 +325,11 @@ func (b *backend) revokeUnsaved(ctx context.Context, client *connect.Client, tok
 			if isConnect {
 				wait = max(wait, ce.RetryAfter)
 			}
-			if !b.now().Add(wait).Before(tok.ExpiresAt) {
-				return // expired by then: nothing left to revoke
+			left := tok.ExpiresAt.Sub(b.now())
+			if left <= 0 {
+				return // expired: nothing left to revoke
 			}
+			wait = min(wait, left) // one last try before it expires
 			if serr := b.sleep(bgCtx, wait); serr != nil {
 				b.Logger().Warn("could not revoke the token minted to verify credentials that were not saved; it expires by itself", "expires_at", tok.ExpiresAt, "error", errorSummary(err))
 				return

@@ -1,6 +1,7 @@
 package instacart
 
 import (
+	"errors"
 	"maps"
 	"reflect"
 	"slices"
@@ -119,6 +120,23 @@ func TestRoleNames(t *testing.T) {
 		expectError(t, resp, err, "name")
 		if after := e.storageSnapshot(); !reflect.DeepEqual(before, after) {
 			t.Errorf("%q: storage changed", name)
+		}
+	}
+}
+
+// A write to roles/ with no name lands on the list path, which takes no
+// write: Vault answers 405 and nothing is stored (FuzzRoleWrite's CI find,
+// until now held only by its corpus seed testdata/fuzz/FuzzRoleWrite/empty-name).
+func TestRoleWriteWithoutANameIsRefused(t *testing.T) {
+	e := newTestEnv(t)
+	for _, op := range []logical.Operation{logical.CreateOperation, logical.UpdateOperation} {
+		before := e.storageSnapshot()
+		resp, err := e.do(op, "roles/", map[string]any{"grant_type": "client_credentials"})
+		if !errors.Is(err, logical.ErrUnsupportedOperation) {
+			t.Errorf("%s roles/: got %v, %v; want unsupported operation (405)", op, resp, err)
+		}
+		if after := e.storageSnapshot(); !reflect.DeepEqual(before, after) {
+			t.Errorf("%s roles/ changed storage: %v", op, slices.Sorted(maps.Keys(after)))
 		}
 	}
 }

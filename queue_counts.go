@@ -84,8 +84,24 @@ func (c *queueCounts) listed(role string, unit tokenUnit, n int, v uint64) {
 	}
 }
 
-// listedFolder records the units a listing of role's folder named.
-func (c *queueCounts) listedFolder(role string, units []tokenUnit) {
+// versions are the versions of role's units known so far, taken before
+// listing its folder, for listedFolder.
+func (c *queueCounts) versions(role string) map[tokenUnit]uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[tokenUnit]uint64{}
+	if q := c.roles[role]; q != nil {
+		for name, u := range q.units {
+			out[name] = u.version
+		}
+	}
+	return out
+}
+
+// listedFolder records the units a listing of role's folder named, begun
+// with its units at versions before: a unit it did not name holds nothing
+// (storage drops an empty folder), unless a change overlapped the listing.
+func (c *queueCounts) listedFolder(role string, units []tokenUnit, before map[tokenUnit]uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.unit(role, "") // the role is known to have a folder
@@ -93,6 +109,11 @@ func (c *queueCounts) listedFolder(role string, units []tokenUnit) {
 	q.folder = make(map[tokenUnit]bool, len(units))
 	for _, u := range units {
 		q.folder[u] = true
+	}
+	for name, u := range q.units {
+		if v, seen := before[name]; seen && !q.folder[name] && name != "" && u.version == v && u.changing == 0 {
+			u.n, u.counted = 0, true
+		}
 	}
 }
 

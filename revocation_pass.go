@@ -89,6 +89,7 @@ func (b *backend) drainQueue(ctx context.Context, s logical.Storage, role string
 	defer turn.give()
 
 	prefix := queuePrefix(role)
+	before := b.queued.versions(role)
 	legacyVersion := b.queued.version(role, "")
 	top, err := s.List(ctx, prefix)
 	if err != nil {
@@ -104,7 +105,7 @@ func (b *backend) drainQueue(ctx context.Context, s logical.Storage, role string
 		}
 	}
 	slices.Sort(units)
-	b.queued.listedFolder(role, units)
+	b.queued.listedFolder(role, units, before)
 	b.queued.listed(role, "", len(legacy), legacyVersion)
 
 	start := 0
@@ -230,7 +231,7 @@ func (r *revokers) walk(keys []string) {
 		case p == nil: // gone since the listing
 		case p.AccessToken == "" || p.expired(now):
 			b.metrics.revocation(revocationSkippedExpired)
-			b.dequeue(ctx, s, role, key)
+			b.dequeue(context.WithoutCancel(ctx), s, role, key) // decided: keep it, cut off or not
 			r.count(func(t *revocationTally) { t.expired++ })
 		case r.mode == passPeriodic && now.Before(p.RetryAt):
 			r.count(func(t *revocationTally) { t.wait(p.UserID) })

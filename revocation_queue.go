@@ -197,12 +197,47 @@ func (b *backend) revokeNow(ctx, tryCtx context.Context, s logical.Storage, p pe
 // revokeSoon revokes a token nobody will hold (an unusable answer, one too
 // short to lease, one that could not be stored or whose reader left, one a
 // WAL rollback found, a verify token), tried on a context that outlives the
-// request that gave up on it but not the mount.
+// request that gave up on it but not the mount. A token neither revoked nor
+// queued (storage and Connect failing at once) is only in memory: it is
+// tried again in the background, backing off, until it is one or the other.
 func (b *backend) revokeSoon(ctx context.Context, s logical.Storage, role, userID string, r revocable, why string) (revoked bool, err error) {
+	p := pendingRevocation{Role: role, UserID: userID, revocable: r}
 	tryCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
 	defer context.AfterFunc(b.bg.ctx, cancel)()
-	return b.revokeNow(ctx, tryCtx, s, pendingRevocation{Role: role, UserID: userID, revocable: r}, why)
+	revoked, err = b.revokeNow(ctx, tryCtx, s, p, why)
+	if err != nil {
+		b.bg.goDetached(inHandRetryWindow, func(bgCtx context.Context) { b.retryInHand(bgCtx, s, p, why) })
+	}
+	return revoked, err
+}
+
+// inHandRetryWindow bounds the background retries of a token held only in
+// memory.
+const inHandRetryWindow = 10 * time.Minute
+
+// retryInHand tries, backing off, to revoke or queue a token held only in
+// memory, until it is one or the other, it expires, or the window (or the
+// mount) ends.
+func (b *backend) retryInHand(ctx context.Context, s logical.Storage, p pendingRevocation, why string) {
+	wait := time.Second
+	for {
+		left := p.ExpiresAt.Sub(b.now())
+		if left <= 0 {
+			return // expired: nothing left to revoke
+		}
+		if err := b.sleep(ctx, min(wait, left)); err != nil {
+			b.Logger().Error("gave up revoking a token held by nothing; it expires by itself", "role", p.Role, "reason", why, "expires_at", p.ExpiresAt)
+			return
+		}
+		tryCtx, cancel := context.WithTimeout(ctx, cleanupTimeout)
+		_, err := b.revokeNow(ctx, tryCtx, s, p, why)
+		cancel()
+		if err == nil {
+			return
+		}
+		wait = min(2*wait, time.Minute)
+	}
 }
 
 // retryRevocations is the periodic function's pass over every role's queue.
