@@ -138,7 +138,9 @@ type seedResult struct {
 	i6bPasses, i6bJudged int
 	// quiescent moments at which I8 judged the pending gauge
 	i8Judged int
-	dur      time.Duration
+	// verify tokens of unsaved credentials lost with their process
+	unsavedLost int
+	dur         time.Duration
 }
 
 func envInt(t *testing.T, name string, def int) int {
@@ -180,7 +182,7 @@ func TestLifecycleExplorer(t *testing.T) {
 	failing := map[string]*byInvariant{}
 	var failedSeeds, stalls, ops, tokens, lost int
 	var staleSeeds []uint64
-	var i6bPasses, i6bJudged, i8Judged int
+	var i6bPasses, i6bJudged, i8Judged, unsavedLost int
 	var slowest []seedResult // the slowest seeds, for keeping the run time sane
 	budgeted := !replay && os.Getenv("EXPLORE_SEEDS") == ""
 	ran := 0
@@ -197,6 +199,7 @@ func TestLifecycleExplorer(t *testing.T) {
 		i6bPasses += res.i6bPasses
 		i6bJudged += res.i6bJudged
 		i8Judged += res.i8Judged
+		unsavedLost += res.unsavedLost
 		slowest = append(slowest, seedResult{seed: seed, dur: res.dur})
 		sort.Slice(slowest, func(i, j int) bool { return slowest[i].dur > slowest[j].dur })
 		slowest = slowest[:min(len(slowest), 3)]
@@ -236,6 +239,7 @@ func TestLifecycleExplorer(t *testing.T) {
 		ran, steps, time.Since(start).Round(time.Millisecond), ops, tokens, lost, stalls, failedSeeds)
 	fmt.Fprintf(&summary, "\n  I6(b) judged %d of %d periodic passes with a host down (the others had no revocation pending at the other host, or were cut short)", i6bJudged, i6bPasses)
 	fmt.Fprintf(&summary, "\n  I8 judged the pending gauge at %d quiescent moments", i8Judged)
+	fmt.Fprintf(&summary, "\n  %d verify tokens of credentials storage refused to save were lost with their process (a restart before Connect took a revocation)", unsavedLost)
 	var slow []string
 	for _, r := range slowest {
 		slow = append(slow, fmt.Sprintf("%d (%s)", r.seed, r.dur.Round(time.Millisecond)))
@@ -282,6 +286,7 @@ func runExploreSeed(seed uint64, steps int) seedResult {
 	res.lost = w.inv.lostFaults
 	res.staleOverwrites = w.inv.staleOverwrites
 	res.i6bPasses, res.i6bJudged, res.i8Judged = w.inv.i6bPasses, w.inv.i6bJudged, w.inv.i8Judged
+	res.unsavedLost = w.inv.unsavedLost
 	w.inv.mu.Unlock()
 	res.dur = time.Since(start)
 	return res

@@ -80,7 +80,7 @@ func (b *backend) mintInSlot(ctx context.Context, s logical.Storage, m *mintRequ
 		}
 		if unusable, named := unusableToken(ce); named {
 			b.keepCredentialsFor(ctx, s, m.credentialsID(), unusable.ExpiresAt)
-			b.revokeSoon(ctx, s, m.roleName, m.userID, revocableToken(m.credentialsID(), unusable), "Connect's answer could not be used")
+			b.revokeSoon(ctx, s, pendingRevocation{Role: m.roleName, UserID: m.userID, revocable: revocableToken(m.credentialsID(), unusable)}, "Connect's answer could not be used")
 		}
 		return nil, err
 	}

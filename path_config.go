@@ -125,7 +125,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	resp, verified, err := b.writeConfig(ctx, req.Storage, d)
 	if verified != nil {
 		// Outside configMu: the revocation looks the credentials up.
-		b.revokeSoon(ctx, req.Storage, verifyQueue, "", *verified, "minted to verify the credentials")
+		b.revokeSoon(ctx, req.Storage, pendingRevocation{Role: verifyQueue, revocable: *verified}, "minted to verify the credentials")
 	}
 	return resp, requestError("config write", err)
 }
@@ -234,8 +234,11 @@ func (b *backend) writeConfig(ctx context.Context, s logical.Storage, d *framewo
 			next.client.Close()
 			return resp, nil, err
 		}
+		// The save is one storage write, and only saved credentials can
+		// revoke the token later: neither the caller leaving nor the
+		// mount's clean-up cuts it short.
 		var cancelSave context.CancelFunc
-		saveCtx, cancelSave = b.outliveCaller(ctx, cleanupTimeout)
+		saveCtx, cancelSave = context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 		defer cancelSave()
 	}
 
@@ -338,7 +341,9 @@ func (b *backend) revokeUnsaved(ctx context.Context, client *connect.Client, tok
 		}
 	})
 	if !started {
-		rctx, cancel := b.outliveCaller(ctx, cleanupTimeout)
+		// The mount is being cleaned up: one last attempt, on a context of
+		// its own (the caller's and the mount's have ended).
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 		defer cancel()
 		defer client.Close()
 		if err := client.Revoke(rctx, client.Credentials(), tok.AccessToken, verifyLabel()); err != nil {

@@ -112,7 +112,7 @@ func (b *backend) exclusiveCreds(ctx context.Context, s logical.Storage, m *mint
 	// discard revokes a token no lease will hold; the revocation queue
 	// records it before the WAL entry that covered it goes.
 	discard := func(tok *connect.Token, walID, why string) {
-		if _, err := b.revokeSoon(ctx, s, m.roleName, m.userID, revocableToken(m.credentialsID(), tok), why); err == nil {
+		if _, err := b.revokeSoon(ctx, s, pendingRevocation{Role: m.roleName, UserID: m.userID, revocable: revocableToken(m.credentialsID(), tok)}, why); err == nil {
 			b.deleteWAL(ctx, s, walID)
 		}
 	}

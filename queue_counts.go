@@ -1,6 +1,9 @@
 package instacart
 
-import "sync"
+import (
+	"strings"
+	"sync"
+)
 
 // queueCounts counts each role's queued revocations exactly, a unit (shard,
 // or "" for the previous release's flat keys) at a time: a unit's count is
@@ -113,6 +116,43 @@ func (c *queueCounts) listedFolder(role string, units []tokenUnit, before map[to
 	for name, u := range q.units {
 		if v, seen := before[name]; seen && !q.folder[name] && name != "" && u.version == v && u.changing == 0 {
 			u.n, u.counted = 0, true
+		}
+	}
+}
+
+// allVersions is versions for every role, taken before listing the queues,
+// for listedQueues.
+func (c *queueCounts) allVersions() map[string]map[tokenUnit]uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[string]map[tokenUnit]uint64{}
+	for role, q := range c.roles {
+		out[role] = map[tokenUnit]uint64{}
+		for name, u := range q.units {
+			out[role][name] = u.version
+		}
+	}
+	return out
+}
+
+// listedQueues records a listing of every role's queue folder (dirs, as
+// storage lists revoking/), begun with the units at versions before: a
+// role it did not name holds nothing, unless a change overlapped.
+func (c *queueCounts) listedQueues(dirs []string, before map[string]map[tokenUnit]uint64) {
+	named := map[string]bool{}
+	for _, d := range dirs {
+		named[strings.TrimSuffix(d, "/")] = true
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for role, q := range c.roles {
+		if named[role] {
+			continue
+		}
+		for name, u := range q.units {
+			if v, seen := before[role][name]; seen && u.version == v && u.changing == 0 {
+				u.n, u.counted = 0, true
+			}
 		}
 	}
 }

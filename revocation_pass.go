@@ -290,6 +290,7 @@ func (r *revokers) work(ch <-chan queuedEntry) {
 				t.revoked++
 			case tryRefused:
 				t.refuse(q.p.UserID)
+			case tryMoot:
 			default:
 				t.wait(q.p.UserID)
 			}
@@ -315,6 +316,7 @@ const (
 	tryPending tryOutcome = iota
 	tryRevoked
 	tryRefused
+	tryMoot // back in service: nothing to revoke
 )
 
 // tryQueued makes one attempt at a queued entry its caller has claimed,
@@ -325,15 +327,16 @@ func (b *backend) tryQueued(ctx context.Context, s logical.Storage, role, key st
 	if ctx.Err() != nil || hosts.down(p.CredentialsID) {
 		return tryPending, nil
 	}
-	if p.From != "" {
-		stored, err := b.tokens.load(ctx, s, p.From)
-		if err != nil {
-			return tryPending, storageError("checking where a queued token was taken from", err)
-		}
-		if stored != nil && stored.AccessToken == p.AccessToken {
-			b.Logger().Warn("a queued token is still stored for its role (a flush could not drop it); it is not revoked under its readers, and the next flush takes it out of service again", "role", role)
-			return tryPending, nil
-		}
+	switch moot, err := b.stillServed(ctx, s, *p); {
+	case err != nil:
+		return tryPending, err
+	case moot:
+		// Back in service (a flush or a publish whose write failed yet
+		// landed, or whose undo failed): not revoked under its readers,
+		// and the next flush takes it out of service again.
+		b.Logger().Warn("a queued token is still stored for its role; it stays in service and leaves the queue", "role", role)
+		b.dequeue(context.WithoutCancel(ctx), s, role, key)
+		return tryMoot, nil
 	}
 	permanent, err := b.revokeUpstream(ctx, s, role, p.revocable)
 	var failure *revokeFailure

@@ -176,6 +176,17 @@ func (b *backend) revokeNow(ctx, tryCtx context.Context, s logical.Storage, p pe
 	}
 	defer b.claims.release(key)
 	_, queueErr := b.enqueue(ctx, s, key, p)
+	if moot, err := b.stillServed(ctx, s, p); moot || err != nil {
+		// Stored where it was to be dropped from (a write that failed
+		// yet landed): it is live and served, so it is not revoked.
+		if queueErr == nil {
+			b.dequeue(ctx, s, p.Role, key)
+		}
+		if err != nil && queueErr != nil {
+			return false, fmt.Errorf("checking whether the token is still stored: %w; queueing it: %w", err, queueErr)
+		}
+		return false, nil
+	}
 	permanent, err := b.revokeUpstream(tryCtx, s, p.Role, p.revocable)
 	switch {
 	case err == nil || permanent:
@@ -200,16 +211,48 @@ func (b *backend) revokeNow(ctx, tryCtx context.Context, s logical.Storage, p pe
 // request that gave up on it but not the mount. A token neither revoked nor
 // queued (storage and Connect failing at once) is only in memory: it is
 // tried again in the background, backing off, until it is one or the other.
-func (b *backend) revokeSoon(ctx context.Context, s logical.Storage, role, userID string, r revocable, why string) (revoked bool, err error) {
-	p := pendingRevocation{Role: role, UserID: userID, revocable: r}
+func (b *backend) revokeSoon(ctx context.Context, s logical.Storage, p pendingRevocation, why string) (revoked bool, err error) {
 	tryCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
 	defer context.AfterFunc(b.bg.ctx, cancel)()
 	revoked, err = b.revokeNow(ctx, tryCtx, s, p, why)
 	if err != nil {
-		b.bg.goDetached(inHandRetryWindow, func(bgCtx context.Context) { b.retryInHand(bgCtx, s, p, why) })
+		b.keepTrying(s, p, why)
 	}
 	return revoked, err
+}
+
+// keepTrying tries again, in the background, a token neither revoked nor
+// queued: it is only in memory.
+func (b *backend) keepTrying(s logical.Storage, p pendingRevocation, why string) {
+	if !b.bg.goDetached(inHandRetryWindow, func(bgCtx context.Context) { b.retryInHand(bgCtx, s, p, why) }) {
+		b.lastTry(s, p, why) // the mount is being cleaned up
+	}
+}
+
+// lastTry is the last attempt at a token held only in memory as the mount
+// is cleaned up: on a context of its own (bounded), so that storage, which
+// the next process shares, gets it queued if it takes writes at all.
+func (b *backend) lastTry(s logical.Storage, p pendingRevocation, why string) {
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	if _, err := b.revokeNow(ctx, ctx, s, p, why); err != nil {
+		b.Logger().Error("gave up revoking a token held by nothing as the mount was cleaned up; it expires by itself", "role", p.Role, "reason", why, "expires_at", p.ExpiresAt)
+	}
+}
+
+// stillServed reports whether p's token is still stored at the key it was
+// to be dropped from (From): then it is live and served, and its queue entry
+// is moot.
+func (b *backend) stillServed(ctx context.Context, s logical.Storage, p pendingRevocation) (bool, error) {
+	if p.From == "" {
+		return false, nil
+	}
+	stored, err := b.tokens.load(ctx, s, p.From)
+	if err != nil {
+		return false, storageError("checking where a queued token was to be dropped from", err)
+	}
+	return stored != nil && stored.AccessToken == p.AccessToken, nil
 }
 
 // inHandRetryWindow bounds the background retries of a token held only in
@@ -227,7 +270,11 @@ func (b *backend) retryInHand(ctx context.Context, s logical.Storage, p pendingR
 			return // expired: nothing left to revoke
 		}
 		if err := b.sleep(ctx, min(wait, left)); err != nil {
-			b.Logger().Error("gave up revoking a token held by nothing; it expires by itself", "role", p.Role, "reason", why, "expires_at", p.ExpiresAt)
+			if b.bg.ctx.Err() != nil {
+				b.lastTry(s, p, why)
+			} else {
+				b.Logger().Error("gave up revoking a token held by nothing; it expires by itself", "role", p.Role, "reason", why, "expires_at", p.ExpiresAt)
+			}
 			return
 		}
 		tryCtx, cancel := context.WithTimeout(ctx, cleanupTimeout)
@@ -244,10 +291,12 @@ func (b *backend) retryInHand(ctx context.Context, s logical.Storage, p pendingR
 // Roles take their turns side by side, each bounded on its own, so one
 // role's stuck host or long queue never delays another role's revocations.
 func (b *backend) retryRevocations(ctx context.Context, s logical.Storage) error {
+	before := b.queued.allVersions()
 	dirs, err := s.List(ctx, revokingStoragePrefix)
 	if err != nil {
 		return storageError("listing the revocation queues", err)
 	}
+	b.queued.listedQueues(dirs, before)
 	var (
 		wg   sync.WaitGroup
 		mu   sync.Mutex

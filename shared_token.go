@@ -166,12 +166,14 @@ func (b *backend) refreshShared(slotCtx, ctx context.Context, s logical.Storage,
 func (b *backend) publishMinted(ctx context.Context, s logical.Storage, m *mintRequest, tok *connect.Token, read *priorRead) (*issuedToken, error) {
 	t := m.issued(tok)
 	if !t.leasable(b.now()) {
-		b.revokeSoon(ctx, s, m.roleName, m.userID, t.revocable, "too short-lived to lease")
+		b.revokeSoon(ctx, s, pendingRevocation{Role: m.roleName, UserID: m.userID, revocable: t.revocable}, "too short-lived to lease")
 		return nil, errTooShortToLease
 	}
 	if err := b.publishShared(ctx, s, m, t, read); err != nil {
-		// Nobody can see or flush a token that was not stored.
-		b.revokeSoon(ctx, s, m.roleName, m.userID, t.revocable, "could not be stored")
+		// Nobody can see or flush a token that was not stored. A write
+		// that failed may still have landed: the queue then leaves the
+		// token alone while its key holds it (From).
+		b.revokeSoon(ctx, s, pendingRevocation{Role: m.roleName, UserID: m.userID, From: m.key(), revocable: t.revocable}, "could not be stored")
 		return nil, err
 	}
 	return t, nil

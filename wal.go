@@ -63,7 +63,7 @@ func (b *backend) walRollback(ctx context.Context, req *logical.Request, kind st
 	}
 	// Queued before it is tried, so a failure is retried by the queue, not
 	// by Vault's rollback; only a failure to queue it keeps the WAL entry.
-	if _, err := b.revokeSoon(ctx, req.Storage, w.Role, w.UserID, w.revocable, "minted but never leased"); err != nil {
+	if _, err := b.revokeSoon(ctx, req.Storage, pendingRevocation{Role: w.Role, UserID: w.UserID, revocable: w.revocable}, "minted but never leased"); err != nil {
 		return err
 	}
 	b.Logger().Info("an exclusive token minted but never leased was revoked or queued for revocation", "role", w.Role)
