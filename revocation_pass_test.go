@@ -317,3 +317,106 @@ func TestFlushOutOfTimeIs504(t *testing.T) {
 		t.Errorf("flush out of time: %v, want a 504", err)
 	}
 }
+
+// appliedButFailedPut applies a write of key, then reports a failure.
+type appliedButFailedPut struct {
+	logical.Storage
+	key string
+}
+
+func (a *appliedButFailedPut) Put(ctx context.Context, entry *logical.StorageEntry) error {
+	err := a.Storage.Put(ctx, entry)
+	if entry.Key == a.key {
+		return errors.New("leadership lost while committing log")
+	}
+	return err
+}
+
+// A shared token whose store failed yet landed is live and served: the
+// discard that follows the failure must not revoke it under its readers
+// (the explorer's I9: it was revoked, then served from storage).
+func TestPublishThatLandedDespiteAnErrorIsNotRevoked(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	real := e.storage
+	e.storage = &appliedButFailedPut{Storage: real, key: tokenKey("cc", "")}
+	if _, err := e.do(logical.ReadOperation, "creds/cc", nil); err == nil {
+		t.Fatal("the read succeeded though its store reported a failure")
+	}
+	e.b.bg.wg.Wait()
+	e.storage = real
+	tok := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"].(string)
+	if !e.fake.TokenLive(tok) {
+		t.Fatal("the token storage holds was revoked: a read serves a token Connect refuses")
+	}
+	if n := len(queuedKeys(t, e.storage, "cc")); n != 0 {
+		t.Errorf("%d queued for a token in service", n)
+	}
+}
+
+// A lease revocation that can neither revoke its token nor queue it answers
+// 503, and the engine keeps trying the token it holds in hand until it is
+// revoked (Vault gives up on a lease after a few tries).
+func TestLeaseRevocationKeepsTryingATokenInHand(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	resp := e.mustOK(logical.ReadOperation, "creds/cc-excl", nil)
+	tok := resp.Data["access_token"].(string)
+	g := gateStorage(e)
+	g.failPut = func(key string) error {
+		if strings.HasPrefix(key, revokingStoragePrefix) {
+			return errors.New("storage unavailable")
+		}
+		return nil
+	}
+	waited := make(chan struct{}, 8)
+	e.b.sleep = func(ctx context.Context, _ time.Duration) error {
+		waited <- struct{}{}
+		return ctx.Err()
+	}
+	e.fake.InjectFaults(connectfake.PathRevoke, unavailableFaults(3)...) // one call's attempts
+	if err := revoke(e, resp.Secret); codedStatus(err) != 503 {
+		t.Fatalf("revoke with neither Connect nor the queue: %v, want a 503", err)
+	}
+	e.b.bg.wg.Wait() // the background retry: Connect is back
+	if len(waited) == 0 {
+		t.Error("the background retry never backed off")
+	}
+	if e.fake.TokenLive(tok) {
+		t.Error("the token in hand was never revoked once Connect was back")
+	}
+}
+
+// deleteAppliedThenFailed applies every delete under prefix, then reports a failure.
+type deleteAppliedThenFailed struct {
+	logical.Storage
+	prefix string
+}
+
+func (d *deleteAppliedThenFailed) Delete(ctx context.Context, key string) error {
+	err := d.Storage.Delete(ctx, key)
+	if strings.HasPrefix(key, d.prefix) {
+		return errors.New("leadership lost while committing log")
+	}
+	return err
+}
+
+// A queue entry whose delete failed yet landed leaves the gauge one too
+// high until a listing that overlaps no change sees storage, even when
+// storage dropped the emptied role's folder altogether.
+func TestGaugeHealsAfterADeleteThatLanded(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	queueEntry(t, e, "cc-excl", "doomed", e.b.now().Add(time.Hour))
+	real := e.storage
+	e.storage = &deleteAppliedThenFailed{Storage: real, prefix: revokingStoragePrefix}
+	periodicPass(t, e) // revokes it; the dequeue reports a failure
+	if n := len(queuedKeys(t, real, "cc-excl")); n != 0 {
+		t.Fatalf("%d queued: the delete was to land", n)
+	}
+	e.storage = real
+	periodicPass(t, e) // revoking/ no longer names the role
+	if got, known := e.b.queued.get("cc-excl"); got != 0 || !known {
+		t.Errorf("gauge %d (known %v) with the queue empty", got, known)
+	}
+}
