@@ -25,9 +25,12 @@ import (
 //   - an entry is claimed by whoever works on it (queueing, trying, dropping
 //     it, or taking a token out of service), so no two revoke, count or undo
 //     the same entry (queueClaims);
-//   - one pass at a time walks a role's queue (its turn), and only a pass
-//     counts it; a pass cut off by its deadline keeps what it did and the
-//     next goes on from the shard where it stopped.
+//   - one pass at a time walks a role's queue (its turn); a pass cut off by
+//     its deadline keeps what it did and the next goes on from the shard
+//     where it stopped.
+//
+// Counts are exact: every change goes between beginChange and endChange,
+// and each listing a pass makes recounts what it listed (queue_counts.go).
 const revokingStoragePrefix = "revoking/"
 
 // asideStoragePrefix holds queued entries that could not be decoded, set
@@ -65,9 +68,9 @@ const (
 type pendingRevocation struct {
 	Role   string `json:"role"`
 	UserID string `json:"user_id,omitempty"`
-	// From is the key a flush took the token from: while that key still
-	// holds it (the flush could not drop it), it is served, so it is not
-	// revoked.
+	// From is the key the token was to be dropped from (a flush) or stored
+	// at (a publish that failed): while that key holds it, it is served, so
+	// it is not revoked and its entry is moot.
 	From string `json:"from,omitempty"`
 	revocable
 	// Failures counts transient failures to revoke it; the periodic pass
@@ -176,16 +179,18 @@ func (b *backend) revokeNow(ctx, tryCtx context.Context, s logical.Storage, p pe
 	}
 	defer b.claims.release(key)
 	_, queueErr := b.enqueue(ctx, s, key, p)
-	if moot, err := b.stillServed(ctx, s, p); moot || err != nil {
-		// Stored where it was to be dropped from (a write that failed
-		// yet landed): it is live and served, so it is not revoked.
+	switch moot, err := b.stillServed(ctx, s, p); {
+	case moot:
+		// Stored where it was to be dropped from, or stored by a write
+		// that failed yet landed: it is live and served, not revoked.
 		if queueErr == nil {
 			b.dequeue(ctx, s, p.Role, key)
 		}
-		if err != nil && queueErr != nil {
-			return false, fmt.Errorf("checking whether the token is still stored: %w; queueing it: %w", err, queueErr)
-		}
 		return false, nil
+	case err != nil && queueErr != nil:
+		return false, fmt.Errorf("checking whether the token is still stored: %w; queueing it: %w", err, queueErr)
+	case err != nil:
+		return false, nil // queued: the pass checks again before it tries
 	}
 	permanent, err := b.revokeUpstream(tryCtx, s, p.Role, p.revocable)
 	switch {
@@ -198,7 +203,7 @@ func (b *backend) revokeNow(ctx, tryCtx context.Context, s logical.Storage, p pe
 		}
 		return true, nil
 	case queueErr != nil:
-		b.Logger().Error("could not revoke a token, nor queue it for retries", "role", p.Role, "reason", why, "expires_at", p.ExpiresAt, "error", err, "queue_error", queueErr)
+		b.Logger().Error("could not revoke a token, nor queue it; it is tried again in the background while the mount runs", "role", p.Role, "reason", why, "expires_at", p.ExpiresAt, "error", err, "queue_error", queueErr)
 		return false, fmt.Errorf("revoking the token: %w; queueing it: %w", err, queueErr)
 	}
 	b.Logger().Warn("could not revoke a token for now; it is queued and retried every minute", "role", p.Role, "reason", why, "error", err)
