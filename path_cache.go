@@ -50,7 +50,7 @@ counted, too.
 func (b *backend) pathCacheDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	// The role need not exist: a deleted role's tokens stay stored, out of
 	// service but valid for their leases, until they expire or this revokes them.
-	name, _, resp, err := b.namedRole(ctx, req.Storage, d)
+	name, r, resp, err := b.namedRole(ctx, req.Storage, d)
 	if resp != nil || err != nil {
 		return resp, requestError("flush", err)
 	}
@@ -63,6 +63,9 @@ func (b *backend) pathCacheDelete(ctx context.Context, req *logical.Request, d *
 		return nil, requestError("flush", err)
 	}
 	var warnings []string
+	if r == nil && tally.revoked+tally.expired+tally.refused+tally.pending+tally.setAside == 0 {
+		warnings = append(warnings, fmt.Sprintf("no role %q exists, and the engine held no token for it: check the name (vault list instacart/roles)", name))
+	}
 	if tally.refused > 0 {
 		warnings = append(warnings, fmt.Sprintf("Connect refused to revoke %d token(s), which are no longer handed out but stay live until they expire: %s", tally.refused, named(tally.refusedNames, tally.refused)))
 	}

@@ -292,3 +292,18 @@ func TestFlushWhoseCallerLeavesFinishesTheMove(t *testing.T) {
 		t.Fatal("a read after the flush was served the token queued for revocation")
 	}
 }
+
+// A flush of a name that is no role and holds nothing says so, rather than
+// answering every count at 0 as if it had done its work.
+func TestFlushOfAnUnknownRoleWarns(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	resp := e.mustOK(logical.DeleteOperation, "cache/no-such-role", nil)
+	if len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], `no role "no-such-role" exists`) {
+		t.Errorf("warnings %q, want one saying no such role exists", resp.Warnings)
+	}
+	e.mustOK(logical.ReadOperation, "creds/cc", nil)
+	if resp := e.mustOK(logical.DeleteOperation, "cache/cc", nil); len(resp.Warnings) != 0 {
+		t.Errorf("a flush of a real role warns %q", resp.Warnings)
+	}
+}
