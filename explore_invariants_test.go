@@ -50,6 +50,7 @@ func (f failure) key() string {
 // wireCall is one call the transport saw.
 type wireCall struct {
 	seq      int
+	gen      int    // the generation (process) that made it
 	op       *opRun // nil: background work
 	host     string
 	endpoint string // "token" or "revoke"
@@ -126,7 +127,7 @@ type invariants struct {
 	secretFor   map[string]secretRef
 	failures    []failure
 	lostFaults  int
-	// unsavedLost counts verify tokens lost with their process (lostWithProcess).
+	// unsavedLost counts tokens lost with their process (lostWithProcess).
 	unsavedLost int
 	// staleOverwrites counts stores of a shared token minted with older
 	// credentials over one minted with newer credentials (for the summary).
@@ -1136,6 +1137,9 @@ func (inv *invariants) checkI2() {
 // in-memory revocations. Like an answer lost with a killed node, it is
 // counted, not failed.
 func (inv *invariants) lostWithProcess(rec *tokenRec) bool {
+	if inv.heldOnlyByCleanedProcess(rec) {
+		return true
+	}
 	o := rec.call.op
 	if o == nil || (o.kind != opConfigRotate && o.kind != opConfigMove && o.kind != opConfigCreate) || !o.processed {
 		return false
@@ -1145,6 +1149,30 @@ func (inv *invariants) lostWithProcess(rec *tokenRec) bool {
 		return false // the credentials were saved: the queue had what it needed
 	}
 	return inv.w.gen > o.gen // its process was cleaned up since
+}
+
+// heldOnlyByCleanedProcess reports the other loss no engine can prevent: a
+// token only ever in the memory of a process that was cleaned up while
+// storage refused its writes (so it could not be queued) and whose
+// revocations Connect did not take (so it could not be revoked).
+func (inv *invariants) heldOnlyByCleanedProcess(rec *tokenRec) bool {
+	if rec.stored || rec.leases > 0 || inv.w.gen <= rec.call.gen || !inv.w.cleanedInOutage[rec.call.gen] {
+		return false
+	}
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	for _, s := range rec.story {
+		if strings.HasPrefix(s, "queued for revocation") {
+			return false
+		}
+	}
+	real := inv.realOf[rec.tok]
+	for _, c := range inv.calls {
+		if c.endpoint == "revoke" && (c.p.Token == rec.tok || c.p.Token == real) {
+			return true // it was tried, and Connect did not take it
+		}
+	}
+	return false
 }
 
 // cause explains how an orphan came to be, naming the known defect it shows

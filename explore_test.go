@@ -138,7 +138,7 @@ type seedResult struct {
 	i6bPasses, i6bJudged int
 	// quiescent moments at which I8 judged the pending gauge
 	i8Judged int
-	// verify tokens of unsaved credentials lost with their process
+	// tokens lost with their process (lostWithProcess)
 	unsavedLost int
 	dur         time.Duration
 }
@@ -239,7 +239,7 @@ func TestLifecycleExplorer(t *testing.T) {
 		ran, steps, time.Since(start).Round(time.Millisecond), ops, tokens, lost, stalls, failedSeeds)
 	fmt.Fprintf(&summary, "\n  I6(b) judged %d of %d periodic passes with a host down (the others had no revocation pending at the other host, or were cut short)", i6bJudged, i6bPasses)
 	fmt.Fprintf(&summary, "\n  I8 judged the pending gauge at %d quiescent moments", i8Judged)
-	fmt.Fprintf(&summary, "\n  %d verify tokens of credentials storage refused to save were lost with their process (a restart before Connect took a revocation)", unsavedLost)
+	fmt.Fprintf(&summary, "\n  %d tokens were lost with their process: only in its memory (a verify token of credentials storage refused to save, or a token storage refused to queue) when a restart cleaned it up before Connect took a revocation", unsavedLost)
 	var slow []string
 	for _, r := range slowest {
 		slow = append(slow, fmt.Sprintf("%d (%s)", r.seed, r.dur.Round(time.Millisecond)))

@@ -243,6 +243,7 @@ func (t *connectTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 		hostName+" "+endpoint+" "+p.GrantType+userOfAssertion(p.Assertion))
 
 	call := w.inv.beginCall(opFrom(ctx), hostName, endpoint, p, v.fault, sentAt)
+	call.gen = t.gen
 	if h == nil || v.closed || v.fault == faultRefused {
 		return nil, refusedError(req.URL.Host)
 	}
@@ -650,6 +651,9 @@ type world struct {
 	storageFaultRate float64
 	writesFailing    bool
 	storageSlow      time.Duration
+	// cleanedInOutage: generations cleaned up while storage refused writes
+	// (their in-memory tokens could be neither queued nor kept).
+	cleanedInOutage map[int]bool
 	// failOnce, when set, fails the next storage call it matches.
 	failOnce func(pc *parkedCall) bool
 	// storageFaultTicks are the ticks at which storage calls failed.
@@ -686,22 +690,23 @@ const (
 func newWorld(seed uint64, steps int) *world {
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	w := &world{
-		seed:      seed,
-		rng:       rng,
-		steps:     steps,
-		faultRate: []float64{0.1, 0.25, 0.4, 0.6}[rng.IntN(4)],
-		mintSlots: 1 + rng.IntN(2),
-		calm:      rng.IntN(3) == 0,
-		sched:     newScheduler(),
-		clock:     &fakeClock{},
-		inner:     &logical.InmemStorage{},
-		logs:      &syncBuffer{},
-		sys:       logical.TestSystemView(),
-		stores:    map[int]*parkingStorage{},
-		roleBusy:  map[string]bool{},
-		usedScope: map[string]map[string]bool{},
-		genTick:   map[int]int{},
-		prefilled: map[string]bool{},
+		seed:            seed,
+		rng:             rng,
+		steps:           steps,
+		faultRate:       []float64{0.1, 0.25, 0.4, 0.6}[rng.IntN(4)],
+		mintSlots:       1 + rng.IntN(2),
+		calm:            rng.IntN(3) == 0,
+		sched:           newScheduler(),
+		clock:           &fakeClock{},
+		inner:           &logical.InmemStorage{},
+		logs:            &syncBuffer{},
+		sys:             logical.TestSystemView(),
+		stores:          map[int]*parkingStorage{},
+		cleanedInOutage: map[int]bool{},
+		roleBusy:        map[string]bool{},
+		usedScope:       map[string]map[string]bool{},
+		genTick:         map[int]int{},
+		prefilled:       map[string]bool{},
 	}
 	if !w.calm {
 		w.storageFaultRate = []float64{0, 0, 0.01, 0.03, 0.06}[rng.IntN(5)]
@@ -1695,6 +1700,9 @@ func (w *world) startKind(k opKind) {
 			desc = fmt.Sprintf("upgrade from v0.1.0 (%d per-user tokens at its keys)", w.toPreviousLayout())
 		}
 		old, oldGen := w.b, w.gen
+		if w.writesFailing {
+			w.cleanedInOutage[oldGen] = true
+		}
 		w.newBackend()
 		o := &opRun{kind: k, b: old, gen: oldGen, desc: fmt.Sprintf("%s: generation %d takes over, generation %d is cleaned up", desc, w.gen, oldGen)}
 		w.startOp(o, func(o *opRun) { o.b.Cleanup(o.ctx) })
@@ -2045,6 +2053,11 @@ func (w *world) storageEvent() {
 		}
 		w.writesFailing = !w.writesFailing
 		if w.writesFailing {
+			for _, o := range w.inflight {
+				if o.kind == opRestart || o.kind == opUpgrade {
+					w.cleanedInOutage[o.gen] = true // still being cleaned up
+				}
+			}
 			w.logf("storage refuses every write")
 		} else {
 			w.logf("storage takes writes again")
