@@ -126,68 +126,9 @@ const capSlack = 3 * time.Second
 // ErrClosed is returned by [Source.Token] after [Source.Close].
 var ErrClosed = errors.New("tokensource: closed")
 
-// refusedRetry is how long a Source waits before reading again for a token
-// Connect refused when a fresh read brought back that same token (the engine
-// still serves it): one read per refusal would add a lease per request.
-const refusedRetry = 30 * time.Second
-
-// replacesHeader marks the fresh read that replaces a refused token with the
-// lease it replaces. Vault ignores it; Vault Proxy's cache keys a response
-// on the whole request, headers included, so the read misses the entry that
-// holds the refused token, and every app behind the Proxy that replaces the
-// same lease shares one new cached lease.
-const replacesHeader = "X-Tokensource-Replaces-Lease"
-
 // errNotExtended: a renewal did not move the lease's end (the role's max_ttl,
 // the mount's or the Vault token's TTL caps it): read a new token instead.
 var errNotExtended = errors.New("tokensource: the renewal did not extend the lease")
-
-// An Option configures a [Source] (and the Sources of a [Pool]).
-type Option func(*Source)
-
-// WithEarlyRefresh sets how long before a token's expiry the Source re-reads
-// the creds path: d before expiry, but never earlier than when three quarters
-// of the token's life (as it was when read) have passed, so that a
-// short-lived token is not re-read on every call. The default is
-// [DefaultEarlyRefresh]. Zero re-reads only once the token has expired. The
-// same margin applies to renewing a capped lease before it ends.
-func WithEarlyRefresh(d time.Duration) Option {
-	return func(s *Source) { s.margin = d }
-}
-
-// WithUserID makes the Source write {"user_id": id} to the path instead of
-// reading it. Use it with fulfillment_user_assertion roles that let the
-// caller choose the user (allowed_user_ids): the token is that user's. For
-// many users, use a [Pool].
-func WithUserID(id string) Option {
-	return func(s *Source) { s.userID = id }
-}
-
-// WithRevokeOnClose makes [Source.Close] revoke the Vault leases of the
-// tokens the Source read that have not yet expired, with
-// PUT /v1/sys/leases/revoke/<lease_id>. The Vault token then needs update on
-// sys/leases/revoke/<mount>/creds/<role>/* (examples/policies/app.hcl grants
-// it). For an exclusive role that revokes the tokens at Connect too; for a
-// shared role it only ends the leases, since others hold the token. Through
-// Vault Proxy's cache, leave it off: the Proxy's cached lease is shared by
-// every app that reads through it.
-func WithRevokeOnClose() Option {
-	return func(s *Source) { s.revokeOnClose = true }
-}
-
-// WithErrorHook has the Source call f with the error of every failed read of
-// the creds path and every failed lease renewal, including those no caller
-// sees: a failed early re-read while the current token is still valid (the
-// Source keeps serving it and tries again later), a read whose callers gave
-// up waiting, and a failed renewal (the Source then reads a new token). A
-// [Pool] also passes it the errors of closing the Sources it evicts. f is
-// called from a background goroutine, possibly from several at once; it
-// should return quickly. The errors never contain a token.
-//
-// For example, to log them: WithErrorHook(func(err error) { slog.Warn("instacart token", "error", err) }).
-func WithErrorHook(f func(error)) Option {
-	return func(s *Source) { s.onError = f }
-}
 
 // Source is an [oauth2.TokenSource] backed by a Vault creds path. It is safe
 // for concurrent use. Create it with [New]; call [Source.Close] when done.
@@ -416,89 +357,6 @@ func (s *Source) refresh(f *flight, cur *current) {
 // the margin before it, but not before three quarters of what is left.
 func (s *Source) refreshAt(end, now time.Time) time.Time {
 	return end.Add(-min(s.margin, end.Sub(now)/4))
-}
-
-// Invalidate tells the Source that Connect refused tok (HTTP 401: invalid,
-// expired or revoked), so that it is not handed out again. If tok is still
-// the current token, the Source revokes its lease (PUT
-// sys/leases/revoke/<lease_id>, as app.hcl allows) and reads the creds path
-// once more, past Vault Proxy's cache: the Proxy keeps answering the plain
-// read with the refused token's cached lease, revoked or not. Concurrent
-// calls for the same token share that one read; a call for a token already
-// replaced reads nothing. A failed revocation goes to [WithErrorHook] and
-// the read happens anyway.
-//
-// It returns nil once the current token is no longer tok: get the new one
-// with [Source.TokenContext]. Otherwise it returns why: the read failed, ctx
-// ended first, the Source is closed, or the fresh read brought back tok
-// itself (the engine still serves a token Connect refuses: an operator's
-// vault delete <mount>/cache/<role> replaces it). In that last case it
-// reads again for tok only after 30 seconds, so a refused token costs at
-// most one read per 30 seconds, not one per request.
-//
-// [HTTPClient] calls it on a 401 and retries the request once.
-func (s *Source) Invalidate(ctx context.Context, tok *oauth2.Token) error {
-	if tok == nil || tok.AccessToken == "" {
-		return errors.New("tokensource: Invalidate: no token")
-	}
-	if ctx == nil {
-		ctx = context.Background()
-	}
-	for {
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
-			return ErrClosed
-		}
-		cur, f, now := s.cur, s.flight, s.now()
-		isCur := cur != nil && cur.tok.AccessToken == tok.AccessToken
-		switch {
-		case f != nil && f.replaces != nil && f.replaces.tok.AccessToken == tok.AccessToken:
-			// Its fresh read is in flight: share it.
-		case !isCur:
-			s.mu.Unlock()
-			return nil
-		case f != nil:
-			// A re-read already in flight may replace tok: wait for it and
-			// look again (it ends, so this waits once per read in flight).
-		case tok.AccessToken == s.refused && now.Before(s.refusedUntil):
-			s.mu.Unlock()
-			return fmt.Errorf("tokensource: Connect refused the token from %s, which the engine still serves (an operator replaces it with vault delete %s); not reading again for it before %s",
-				s.path, flushPath(s.path), s.refusedUntil.UTC().Format(time.RFC3339))
-		default:
-			f = &flight{done: make(chan struct{}), replaces: cur}
-			s.flight = f
-			s.cur = nil // callers wait for the fresh read instead of getting tok
-			s.reads.Add(1)
-			go s.refresh(f, nil)
-		}
-		joined := s.joined
-		s.mu.Unlock()
-		if joined != nil {
-			joined()
-		}
-
-		select {
-		case <-f.done:
-		case <-ctx.Done():
-			return fmt.Errorf("tokensource: replacing the refused token from %s: gave up waiting: %w", s.path, ctx.Err())
-		}
-		if f.replaces != nil && f.replaces.tok.AccessToken == tok.AccessToken {
-			if f.err != nil {
-				return f.err
-			}
-			return f.healErr
-		}
-	}
-}
-
-// flushPath is the engine's cache path of the role whose creds path is path,
-// for messages: instacart/creds/x becomes instacart/cache/x.
-func flushPath(path string) string {
-	if i := strings.LastIndex(path, "/creds/"); i >= 0 {
-		return path[:i] + "/cache/" + path[i+len("/creds/"):]
-	}
-	return "<mount>/cache/<role>"
 }
 
 // Close stops the Source: a read in flight is cancelled and later calls to
