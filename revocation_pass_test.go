@@ -362,13 +362,7 @@ func TestLeaseRevocationKeepsTryingATokenInHand(t *testing.T) {
 	setupRoles(e)
 	resp := e.mustOK(logical.ReadOperation, "creds/cc-excl", nil)
 	tok := resp.Data["access_token"].(string)
-	g := gateStorage(e)
-	g.failPut = func(key string) error {
-		if strings.HasPrefix(key, revokingStoragePrefix) {
-			return errors.New("storage unavailable")
-		}
-		return nil
-	}
+	refuseQueueWrites(e)
 	waited := make(chan struct{}, 8)
 	e.b.sleep = func(ctx context.Context, _ time.Duration) error {
 		waited <- struct{}{}

@@ -299,13 +299,7 @@ func TestLeaseRevocationTriesTheTokenWhenTheQueueCannotBeWritten(t *testing.T) {
 	setupRoles(e)
 	resp := e.mustOK(logical.ReadOperation, "creds/cc-excl", nil)
 	tok := resp.Data["access_token"].(string)
-	g := gateStorage(e)
-	g.failPut = func(key string) error {
-		if strings.HasPrefix(key, revokingStoragePrefix) {
-			return errors.New("node is not the leader")
-		}
-		return nil
-	}
+	refuseQueueWrites(e)
 	if err := revoke(e, resp.Secret); err != nil {
 		t.Fatalf("revoke: %v; the token was revoked, so the lease may end", err)
 	}
@@ -441,5 +435,16 @@ func TestFailingTokenBacksOffAlone(t *testing.T) {
 	}
 	if n := queuedCount(t, e, "cc-excl"); n != 1 {
 		t.Errorf("gauge %d, want 1 (the bad token)", n)
+	}
+}
+
+// refuseQueueWrites makes e's storage refuse every write to the revocation
+// queue, as a deposed leader's does.
+func refuseQueueWrites(e *testEnv) {
+	gateStorage(e).failPut = func(key string) error {
+		if strings.HasPrefix(key, revokingStoragePrefix) {
+			return errors.New("node is not the leader")
+		}
+		return nil
 	}
 }
