@@ -211,3 +211,30 @@ func hasControl(s string) bool {
 			(r >= '\u202a' && r <= '\u202e') || (r >= '\u2066' && r <= '\u2069')
 	})
 }
+
+// pruneConfig drops retired credentials past their retention, and the config
+// entry itself once a deleted config holds nothing more. It runs from the
+// periodic function, so a deleted config's secret does not outlive its tokens.
+func (b *backend) pruneConfig(ctx context.Context, s logical.Storage) (removed int, err error) {
+	b.configMu.Lock()
+	defer b.configMu.Unlock()
+	cfg, err := getConfig(ctx, s)
+	if err != nil || cfg == nil {
+		return 0, err
+	}
+	kept := pruneRetired(cfg.Retired, b.now())
+	removed = len(cfg.Retired) - len(kept)
+	if removed == 0 {
+		return 0, nil
+	}
+	cfg.Retired = kept
+	if !cfg.configured() && len(kept) == 0 {
+		if err := s.Delete(ctx, configStoragePath); err != nil {
+			return 0, storageError("deleting config", err)
+		}
+	} else if err := putConfig(ctx, s, cfg); err != nil {
+		return 0, err
+	}
+	b.publishSnapshot(nil) // current credentials and their shared tokens are unchanged
+	return removed, nil
+}
