@@ -18,7 +18,7 @@ SEEDS       ?= 2000
 DIST        ?= dist
 # Go modules of their own (the root's ./... does not enter them): linted, and
 # unit-tested where they have tests, with the root module.
-SUBMODULES  := tokensource examples/app-go e2e/tsclient
+SUBMODULES  := tokensource examples/app-go e2e/tsclient tools/dashboard
 # Node >= 18 and npm run the examples/app-node unit tests (node --test) and e2e
 # TestClientNodeVault*; without them those tests are skipped, and make says so at
 # the end instead of passing quietly.
@@ -32,7 +32,7 @@ PROM_OK      = $(shell command -v prometheus >/dev/null && command -v promtool >
 PROM_NOTE   := NOTE: prometheus and promtool not found, and not installable here (Debian: apt-get install prometheus, as root): promtool check/test rules (make test-prometheus) and e2e TestPrometheusScrapesVault and TestPrometheusAlertRules were skipped
 
 .DEFAULT_GOAL := build
-.PHONY: build plugin versioncheck fake vault prometheus test test-unit test-fuzz test-prometheus test-e2e test-bench-smoke chaos explore demo dev fmt fmtcheck vet tidycheck lint fuzz release bench clean
+.PHONY: build plugin versioncheck fake vault dashboard prometheus test test-unit test-fuzz test-prometheus test-e2e test-bench-smoke chaos explore demo dev fmt fmtcheck vet tidycheck lint fuzz release bench clean
 
 ## build: the plugin (into .bin/plugins/vault-plugin-secrets-instacart-$(VERSION), with
 ## its sha256) and the Connect fake (into .bin). make build VERSION=v0.2.0
@@ -66,6 +66,7 @@ test: lint test-unit test-fuzz test-prometheus test-e2e test-bench-smoke
 test-unit:
 	$(GO) test -race -count=1 ./...
 	cd tokensource && $(GO) test -race -count=1 ./...
+	cd tools/dashboard && $(GO) test -count=1 ./...
 	$(if $(NODE_OK),cd examples/app-node && node --test app.test.js,@echo "$(NODE_NOTE)")
 
 ## explore: the schedule explorer on more seeds than test-unit runs (make explore SEEDS=10000);
@@ -76,6 +77,11 @@ explore:
 test-fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzRoleWrite$$' -fuzztime $(FUZZTIME) .
 	$(GO) test -run '^$$' -fuzz '^FuzzAssertionUserID$$' -fuzztime $(FUZZTIME) .
+
+## dashboard: regenerate examples/grafana/dashboard.json from tools/dashboard (never edit it by
+## hand: test-unit fails when the two differ)
+dashboard:
+	cd tools/dashboard && $(GO) run . -out ../../examples/grafana/dashboard.json
 
 ## prometheus: Debian's prometheus package (prometheus, promtool), installed with apt-get where run as root
 prometheus:

@@ -78,7 +78,8 @@ func TestPrometheusAlertRules(t *testing.T) {
 // and queries Prometheus' HTTP API for the series the traffic produced, per
 // mount; then deletes a role and watches its series go, queues a revocation
 // Connect cannot take and watches the pending gauge show it, and checks the
-// rules evaluate without error, with the renew_by alert pending.
+// rules evaluate without error, with the renew_by alert pending. Last, it
+// runs the queries of the Grafana dashboard (checkDashboard).
 //
 // Vault listens with TLS (vault server -dev -dev-tls) so the job's https
 // scheme and tls_config.ca_file are used as shipped, against the CA Vault
@@ -271,6 +272,18 @@ func TestPrometheusScrapesVault(t *testing.T) {
 	})
 	prom.expect(t, `ALERTS{alertname="InstacartCredentialsRenewBy",alertstate="pending"}`, map[string]float64{"instacart": 1})
 	prom.expect(t, `ALERTS{alertname="InstacartMetricsTargetDown"}`, nil)
+
+	// The Grafana dashboard's queries on these series (dashboard_test.go);
+	// then a token request retried after a 429, for the panels that stay
+	// empty until Connect's first one.
+	checkDashboard(t, prom, func() {
+		check(t, f.ClearFaults())
+		must(http.MethodPut, "instacart-eu/config", map[string]any{"max_retries": 2}, nil)
+		must(http.MethodPut, "instacart-eu/roles/throttled", map[string]any{"grant_type": "client_credentials"}, nil)
+		f.InjectFaults(t, pathToken, map[string]any{"status": 429, "retry_after": "1"})
+		read("instacart-eu/creds/throttled")
+		prom.expect(t, `instacart_upstream_retries_total{status="429"}`, map[string]float64{"instacart-eu": 1})
+	})
 
 	log, err := p.Log()
 	if err != nil {
