@@ -198,6 +198,11 @@ func newMetrics(logger func() hclog.Logger, grantOf func(string) connect.GrantTy
 	// The verify token's series are there from the start, at 0, so the
 	// first rejection of new credentials is an increase an alert can see.
 	m.mintCounters(verifyRole, connect.GrantClientCredentials)
+	// Likewise the retries an on-call alert or dashboard watches for: a
+	// series born at 1 hides its first retry from increase() and rate().
+	for _, status := range []string{"429", "503", "network"} {
+		m.retries.WithLabelValues(status)
+	}
 	return m
 }
 

@@ -434,6 +434,13 @@ func TestMetricsPathFormat(t *testing.T) {
 	if s := e.scrape(); s[metricRevocations] == nil || s.get(metricRevocations, map[string]string{"outcome": "revoked"}) != 0 {
 		t.Errorf("unconfigured scrape: %v", slices.Sorted(maps.Keys(s)))
 	}
+	// The retries an alert watches are there at 0, so the first one is an
+	// increase rate() can see.
+	for _, status := range []string{"429", "503", "network"} {
+		if v, ok := e.scrape().value(metricUpstreamRetries, map[string]string{"status": status}); !ok || v != 0 {
+			t.Errorf("retries{status=%q} before any request: %v (present %v), want 0", status, v, ok)
+		}
+	}
 	r, err := e.do(logical.ReadOperation, "metrics", map[string]any{"format": "json"})
 	expectError(t, r, err, "format")
 }
