@@ -6,7 +6,10 @@ GO          ?= go
 # (vault-plugin-secrets-instacart-$(VERSION)), so versions sit side by side in a
 # plugin directory and the README's `vault plugin register -version=... -command=...`
 # names exactly what `make build VERSION=...` and `make release VERSION=...` wrote.
-VERSION     ?= v0.1.0
+# Its default comes from its one source, version/version.go: the next release
+# with -dev (v0.2.0-dev) between releases, the release's own number only on the
+# release commit (docs/releasing.md).
+VERSION     ?= $(shell scripts/version.sh)
 PLUGIN      := vault-plugin-secrets-instacart
 PLUGIN_FILE  = $(PLUGIN)-$(VERSION)
 MODULE      := github.com/instacart-vault/vault-plugin-secrets-instacart
@@ -32,10 +35,11 @@ PROM_OK      = $(shell command -v prometheus >/dev/null && command -v promtool >
 PROM_NOTE   := NOTE: prometheus and promtool not found, and not installable here (Debian: apt-get install prometheus, as root): promtool check/test rules (make test-prometheus) and e2e TestPrometheusScrapesVault and TestPrometheusAlertRules were skipped
 
 .DEFAULT_GOAL := build
-.PHONY: build plugin versioncheck fake vault dashboard prometheus test test-unit test-fuzz test-prometheus test-e2e test-bench-smoke chaos explore demo dev fmt fmtcheck vet tidycheck lint fuzz release bench clean
+.PHONY: build plugin versioncheck releasecheck version fake vault dashboard prometheus test test-unit test-fuzz test-prometheus test-e2e test-bench-smoke chaos explore demo dev fmt fmtcheck vet tidycheck lint fuzz release bench clean
 
 ## build: the plugin (into .bin/plugins/vault-plugin-secrets-instacart-$(VERSION), with
-## its sha256) and the Connect fake (into .bin). make build VERSION=v0.2.0
+## its sha256) and the Connect fake (into .bin). VERSION defaults to version/version.go's
+## (v0.2.0-dev between releases); make build VERSION=v0.2.0-dev.2 names another build
 build: plugin fake
 
 plugin: versioncheck
@@ -48,6 +52,15 @@ plugin: versioncheck
 versioncheck:
 	@[[ "$(VERSION)" =~ ^v[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.+-]+)?$$ ]] || \
 	  { echo "VERSION=$(VERSION) is not a semantic version with a leading v, e.g. VERSION=v0.2.0" >&2; exit 1; }
+
+# A -dev version is a build of unreleased code: it is never published as a release.
+releasecheck:
+	@[[ "$(VERSION)" != *-dev* ]] || \
+	  { echo "VERSION=$(VERSION) is a development version: release from the commit that sets version/version.go to the release (docs/releasing.md)" >&2; exit 1; }
+
+## version: print the version make build stamps by default (from version/version.go)
+version:
+	@echo $(VERSION)
 
 fake:
 	$(GO) build -o $(BIN)/connect-fake ./cmd/connect-fake
@@ -156,8 +169,9 @@ fuzz: test-fuzz
 
 ## release: cross-compiled binaries, one directory per platform, each holding the file
 ## as it is registered (dist/linux_amd64/vault-plugin-secrets-instacart-$(VERSION)),
-## and dist/SHA256SUMS (check with: cd dist && sha256sum -c SHA256SUMS). make release VERSION=v0.2.0
-release: versioncheck
+## and dist/SHA256SUMS (check with: cd dist && sha256sum -c SHA256SUMS). Run on the
+## release commit, whose version/version.go names the release (docs/releasing.md)
+release: versioncheck releasecheck
 	rm -rf $(DIST) && mkdir -p $(DIST)
 	for os in linux darwin; do for arch in amd64 arm64; do \
 	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags "$(LDFLAGS)" \

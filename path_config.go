@@ -272,8 +272,18 @@ func (b *backend) writeConfig(ctx context.Context, s logical.Storage, d *framewo
 		r := revocableToken(cfg.CredentialsID, minted)
 		verified = &r
 	}
-	return nil, verified, nil
+	if secretGiven && !credsChanged {
+		// Writing the stored secret again is no rotation: say so, rather
+		// than let the write look like one.
+		resp = &logical.Response{}
+		resp.AddWarning(unchangedCredentialsWarning)
+	}
+	return resp, verified, nil
 }
+
+// unchangedCredentialsWarning answers a config write whose client_secret is
+// the one stored, for the same client_id and base_url.
+const unchangedCredentialsWarning = "client_id and client_secret are unchanged: the credentials were not rotated nor verified again, and the tokens they minted are still served; to rotate, write the new client_secret Instacart issued; to replace the tokens, flush each role (vault delete <mount>/cache/<role>)"
 
 // pathConfigDelete removes the current credentials. Exclusive tokens they
 // minted may still be live at Connect, so, as a rotation does, it keeps them

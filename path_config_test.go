@@ -359,3 +359,46 @@ func TestVerifyTokenOfUnsavedConfigRevokedAfterCallerLeaves(t *testing.T) {
 		t.Error("the verify token of credentials that were never saved was left live")
 	}
 }
+
+// Writing the stored client_secret again is no rotation: the write warns that
+// the credentials are unchanged and keeps serving their token, while a write
+// of a new secret, or of other fields only, does not warn.
+func TestConfigWriteOfUnchangedCredentialsWarns(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure()
+	e.mustOK(logical.UpdateOperation, "roles/cc", map[string]any{"grant_type": "client_credentials"})
+	served := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]
+	mints := e.fake.Mints()
+
+	hasWarning := func(resp *logical.Response) bool {
+		return resp != nil && slices.ContainsFunc(resp.Warnings, func(w string) bool {
+			return strings.HasPrefix(w, "client_id and client_secret are unchanged:")
+		})
+	}
+	for _, data := range []map[string]any{
+		{"client_secret": testSecret},
+		{"client_id": testClientID, "client_secret": testSecret, "base_url": e.fake.URL},
+	} {
+		if resp := e.mustOK(logical.UpdateOperation, "config", data); !hasWarning(resp) {
+			t.Errorf("write of the stored credentials (%v): warnings %v, want one saying they are unchanged", slices.Sorted(maps.Keys(data)), resp)
+		}
+	}
+	if got := e.fake.Mints(); got != mints {
+		t.Errorf("writing the same credentials minted %d tokens", got-mints)
+	}
+	if got := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]; got != served {
+		t.Error("writing the same credentials replaced the served token")
+	}
+
+	if resp := e.mustOK(logical.UpdateOperation, "config", map[string]any{"request_timeout": "30s"}); hasWarning(resp) {
+		t.Errorf("a write without client_secret warned: %v", resp.Warnings)
+	}
+	const rotated = "a-rotated-placeholder-secret"
+	e.fake.AddClientSecret(testClientID, rotated)
+	if resp := e.mustOK(logical.UpdateOperation, "config", map[string]any{"client_secret": rotated}); hasWarning(resp) {
+		t.Errorf("a rotation warned that the credentials are unchanged: %v", resp.Warnings)
+	}
+	if got := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]; got == served {
+		t.Error("after a rotation the old credentials' token is still served")
+	}
+}

@@ -14,7 +14,7 @@ mode="${1:-demo}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin="$root/.bin"
 plugin="vault-plugin-secrets-instacart"
-version="${VERSION:-v0.1.0}"
+version="${VERSION:-$("$root/scripts/version.sh")}"
 export PATH="$bin:$PATH"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/instacart-demo.XXXXXX")"

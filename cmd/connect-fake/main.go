@@ -33,6 +33,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "authorize" {
 		os.Exit(authorize(os.Args[2:]))
 	}
+	if len(os.Args) > 1 && os.Args[1] == "new-secret" {
+		os.Exit(newSecretMain(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	addr := flag.String("addr", "127.0.0.1:0", "listen address")
 	clientID := flag.String("client-id", "demo-client", "client id of the fake application")
 	lifetime := flag.Duration("token-lifetime", connectfake.DefaultTokenLifetime, "expires_in of minted tokens")
@@ -81,7 +84,7 @@ func main() {
 	fake.Close()
 }
 
-// usage is -h: the server's flags and the two helper commands.
+// usage is -h: the server's flags and the helper commands.
 func usage() {
 	out := flag.CommandLine.Output()
 	fmt.Fprint(out, `Usage:
@@ -92,6 +95,12 @@ func usage() {
       account-linking flow hands one to the retailer, and print it; use it with
       vault write instacart/creds/<authorization_code role> code=...
       (-redirect-uri must be the role's redirect_uri)
+  connect-fake new-secret -base-url URL -client-id ID -secret-file FILE
+      have a running fake accept a new random secret for client ID (creating
+      the client if it did not exist; an existing client's old secret stays
+      valid), as Instacart issues a second secret for a rotation; writes it to
+      FILE with mode 0600 and prints nothing secret. Then
+      vault write instacart/config client_id=ID client_secret=@FILE
   connect-fake check-token -base-url URL < token
       call POST /v2/fulfillment/users with the token read from stdin and print
       the status (exit 0 for 200, 1 otherwise)

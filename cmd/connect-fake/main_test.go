@@ -19,7 +19,7 @@ func TestUsageNamesHelperCommands(t *testing.T) {
 	flag.CommandLine.SetOutput(&buf)
 	defer flag.CommandLine.SetOutput(nil)
 	usage()
-	for _, want := range []string{"connect-fake authorize -base-url URL", "-redirect-uri", "connect-fake check-token", "code="} {
+	for _, want := range []string{"connect-fake authorize -base-url URL", "-redirect-uri", "connect-fake check-token", "code=", "connect-fake new-secret -base-url URL -client-id ID -secret-file FILE"} {
 		if !strings.Contains(buf.String(), want) {
 			t.Errorf("usage lacks %q:\n%s", want, buf.String())
 		}

@@ -19,7 +19,7 @@ func main() {
 	}
 
 	err := plugin.ServeMultiplex(&plugin.ServeOpts{
-		BackendFactoryFunc: instacart.Factory,
+		BackendFactoryFunc: instacart.PluginFactory,
 		// Serves the plugin over mTLS with the certificate Vault hands it.
 		TLSProviderFunc: api.VaultPluginTLSProvider(apiClientMeta.GetTLSConfig()),
 	})

@@ -35,6 +35,7 @@ func (s *Server) Stats() Stats {
 //	POST   /_fake/faults   {"path","faults"}  queue faults (Fault fields in snake_case, durations in ms)
 //	DELETE /_fake/faults                      drop queued faults
 //	POST   /_fake/clients  {"client_id","client_secret"}
+//	POST   /_fake/clients/{id}/secrets {"client_secret"}  accept one more secret (creates the client)
 //	DELETE /_fake/clients/{id}
 //	POST   /_fake/authorize {"client_id","redirect_uri","user_id"} → {"code"}
 //	GET    /_fake/tokens/{token}              TokenInfo plus "live"
@@ -96,6 +97,20 @@ func (s *Server) adminHandler() http.Handler {
 			return
 		}
 		s.AddClient(req.ClientID, req.ClientSecret)
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST /_fake/clients/{id}/secrets", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			ClientSecret string `json:"client_secret"`
+		}
+		if !decodeAdmin(w, r, &req) {
+			return
+		}
+		if req.ClientSecret == "" {
+			http.Error(w, "client_secret is required", http.StatusBadRequest)
+			return
+		}
+		s.AddClientSecret(r.PathValue("id"), req.ClientSecret)
 		w.WriteHeader(http.StatusNoContent)
 	})
 	mux.HandleFunc("DELETE /_fake/clients/{id}", func(w http.ResponseWriter, r *http.Request) {

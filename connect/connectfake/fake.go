@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -115,7 +116,7 @@ type Server struct {
 	closeOnce sync.Once
 
 	mu          sync.Mutex
-	clients     map[string]string // client id → secret
+	clients     map[string][]string // client id → the secrets it accepts (more than one while rotating)
 	tokens      map[string]*TokenInfo
 	codes       map[string]*authCode
 	faults      map[string][]Fault
@@ -147,7 +148,7 @@ func NewServer(addr string) (*Server, error) {
 	}
 	s := &Server{
 		closing:  make(chan struct{}),
-		clients:  map[string]string{},
+		clients:  map[string][]string{},
 		tokens:   map[string]*TokenInfo{},
 		codes:    map[string]*authCode{},
 		faults:   map[string][]Fault{},
@@ -180,10 +181,22 @@ func (s *Server) EnableAdmin() {
 	s.mu.Unlock()
 }
 
-// AddClient registers (or re-keys) an application.
+// AddClient registers (or re-keys) an application: secret becomes its only
+// secret.
 func (s *Server) AddClient(id, secret string) {
 	s.mu.Lock()
-	s.clients[id] = secret
+	s.clients[id] = []string{secret}
+	s.mu.Unlock()
+}
+
+// AddClientSecret makes an application accept secret beside the secrets it
+// already accepts, as Instacart issues a second secret for a rotation; an
+// unknown id is registered with secret alone.
+func (s *Server) AddClientSecret(id, secret string) {
+	s.mu.Lock()
+	if !slices.Contains(s.clients[id], secret) {
+		s.clients[id] = append(s.clients[id], secret)
+	}
 	s.mu.Unlock()
 }
 

@@ -8,6 +8,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 )
@@ -107,8 +108,7 @@ func credentialsInQuery(r *http.Request) bool {
 
 // authenticate checks client credentials; the caller holds s.mu.
 func (s *Server) authenticateLocked(p oauthParams) bool {
-	secret, ok := s.clients[p.ClientID]
-	return ok && p.ClientID != "" && p.ClientSecret != "" && secret == p.ClientSecret
+	return p.ClientID != "" && p.ClientSecret != "" && slices.Contains(s.clients[p.ClientID], p.ClientSecret)
 }
 
 // oauthRequest refuses credentials in the query string, as Connect does, and
