@@ -194,6 +194,7 @@ write_dev_files() {
   # make dev's Vault is plain http: no tls_config, scheme http.
   {
     echo "# make dev: examples/prometheus/prometheus.yml for this Vault (http), with the alert rules."
+    echo "global: {scrape_interval: 5s, evaluation_interval: 5s}"
     echo "rule_files: [\"$ex/prometheus/alerts.yml\"]"
     sed -e '/^#/d' -e 's|scheme: https|scheme: http|' -e '/tls_config:/d' -e '/ca_file:/d' \
         -e "s|/etc/prometheus/vault-token|$dev/prometheus-token|" \
