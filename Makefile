@@ -138,11 +138,11 @@ bench: vault
 
 ## demo: start Vault + the Connect fake, issue a token per grant, revoke one, stop
 demo: build vault
-	@VERSION=$(VERSION) scripts/demo.sh demo
+	@VERSION=$(VERSION) DEMO_BIN=$(BIN) scripts/demo.sh demo
 
 ## dev: the demo's set-up, left running (INSTACART_BASE_URL=... for a real Connect host)
 dev: build vault
-	@VERSION=$(VERSION) scripts/demo.sh dev
+	@VERSION=$(VERSION) DEMO_BIN=$(BIN) scripts/demo.sh dev
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

@@ -95,15 +95,15 @@ func TestMetricsThroughVault(t *testing.T) {
 	if metricsPath != "/v1/instacart/metrics" || format != "prometheus" || credsFile == "" {
 		t.Fatalf("prometheus.yml: metrics_path %q, format %q, credentials_file %q", metricsPath, format, credsFile)
 	}
-	// The README shows the job as it is in the file.
+	// docs/operations.md shows the job as it is in the file.
 	var jobLines []string
 	for _, l := range strings.Split(job, "\n") {
 		if !strings.HasPrefix(l, "#") {
 			jobLines = append(jobLines, l)
 		}
 	}
-	if readme := readFileString(t, filepath.Join(repoRoot, "README.md")); !strings.Contains(readme, "```yaml\n"+strings.TrimSpace(strings.Join(jobLines, "\n"))+"\n```") {
-		t.Error("the README's scrape job differs from examples/prometheus/prometheus.yml")
+	if ops := readFileString(t, filepath.Join(repoRoot, "docs/operations.md")); !strings.Contains(ops, "```yaml\n"+strings.TrimSpace(strings.Join(jobLines, "\n"))+"\n```") {
+		t.Error("docs/operations.md's scrape job differs from examples/prometheus/prometheus.yml")
 	}
 	tokenFile := filepath.Join(t.TempDir(), filepath.Base(credsFile))
 	writeFile(t, tokenFile, scraper+"\n")

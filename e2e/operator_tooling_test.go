@@ -138,7 +138,9 @@ func TestPolicies(t *testing.T) {
 	v.vault(t, "policy", "write", "instacart-operator", filepath.Join(repoRoot, "examples/policies/operator.hcl"))
 	v.vault(t, "policy", "write", "instacart-app", filepath.Join(repoRoot, "examples/policies/app.hcl"))
 	operator := strings.TrimSpace(v.vault(t, "token", "create", "-policy=instacart-operator", "-field=token"))
-	app := strings.TrimSpace(v.vault(t, "token", "create", "-policy=instacart-app", "-field=token"))
+	// As the README creates it: without Vault's default policy, which would
+	// let it look up and renew any lease by id.
+	app := strings.TrimSpace(v.vault(t, "token", "create", "-no-default-policy", "-policy=instacart-app", "-field=token"))
 
 	// The operator configures the engine and its roles...
 	for _, args := range [][]string{
@@ -191,6 +193,9 @@ func TestPolicies(t *testing.T) {
 		{"write", "sys/leases/renew/" + appLease, "lease_id=" + otherLease},
 		{"lease", "revoke", "-prefix", "instacart/creds/fulfillment"},
 		{"list", "sys/leases/lookup/instacart/creds/fulfillment/"},
+		// The body forms the default policy would allow.
+		{"lease", "lookup", otherLease},
+		{"lease", "renew", otherLease},
 	} {
 		_, errOut, code := v.cli(t, app, "", args...)
 		if code == 0 || !strings.Contains(errOut, "403") {

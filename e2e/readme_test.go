@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -14,13 +15,15 @@ import (
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/internal/stack"
 )
 
-// TestREADMECommands runs every ```shell block of the README, in order, against
+// TestREADMECommands runs every ```shell block of the README and of the docs
+// pages it continues on (docPages), in order, against
 // a dev Vault and the fake, with the placeholders replaced by working values,
 // so the documentation cannot drift from the engine. That includes the install
 // and upgrade steps, make build included (see readmeShell). Blocks that run
 // other make targets (the two commands: what CI runs in the first place) are
 // skipped, and so are those of "A leaked shared token", which need a Vault
-// Proxy and Agent: TestFlushReachesProxyAndAgent runs them.
+// Proxy and Agent (TestFlushReachesProxyAndAgent runs them), and those "on
+// `make dev`" (TestMakeDevRecipes runs them).
 func TestREADMECommands(t *testing.T) {
 	if _, err := exec.LookPath("curl"); err != nil {
 		t.Fatal("curl is needed to run the README's examples")
@@ -43,11 +46,8 @@ func TestREADMECommands(t *testing.T) {
 		"/var/log/vault_audit.log", filepath.Join(dir, "audit.log"),
 		"/path/to/leaked_token", filepath.Join(dir, "leaked_token"),
 		"/etc/prometheus/vault-token", filepath.Join(dir, "vault-token"),
-		"/etc/app/vault-token", filepath.Join(dir, "app-token"),
+		"/etc/app", filepath.Join(dir, "app"),
 		"$HOME/.vault-header", filepath.Join(dir, "vault-header"),
-		// make dev's fake, as it prints it.
-		"<fake URL make dev printed>", f.URL,
-		"-client-id demo-client", "-client-id "+fakeClient,
 	)
 
 	blocks := readmeBlocks(t)
@@ -61,6 +61,9 @@ func TestREADMECommands(t *testing.T) {
 		}
 		if b.heading == leakedTokenHeading {
 			continue // TestFlushReachesProxyAndAgent runs them, with a Proxy and an Agent
+		}
+		if strings.Contains(b.heading, makeDevMark) {
+			continue // TestMakeDevRecipes runs them, against make dev
 		}
 		block := b.body
 		// Each authorization code is single-use: a fresh one per occurrence.
@@ -152,18 +155,62 @@ func (sh *readmeShell) mustRun(t testing.TB, block string) string {
 // readmeBlock is a ```shell block of the README and the heading it is under.
 type readmeBlock struct{ heading, body string }
 
+// docPages are the pages whose shell blocks the suite runs, in the order
+// they are run: the README, then the docs pages its recipes continue on.
+// Pages left out hold no shell block an operator runs against Vault
+// (TestDocPagesWithShellBlocksAreRun keeps that true).
+var docPages = []string{"README.md", "docs/operations.md", "docs/clients.md"}
+
+// docPagesNotRun are pages whose shell blocks are not run here, and why.
+var docPagesNotRun = map[string]string{
+	"docs/development.md": "make targets only, which CI runs in the first place",
+	"docs/releasing.md":   "cutting a release: tags and make release (TestMakeRelease runs make release)",
+	"docs/dashboard.md":   "the Grafana dashboard, tested by its own test",
+}
+
+// makeDevMark is in the heading of every recipe written for make dev's
+// Vault: TestMakeDevRecipes runs those, in make dev's environment.
+const makeDevMark = "on `make dev`"
+
 func readmeBlocks(t testing.TB) []readmeBlock {
 	t.Helper()
-	md, err := os.ReadFile(filepath.Join(repoRoot, "README.md"))
+	var blocks []readmeBlock
+	for _, page := range docPages {
+		md, err := os.ReadFile(filepath.Join(repoRoot, page))
+		if err != nil {
+			t.Fatal(err)
+		}
+		blocks = append(blocks, shellBlocks(string(md))...)
+	}
+	return blocks
+}
+
+// TestDocPagesWithShellBlocksAreRun fails when a docs page has shell blocks
+// that neither TestREADMECommands nor TestMakeDevRecipes runs and that no
+// reason leaves out: a block moved to a new page must not silently stop
+// being run.
+func TestDocPagesWithShellBlocksAreRun(t *testing.T) {
+	pages, err := filepath.Glob(filepath.Join(repoRoot, "docs", "*.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return shellBlocks(string(md))
+	for _, p := range pages {
+		rel, _ := filepath.Rel(repoRoot, p)
+		md := readFileString(t, p)
+		if len(shellBlocks(md)) == 0 || slices.Contains(docPages, rel) {
+			continue
+		}
+		if why, ok := docPagesNotRun[rel]; ok {
+			t.Logf("%s: shell blocks not run here: %s", rel, why)
+			continue
+		}
+		t.Errorf("%s has shell blocks no test runs: add it to docPages (or, with a reason, docPagesNotRun)", rel)
+	}
 }
 
 // readmeSection returns the shell blocks under one heading (the exact line,
-// "### Upgrade"), up to the next heading of any level; it fails the test if
-// there are none.
+// "### Upgrade") of the doc pages, up to the next heading of any level; it
+// fails the test if there are none.
 func readmeSection(t testing.TB, heading string) []string {
 	t.Helper()
 	var out []string

@@ -5,6 +5,14 @@
 #
 #   scripts/demo.sh demo   walk through every grant, then stop (exit 0)
 #   scripts/demo.sh dev    set up, print how to use it, keep running until Ctrl-C
+#                          or kill <pid> (either exits 0 once everything is stopped)
+#
+# dev also writes, into .bin/dev/ (emptied first), what the README's "on make
+# dev" recipes use: env (source it in another shell), Vault Agent, Vault Proxy
+# and Prometheus configs made from the shipped examples for this Vault (http,
+# its port), and the token files they read. DEMO_BIN (default .bin) is where
+# vault, connect-fake and plugins/ are found and dev/ is written: the e2e suite
+# points it at a build of its own.
 #
 # No secret is printed: the client secret travels in a 0600 file, and access
 # tokens are shown only by length.
@@ -12,7 +20,8 @@ set -euo pipefail
 
 mode="${1:-demo}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
-bin="$root/.bin"
+bin="${DEMO_BIN:-$root/.bin}"
+[[ "$bin" == /* ]] || bin="$root/$bin"
 plugin="vault-plugin-secrets-instacart"
 version="${VERSION:-$("$root/scripts/version.sh")}"
 export PATH="$bin:$PATH"
@@ -26,6 +35,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+# Interrupted while setting up: a failure. Once dev is up and waiting, Ctrl-C
+# or kill is how it is meant to stop, so that exit is 0 (see the end).
 trap 'exit 130' INT TERM
 
 if [[ -t 1 ]]; then
@@ -160,24 +171,71 @@ else
   say "(authorization_code needs a code from Instacart's linking flow; skipped against a real host)"
 fi
 
+# write_dev_files: .bin/dev/ for the README's "on make dev" recipes. Each
+# config is the shipped example with only what make dev differs in replaced
+# (Vault's address, file paths, listener ports), so the recipes run the
+# examples as shipped otherwise.
+write_dev_files() {
+  dev="$bin/dev"
+  rm -rf "$dev"
+  mkdir -m 700 -p "$dev"
+  proxy_addr="127.0.0.1:$(free_port)"
+  prometheus_addr="127.0.0.1:$(free_port)"
+  local ex="$root/examples"
+  sed -e "s|http://127.0.0.1:8200|$VAULT_ADDR|" \
+      -e "s|/etc/vault-agent/app-token|$dev/app-token|" \
+      -e "s|/etc/vault-agent/instacart-token.ctmpl|$ex/agent/instacart-token.ctmpl|" \
+      -e "s|/run/app/instacart-token|$dev/instacart-token|" \
+      "$ex/agent/agent.hcl" >"$dev/agent.hcl"
+  sed -e "s|http://127.0.0.1:8200|$VAULT_ADDR|" \
+      -e "s|/etc/vault-proxy/app-token|$dev/app-token|" \
+      -e "s|127.0.0.1:8100|$proxy_addr|" \
+      "$ex/proxy/proxy.hcl" >"$dev/proxy.hcl"
+  # make dev's Vault is plain http: no tls_config, scheme http.
+  {
+    echo "# make dev: examples/prometheus/prometheus.yml for this Vault (http), with the alert rules."
+    echo "global: {scrape_interval: 5s, evaluation_interval: 5s}"
+    echo "rule_files: [\"$ex/prometheus/alerts.yml\"]"
+    sed -e '/^#/d' -e 's|scheme: https|scheme: http|' -e '/tls_config:/d' -e '/ca_file:/d' \
+        -e "s|/etc/prometheus/vault-token|$dev/prometheus-token|" \
+        -e "s|vault.example.com:8200|${VAULT_ADDR#http://}|" \
+        "$ex/prometheus/prometheus.yml"
+  } >"$dev/prometheus.yml"
+  vault policy write instacart-app "$ex/policies/app.hcl" >/dev/null
+  vault policy write instacart-metrics "$ex/policies/metrics.hcl" >/dev/null
+  (umask 077
+   vault token create -no-default-policy -policy=instacart-app -field=token >"$dev/app-token"
+   vault token create -orphan -no-default-policy -policy=instacart-metrics -period=768h \
+     -display-name=prometheus -field=token >"$dev/prometheus-token")
+  (umask 077; cat >"$dev/env" <<EOT
+# make dev's environment: source $dev/env
+export PATH="$bin:\$PATH"  # vault and connect-fake, built here
+export VAULT_ADDR=$VAULT_ADDR
+export VAULT_TOKEN=$VAULT_TOKEN  # the dev root token of this throwaway server
+$($fake && echo "export CONNECT_FAKE_URL=$base_url  # the Connect fake")
+export PROXY_ADDR=http://$proxy_addr  # the listener of $dev/proxy.hcl
+export PROMETHEUS_ADDR=$prometheus_addr  # for prometheus --web.listen-address
+EOT
+  )
+}
+
 if [[ "$mode" == dev ]]; then
-  step "Vault is running. In another shell:"
+  write_dev_files
+  step "Vault is running. In another shell, from $root:"
   cat <<EOT
-    export PATH="$bin:\$PATH"     # vault and connect-fake, built here
-    export VAULT_ADDR=$VAULT_ADDR
-    export VAULT_TOKEN=$VAULT_TOKEN   # dev root token of this throwaway server
+    source ${dev#"$root"/}/env    # PATH, VAULT_ADDR, VAULT_TOKEN, CONNECT_FAKE_URL, PROXY_ADDR, PROMETHEUS_ADDR ($dev/env)
 
     vault read instacart/config
     vault read instacart/creds/fulfillment
     vault write instacart/creds/shoppers user_id=store-7
     vault path-help instacart/creds/fulfillment
-    vault lease revoke -prefix instacart/creds/
+    vault lease revoke -prefix instacart/creds/fulfillment   # a role's leases, as the operator policy allows
 EOT
   if $fake; then
     cat <<EOT
 
     # an authorization code, as Instacart's linking flow would hand one over (single-use):
-    vault write instacart/creds/linking code="\$(connect-fake authorize -base-url $base_url \\
+    vault write instacart/creds/linking code="\$(connect-fake authorize -base-url "\$CONNECT_FAKE_URL" \\
         -client-id $client_id -redirect-uri $redirect_uri -user-id store-42)"
 
   Roles: fulfillment, shoppers, linking (as in the README).
@@ -192,11 +250,17 @@ EOT
 EOT
   fi
   cat <<EOT
+  The README's "on make dev" recipes: ${dev#"$root"/}/ holds env, agent.hcl, proxy.hcl
+  (listening on $proxy_addr), prometheus.yml, and app-token / prometheus-token (0600)
+  with the instacart-app and instacart-metrics policies.
   Vault log: $work/vault.log
   To stop: press Ctrl-C here (or kill $$). Vault and the fake stop, and $work,
-  with the secret file and logs in it, is removed.
+  with the secret file and logs in it, is removed; ${dev#"$root"/}/ stays until the next make dev.
 EOT
-  wait "${pids[@]}"
+  # Stopping is what dev waits for: a signal now is a clean exit (0), after
+  # cleanup, and so is Vault or the fake ending on its own.
+  trap 'exit 0' INT TERM
+  wait "${pids[@]}" || true
   exit 0
 fi
 

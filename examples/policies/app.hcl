@@ -1,6 +1,12 @@
 # Application policy: read tokens for one role only (here "fulfillment"), and
 # renew and revoke the leases of that role's tokens, and no other leases.
 # Assumes the engine is mounted at instacart/.
+#
+# Create the app's token with -no-default-policy:
+#   vault token create -no-default-policy -policy=instacart-app -field=token
+# Without it the token also gets Vault's default policy, which lets it look up
+# and renew any lease whose id it knows (sys/leases/lookup, sys/leases/renew
+# with the id in the body), not only this role's.
 
 # "update" covers roles that take input (user_id=..., code=...).
 path "instacart/creds/fulfillment" {
@@ -20,4 +26,10 @@ path "sys/leases/renew/instacart/creds/fulfillment/*" {
 path "sys/leases/revoke/instacart/creds/fulfillment/*" {
   capabilities      = ["update"]
   denied_parameters = { "lease_id" = [] }
+}
+
+# Vault Agent and Vault Proxy look their token_file token up when they start
+# (auto-auth); a token without the default policy needs this to be used there.
+path "auth/token/lookup-self" {
+  capabilities = ["read"]
 }
