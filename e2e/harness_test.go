@@ -25,8 +25,8 @@ import (
 
 const (
 	pluginName = "vault-plugin-secrets-instacart"
-	oldVersion = "v0.1.0"
-	newVersion = "v0.2.0"
+	oldVersion = "v0.2.0-dev.1"
+	newVersion = "v0.2.0-dev.2"
 	fakeClient = "e2e-client"
 )
 
@@ -114,7 +114,7 @@ func makeEnv(extra ...string) []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		switch k, _, _ := strings.Cut(kv, "="); k {
-		case "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES":
+		case "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "VERSION":
 			continue
 		}
 		env = append(env, kv)

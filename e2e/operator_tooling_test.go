@@ -404,21 +404,21 @@ func exampleConfig(t testing.TB, path string, oldnew ...string) string {
 }
 
 // TestPluginUpgrade follows the README word for word: the shell blocks of
-// "Install on a Vault server" (make build VERSION=v0.1.0, the copy into the
+// "Install on a Vault server" (make build of one checkout, the copy into the
 // plugin directory, register and enable), then, with config, a role and a
-// cached token in place, those of "### Upgrade" (make build VERSION=v0.2.0,
-// the copy, register, tune, the global reload and the version check). The
-// mount then runs the v0.2.0 file, and config, roles and the cached token
-// survive.
+// cached token in place, those of "### Upgrade" (make build of a newer
+// checkout, the copy, register, tune, the global reload and the version
+// check). The mount then runs the newer file, and config, roles and the
+// cached token survive.
 func TestPluginUpgrade(t *testing.T) {
 	install := readmeSection(t, "## Install on a Vault server")
 	upgrade := readmeSection(t, "### Upgrade")
-	for _, want := range []string{"make build VERSION=" + oldVersion, "-version=" + oldVersion, "-command=" + pluginFile(oldVersion)} {
+	for _, want := range []string{"make build\n", "VERSION=$(make -s version)", `-version="$VERSION"`, `-command="vault-plugin-secrets-instacart-$VERSION"`} {
 		if !strings.Contains(strings.Join(install, ""), want) {
 			t.Fatalf("the README's install steps no longer say %q", want)
 		}
 	}
-	for _, want := range []string{"make build VERSION=" + newVersion, "-version=" + newVersion, "-command=" + pluginFile(newVersion), "-scope=global"} {
+	for _, want := range []string{"make build\n", "NEW=$(make -s version)", `-version="$NEW"`, `-command="vault-plugin-secrets-instacart-$NEW"`, "-scope=global"} {
 		if !strings.Contains(strings.Join(upgrade, ""), want) {
 			t.Fatalf("the README's upgrade steps no longer say %q", want)
 		}
@@ -427,6 +427,7 @@ func TestPluginUpgrade(t *testing.T) {
 	f := startFake(t, 24*time.Hour)
 	sh := newREADMEShell(t)
 	v := sh.v
+	sh.checkout("## Install on a Vault server")
 	for _, block := range install {
 		sh.mustRun(t, block)
 	}
@@ -437,6 +438,7 @@ func TestPluginUpgrade(t *testing.T) {
 	mints := f.Mints(t)
 
 	var out string
+	sh.checkout("### Upgrade")
 	for _, block := range upgrade {
 		out = sh.mustRun(t, block)
 	}

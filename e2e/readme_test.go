@@ -78,6 +78,7 @@ func TestREADMECommands(t *testing.T) {
 			sh.v.Secrets = append(sh.v.Secrets, tok)
 			writeFile(t, filepath.Join(dir, "leaked_token"), tok)
 		}
+		sh.checkout(b.heading)
 		stdout, stderr, err := sh.run(t, block)
 		if err != nil {
 			t.Errorf("README shell block %d (under %q) failed (%v):\n%s\nstderr:\n%s", i+1, b.heading, err, b.body, stderr)
@@ -104,7 +105,20 @@ type readmeShell struct {
 	v     *vault
 	build string // make's BIN
 	repl  *strings.Replacer
-	token string // VAULT_TOKEN, if not v's root token
+	token string   // VAULT_TOKEN, if not v's root token
+	env   []string // set by checkout
+}
+
+// checkout stands for the checkout an operator builds from for the blocks
+// under heading: the release installed first, or the newer one of
+// "### Upgrade". make's VERSION in the environment is what `make build` and
+// `make -s version` give on that checkout. A section's later blocks use the
+// shell variable its first block set ($VERSION, $NEW), as in one shell.
+func (sh *readmeShell) checkout(heading string) {
+	sh.env = []string{"VERSION=" + oldVersion}
+	if heading == "### Upgrade" {
+		sh.env = []string{"VERSION=" + newVersion, "NEW=" + newVersion}
+	}
 }
 
 // newREADMEShell starts a dev Vault with an empty plugin directory; oldnew are
@@ -136,6 +150,7 @@ func (sh *readmeShell) run(t testing.TB, block string) (stdout, stderr string, e
 	cmd.Dir = repoRoot
 	cmd.Env = makeEnv("MAKEFLAGS=BIN="+sh.build, "VAULT_ADDR="+sh.v.Addr, "VAULT_TOKEN="+token,
 		"VAULT_FORMAT=", "PATH="+filepath.Dir(vaultBin)+":"+filepath.Dir(fakeBin)+":"+os.Getenv("PATH"))
+	cmd.Env = append(cmd.Env, sh.env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err = cmd.Run()
@@ -252,12 +267,27 @@ func shellBlocks(md string) []readmeBlock {
 }
 
 // onlyMakeBuild reports whether every make command of a block is make build
-// (which readmeShell runs into its own directory).
+// (which readmeShell runs into its own directory) or make -s version.
 func onlyMakeBuild(block string) bool {
 	for _, line := range strings.Split(block, "\n") {
-		if f := strings.Fields(line); len(f) > 0 && f[0] == "make" && (len(f) < 2 || f[1] != "build") {
-			return false
+		for _, cmd := range strings.Split(line, "$(") {
+			f := strings.Fields(cmd)
+			if len(f) == 0 || f[0] != "make" {
+				continue
+			}
+			if !(len(f) >= 2 && f[1] == "build") && !(len(f) >= 3 && f[1] == "-s" && strings.HasPrefix(f[2], "version")) {
+				return false
+			}
 		}
 	}
 	return true
+}
+
+// TestREADMEFitsOnAFewScreens keeps the README to what a first day needs:
+// anything more belongs on a docs/ page it links.
+func TestREADMEFitsOnAFewScreens(t *testing.T) {
+	const most = 400
+	if n := strings.Count(readFileString(t, filepath.Join(repoRoot, "README.md")), "\n"); n > most {
+		t.Errorf("README.md has %d lines; at most %d, with the rest on docs/ pages", n, most)
+	}
 }
