@@ -34,13 +34,10 @@ var errCredentialsGone = errors.New("the credentials that minted the token are n
 // token the old secret cannot revoke (invalid_client: Instacart disabled it)
 // is revoked with the current secret, as the same application's.
 func (b *backend) revokeUpstream(ctx context.Context, s logical.Storage, role string, r revocable) (permanent bool, err error) {
-	now := b.now()
-	if r.AccessToken == "" || r.expired(now) {
-		if r.AccessToken != "" {
-			b.metrics.revocation(revocationSkippedExpired)
-		}
+	if b.nothingToRevoke(r) {
 		return false, nil
 	}
+	now := b.now()
 	defer b.metrics.revocationDone(&permanent, &err)
 	e, err := b.getSnapshot(ctx, s)
 	if err != nil {
@@ -92,6 +89,20 @@ func (b *backend) revokeUpstream(ctx context.Context, s logical.Storage, role st
 		return false, &revokeFailure{"revoking the token at Connect: " + connectSummary(ce)}
 	}
 	return false, nil
+}
+
+// nothingToRevoke reports whether r needs no call (no token, or one past its
+// expiry), counting an expired one as skipped: every revocation path asks it
+// before it sends anything.
+func (b *backend) nothingToRevoke(r revocable) bool {
+	if r.AccessToken == "" {
+		return true
+	}
+	if r.expired(b.now()) {
+		b.metrics.revocation(revocationSkippedExpired)
+		return true
+	}
+	return false
 }
 
 // revokeFailure is Connect not revoking a token for now (unreachable,

@@ -71,7 +71,6 @@ func (b *backend) tokenRevoke(ctx context.Context, req *logical.Request, _ *fram
 	if _, err := b.revokeNow(ctx, tryCtx, req.Storage, p, "its lease was revoked"); err != nil {
 		// Vault retries the lease a few times, then gives up on it: the
 		// engine keeps trying the token it holds in hand meanwhile.
-		b.keepTrying(req.Storage, p, "its lease was revoked")
 		return nil, logical.CodedError(http.StatusServiceUnavailable, fmt.Sprintf("the token could not be revoked nor queued for revocation; Vault retries the lease: %v", err))
 	}
 	return nil, nil
