@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -333,9 +332,7 @@ const roleLockStripes = 64
 
 // roleLock is the lock of one role's stripe.
 func (b *backend) roleLock(name string) *sync.RWMutex {
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(name))
-	return &b.roleLocks[h.Sum32()%roleLockStripes]
+	return &b.roleLocks[stripeOf(name, roleLockStripes)]
 }
 
 // newClient builds a Connect client for cfg's host and credentials, sharing

@@ -3,7 +3,6 @@ package instacart
 import (
 	"context"
 	"fmt"
-	"hash/fnv"
 	"sync"
 	"time"
 
@@ -103,11 +102,7 @@ type tokenCache struct {
 // genStripes is how many generations the keys are spread over.
 const genStripes = 256
 
-func genStripe(key string) int {
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(key))
-	return int(h.Sum32() % genStripes)
-}
+func genStripe(key string) int { return stripeOf(key, genStripes) }
 
 func newTokenCache(size int) *tokenCache {
 	entries, err := lru.New[string, *issuedToken](size)
