@@ -91,12 +91,10 @@ type backend struct {
 	// sized by the current config (mint.go); throttle holds token requests
 	// (not revocations) back after a 429. Both belong to the mount,
 	// whatever client is used.
-	mintSlots    *fairshare.Slots
-	throttle     connect.Throttle
-	onMintQueued func() // tests: called when a mint must wait for a slot
-	onSharedWait func() // tests: called when a reader waits on a shared mint
+	mintSlots *fairshare.Slots
+	throttle  connect.Throttle
 
-	connectConfigHook func(*connect.Config) // tests: adjust every Connect client (transport, waits)
+	hooks *testHooks // nil but in tests (test_hooks.go)
 
 	// codeMu serialises claiming authorization codes (code_records.go).
 	codeMu sync.Mutex
@@ -348,9 +346,7 @@ func (b *backend) newClient(cfg *connectConfig) (*connect.Client, error) {
 		Throttle:       &b.throttle,
 		Logger:         b.Logger().Named("connect"),
 	}
-	if b.connectConfigHook != nil {
-		b.connectConfigHook(&cc)
-	}
+	b.hooks.adjustConnect(&cc)
 	client, err := connect.New(cc)
 	if err != nil {
 		return nil, fmt.Errorf("building Connect client: %w", err)

@@ -50,9 +50,7 @@ func (b *backend) sizeMintSlots(e *configSnapshot) {
 func (b *backend) acquireMintSlot(ctx context.Context, m *mintRequest) (release func(), err error) {
 	sem := b.mintSlots
 	if !sem.TryAcquire() {
-		if b.onMintQueued != nil {
-			b.onMintQueued()
-		}
+		b.hooks.onMintQueued()
 		if err := sem.Acquire(ctx, m.roleName); err != nil {
 			return nil, fmt.Errorf("%w: %w", errMintQueue, err)
 		}

@@ -48,7 +48,7 @@ func TestConcurrentColdReadsMintOnce(t *testing.T) {
 	const readers = 100
 	var waiting sync.WaitGroup
 	waiting.Add(readers)
-	e.b.onSharedWait = waiting.Done
+	e.b.hooks.sharedWait = waiting.Done
 	go func() {
 		<-arrived
 		waiting.Wait() // every reader is waiting on the one mint
@@ -84,7 +84,7 @@ func TestConcurrentColdReadsMintOnce(t *testing.T) {
 	if got := e.fake.Mints(); got != 1 {
 		t.Errorf("%d concurrent cold reads minted %d tokens, want 1", readers, got)
 	}
-	e.b.onSharedWait = nil
+	e.b.hooks.sharedWait = nil
 }
 
 func TestSharedTokenReplacedNearExpiry(t *testing.T) {
@@ -318,7 +318,7 @@ func TestFallbackCheckOutlivesTheReadersContext(t *testing.T) {
 	g.honourCtx = true // as Vault's gRPC storage refuses a call on an ended context
 	ctx, cancel := context.WithCancel(context.Background())
 	waiting := make(chan struct{})
-	e.b.onSharedWait = func() { close(waiting) }
+	e.b.hooks.sharedWait = func() { close(waiting) }
 	go func() {
 		<-waiting
 		cancel() // no deadline, so no margin: the reader's context ends outright
