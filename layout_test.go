@@ -5,6 +5,7 @@ import (
 	"go/parser"
 	"go/token"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -108,5 +109,43 @@ func TestNoFileCallsIntoHandlerFiles(t *testing.T) {
 	slices.Sort(bad)
 	for _, b := range slices.Compact(bad) {
 		t.Error(b)
+	}
+}
+
+// The lifecycle table in lifecycle.go names, as "function (file.go)", the
+// function that makes each move: each must still be declared in that file,
+// or the table has rotted.
+func TestLifecycleTableNamesLiveFunctions(t *testing.T) {
+	files := parsePackage(t)
+	declared := map[string]map[string]bool{} // file -> function and method names
+	for name, f := range files {
+		declared[name] = map[string]bool{}
+		for _, d := range f.Decls {
+			if fn, ok := d.(*ast.FuncDecl); ok {
+				declared[name][fn.Name.Name] = true
+			}
+		}
+	}
+	var text strings.Builder
+	for _, cg := range files["lifecycle.go"].Comments {
+		text.WriteString(cg.Text())
+	}
+	named := regexp.MustCompile(`((?:\w+, )*\w+) \((\w+\.go)\)`)
+	pairs := 0
+	for _, m := range named.FindAllStringSubmatch(text.String(), -1) {
+		file := m[2]
+		if declared[file] == nil {
+			t.Errorf("the lifecycle table names %s, which is not a file of the package", file)
+			continue
+		}
+		for _, fn := range strings.Split(m[1], ", ") {
+			pairs++
+			if !declared[file][fn] {
+				t.Errorf("the lifecycle table names %s (%s), which is not declared there", fn, file)
+			}
+		}
+	}
+	if pairs < 20 {
+		t.Errorf("found %d functions named in lifecycle.go's table, want the whole table (20 or more)", pairs)
 	}
 }
