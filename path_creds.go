@@ -68,11 +68,11 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, d *fr
 	if problem != "" {
 		return logical.ErrorResponse(problem), nil
 	}
-	e, resp, err := b.configuredSnapshot(ctx, req.Storage)
+	snap, resp, err := b.configuredSnapshot(ctx, req.Storage)
 	if resp != nil || err != nil {
 		return resp, readError(err)
 	}
-	m := mintRequest{roleName: name, role: r, userID: userID, code: code, snap: e}
+	m := mintRequest{roleName: name, role: r, userID: userID, code: code, snap: snap}
 	if !r.shared() {
 		exclusive := m // the mint outlives the request; m stays on the stack for cached reads
 		resp, err := b.exclusiveCreds(ctx, req.Storage, &exclusive)
