@@ -52,7 +52,7 @@ func TestMintSlotsFollowTheCurrentConfig(t *testing.T) {
 func TestRetiredCredentialsOutliveLateMints(t *testing.T) {
 	e := newTestEnv(t)
 	setupRoles(e)
-	move := defectClock(e)
+	move := movableClock(e)
 	gate, url := newCountingGate(t, e.fake)
 	e.mustOK(logical.UpdateOperation, "config", map[string]any{"base_url": url, "client_secret": testSecret, "verify": false, "max_concurrent_mints": 1})
 	queued := make(chan struct{}, 1)
