@@ -1,3 +1,5 @@
+//go:build explore
+
 package instacart
 
 // The schedule explorer's world: a frozen clock, two Connect hosts behind an
