@@ -324,7 +324,7 @@ func TestCodePruneDoesNotReadRecords(t *testing.T) {
 
 // A record the previous release wrote (codes/<sha256>) still refuses the
 // code while within its TTL, and is pruned once past it.
-func TestCodeLegacyRecord(t *testing.T) {
+func TestPreviousReleaseCodeRecordRefusesUntilItsTTL(t *testing.T) {
 	e := newTestEnv(t)
 	sent := time.Date(2026, 3, 14, 10, 50, 0, 0, time.UTC)
 	set := codeClock(e, sent.Add(10*time.Minute))
@@ -388,7 +388,7 @@ func TestCodeReleaseAllowsReclaim(t *testing.T) {
 }
 
 // Concurrent claims of one code: exactly one wins.
-func TestCodeConcurrentClaims(t *testing.T) {
+func TestOneOfConcurrentClaimsOfACodeWins(t *testing.T) {
 	e := newTestEnv(t)
 	const n = 16
 	results := make(chan bool, n)

@@ -4,7 +4,7 @@ import (
 	"testing"
 )
 
-func TestNormalizeBaseURL(t *testing.T) {
+func TestBaseURLMustBeHTTPSOrLoopback(t *testing.T) {
 	ok := map[string]string{
 		"https://connect.instacart.com/":       "https://connect.instacart.com",
 		"https://connect.dev.instacart.tools":  "https://connect.dev.instacart.tools",

@@ -17,7 +17,7 @@ import (
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect/connectfake"
 )
 
-func TestConfigWriteRead(t *testing.T) {
+func TestConfigWriteVerifiesRevokesAndReadsBack(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure()
 	if got := e.fake.Mints(); got != 1 {
@@ -63,7 +63,7 @@ func TestConfigWriteRead(t *testing.T) {
 	}
 }
 
-func TestConfigValidation(t *testing.T) {
+func TestConfigWriteRefusesInvalidFieldsByName(t *testing.T) {
 	base := func(e *testEnv) map[string]any {
 		return map[string]any{"client_id": testClientID, "client_secret": testSecret, "base_url": e.fake.URL}
 	}

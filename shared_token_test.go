@@ -14,7 +14,7 @@ import (
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect/connectfake"
 )
 
-func TestSharedAndExclusiveReuse(t *testing.T) {
+func TestSharedRoleReusesItsTokenExclusiveMintsPerRead(t *testing.T) {
 	e := newTestEnv(t)
 	setupRoles(e)
 
