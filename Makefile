@@ -77,15 +77,15 @@ test: lint test-unit test-fuzz test-prometheus test-e2e test-bench-smoke
 	@$(if $(PROM_OK),true,echo "$(PROM_NOTE)")
 
 test-unit:
-	$(GO) test -race -count=1 ./...
+	$(GO) test -race -count=1 -tags explore ./...
 	cd tokensource && $(GO) test -race -count=1 ./...
 	cd tools/dashboard && $(GO) test -count=1 ./...
 	$(if $(NODE_OK),cd examples/app-node && node --test app.test.js,@echo "$(NODE_NOTE)")
 
 ## explore: the schedule explorer on more seeds than test-unit runs (make explore SEEDS=10000);
-## a failing seed replays with EXPLORE_SEED=<n> go test -race -run '^TestLifecycleExplorer$$' -v .
+## a failing seed replays with EXPLORE_SEED=<n> go test -tags explore -race -run '^TestLifecycleExplorer$$' -v .
 explore:
-	EXPLORE_SEEDS=$(SEEDS) $(GO) test -race -run '^TestLifecycleExplorer$$' -count=1 -timeout 0 .
+	EXPLORE_SEEDS=$(SEEDS) $(GO) test -tags explore -race -run '^TestLifecycleExplorer$$' -count=1 -timeout 0 .
 
 test-fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzRoleWrite$$' -fuzztime $(FUZZTIME) .
@@ -152,6 +152,7 @@ fmtcheck:
 
 vet:
 	$(GO) vet ./...
+	$(GO) vet -tags explore .
 	$(GO) vet -tags e2e ./e2e/
 	$(GO) vet -tags bench ./bench/
 	for m in $(SUBMODULES); do (cd $$m && $(GO) vet ./...); done

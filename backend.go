@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -92,12 +91,10 @@ type backend struct {
 	// sized by the current config (mint.go); throttle holds token requests
 	// (not revocations) back after a 429. Both belong to the mount,
 	// whatever client is used.
-	mintSlots    *fairshare.Slots
-	throttle     connect.Throttle
-	onMintQueued func() // tests: called when a mint must wait for a slot
-	onSharedWait func() // tests: called when a reader waits on a shared mint
+	mintSlots *fairshare.Slots
+	throttle  connect.Throttle
 
-	connectConfigHook func(*connect.Config) // tests: adjust every Connect client (transport, waits)
+	hooks *testHooks // nil but in tests (test_hooks.go)
 
 	// codeMu serialises claiming authorization codes (code_records.go).
 	codeMu sync.Mutex
@@ -227,13 +224,13 @@ func (b *backend) resetSnapshot() {
 
 // publishSnapshot replaces the current snapshot, bumping the generation so a load
 // that read storage before this point cannot publish over it.
-func (b *backend) publishSnapshot(e *configSnapshot) {
+func (b *backend) publishSnapshot(snap *configSnapshot) {
 	b.publishMu.Lock()
 	b.snapshotGen++
-	old := b.snapshot.Swap(e)
-	b.sizeMintSlots(e)
+	old := b.snapshot.Swap(snap)
+	b.sizeMintSlots(snap)
 	b.publishMu.Unlock()
-	if old != nil && old != e && old.client != nil {
+	if old != nil && old != snap && old.client != nil {
 		old.client.Close()
 	}
 }
@@ -246,13 +243,13 @@ func (b *backend) clean(context.Context) {
 // getSnapshot returns the current configuration snapshot, loading it from
 // storage on first use.
 func (b *backend) getSnapshot(ctx context.Context, s logical.Storage) (*configSnapshot, error) {
-	if e := b.snapshot.Load(); e != nil {
-		return e, nil
+	if snap := b.snapshot.Load(); snap != nil {
+		return snap, nil
 	}
 	b.configMu.Lock()
 	defer b.configMu.Unlock()
-	if e := b.snapshot.Load(); e != nil {
-		return e, nil
+	if snap := b.snapshot.Load(); snap != nil {
+		return snap, nil
 	}
 	b.publishMu.Lock()
 	gen := b.snapshotGen
@@ -262,7 +259,7 @@ func (b *backend) getSnapshot(ctx context.Context, s logical.Storage) (*configSn
 	if err != nil {
 		return nil, err
 	}
-	e, err := b.newSnapshot(cfg)
+	snap, err := b.newSnapshot(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -271,11 +268,11 @@ func (b *backend) getSnapshot(ctx context.Context, s logical.Storage) (*configSn
 	if b.snapshotGen != gen {
 		// The config changed while it was being read: serve this request
 		// with what was read, but leave the cache empty for the next one.
-		return e, nil
+		return snap, nil
 	}
-	b.snapshot.Store(e)
-	b.sizeMintSlots(e)
-	return e, nil
+	b.snapshot.Store(snap)
+	b.sizeMintSlots(snap)
+	return snap, nil
 }
 
 // newSnapshot builds the Connect client for cfg. Without current credentials
@@ -295,14 +292,14 @@ func (b *backend) newSnapshot(cfg *connectConfig) (*configSnapshot, error) {
 // configuredSnapshot is getSnapshot for paths that need credentials: an
 // unconfigured mount is the operator's to fix, so it is a 400.
 func (b *backend) configuredSnapshot(ctx context.Context, s logical.Storage) (*configSnapshot, *logical.Response, error) {
-	e, err := b.getSnapshot(ctx, s)
+	snap, err := b.getSnapshot(ctx, s)
 	if err != nil {
 		return nil, nil, err
 	}
-	if e.client == nil {
+	if snap.client == nil {
 		return nil, logical.ErrorResponse("the engine is not configured: write client_id and client_secret to %q first", configStoragePath), nil
 	}
-	return e, nil, nil
+	return snap, nil, nil
 }
 
 // clock reads b.now at call time, so a client built earlier follows the
@@ -333,9 +330,7 @@ const roleLockStripes = 64
 
 // roleLock is the lock of one role's stripe.
 func (b *backend) roleLock(name string) *sync.RWMutex {
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(name))
-	return &b.roleLocks[h.Sum32()%roleLockStripes]
+	return &b.roleLocks[stripeOf(name, roleLockStripes)]
 }
 
 // newClient builds a Connect client for cfg's host and credentials, sharing
@@ -351,9 +346,7 @@ func (b *backend) newClient(cfg *connectConfig) (*connect.Client, error) {
 		Throttle:       &b.throttle,
 		Logger:         b.Logger().Named("connect"),
 	}
-	if b.connectConfigHook != nil {
-		b.connectConfigHook(&cc)
-	}
+	b.hooks.adjustConnect(&cc)
 	client, err := connect.New(cc)
 	if err != nil {
 		return nil, fmt.Errorf("building Connect client: %w", err)

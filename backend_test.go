@@ -72,6 +72,7 @@ func newTestEnv(t testing.TB) *testEnv {
 	if err != nil {
 		t.Fatalf("Factory: %v", err)
 	}
+	lb.(*backend).hooks = &testHooks{}
 	// As Vault does when it mounts the engine.
 	if err := lb.Initialize(context.Background(), &logical.InitializationRequest{Storage: conf.StorageView}); err != nil {
 		t.Fatalf("Initialize: %v", err)

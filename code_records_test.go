@@ -3,6 +3,7 @@ package instacart
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"reflect"
 	"strings"
@@ -323,7 +324,7 @@ func TestCodePruneDoesNotReadRecords(t *testing.T) {
 
 // A record the previous release wrote (codes/<sha256>) still refuses the
 // code while within its TTL, and is pruned once past it.
-func TestCodeLegacyRecord(t *testing.T) {
+func TestPreviousReleaseCodeRecordRefusesUntilItsTTL(t *testing.T) {
 	e := newTestEnv(t)
 	sent := time.Date(2026, 3, 14, 10, 50, 0, 0, time.UTC)
 	set := codeClock(e, sent.Add(10*time.Minute))
@@ -387,7 +388,7 @@ func TestCodeReleaseAllowsReclaim(t *testing.T) {
 }
 
 // Concurrent claims of one code: exactly one wins.
-func TestCodeConcurrentClaims(t *testing.T) {
+func TestOneOfConcurrentClaimsOfACodeWins(t *testing.T) {
 	e := newTestEnv(t)
 	const n = 16
 	results := make(chan bool, n)
@@ -411,5 +412,103 @@ func TestCodeConcurrentClaims(t *testing.T) {
 	}
 	if won != 1 {
 		t.Errorf("%d concurrent claims of one code succeeded, want 1", won)
+	}
+}
+
+// An authorization code is judged by the fate of the last attempt that
+// carried it: a 503 that turned the first attempt away says nothing about a
+// second attempt Connect processed and never answered in time.
+func TestCodeJudgedByTheLastAttemptCarryingIt(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	g := newConnectGate(t, e.fake)
+	behindGate(e, g, map[string]any{"request_timeout": "1s", "max_retries": 1})
+	code := e.fake.IssueAuthorizationCode(testClientID, redirectURI, "linked-user")
+
+	// Attempt 1 is turned away (503) before reaching Connect's handler;
+	// attempt 2 is processed (the code is spent, a token minted) and its
+	// answer never arrives within the per-attempt timeout.
+	g.refuse(connectfake.PathToken, http.StatusServiceUnavailable)
+	e.fake.InjectFaults(connectfake.PathToken, connectfake.Fault{AfterHandling: true, Hang: true})
+
+	_, err := e.do(logical.UpdateOperation, "creds/link", map[string]any{"code": code})
+	if status := codedStatus(err); status < 500 || status > 599 {
+		t.Fatalf("first write: err = %v (status %d), want a 5xx", err, status)
+	}
+	if !strings.Contains(err.Error(), "new code") {
+		t.Errorf("the error does not tell the caller to get a new code: %v", err)
+	}
+	carrying, processed := g.codeCounts(code)
+	if carrying != 2 || processed != 1 {
+		t.Fatalf("token requests carrying the code: %d (%d reached Connect), want 2 (1): one turned away, one processed", carrying, processed)
+	}
+
+	// The Vault client retries a 5xx by itself: the same code again.
+	resp, err := e.do(logical.UpdateOperation, "creds/link", map[string]any{"code": code})
+	expectError(t, resp, err, "already sent")
+	if c, p := g.codeCounts(code); c != carrying || p != processed {
+		t.Errorf("the retry sent the code again: %d requests carried it (%d reached Connect)", c, p)
+	}
+	if got := e.fake.Mints(); got != 1 {
+		t.Errorf("Connect minted %d tokens for the code, want 1", got)
+	}
+}
+
+// An authorization code is released for another try only when Connect
+// provably did not process it.
+func TestCodeReleasedOnlyWhenConnectDidNotProcessIt(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// fail makes the first write fail; restore undoes what it set up.
+		fail, restore func(e *testEnv)
+		released      bool
+	}{
+		{"400 invalid_grant: spent", func(e *testEnv) {
+			e.fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Status: http.StatusBadRequest,
+				Body: `{"error":"invalid_grant","error_description":"The provided authorization grant is invalid."}`})
+		}, func(*testEnv) {}, false},
+		{"429 and no retry left: released", func(e *testEnv) {
+			e.fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Status: http.StatusTooManyRequests, RetryAfter: "0"})
+		}, func(*testEnv) {}, true},
+		{"connection refused: released", func(e *testEnv) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				e.t.Fatal(err)
+			}
+			closed := "http://" + ln.Addr().String()
+			ln.Close()
+			e.mustOK(logical.UpdateOperation, "config", map[string]any{"base_url": closed, "client_secret": testSecret, "verify": false})
+		}, func(e *testEnv) {
+			e.mustOK(logical.UpdateOperation, "config", map[string]any{"base_url": e.fake.URL, "client_secret": testSecret, "verify": false})
+		}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newTestEnv(t)
+			setupRoles(e)
+			e.mustOK(logical.UpdateOperation, "config", map[string]any{"max_retries": 0})
+			code := e.fake.IssueAuthorizationCode(testClientID, redirectURI, "linked-user")
+			tc.fail(e)
+			if o := outcomeOf(e.do(logical.UpdateOperation, "creds/link", map[string]any{"code": code})); o.token() != "" {
+				t.Fatal("the failing write produced a token")
+			}
+			tc.restore(e)
+			before := e.fake.Requests(connectfake.PathToken)
+
+			resp, err := e.do(logical.UpdateOperation, "creds/link", map[string]any{"code": code})
+			sent := e.fake.Requests(connectfake.PathToken) - before
+			if !tc.released {
+				expectError(t, resp, err, "already sent")
+				if sent != 0 {
+					t.Errorf("a spent code was sent again (%d requests)", sent)
+				}
+				return
+			}
+			if sent != 1 {
+				t.Errorf("the retry sent %d token requests, want 1: the code was never processed", sent)
+			}
+			if err != nil || resp == nil || resp.IsError() {
+				t.Errorf("a retry with a code Connect never processed failed: %v %v", resp, err)
+			}
+		})
 	}
 }

@@ -3,6 +3,7 @@ package instacart
 import (
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -70,4 +71,55 @@ func errText(resp *logical.Response, err error) string {
 		return resp.Error().Error()
 	}
 	return ""
+}
+
+// Warnings and errors name a user's token only by a hash of the user
+// id: Vault's audit log does not HMAC them.
+func TestUserIDsNeverInWarningsOrErrors(t *testing.T) {
+	const marker = "qv9z"
+	users := []string{"store-" + marker + "-1", "store-" + marker + "-2"}
+	hashed := regexp.MustCompile(`#[0-9a-f]{6,}`)
+	check := func(t *testing.T, what, msg string) {
+		t.Helper()
+		if strings.Contains(msg, marker) {
+			t.Errorf("%s holds a user id: %q", what, msg)
+		}
+		if !hashed.MatchString(msg) {
+			t.Errorf("%s does not name the users' tokens as #<hash>: %q", what, msg)
+		}
+	}
+	e := newTestEnv(t)
+	setupRoles(e)
+	read := func() {
+		for _, u := range users {
+			e.mustOK(logical.UpdateOperation, "creds/shoppers", map[string]any{"user_id": u})
+		}
+	}
+
+	t.Run("revocation refused", func(t *testing.T) {
+		e.t = t
+		defer func() { e.t = t }()
+		read()
+		refusal := connectfake.Fault{Status: http.StatusForbidden, Body: `{"error":"unauthorized_client","error_description":"refused"}`}
+		e.fake.InjectFaults(connectfake.PathRevoke, refusal, refusal)
+		resp, err := e.do(logical.DeleteOperation, "cache/shoppers", nil)
+		if err != nil || resp == nil || len(resp.Warnings) == 0 {
+			t.Fatalf("flush with revocations refused: resp = %v, err = %v; want warnings", resp, err)
+		}
+		check(t, "the warning", strings.Join(resp.Warnings, "\n"))
+		e.fake.ClearFaults()
+	})
+
+	t.Run("revocation unavailable", func(t *testing.T) {
+		e.t = t
+		read()
+		e.fake.InjectFaults(connectfake.PathRevoke, unavailableFaults(20)...)
+		_, err := e.do(logical.DeleteOperation, "cache/shoppers", nil)
+		if codedStatus(err) != http.StatusBadGateway {
+			t.Fatalf("flush with Connect unavailable: err = %v; want a coded 502", err)
+		}
+		check(t, "the error", err.Error())
+		e.fake.ClearFaults()
+	})
+	e.t = t
 }

@@ -1,3 +1,5 @@
+//go:build explore
+
 package instacart
 
 // The schedule explorer's invariants I1–I9 and the bookkeeping they need

@@ -1,3 +1,5 @@
+//go:build explore
+
 package instacart
 
 // The schedule explorer's scheduler and parking storage (explore_test.go has

@@ -1,3 +1,5 @@
+//go:build explore
+
 package instacart
 
 // TestLifecycleExplorer is a deterministic, seeded schedule explorer. For
@@ -38,12 +40,13 @@ package instacart
 //	   user id or code its request carried, nor an access token; the logs
 //	   name no secret, token or code
 //
-// Run:
+// Run (the explorer's files are behind the explore build tag, so that a plain
+// go test ./... stays quick; make test-unit and make explore pass the tag):
 //
-//	go test -race -run '^TestLifecycleExplorer$' .          the default seeds, in order, for at most ~45 s (at least 100)
-//	EXPLORE_SEEDS=2000 go test -race -run ... -timeout 0 .  more seeds (make explore SEEDS=2000)
-//	EXPLORE_SEED=17 go test -race -run ... -v .             replay one seed, with its trace
-//	EXPLORE_STEPS=120                                       decisions per seed
+//	go test -tags explore -race -run '^TestLifecycleExplorer$' .          the default seeds, in order, for at most ~45 s (at least 100)
+//	EXPLORE_SEEDS=2000 go test -tags explore -race -run ... -timeout 0 .  more seeds (make explore SEEDS=2000)
+//	EXPLORE_SEED=17 go test -tags explore -race -run ... -v .             replay one seed, with its trace
+//	EXPLORE_STEPS=120                                                     decisions per seed
 //
 // A failing seed prints its failures (each class once per seed) and, for the
 // first seed failing each class, the trace of decisions; replaying the seed
@@ -266,7 +269,7 @@ func TestLifecycleExplorer(t *testing.T) {
 				cut = fmt.Sprintf("(the first %d lines are left out; the replay prints them all)\n", len(trace)-maxTraceLines)
 				trace = trace[len(trace)-maxTraceLines:]
 			}
-			t.Errorf("%s first failed in seed %d (replay: EXPLORE_SEED=%d go test -race -run '^TestLifecycleExplorer$' -v .): %s\ntrace of seed %d:\n%s%s",
+			t.Errorf("%s first failed in seed %d (replay: EXPLORE_SEED=%d go test -tags explore -race -run '^TestLifecycleExplorer$' -v .): %s\ntrace of seed %d:\n%s%s",
 				n, b.first.seed, b.first.seed, b.msg, b.first.seed, cut, strings.Join(trace, "\n"))
 		}
 	}

@@ -1,3 +1,5 @@
+//go:build explore
+
 package instacart
 
 // The schedule explorer's world: a frozen clock, two Connect hosts behind an
@@ -753,7 +755,7 @@ func (w *world) hostByBaseURL(u string) *host {
 	return nil
 }
 
-// connectHook is the backend's connectConfigHook: the in-process transport
+// connectHook is the backend's hooks.connectConfig: the in-process transport
 // and waits that cost no real time.
 func (w *world) connectHook(gen int) func(*connect.Config) {
 	return func(c *connect.Config) {
@@ -787,7 +789,7 @@ func (w *world) newBackend() *backend {
 	// The pace waits on real time, which the world does not schedule; it
 	// holds no lifecycle decision (TestTidyIsPacedWhileServing holds it).
 	b.tidyPace = rate.NewLimiter(rate.Inf, 0)
-	b.connectConfigHook = w.connectHook(w.gen)
+	b.hooks = &testHooks{connectConfig: w.connectHook(w.gen)}
 	gen := w.gen
 	// Waits (a 429's Retry-After before the verify token's revocation is
 	// tried again) pass on the world's clock.

@@ -9,44 +9,82 @@ import (
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect"
 )
 
+// The token lifecycle, said once: docs/architecture.md points here, and
+// TestLifecycleTableNamesLiveFunctions fails when a function named below,
+// each followed by its file in parentheses, is no longer declared there.
+//
 // A token Connect issues to this engine is, at every moment, in one of these
-// states, each recorded where the engine (or Vault) can find it again:
+// states, each recorded where the engine (or Vault) finds it again:
 //
-//	requested     a token request is in flight. Exclusive: a WAL intent and,
-//	              for a code, its claim (codes/). Shared: the flight.
-//	live          handed out or servable. Shared: stored at the key its role
-//	              serves from (tokens/<role>/role, tokens/<role>/user-<hash>),
-//	              for the current credentials and role definition. Exclusive:
-//	              held by its lease (the lease carries its revocable identity).
-//	out of service  never handed out again, still valid for leases that hold
-//	              it: a shared token stored under tokens/<role>/ that its role
-//	              no longer serves (superseded by a newer mint, minted for an
-//	              earlier definition of the role, for a deleted role, or with
-//	              credentials since rotated).
-//	revoking      queued in revoking/<role>/ until Connect revokes or refuses
-//	              it, or it expires.
-//	revoked / expired  gone from storage (tidy removes expired tokens).
+//	requested       a token request is in flight. Exclusive: a WAL intent
+//	                (wal/<id>) and, for a code, its claim (codes/). Shared:
+//	                the mint's flight, in memory.
+//	live            shared: stored at the key its role serves from
+//	                (tokens/<role>/role, users/<role>/<shard>/<user hash>),
+//	                minted with the current credentials for the current
+//	                definition of the role. Exclusive: held by its lease.
+//	out of service  a shared token stored under its role that the role no
+//	                longer serves: superseded (old-<hash> beside its
+//	                successor), or minted for an earlier definition of the
+//	                role, for a deleted role, or with credentials since
+//	                rotated. Never handed out; valid for the leases holding it.
+//	revoking        queued at revoking/<role>/<shard>/<id> until Connect
+//	                revokes or refuses it, or it expires.
+//	revoked         Connect revoked it (or refused to, for good): gone.
+//	expired         past its expiry: nothing left to revoke.
 //
-// Moves, and who makes them (docs/architecture.md draws them):
+// Moves, each with the function that makes it and its file:
 //
-//	requested → live        publishShared (under the role lock, for the current
-//	                        credentials and role) · exclusiveCreds (lease)
-//	requested → revoking    discard: an unusable answer, a token too short to
-//	                        lease, one that could not be stored or that
-//	                        arrived after its reader left
-//	live → out of service   publishShared storing its successor · a role edit
-//	                        or delete · a config rotation or delete
-//	live, out of service → revoking   flush (cache/<role>, also for deleted
-//	                        roles) · an exclusive lease's revocation · WAL rollback
-//	revoking → revoked      the revocation queue (revocation_queue.go), retried
-//	                        every minute per role, each role on its own
-//	any → expired           time; tidy removes what expired
+//	requested → live
+//	  publishShared (shared_token.go): a shared token, under the role lock,
+//	    only for the current role definition and credentials
+//	  exclusiveCreds (exclusive_token.go): an exclusive token, as its lease
+//	    is built
+//	requested → revoking, always through revokeSoon (revocation_queue.go)
+//	  mintInSlot (mint.go): an unusable answer
+//	  publishMinted (shared_token.go): under a second to live, or not stored
+//	  mintDetached (mint.go): its reader left before Connect answered
+//	  exclusiveCreds (exclusive_token.go): not recorded in the WAL, too short
+//	    to lease, or the response could not be completed
+//	  walRollback (wal.go): minted, but the plugin died before the lease
+//	  pathConfigWrite (path_config.go): the token that verified credentials
+//	live → out of service
+//	  publishShared (shared_token.go): its successor stored, it kept at
+//	    old-<hash> while still valid
+//	  writeRole, deleteRole (role_write.go): a role edit or delete; memory
+//	    forgets (forgetRoleTokens (tidy.go)), storage stays as it is
+//	  writeConfig, deleteConfig (config_write.go): a rotation or a config
+//	    delete; stored tokens keep the old credentials id
+//	live, out of service → revoking
+//	  takeOutOfService (flush.go): DELETE cache/<role> (flushRole (flush.go)),
+//	    deleted roles too; all or nothing, under the role lock
+//	  tokenRevoke (secret_token.go): an exclusive lease revoked or expired,
+//	    through revokeNow (revocation_queue.go)
+//	revoking → revoked, each attempt one revokeUpstream (revoke.go)
+//	  revokeOnce (revocation_queue.go): the first attempt, under the entry's
+//	    claim, by whoever queued it
+//	  drainQueue (revocation_pass.go): a pass over one role's queue, by the
+//	    flush, and every minute by retryRevocations (revocation_queue.go)
+//	revoking → live, out of service
+//	  revokeOnce (revocation_queue.go), tryQueued (revocation_pass.go): the
+//	    entry is dropped while its key still holds the token (stillServed
+//	    (revocation_queue.go)): a delete or a publish that failed yet landed
+//	any → expired: time
+//	  removeIfStale (tidy.go): tidy removes it from storage
+//	  forgetExpired (token_cache.go): dropped from memory
+//	  nothingToRevoke (revoke.go): dropped from the queue without a call
 //
-// Every read answers with a live token, or with an out-of-service-but-not-yet
-// flushed one only when it is still the token its role serves (the fallback
-// while Connect is failing re-checks this under the role lock at answer time).
-// A lease is renewed only while its token is live (renewal.go): the caches
-// that renew leases then read creds again and move to the live token.
+// Not a move: moveLegacyToken (legacy_layout.go) moves a per-user token
+// from the previous release's tokens/<role>/user-<hash> to its users/ key,
+// live or out of service as it was (dropped if expired).
+//
+// Every read answers with a live token: sharedToken (shared_token.go) hands
+// out what its role serves, and fallback (shared_token.go), serving a token
+// past its refresh point while Connect fails, re-checks under the role lock
+// at answer time that it is still live and leasable. A shared lease is
+// renewed only while its token is live, an exclusive one only while it is
+// not queued: renewable, exclusiveRenewable (renewal.go); a holder refused
+// reads creds again and gets the live token.
 
 // revocable is what revoking a token needs: the credentials that minted it
 // (which name the host) and the token itself, with its expiry (a token past
@@ -119,9 +157,9 @@ func (b *backend) currentFor(ctx context.Context, s logical.Storage, m *mintRequ
 	if err != nil || current == nil || current.hash != m.role.hash {
 		return false, err
 	}
-	e, err := b.getSnapshot(ctx, s)
+	snap, err := b.getSnapshot(ctx, s)
 	if err != nil {
 		return false, err
 	}
-	return e.config.CredentialsID == m.credentialsID(), nil
+	return snap.config.CredentialsID == m.credentialsID(), nil
 }

@@ -93,12 +93,12 @@ func (m *metrics) readGauges(ctx context.Context, b *backend, s logical.Storage)
 		sharedExpiry: map[string]float64{},
 		pendingRoles: map[string]bool{verifyRole: true},
 	}
-	e, err := b.getSnapshot(ctx, s)
+	snap, err := b.getSnapshot(ctx, s)
 	if err != nil {
 		return nil, err
 	}
-	if e.config.configured() && !e.config.RenewBy.IsZero() {
-		g.renewBy = float64(e.config.RenewBy.Unix())
+	if snap.config.configured() && !snap.config.RenewBy.IsZero() {
+		g.renewBy = float64(snap.config.RenewBy.Unix())
 	}
 	names, err := s.List(ctx, roleStoragePrefix)
 	if err != nil {
@@ -128,7 +128,7 @@ func (m *metrics) readGauges(ctx context.Context, b *backend, s logical.Storage)
 				return nil, err
 			}
 		}
-		if e.config.configured() && t.belongsTo(e.config.CredentialsID, r.hash) {
+		if snap.config.configured() && t.belongsTo(snap.config.CredentialsID, r.hash) {
 			g.sharedExpiry[name] = float64(t.ExpiresAt.Unix())
 		}
 	}

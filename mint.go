@@ -37,11 +37,11 @@ var errShuttingDown = logical.CodedError(http.StatusServiceUnavailable, "the sec
 // run more mints than the larger bound (each sizing a pool of its own, they
 // swapped pools back and forth and ran them all). The pool belongs to the
 // backend, so rebuilding the snapshot forgets nothing in flight.
-func (b *backend) sizeMintSlots(e *configSnapshot) {
-	if e == nil || e.client == nil {
+func (b *backend) sizeMintSlots(snap *configSnapshot) {
+	if snap == nil || snap.client == nil {
 		return // no configuration to follow: keep the bound in force
 	}
-	if n := e.config.mintBound(); b.mintSlots.Size() != n {
+	if n := snap.config.mintBound(); b.mintSlots.Size() != n {
 		b.mintSlots.Resize(n)
 	}
 }
@@ -50,9 +50,7 @@ func (b *backend) sizeMintSlots(e *configSnapshot) {
 func (b *backend) acquireMintSlot(ctx context.Context, m *mintRequest) (release func(), err error) {
 	sem := b.mintSlots
 	if !sem.TryAcquire() {
-		if b.onMintQueued != nil {
-			b.onMintQueued()
-		}
+		b.hooks.onMintQueued()
 		if err := sem.Acquire(ctx, m.roleName); err != nil {
 			return nil, fmt.Errorf("%w: %w", errMintQueue, err)
 		}
@@ -65,18 +63,18 @@ func (b *backend) acquireMintSlot(ctx context.Context, m *mintRequest) (release 
 // lifetime it hands out. A token Connect named in an answer that cannot be
 // used is revoked (through the queue). m.snap must have a client.
 func (b *backend) mintInSlot(ctx context.Context, s logical.Storage, m *mintRequest) (*connect.Token, error) {
-	e := m.snap
+	snap := m.snap
 	now := b.now()
-	if r := e.rejected.Load(); r != nil && now.Before(r.until) {
+	if r := snap.rejected.Load(); r != nil && now.Before(r.until) {
 		return nil, r.err
 	}
 	req := m.connectRequest()
 	req.Label = mintLabel(m)
-	tok, err := e.client.Token(ctx, req)
+	tok, err := snap.client.Token(ctx, req)
 	if err != nil {
 		ce, ok := connect.AsError(err)
 		if ok && ce.CredentialsRejected() {
-			e.rejected.Store(&rejection{err: err, until: now.Add(credentialsRejectedHold)})
+			snap.rejected.Store(&rejection{err: err, until: now.Add(credentialsRejectedHold)})
 		}
 		if unusable, named := unusableToken(ce); named {
 			b.keepCredentialsFor(ctx, s, m.credentialsID(), unusable.ExpiresAt)
@@ -85,7 +83,7 @@ func (b *backend) mintInSlot(ctx context.Context, s logical.Storage, m *mintRequ
 		return nil, err
 	}
 	b.noteLifetime(tok.ExpiresIn)
-	if tok.ExpiresIn > documentedTokenLifetime && tok.ExpiresIn > e.config.LongestTokenLifetime {
+	if tok.ExpiresIn > documentedTokenLifetime && tok.ExpiresIn > snap.config.LongestTokenLifetime {
 		b.persistLifetime(ctx, s, tok.ExpiresIn)
 	}
 	b.keepCredentialsFor(ctx, s, m.credentialsID(), tok.ExpiresAt)
@@ -161,7 +159,7 @@ func (b *backend) retention(cfg *connectConfig) time.Duration {
 // from the token's request. Only then does it touch storage. Best effort:
 // the mint has succeeded either way.
 func (b *backend) keepCredentialsFor(ctx context.Context, s logical.Storage, id string, expires time.Time) {
-	if e, err := b.getSnapshot(ctx, s); err == nil && e.config.keeps(id, expires) {
+	if snap, err := b.getSnapshot(ctx, s); err == nil && snap.config.keeps(id, expires) {
 		return // current, or retired for long enough: the usual case
 	}
 	b.configMu.Lock()

@@ -52,17 +52,17 @@ func TestMintSlotsFollowTheCurrentConfig(t *testing.T) {
 func TestRetiredCredentialsOutliveLateMints(t *testing.T) {
 	e := newTestEnv(t)
 	setupRoles(e)
-	move := defectClock(e)
+	move := movableClock(e)
 	gate, url := newCountingGate(t, e.fake)
 	e.mustOK(logical.UpdateOperation, "config", map[string]any{"base_url": url, "client_secret": testSecret, "verify": false, "max_concurrent_mints": 1})
 	queued := make(chan struct{}, 1)
-	e.b.onMintQueued = func() { queued <- struct{}{} }
+	e.b.hooks.mintQueued = func() { queued <- struct{}{} }
 
 	first := goDo(e, context.Background(), logical.ReadOperation, "creds/cc-excl", nil)
 	<-gate.arrived // holds the only mint slot
 	late := goDo(e, context.Background(), logical.ReadOperation, "creds/cc-excl", nil)
 	<-queued // holds the current credentials' snapshot, waiting for the slot
-	e.b.onMintQueued = nil
+	e.b.hooks.mintQueued = nil
 
 	const newID, newSecret = "test-client-2", "fake-second-secret-for-tests-98765"
 	e.fake.AddClient(newID, newSecret)

@@ -148,7 +148,7 @@ func TestQueuedMintHonoursDeadline(t *testing.T) {
 			gate, url := newCountingGate(t, e.fake)
 			e.mustOK(logical.UpdateOperation, "config", map[string]any{"base_url": url, "client_secret": testSecret, "verify": false, "max_concurrent_mints": 1})
 			queued := make(chan struct{}, 1)
-			e.b.onMintQueued = func() { queued <- struct{}{} }
+			e.b.hooks.mintQueued = func() { queued <- struct{}{} }
 
 			first := make(chan error, 1)
 			go func() {
@@ -172,7 +172,7 @@ func TestQueuedMintHonoursDeadline(t *testing.T) {
 			if err := <-first; err != nil {
 				t.Fatal(err)
 			}
-			e.b.onMintQueued = nil
+			e.b.hooks.mintQueued = nil
 			// Anything still queued would now reach the gate; a later read
 			// proves the gate is empty by being the next to arrive.
 			later := make(chan error, 1)
@@ -215,7 +215,7 @@ func TestQueuedCodeIsReleased(t *testing.T) {
 	g := gateStorage(e)
 	g.honourCtx = true
 	queued := make(chan struct{}, 1)
-	e.b.onMintQueued = func() { queued <- struct{}{} }
+	e.b.hooks.mintQueued = func() { queued <- struct{}{} }
 	code := e.fake.IssueAuthorizationCode(testClientID, redirectURI, "linked-user")
 
 	first := make(chan error, 1)
@@ -240,7 +240,7 @@ func TestQueuedCodeIsReleased(t *testing.T) {
 	if err := <-first; err != nil {
 		t.Fatal(err)
 	}
-	e.b.onMintQueued = nil
+	e.b.hooks.mintQueued = nil
 	done := make(chan *logical.Response, 1)
 	go func() {
 		resp, _ := e.do(logical.UpdateOperation, "creds/link", map[string]any{"code": code})

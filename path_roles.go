@@ -192,57 +192,14 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	return &logical.Response{Warnings: warnings}, nil
 }
 
-// writeRole validates and stores a role under the role lock.
-func (b *backend) writeRole(ctx context.Context, s logical.Storage, name string, d *framework.FieldData) (old, r *role, warnings []string, resp *logical.Response, err error) {
-	mu := b.roleLock(name)
-	mu.Lock()
-	defer mu.Unlock()
-
-	old, err = b.getRoleLocked(ctx, s, name)
-	if err != nil {
-		return nil, nil, nil, nil, err
-	}
-	r, warnings, problem := roleFromRequest(old, d)
-	if problem != "" {
-		return nil, nil, nil, logical.ErrorResponse(problem), nil
-	}
-	if old == nil {
-		if r.Incarnation, err = newRandomID(); err != nil {
-			return nil, nil, nil, nil, err
-		}
-	}
-	r.computeHash()
-
-	if err := putJSON(ctx, s, roleStoragePrefix+name, r); err != nil {
-		return nil, nil, nil, nil, err
-	}
-	b.roles.Store(name, r)
-	b.metrics.invalidateGauges() // the next scrape shows the role
-	if old != nil && old.hash != r.hash {
-		b.forgetRoleTokens(name) // tokens minted for the old scopes or user are out of service
-	}
-	return old, r, warnings, nil, nil
-}
-
 func (b *backend) pathRoleDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name := d.Get("name").(string)
 	if resp := validRoleName(name); resp != nil {
 		return resp, nil
 	}
-	mu := b.roleLock(name)
-	mu.Lock()
-	old, err := b.getRoleLocked(ctx, req.Storage, name)
-	if err == nil {
-		err = req.Storage.Delete(ctx, roleStoragePrefix+name)
-	}
-	if err == nil {
-		b.roles.Delete(name)
-		b.forgetRoleTokens(name)
-		b.metrics.roleDeleted(name) // its series go with it
-	}
-	mu.Unlock()
+	old, err := b.deleteRole(ctx, req.Storage, name)
 	if err != nil {
-		return nil, requestError("role delete", storageError(fmt.Sprintf("deleting role %q", name), err))
+		return nil, requestError("role delete", err)
 	}
 	if old == nil || !old.shared() {
 		return nil, nil

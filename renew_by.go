@@ -108,9 +108,9 @@ func addRenewBy(resp *logical.Response, cfg *connectConfig, now time.Time) {
 // credsRenewByWarning is the reminder for creds responses: one atomic load
 // and a few comparisons while none is due.
 func (b *backend) credsRenewByWarning() string {
-	e := b.snapshot.Load()
-	if e == nil || e.config == nil || e.config.RenewBy.IsZero() {
+	snap := b.snapshot.Load()
+	if snap == nil || snap.config == nil || snap.config.RenewBy.IsZero() {
 		return ""
 	}
-	return renewByWarning(e.config, b.now())
+	return renewByWarning(snap.config, b.now())
 }

@@ -229,8 +229,7 @@ func (r *revokers) walk(keys []string) {
 			b.Logger().Warn("could not read a queued revocation; it waits for the next pass", "role", role, "error", err)
 			r.count(func(t *revocationTally) { t.pending++; t.unreadable++ })
 		case p == nil: // gone since the listing
-		case p.AccessToken == "" || p.expired(now):
-			b.metrics.revocation(revocationSkippedExpired)
+		case b.nothingToRevoke(p.revocable):
 			b.dequeue(context.WithoutCancel(ctx), s, role, key) // decided: keep it, cut off or not
 			r.count(func(t *revocationTally) { t.expired++ })
 		case r.mode == passPeriodic && now.Before(p.RetryAt):

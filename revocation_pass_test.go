@@ -257,7 +257,7 @@ func TestQueuedTokenStillStoredIsNotRevoked(t *testing.T) {
 func TestFlushWaitsForAnEntryAnotherAttemptHolds(t *testing.T) {
 	e := newTestEnv(t)
 	setupRoles(e)
-	gate := newDefectGate(t, e.fake)
+	gate := newConnectGate(t, e.fake)
 	behindGate(e, gate, nil)
 	resp := e.mustOK(logical.ReadOperation, "creds/cc-excl", nil)
 	tok := resp.Data["access_token"].(string)
@@ -412,5 +412,51 @@ func TestGaugeHealsAfterADeleteThatLanded(t *testing.T) {
 	periodicPass(t, e) // revoking/ no longer names the role
 	if got, known := e.b.queued.get("cc-excl"); got != 0 || !known {
 		t.Errorf("gauge %d (known %v) with the queue empty", got, known)
+	}
+}
+
+// One role's queued tokens at a healthy host Y must not wait on the same
+// role's token at a host X that never answers. revokeQueued tries a role's
+// tokens per host, side by side: X's attempt (request_timeout × (1+max_retries):
+// 40 s with the defaults) outlasts the role's turn (revokeRetryTimeout, 30 s);
+// tried in key order, every pass would end inside it and Y's tokens sorting
+// after it would never be tried. Here the pass's budget is a 3 s deadline.
+func TestStuckHostDoesNotStarveItsRoleQueue(t *testing.T) {
+	e := newTestEnv(t)
+	x := newConnectGate(t, e.fake)
+	e.mustOK(logical.UpdateOperation, "config", map[string]any{"client_id": testClientID, "client_secret": testSecret,
+		"base_url": x.URL, "verify": false, "max_retries": 0, "request_timeout": "60s"})
+	e.mustOK(logical.UpdateOperation, "roles/shoppers", map[string]any{"grant_type": "fulfillment_user_assertion",
+		"scopes": "connect:recommendations", "allowed_user_ids": "store-*"})
+	atX := e.mustOK(logical.UpdateOperation, "creds/shoppers", map[string]any{"user_id": "store-x"}).Data["access_token"].(string)
+
+	y := connectfake.New()
+	t.Cleanup(y.Close)
+	y.AddClient("test-client-y", "fake-y-secret-for-tests-24680")
+	e.mustOK(logical.UpdateOperation, "config", map[string]any{"client_id": "test-client-y",
+		"client_secret": "fake-y-secret-for-tests-24680", "base_url": y.URL, "verify": false})
+	var after []string // tokens at Y queued after X's
+	for i := 0; len(after) < 3 && i < 64; i++ {
+		tok := e.mustOK(logical.UpdateOperation, "creds/shoppers", map[string]any{"user_id": fmt.Sprintf("store-y%d", i)}).Data["access_token"].(string)
+		if pendingKey("shoppers", tok) > pendingKey("shoppers", atX) {
+			after = append(after, tok)
+		}
+	}
+
+	e.fake.InjectFaults(connectfake.PathRevoke, unavailableFaults(1)...)
+	y.InjectFaults(connectfake.PathRevoke, unavailableFaults(1)...)
+	if _, err := e.do(logical.DeleteOperation, "cache/shoppers", nil); codedStatus(err) != 502 {
+		t.Fatalf("flush with both hosts down: %v", err)
+	}
+	e.fake.ClearFaults()
+	y.ClearFaults()
+
+	x.park(connectfake.PathRevoke) // Y is back; X never answers
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	_ = e.b.periodic(ctx, &logical.Request{Operation: logical.RollbackOperation, Storage: e.storage})
+	x.open(connectfake.PathRevoke)
+	if l := liveTokens(y, after...); len(l) != 0 {
+		t.Errorf("%d of %d tokens at healthy host Y still live after the pass (queue: %d entries)", len(l), len(after), len(queuedFor(t, e.storage, "shoppers")))
 	}
 }

@@ -152,18 +152,26 @@ func (b *backend) dequeue(ctx context.Context, s logical.Storage, role, key stri
 	}
 }
 
-// revokeNow is the immediate attempt every revocation starts with (a lease
-// revocation, a token nobody will hold): under the entry's claim, queue the
-// token, try it once at Connect on tryCtx, and drop it from the queue if
-// that settled it. The queue write outlives the caller; the token is tried
-// even when it cannot be queued, since it is in hand. revoked reports
-// whether it is gone (or needs nothing); err is set only when it is neither
-// revoked nor queued.
+// revokeNow is how every revocation starts (a lease revocation, a token
+// nobody will hold): revokeOnce, then, for a token neither revoked nor
+// queued (storage and Connect failing at once), keepTrying in the
+// background, since it is held only in memory. revoked reports whether it is
+// gone (or needs nothing); err is set only when it is neither revoked nor
+// queued.
 func (b *backend) revokeNow(ctx, tryCtx context.Context, s logical.Storage, p pendingRevocation, why string) (revoked bool, err error) {
-	if p.AccessToken == "" || p.expired(b.now()) {
-		if p.AccessToken != "" {
-			b.metrics.revocation(revocationSkippedExpired)
-		}
+	revoked, err = b.revokeOnce(ctx, tryCtx, s, p, why)
+	if err != nil {
+		b.keepTrying(s, p, why)
+	}
+	return revoked, err
+}
+
+// revokeOnce is the one immediate attempt: under the entry's claim, queue
+// the token, try it once at Connect on tryCtx, and drop it from the queue if
+// that settled it. The queue write outlives the caller; the token is tried
+// even when it cannot be queued, since it is in hand.
+func (b *backend) revokeOnce(ctx, tryCtx context.Context, s logical.Storage, p pendingRevocation, why string) (revoked bool, err error) {
+	if b.nothingToRevoke(p.revocable) {
 		return true, nil
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
@@ -213,18 +221,12 @@ func (b *backend) revokeNow(ctx, tryCtx context.Context, s logical.Storage, p pe
 // revokeSoon revokes a token nobody will hold (an unusable answer, one too
 // short to lease, one that could not be stored or whose reader left, one a
 // WAL rollback found, a verify token), tried on a context that outlives the
-// request that gave up on it but not the mount. A token neither revoked nor
-// queued (storage and Connect failing at once) is only in memory: it is
-// tried again in the background, backing off, until it is one or the other.
+// request that gave up on it but not the mount.
 func (b *backend) revokeSoon(ctx context.Context, s logical.Storage, p pendingRevocation, why string) (revoked bool, err error) {
 	tryCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
 	defer context.AfterFunc(b.bg.ctx, cancel)()
-	revoked, err = b.revokeNow(ctx, tryCtx, s, p, why)
-	if err != nil {
-		b.keepTrying(s, p, why)
-	}
-	return revoked, err
+	return b.revokeNow(ctx, tryCtx, s, p, why)
 }
 
 // keepTrying tries again, in the background, a token neither revoked nor
@@ -241,7 +243,7 @@ func (b *backend) keepTrying(s logical.Storage, p pendingRevocation, why string)
 func (b *backend) lastTry(s logical.Storage, p pendingRevocation, why string) {
 	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 	defer cancel()
-	if _, err := b.revokeNow(ctx, ctx, s, p, why); err != nil {
+	if _, err := b.revokeOnce(ctx, ctx, s, p, why); err != nil {
 		b.Logger().Error("gave up revoking a token held by nothing as the mount was cleaned up; it expires by itself", "role", p.Role, "reason", why, "expires_at", p.ExpiresAt)
 	}
 }
@@ -283,7 +285,7 @@ func (b *backend) retryInHand(ctx context.Context, s logical.Storage, p pendingR
 			return
 		}
 		tryCtx, cancel := context.WithTimeout(ctx, cleanupTimeout)
-		_, err := b.revokeNow(ctx, tryCtx, s, p, why)
+		_, err := b.revokeOnce(ctx, tryCtx, s, p, why)
 		cancel()
 		if err == nil {
 			return

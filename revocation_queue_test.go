@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -235,7 +237,7 @@ func TestBigQueueDrainsAcrossCutPasses(t *testing.T) {
 func TestOnePassPerRoleAtATime(t *testing.T) {
 	e := newTestEnv(t)
 	setupRoles(e)
-	gate := newDefectGate(t, e.fake)
+	gate := newConnectGate(t, e.fake)
 	behindGate(e, gate, nil)
 	var toks []string
 	for range 3 {
@@ -396,7 +398,7 @@ func newRevokeRecorder(t *testing.T, fake *connectfake.Server, bad string) *revo
 func TestFailingTokenBacksOffAlone(t *testing.T) {
 	e := newTestEnv(t)
 	setupRoles(e)
-	move := defectClock(e)
+	move := movableClock(e)
 	var toks []string
 	for range 4 {
 		toks = append(toks, e.mustOK(logical.ReadOperation, "creds/cc-excl", nil).Data["access_token"].(string))
@@ -446,5 +448,176 @@ func refuseQueueWrites(e *testEnv) {
 			return errors.New("node is not the leader")
 		}
 		return nil
+	}
+}
+
+// A token nobody will hold that cannot be revoked at once (Connect's
+// revoke endpoint failing) is queued, not dropped, and the periodic function
+// revokes it once Connect recovers.
+func TestDiscardedTokenConnectWillNotRevokeIsQueuedAndRetried(t *testing.T) {
+	for _, tc := range []struct {
+		name, role string
+		run        func(t *testing.T, e *testEnv, g *connectGate, s *gatedStorage)
+	}{
+		{"abandoned exclusive mint", "cc-excl", func(t *testing.T, e *testEnv, g *connectGate, s *gatedStorage) {
+			walDone := s.park("delete", "wal/*") // the abandoned mint's last step
+			g.park(connectfake.PathToken)
+			ctx, cancel := context.WithCancel(context.Background())
+			read := goDo(e, ctx, logical.ReadOperation, "creds/cc-excl", nil)
+			parked := g.next(t, "the exclusive mint")
+			cancel() // the caller leaves while the mint is in flight
+			if o := awaitOutcome(t, read, "the abandoned read"); o.token() != "" {
+				t.Fatal("the abandoned read got a token")
+			}
+			parked.let() // Connect answers after all
+			select {
+			case <-walDone.reached:
+			case <-time.After(hangGuard):
+				t.Error("the abandoned mint's clean-up never finished: its write-ahead log entry was never dropped")
+			}
+			close(walDone.release)
+		}},
+		{"unusable answer naming a token", "cc", func(t *testing.T, e *testEnv, g *connectGate, s *gatedStorage) {
+			e.fake.InjectFaults(connectfake.PathToken, connectfake.Fault{AfterHandling: true, Status: http.StatusOK,
+				Body: `{"access_token":"` + connectfake.PlaceholderAccessToken + `","token_type":"Bearer","expires_in":"soon"}`})
+			o := outcomeOf(e.do(logical.ReadOperation, "creds/cc", nil))
+			if o.token() != "" || o.err == nil && (o.resp == nil || !o.resp.IsError()) {
+				t.Fatalf("an unusable answer was not an error: resp = %v, err = %v", o.resp, o.err)
+			}
+		}},
+		{"shared token of a role changed while minting", "cc", func(t *testing.T, e *testEnv, g *connectGate, s *gatedStorage) {
+			g.park(connectfake.PathToken)
+			read := goDo(e, context.Background(), logical.ReadOperation, "creds/cc", nil)
+			parked := g.next(t, "the shared mint")
+			e.mustOK(logical.UpdateOperation, "roles/cc", map[string]any{"scopes": "connect:fulfillment,connect:ian"})
+			parked.let()
+			if o := awaitOutcome(t, read, "the read"); o.token() != "" {
+				t.Fatal("a token minted for the previous definition of the role was handed out")
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newTestEnv(t)
+			setupRoles(e)
+			g := newConnectGate(t, e.fake)
+			behindGate(e, g, nil)
+			s := gateStorage(e)
+			e.fake.InjectFaults(connectfake.PathRevoke, unavailableFaults(20)...)
+
+			tc.run(t, e, g, s)
+
+			minted := g.mintedTokens()
+			if len(minted) != 1 {
+				t.Fatalf("Connect issued %d tokens, want 1", len(minted))
+			}
+			tok := minted[0]
+			if !e.fake.TokenLive(tok) {
+				t.Fatal("the token was revoked although Connect's revoke endpoint failed")
+			}
+			queued := storedAccessTokens(t, e.storage, revokingStoragePrefix+tc.role+"/")
+			if len(queued) != 1 || !slices.Contains(slices.Collect(maps.Values(queued)), tok) {
+				t.Fatalf("revoking/%s/ holds %d tokens (the one minted: %v), want it queued", tc.role, len(queued), slices.Contains(slices.Collect(maps.Values(queued)), tok))
+			}
+
+			e.fake.ClearFaults() // Connect recovers
+			periodicPass(t, e)
+			if e.fake.TokenLive(tok) {
+				t.Error("the queued token is live after the periodic retry")
+			}
+			if n := len(queuedFor(t, e.storage, tc.role)); n != 0 {
+				t.Errorf("%d tokens left in the queue after the retry revoked them", n)
+			}
+		})
+	}
+}
+
+// One role's revocation stuck at a host that does not answer holds up
+// no other role's revocations in the same periodic pass.
+func TestOneRolesStuckHostHoldsUpNoOtherRole(t *testing.T) {
+	e := newTestEnv(t)
+	x := newConnectGate(t, e.fake) // host X: the fake behind a gate
+	e.mustOK(logical.UpdateOperation, "config", map[string]any{
+		"client_id": testClientID, "client_secret": testSecret, "base_url": x.URL, "verify": false, "max_retries": 0,
+		"request_timeout": "60s", // X never answers: no attempt ends before the test lets it
+	})
+	for _, name := range []string{"aaa", "bbb"} {
+		e.mustOK(logical.UpdateOperation, "roles/"+name, map[string]any{"grant_type": "client_credentials", "scopes": "connect:fulfillment", "token_reuse": "exclusive"})
+	}
+	leaseA := e.mustOK(logical.ReadOperation, "creds/aaa", nil)
+	tokA := leaseA.Data["access_token"].(string)
+
+	y := connectfake.New() // host Y, with its own application
+	t.Cleanup(y.Close)
+	const yID, ySecret = "test-client-y", "fake-y-secret-for-tests-24680"
+	y.AddClient(yID, ySecret)
+	e.mustOK(logical.UpdateOperation, "config", map[string]any{"client_id": yID, "client_secret": ySecret, "base_url": y.URL, "verify": false})
+	leaseB := e.mustOK(logical.ReadOperation, "creds/bbb", nil)
+	tokB := leaseB.Data["access_token"].(string)
+	if !y.TokenLive(tokB) || !e.fake.TokenLive(tokA) {
+		t.Fatal("the tokens were not minted at their hosts")
+	}
+
+	// Both hosts fail the lease revocations: both tokens are queued.
+	e.fake.InjectFaults(connectfake.PathRevoke, unavailableFaults(1)...)
+	y.InjectFaults(connectfake.PathRevoke, unavailableFaults(1)...)
+	for _, lease := range []*logical.Secret{leaseA.Secret, leaseB.Secret} {
+		if err := revoke(e, lease); err != nil {
+			t.Fatalf("lease revocation with Connect down: %v", err)
+		}
+	}
+	if a, b := len(queuedFor(t, e.storage, "aaa")), len(queuedFor(t, e.storage, "bbb")); a != 1 || b != 1 {
+		t.Fatalf("queued revocations: aaa %d, bbb %d; want 1 each", a, b)
+	}
+
+	// Y recovers; X accepts the revocation and never answers.
+	e.fake.ClearFaults()
+	y.ClearFaults()
+	x.park(connectfake.PathRevoke)
+	pass := make(chan error, 1)
+	go func() {
+		pass <- e.b.periodic(context.Background(), &logical.Request{Operation: logical.RollbackOperation, Storage: e.storage})
+	}()
+	stuck := x.next(t, "role aaa's revocation")
+	if !waitUntil(func() bool { return !y.TokenLive(tokB) }) {
+		t.Error("role bbb's token was not revoked while role aaa's revocation was stuck at host X")
+	}
+	if !e.fake.TokenLive(tokA) {
+		t.Fatal("role aaa's token was revoked although host X never answered")
+	}
+	x.open(connectfake.PathRevoke)
+	stuck.let()
+	select {
+	case err := <-pass:
+		if err != nil {
+			t.Errorf("periodic: %v", err)
+		}
+	case <-time.After(hangGuard):
+		t.Fatal("the periodic pass never ended")
+	}
+	if e.fake.TokenLive(tokA) {
+		t.Error("role aaa's token is live once host X answered")
+	}
+	if a, b := len(queuedFor(t, e.storage, "aaa")), len(queuedFor(t, e.storage, "bbb")); a != 0 || b != 0 {
+		t.Errorf("queued revocations left: aaa %d, bbb %d", a, b)
+	}
+}
+
+// A lease revocation whose try at Connect runs out the request's deadline
+// (Connect accepts and never answers) must still leave the token queued: it
+// is queued before it is tried (queued after, with the same expired context,
+// the queue write failed and nothing was queued).
+func TestLeaseRevocationIsQueuedBeforeItIsTried(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	e.mustOK(logical.UpdateOperation, "config", map[string]any{"max_retries": 0, "request_timeout": "60s"})
+	lease := e.mustOK(logical.ReadOperation, "creds/cc-excl", nil)
+	tok := lease.Data["access_token"].(string)
+	e.fake.InjectFaults(connectfake.PathRevoke, connectfake.Fault{Hang: true})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second) // Vault's deadline for the revocation
+	defer cancel()
+	_, err := e.b.HandleRequest(ctx, &logical.Request{Operation: logical.RevokeOperation, Secret: lease.Secret, Storage: e.storage})
+	if n := len(queuedFor(t, e.storage, "cc-excl")); n != 1 || !e.fake.TokenLive(tok) {
+		t.Errorf("revocation err = %v; queued %d, want the live token queued", err, n)
 	}
 }

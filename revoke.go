@@ -34,19 +34,16 @@ var errCredentialsGone = errors.New("the credentials that minted the token are n
 // token the old secret cannot revoke (invalid_client: Instacart disabled it)
 // is revoked with the current secret, as the same application's.
 func (b *backend) revokeUpstream(ctx context.Context, s logical.Storage, role string, r revocable) (permanent bool, err error) {
-	now := b.now()
-	if r.AccessToken == "" || r.expired(now) {
-		if r.AccessToken != "" {
-			b.metrics.revocation(revocationSkippedExpired)
-		}
+	if b.nothingToRevoke(r) {
 		return false, nil
 	}
+	now := b.now()
 	defer b.metrics.revocationDone(&permanent, &err)
-	e, err := b.getSnapshot(ctx, s)
+	snap, err := b.getSnapshot(ctx, s)
 	if err != nil {
 		return false, err
 	}
-	creds, baseURL, ok := e.config.credentialsFor(r.CredentialsID, now)
+	creds, baseURL, ok := snap.config.credentialsFor(r.CredentialsID, now)
 	if !ok {
 		// "Gone" is final, so it is judged by storage, not by a snapshot
 		// that may predate the write that made these credentials.
@@ -58,13 +55,13 @@ func (b *backend) revokeUpstream(ctx context.Context, s logical.Storage, role st
 			return true, errCredentialsGone
 		}
 		b.publishSnapshot(nil) // stale: the next request reloads it
-		e = &configSnapshot{config: cfg}
+		snap = &configSnapshot{config: cfg}
 	}
-	client := e.client
+	client := snap.client
 	if client == nil || client.BaseURL() != baseURL {
 		// Minted at another host, or the config was deleted since: talk to
 		// the host that minted it, never to whatever is configured now.
-		cfg := *e.config
+		cfg := *snap.config
 		cfg.BaseURL, cfg.ClientID, cfg.ClientSecret = baseURL, creds.ClientID, creds.ClientSecret
 		if client, err = b.newClient(&cfg); err != nil {
 			return false, err
@@ -73,12 +70,12 @@ func (b *backend) revokeUpstream(ctx context.Context, s logical.Storage, role st
 	}
 	err = client.Revoke(ctx, creds, r.AccessToken, revokeLabel{role})
 	if ce, ok := connect.AsError(err); ok && ce.CredentialsRejected() {
-		if cur := e.config; cur.configured() && e.client != nil && cur.CredentialsID != r.CredentialsID &&
-			cur.ClientID == creds.ClientID && cur.BaseURL == baseURL && e.client.BaseURL() == baseURL {
+		if cur := snap.config; cur.configured() && snap.client != nil && cur.CredentialsID != r.CredentialsID &&
+			cur.ClientID == creds.ClientID && cur.BaseURL == baseURL && snap.client.BaseURL() == baseURL {
 			// Only the secret was rotated: the application is the same,
 			// and Instacart may have disabled the old secret, so its
 			// current one revokes the tokens the old one minted.
-			err = e.client.Revoke(ctx, connect.Credentials{ClientID: cur.ClientID, ClientSecret: cur.ClientSecret}, r.AccessToken, revokeLabel{role})
+			err = snap.client.Revoke(ctx, connect.Credentials{ClientID: cur.ClientID, ClientSecret: cur.ClientSecret}, r.AccessToken, revokeLabel{role})
 		}
 	}
 	if err != nil {
@@ -92,6 +89,20 @@ func (b *backend) revokeUpstream(ctx context.Context, s logical.Storage, role st
 		return false, &revokeFailure{"revoking the token at Connect: " + connectSummary(ce)}
 	}
 	return false, nil
+}
+
+// nothingToRevoke reports whether r needs no call (no token, or one past its
+// expiry), counting an expired one as skipped: every revocation path asks it
+// before it sends anything.
+func (b *backend) nothingToRevoke(r revocable) bool {
+	if r.AccessToken == "" {
+		return true
+	}
+	if r.expired(b.now()) {
+		b.metrics.revocation(revocationSkippedExpired)
+		return true
+	}
+	return false
 }
 
 // revokeFailure is Connect not revoking a token for now (unreachable,

@@ -29,31 +29,6 @@ func secretToken(b *backend) *framework.Secret {
 	}
 }
 
-// leaseInfo is what a lease's internal data says about its token. Only an
-// exclusive token's lease carries its revocable identity; a shared one's
-// names its token by tokenHash (none in leases issued before it did).
-type leaseInfo struct {
-	role, reuse, userID, tokenHash string
-	token                          revocable
-}
-
-func parseLease(s *logical.Secret) (leaseInfo, error) {
-	str := func(k string) string { v, _ := s.InternalData[k].(string); return v }
-	info := leaseInfo{
-		role:      str("role"),
-		reuse:     str("token_reuse"),
-		userID:    str("user_id"),
-		tokenHash: str("token_hash"),
-		token:     revocable{CredentialsID: str("credentials_id"), AccessToken: str("access_token")},
-	}
-	exp, err := time.Parse(time.RFC3339Nano, str("expires_at"))
-	if err != nil {
-		return info, fmt.Errorf("lease has no valid expires_at: %w", err)
-	}
-	info.token.ExpiresAt = exp
-	return info, nil
-}
-
 // tokenRenew extends a lease up to the token's expiry, while its token is
 // still good (renewal.go has the judgement); a refusal tells the holder to
 // read creds again.
@@ -96,7 +71,6 @@ func (b *backend) tokenRevoke(ctx context.Context, req *logical.Request, _ *fram
 	if _, err := b.revokeNow(ctx, tryCtx, req.Storage, p, "its lease was revoked"); err != nil {
 		// Vault retries the lease a few times, then gives up on it: the
 		// engine keeps trying the token it holds in hand meanwhile.
-		b.keepTrying(req.Storage, p, "its lease was revoked")
 		return nil, logical.CodedError(http.StatusServiceUnavailable, fmt.Sprintf("the token could not be revoked nor queued for revocation; Vault retries the lease: %v", err))
 	}
 	return nil, nil

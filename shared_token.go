@@ -78,9 +78,7 @@ func (b *backend) sharedToken(ctx context.Context, s logical.Storage, m *mintReq
 			defer done()
 			return b.refreshShared(waitCtx, refreshCtx, s, flying)
 		})
-		if b.onSharedWait != nil {
-			b.onSharedWait()
-		}
+		b.hooks.onSharedWait()
 		select {
 		case res := <-ch:
 			if errors.Is(res.Err, errMintQueue) && waitCtx.Err() == nil {

@@ -2,6 +2,7 @@ package instacart
 
 import (
 	"context"
+	"net/http"
 	"reflect"
 	"strings"
 	"sync"
@@ -13,7 +14,7 @@ import (
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect/connectfake"
 )
 
-func TestSharedAndExclusiveReuse(t *testing.T) {
+func TestSharedRoleReusesItsTokenExclusiveMintsPerRead(t *testing.T) {
 	e := newTestEnv(t)
 	setupRoles(e)
 
@@ -48,7 +49,7 @@ func TestConcurrentColdReadsMintOnce(t *testing.T) {
 	const readers = 100
 	var waiting sync.WaitGroup
 	waiting.Add(readers)
-	e.b.onSharedWait = waiting.Done
+	e.b.hooks.sharedWait = waiting.Done
 	go func() {
 		<-arrived
 		waiting.Wait() // every reader is waiting on the one mint
@@ -84,7 +85,7 @@ func TestConcurrentColdReadsMintOnce(t *testing.T) {
 	if got := e.fake.Mints(); got != 1 {
 		t.Errorf("%d concurrent cold reads minted %d tokens, want 1", readers, got)
 	}
-	e.b.onSharedWait = nil
+	e.b.hooks.sharedWait = nil
 }
 
 func TestSharedTokenReplacedNearExpiry(t *testing.T) {
@@ -318,7 +319,7 @@ func TestFallbackCheckOutlivesTheReadersContext(t *testing.T) {
 	g.honourCtx = true // as Vault's gRPC storage refuses a call on an ended context
 	ctx, cancel := context.WithCancel(context.Background())
 	waiting := make(chan struct{})
-	e.b.onSharedWait = func() { close(waiting) }
+	e.b.hooks.sharedWait = func() { close(waiting) }
 	go func() {
 		<-waiting
 		cancel() // no deadline, so no margin: the reader's context ends outright
@@ -328,4 +329,190 @@ func TestFallbackCheckOutlivesTheReadersContext(t *testing.T) {
 		t.Errorf("got %v, %v; want the role's still-valid token with a warning", resp, err)
 	}
 	e.b.stopBackground() // ends the hung refresh
+}
+
+// The fallback (serve the token the role still serves while Connect
+// fails) never hands out a token a flush took out of service meanwhile.
+func TestFallbackNeverServesATokenFlushedMeanwhile(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	g := newConnectGate(t, e.fake)
+	behindGate(e, g, nil)
+	advance := movableClock(e)
+	old := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"].(string)
+	advance(23*time.Hour + 30*time.Minute) // past min_remaining_ttl: a refresh is due, the token valid
+
+	g.park(connectfake.PathToken)
+	read := goDo(e, context.Background(), logical.ReadOperation, "creds/cc", nil)
+	parked := g.next(t, "the refresh")
+
+	e.mustOK(logical.DeleteOperation, "cache/cc", nil) // completes while the mint is parked
+	if e.fake.TokenLive(old) {
+		t.Fatal("the flush did not revoke the token")
+	}
+
+	e.fake.InjectFaults(connectfake.PathToken, unavailableFaults(3)...) // the parked mint and its retries
+	g.open(connectfake.PathToken)
+	parked.let()
+	o := awaitOutcome(t, read, "the read")
+	if tok := o.token(); tok == old {
+		t.Fatal("the read handed out the flushed token")
+	}
+	if got := codedStatus(o.err); got != http.StatusBadGateway {
+		t.Errorf("read: resp = %v, err = %v; want a coded 502", o.resp, o.err)
+	}
+}
+
+// A mint with credentials rotated away while it was in flight never
+// replaces the token minted with the new ones, and never leaves its own
+// token live where nothing can reach it.
+func TestMintWithRotatedAwayCredentialsIsNotPublished(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	g := newConnectGate(t, e.fake)
+	behindGate(e, g, nil)
+
+	g.park(connectfake.PathToken)
+	late := goDo(e, context.Background(), logical.ReadOperation, "creds/cc", nil)
+	g.next(t, "the mint with the old credentials")
+
+	const newID, newSecret = "test-client-2", "fake-second-secret-for-tests-98765"
+	e.fake.AddClient(newID, newSecret)
+	e.mustOK(logical.UpdateOperation, "config", map[string]any{"client_id": newID, "client_secret": newSecret, "verify": false})
+
+	fresh := goDo(e, context.Background(), logical.ReadOperation, "creds/cc", nil)
+	g.next(t, "the mint with the new credentials").let()
+	o := awaitOutcome(t, fresh, "the read with the new credentials")
+	n := o.token()
+	if n == "" {
+		t.Fatalf("read with the new credentials: resp = %v, err = %v", o.resp, o.err)
+	}
+	if info, _ := e.fake.Token(n); info.ClientID != newID {
+		t.Fatalf("token N was minted by %q, want the new credentials", info.ClientID)
+	}
+
+	g.open(connectfake.PathToken) // lets the old credentials' mint through, and whatever follows
+	lo := awaitOutcome(t, late, "the late read")
+	minted := g.mintedTokens()
+	if len(minted) != 2 {
+		t.Fatalf("Connect issued %d tokens through the gate, want 2", len(minted))
+	}
+	lateTok := minted[0]
+	if minted[0] == n {
+		lateTok = minted[1]
+	}
+
+	key := tokenKey("cc", "")
+	if got := storedAccessTokens(t, e.storage, roleTokenPrefix("cc"))[key]; got != n {
+		t.Errorf("%s no longer holds token N: the late mint replaced it (holds the late token: %v)", key, got == lateTok)
+	}
+	// The late reader gets a 409 (read again), or a token; a token it did
+	// not get must not be left live (the flush below checks that one it got
+	// stays reachable).
+	if lo.token() == "" {
+		if codedStatus(lo.err) != http.StatusConflict {
+			t.Errorf("late read: resp = %v, err = %v; want a 409 or a token", lo.resp, lo.err)
+		}
+		if e.fake.TokenLive(lateTok) {
+			t.Error("the late token was handed to nobody and is live at Connect")
+		}
+	}
+	if got := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"]; got != n {
+		t.Error("a later read is not served token N")
+	}
+
+	e.mustOK(logical.DeleteOperation, "cache/cc", nil)
+	if l := liveTokens(e.fake, n, lateTok); len(l) != 0 {
+		t.Errorf("after a flush %d of the role's tokens are still live (N live: %v, late live: %v)", len(l), e.fake.TokenLive(n), e.fake.TokenLive(lateTok))
+	}
+}
+
+// A cached token that expires while its refresh is in flight, and the
+// refresh then fails, is answered with a coded 502/504: never an expired
+// token, never a 500 or an uncoded error.
+func TestTokenExpiringDuringAFailingRefreshIsNotServed(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	g := newConnectGate(t, e.fake)
+	behindGate(e, g, nil)
+	advance := movableClock(e)
+	old := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"].(string)
+	advance(23*time.Hour + 30*time.Minute)
+
+	g.park(connectfake.PathToken)
+	read := goDo(e, context.Background(), logical.ReadOperation, "creds/cc", nil)
+	parked := g.next(t, "the refresh")
+	advance(time.Hour) // the cached token expires while its refresh is parked
+
+	e.fake.InjectFaults(connectfake.PathToken, unavailableFaults(3)...)
+	g.open(connectfake.PathToken)
+	parked.let()
+	o := awaitOutcome(t, read, "the read")
+	if o.token() == old {
+		t.Fatal("an expired token was handed out")
+	}
+	if got := codedStatus(o.err); got != http.StatusBadGateway && got != http.StatusGatewayTimeout {
+		t.Errorf("read: resp = %v, err = %v (status %d); want a coded 502 or 504", o.resp, o.err, got)
+	}
+}
+
+// A shared token that is due for refresh but still valid is served, with
+// a warning, when no mint slot comes free in time; and a 429 from the token
+// endpoint never holds back a revocation.
+func TestStillValidTokenServedWhenNoMintSlotFrees(t *testing.T) {
+	t.Run("no mint slot", func(t *testing.T) {
+		e := newTestEnv(t)
+		setupRoles(e)
+		g := newConnectGate(t, e.fake)
+		behindGate(e, g, map[string]any{"max_concurrent_mints": 1})
+		advance := movableClock(e)
+		tokB := e.mustOK(logical.ReadOperation, "creds/cc", nil).Data["access_token"].(string)
+		advance(23*time.Hour + 30*time.Minute) // due for refresh, 30 minutes left
+
+		g.park(connectfake.PathToken)
+		readA := goDo(e, context.Background(), logical.ReadOperation, "creds/cc-excl", nil)
+		slotHolder := g.next(t, "role cc-excl's mint")
+
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second) // the caller's deadline
+		defer cancel()
+		o := outcomeOf(e.doCtx(ctx, logical.ReadOperation, "creds/cc", nil))
+		if got := o.token(); got != tokB {
+			t.Errorf("read of cc while the only slot is taken: err = %v (status %d), served the still-valid token: %v; want it, with a warning", o.err, codedStatus(o.err), got == tokB)
+		} else if len(o.resp.Warnings) == 0 {
+			t.Error("the still-valid token was served without a warning")
+		}
+
+		g.open(connectfake.PathToken)
+		slotHolder.let()
+		if a := awaitOutcome(t, readA, "role cc-excl's read"); a.token() == "" {
+			t.Errorf("role cc-excl's read: %v %v", a.resp, a.err)
+		}
+	})
+
+	t.Run("429 does not hold back a revocation", func(t *testing.T) {
+		e := newTestEnv(t)
+		setupRoles(e)
+		lease := e.mustOK(logical.ReadOperation, "creds/cc-excl", nil)
+		tok := lease.Data["access_token"].(string)
+		e.mustOK(logical.UpdateOperation, "config", map[string]any{"max_retries": 0})
+
+		// The token endpoint asks for a pause longer than the caller's deadline.
+		e.fake.InjectFaults(connectfake.PathToken, connectfake.Fault{Status: http.StatusTooManyRequests, RetryAfter: "25"})
+		if o := outcomeOf(e.do(logical.ReadOperation, "creds/cc-excl", nil)); o.token() != "" {
+			t.Fatal("a 429 produced a token")
+		}
+		before := e.fake.Requests(connectfake.PathRevoke)
+
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second) // Vault's deadline for the revocation
+		defer cancel()
+		if _, err := e.b.HandleRequest(ctx, &logical.Request{Operation: logical.RevokeOperation, Secret: lease.Secret, Storage: e.storage}); err != nil {
+			t.Fatalf("lease revocation: %v", err)
+		}
+		if got := e.fake.Requests(connectfake.PathRevoke) - before; got != 1 {
+			t.Errorf("the lease revocation sent %d revoke requests while the token endpoint's pause was on, want 1", got)
+		}
+		if e.fake.TokenLive(tok) {
+			t.Error("the lease's token is live after its revocation")
+		}
+	})
 }

@@ -3,7 +3,6 @@ package instacart
 import (
 	"context"
 	"fmt"
-	"hash/fnv"
 	"sync"
 	"time"
 
@@ -81,32 +80,13 @@ func (t *issuedToken) fresh(now time.Time, minRemaining time.Duration) bool {
 const tokenCacheSize = 10_000
 
 // tokenCache keeps shared tokens in memory (least recently used go first),
-// in front of storage, and coalesces concurrent mints of the same token.
-//
-// Every forget bumps the generation of its key's stripe. A token read from
-// (or written to) storage is only remembered if no forget hit its stripe since
-// the storage call began, so a flush or invalidation that lands in between is
-// never undone by putting a just-revoked token back into memory. Stripes keep
-// busy forgetting of other keys (tidy, another node's mints) from getting in
-// the way.
+// in front of storage. What keeps memory true to storage is in stripeVersions;
+// how concurrent mints and stores of one key are coordinated, in
+// publishCoordination (shared_token.go uses both).
 type tokenCache struct {
-	mu   sync.Mutex // guards gens, and orders remembering against forgetting
-	gens [genStripes]uint64
-	// writes counts, per stripe, the stores this process made (see version).
-	writes  [genStripes]uint64
 	entries *lru.Cache[string, *issuedToken] // storage key -> token
-	flights singleflight.Group
-	// keyLocks serialise publishing to one key (striped like gens).
-	keyLocks [genStripes]sync.Mutex
-}
-
-// genStripes is how many generations the keys are spread over.
-const genStripes = 256
-
-func genStripe(key string) int {
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(key))
-	return int(h.Sum32() % genStripes)
+	stripeVersions
+	publishCoordination
 }
 
 func newTokenCache(size int) *tokenCache {
@@ -122,58 +102,18 @@ func (c *tokenCache) get(key string) *issuedToken {
 	return t
 }
 
-// generation is read before a storage call whose result for key may be
-// remembered.
-func (c *tokenCache) generation(key string) uint64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.gens[genStripe(key)]
-}
-
-// stripeVersion is what had happened to a stripe's keys in this process
-// (forgets, stores) when a storage read of one of them began.
-type stripeVersion struct{ gen, writes uint64 }
-
-// version is key's stripe's version now: a storage read of key begun after
-// it still stands, in this process, while the version is unchanged.
-func (c *tokenCache) version(key string) stripeVersion {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	i := genStripe(key)
-	return stripeVersion{c.gens[i], c.writes[i]}
-}
-
 // rememberIf keeps t in memory unless something under key's stripe was
 // forgotten since gen.
 func (c *tokenCache) rememberIf(key string, t *issuedToken, gen uint64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.gens[genStripe(key)] == gen {
-		c.entries.Add(key, t)
-	}
-}
-
-// lockKey holds key's publish lock until the returned func is called.
-func (c *tokenCache) lockKey(key string) (unlock func()) {
-	mu := &c.keyLocks[genStripe(key)]
-	mu.Lock()
-	return mu.Unlock
+	c.ifUnchanged(key, gen, func() { c.entries.Add(key, t) })
 }
 
 func (c *tokenCache) forget(key string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.gens[genStripe(key)]++
-	c.entries.Remove(key)
+	c.bump(key, func() { c.entries.Remove(key) })
 }
 
 func (c *tokenCache) clear() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for i := range c.gens {
-		c.gens[i]++
-	}
-	c.entries.Purge()
+	c.bumpAll(c.entries.Purge)
 }
 
 // memoryKeys lists the keys of role's tokens held in memory.
@@ -196,9 +136,7 @@ func (c *tokenCache) load(ctx context.Context, s logical.Storage, key string) (*
 func (c *tokenCache) store(ctx context.Context, s logical.Storage, key string, t *issuedToken) error {
 	gen := c.generation(key)
 	err := putJSON(ctx, s, key, t)
-	c.mu.Lock()
-	c.writes[genStripe(key)]++ // even a failed put may have landed
-	c.mu.Unlock()
+	c.wrote(key) // even a failed put may have landed
 	if err != nil {
 		return err
 	}
@@ -213,4 +151,95 @@ func (c *tokenCache) forgetExpired(now time.Time) {
 			c.forget(key)
 		}
 	}
+}
+
+// stripeVersions orders remembering a token read from (or written to)
+// storage against forgetting it. Every forget bumps the generation of its
+// key's stripe, and a token is only remembered if no forget hit its stripe
+// since the storage call began, so a flush or invalidation that lands in
+// between is never undone by putting a just-revoked token back into memory.
+// Stripes keep busy forgetting of other keys (tidy, another node's mints)
+// from getting in the way.
+type stripeVersions struct {
+	mu   sync.Mutex // guards gens and writes
+	gens [genStripes]uint64
+	// writes counts, per stripe, the stores this process made (see version).
+	writes [genStripes]uint64
+}
+
+// genStripes is how many generations the keys are spread over.
+const genStripes = 256
+
+func genStripe(key string) int { return stripeOf(key, genStripes) }
+
+// generation is read before a storage call whose result for key may be
+// remembered.
+func (v *stripeVersions) generation(key string) uint64 {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.gens[genStripe(key)]
+}
+
+// stripeVersion is what had happened to a stripe's keys in this process
+// (forgets, stores) when a storage read of one of them began.
+type stripeVersion struct{ gen, writes uint64 }
+
+// version is key's stripe's version now: a storage read of key begun after
+// it still stands, in this process, while the version is unchanged.
+func (v *stripeVersions) version(key string) stripeVersion {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	i := genStripe(key)
+	return stripeVersion{v.gens[i], v.writes[i]}
+}
+
+// wrote counts a store to key.
+func (v *stripeVersions) wrote(key string) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.writes[genStripe(key)]++
+}
+
+// ifUnchanged runs remember only while key's stripe is still at gen, as one
+// step against forgets.
+func (v *stripeVersions) ifUnchanged(key string, gen uint64, remember func()) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.gens[genStripe(key)] == gen {
+		remember()
+	}
+}
+
+// bump starts a new generation of key's stripe and runs forget, as one step.
+func (v *stripeVersions) bump(key string, forget func()) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.gens[genStripe(key)]++
+	forget()
+}
+
+// bumpAll starts a new generation of every stripe and runs forget, as one step.
+func (v *stripeVersions) bumpAll(forget func()) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for i := range v.gens {
+		v.gens[i]++
+	}
+	forget()
+}
+
+// publishCoordination keeps concurrent work on one shared token together:
+// the mints of one key coalesce into one flight, and the stores to one key
+// (a publish, a move of a legacy key, tidy's removals) take its publish lock.
+type publishCoordination struct {
+	flights singleflight.Group
+	// keyLocks serialise publishing to one key (striped like the generations).
+	keyLocks [genStripes]sync.Mutex
+}
+
+// lockKey holds key's publish lock until the returned func is called.
+func (p *publishCoordination) lockKey(key string) (unlock func()) {
+	mu := &p.keyLocks[genStripe(key)]
+	mu.Lock()
+	return mu.Unlock
 }

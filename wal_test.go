@@ -3,6 +3,7 @@ package instacart
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -69,7 +70,7 @@ func TestExclusiveMintIsCoveredByTheWAL(t *testing.T) {
 // The rollback function itself: a token Connect cannot revoke now is queued
 // (the queue retries it), an entry recorded before Connect answered has
 // nothing to revoke.
-func TestWALRollbackFunction(t *testing.T) {
+func TestWALRollbackQueuesWhatConnectCannotRevokeNow(t *testing.T) {
 	e := newTestEnv(t)
 	setupRoles(e)
 	resp := e.mustOK(logical.ReadOperation, "creds/cc-excl", nil)
@@ -98,5 +99,14 @@ func TestWALRollbackFunction(t *testing.T) {
 	intent := map[string]any{"role": "cc-excl", "credentials_id": cfg.CredentialsID}
 	if err := e.b.walRollback(context.Background(), req, walKindExclusiveToken, intent); err != nil {
 		t.Errorf("rolling back a mint that never got an answer: %v", err)
+	}
+}
+
+// The write-ahead log is the node's own unfinished work: local storage,
+// not replicated.
+func TestWALIsLocalStorage(t *testing.T) {
+	e := newTestEnv(t)
+	if local := e.b.SpecialPaths().LocalStorage; !slices.Contains(local, "wal/") {
+		t.Errorf("LocalStorage = %v, want it to hold wal/", local)
 	}
 }
