@@ -19,7 +19,7 @@ func main() {
 	}
 
 	err := plugin.ServeMultiplex(&plugin.ServeOpts{
-		BackendFactoryFunc: instacart.PluginFactory,
+		BackendFactoryFunc: instacart.Factory,
 		// Serves the plugin over mTLS with the certificate Vault hands it.
 		TLSProviderFunc: api.VaultPluginTLSProvider(apiClientMeta.GetTLSConfig()),
 	})
