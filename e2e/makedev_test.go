@@ -85,10 +85,24 @@ func TestMakeDevRecipes(t *testing.T) {
 	}
 	env := strings.Split(strings.TrimRight(string(envOut), "\x00"), "\x00")
 	env = append(env, "MAKEFLAGS=BIN="+bin)
-	var vaultToken string
+	var vaultToken, vaultAddr string
 	for _, kv := range env {
 		if v, ok := strings.CutPrefix(kv, "VAULT_TOKEN="); ok {
 			vaultToken = v
+		}
+		if v, ok := strings.CutPrefix(kv, "VAULT_ADDR="); ok {
+			vaultAddr = v
+		}
+	}
+	// The root token reaches Vault by environment: no process's argv, which
+	// any local user can read, shows it.
+	if vaultToken == "" || vaultAddr == "" {
+		t.Fatal(".bin/dev/env sets no VAULT_TOKEN or VAULT_ADDR")
+	}
+	cmdlines, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, c := range cmdlines {
+		if b, err := os.ReadFile(c); err == nil && strings.Contains(string(b), vaultToken) {
+			t.Errorf("%s shows make dev's root token in argv", c)
 		}
 	}
 	repl := strings.NewReplacer(".bin/", bin+"/")
@@ -177,7 +191,18 @@ func TestMakeDevRecipes(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("make dev did not stop within 30 s of kill")
 	}
-	if _, err := exec.Command("bash", "-c", `source "$1" && vault status`, "bash", filepath.Join(bin, "dev", "env")).CombinedOutput(); err == nil {
-		t.Error("make dev's Vault still answers after kill")
+	status := exec.Command(vaultBin, "status")
+	status.Env = append(os.Environ(), "VAULT_ADDR="+vaultAddr)
+	if out, err := status.CombinedOutput(); err == nil {
+		t.Errorf("make dev's Vault still answers after kill:\n%s", out)
+	}
+	// What only that Vault could use is gone with it; the configs stay.
+	for _, f := range []string{"env", "app-token", "prometheus-token", "instacart-token"} {
+		if _, err := os.Stat(filepath.Join(bin, "dev", f)); !os.IsNotExist(err) {
+			t.Errorf(".bin/dev/%s after make dev stopped: %v, want it removed", f, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(bin, "dev", "agent.hcl")); err != nil {
+		t.Errorf(".bin/dev/agent.hcl after make dev stopped: %v, want it kept", err)
 	}
 }

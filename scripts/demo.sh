@@ -29,10 +29,17 @@ export PATH="$bin:$PATH"
 work="$(mktemp -d "${TMPDIR:-/tmp}/instacart-demo.XXXXXX")"
 chmod 700 "$work"
 pids=()
+dev=""
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$work"
+  # What only this Vault could use goes with it: its root token (env), the
+  # tokens Vault issued, and a Connect token Agent rendered (live for up to
+  # a day against a real host). The configs stay, to read.
+  if [[ -n "$dev" ]]; then
+    rm -f "$dev/env" "$dev/app-token" "$dev/prometheus-token" "$dev/instacart-token"
+  fi
 }
 trap cleanup EXIT
 # Interrupted while setting up: a failure. Once dev is up and waiting, Ctrl-C
@@ -102,7 +109,8 @@ cat >"$work/vault.hcl" <<HCL
 plugin_directory = "$bin/plugins"
 api_addr         = "$VAULT_ADDR"
 HCL
-vault server -dev -dev-listen-address="127.0.0.1:$port" -dev-root-token-id="$VAULT_TOKEN" \
+# The root token goes by environment, not argv, where ps would show it.
+VAULT_DEV_ROOT_TOKEN_ID="$VAULT_TOKEN" vault server -dev -dev-listen-address="127.0.0.1:$port" \
   -config="$work/vault.hcl" >"$work/vault.log" 2>&1 &
 pids+=($!)
 wait_for 30 vault status || fail "Vault did not start: $(tail -20 "$work/vault.log")"
@@ -255,7 +263,7 @@ EOT
   with the instacart-app and instacart-metrics policies.
   Vault log: $work/vault.log
   To stop: press Ctrl-C here (or kill $$). Vault and the fake stop, and $work,
-  with the secret file and logs in it, is removed; ${dev#"$root"/}/ stays until the next make dev.
+  with the secret file and logs in it, is removed; so are ${dev#"$root"/}/'s env and token files.
 EOT
   # Stopping is what dev waits for: a signal now is a clean exit (0), after
   # cleanup, and so is Vault or the fake ending on its own.
