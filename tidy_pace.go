@@ -1,0 +1,127 @@
+package instacart
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// Tidy paces itself by its own batches' latency (AIMD, as TCP paces itself
+// by round trips): a batch that took much longer than the fastest batches
+// of late means storage is busy (reads on any mount register leases in the
+// same raft log, or the disk is slow), so the pace halves; any other batch
+// raises it a step, up to storage's own pace. Batches are sent together
+// (tidyBatch), so a batch's latency is what storage makes its writes wait,
+// whatever pace tidy keeps.
+const (
+	// tidyMinPace (keys/s) is the pace tidy never goes under, however busy
+	// storage is: a million expired tokens still go in under 3 hours.
+	tidyMinPace = 100
+	// tidyMaxPace (keys/s) is above what any storage measured tidies
+	// (3,400/s on single-node raft, 2 cores): at it, tidy is not held back.
+	tidyMaxPace = 20_000
+	// tidyPaceStep is added to the pace after a batch that storage served
+	// as fast as of late: back from the minimum to 3,400/s in about 5 s.
+	tidyPaceStep = 64
+	// tidyBackoff is what the pace is multiplied by after a slow batch.
+	tidyBackoff = 0.5
+	// tidyCongested: a batch is slow when it took this many times the
+	// baseline, and tidyLatencySlack more: a few milliseconds of scheduling
+	// noise on fast storage is not load.
+	tidyCongested    = 2.0
+	tidyLatencySlack = 2 * time.Millisecond
+	// tidyBaselineMinutes is how many minutes of tidy work the baseline
+	// (the fastest batch of each minute) is the minimum of: storage that
+	// stays slower for longer becomes the new normal.
+	tidyBaselineMinutes = 30
+	// tidySignalKeys: only batches of at least this many keys are timed,
+	// since a batch's latency grows with its size (a shard's last keys).
+	tidySignalKeys = tidyBatch / 2
+)
+
+// tidyPacer keeps tidy's pace across passes, so a pass starting while
+// storage is busy still knows how fast it is when idle.
+type tidyPacer struct {
+	now   func() time.Time
+	sleep func(context.Context, time.Duration) error
+
+	mu       sync.Mutex
+	pace     float64   // keys/s; at tidyMaxPace, unpaced
+	next     time.Time // when the next batch may start
+	minutes  []minuteMin
+	baseline time.Duration // min over minutes; 0 before any timed batch
+}
+
+// minuteMin is the fastest timed batch in one minute of tidy work.
+type minuteMin struct {
+	minute int64 // unix minutes
+	took   time.Duration
+}
+
+func newTidyPacer(now func() time.Time, sleep func(context.Context, time.Duration) error) *tidyPacer {
+	return &tidyPacer{now: now, sleep: sleep, pace: tidyMaxPace}
+}
+
+// wait holds a batch of n keys until the pace lets it start.
+func (p *tidyPacer) wait(ctx context.Context, n int) error {
+	p.mu.Lock()
+	now := p.now()
+	start := now
+	if p.next.After(now) {
+		start = p.next
+	}
+	p.next = start
+	if p.pace < tidyMaxPace {
+		p.next = start.Add(time.Duration(float64(n) / p.pace * float64(time.Second)))
+	}
+	p.mu.Unlock()
+	if d := start.Sub(now); d > 0 {
+		return p.sleep(ctx, d)
+	}
+	return ctx.Err()
+}
+
+// observe adjusts the pace to a batch of n keys that took took.
+func (p *tidyPacer) observe(n int, took time.Duration) {
+	if n < tidySignalKeys {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	base := p.learn(took)
+	if float64(took) > tidyCongested*float64(base) && took-base > tidyLatencySlack {
+		// From unpaced, halve what this batch achieved, not the cap.
+		achieved := float64(n) / max(took.Seconds(), 1e-9)
+		p.pace = max(min(p.pace, achieved)*tidyBackoff, tidyMinPace)
+		return
+	}
+	p.pace = min(p.pace+tidyPaceStep, tidyMaxPace)
+}
+
+// learn records took in its minute and returns the baseline.
+func (p *tidyPacer) learn(took time.Duration) time.Duration {
+	minute := p.now().Unix() / 60
+	if k := len(p.minutes); k > 0 && p.minutes[k-1].minute == minute {
+		p.minutes[k-1].took = min(p.minutes[k-1].took, took)
+	} else {
+		p.minutes = append(p.minutes, minuteMin{minute, took})
+		if len(p.minutes) > tidyBaselineMinutes {
+			p.minutes = p.minutes[1:]
+		}
+	}
+	p.baseline = p.minutes[0].took
+	for _, m := range p.minutes[1:] {
+		p.baseline = min(p.baseline, m.took)
+	}
+	return p.baseline
+}
+
+// keysPerSecond is the pace now, 0 when unpaced.
+func (p *tidyPacer) keysPerSecond() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.pace >= tidyMaxPace {
+		return 0
+	}
+	return int(p.pace)
+}

@@ -1,0 +1,246 @@
+package instacart
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// paceClock is a clock that moves only when told: a storage call's latency
+// and the pacer's waits advance it, so no test sleeps.
+type paceClock struct {
+	mu     sync.Mutex
+	t      time.Time
+	waited time.Duration
+}
+
+func (c *paceClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *paceClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func (c *paceClock) sleep(ctx context.Context, d time.Duration) error {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.waited += d
+	c.mu.Unlock()
+	return ctx.Err()
+}
+
+// batchView is what storage saw of one tidy batch.
+type batchView struct {
+	start time.Time // on the fake clock
+	pace  int       // keys/s the pacer kept, 0 unpaced
+	keys  int
+}
+
+// latencyStorage makes each token delete take latency(batch) on the fake
+// clock, and records every batch tidy sent and the most deletes in flight.
+type latencyStorage struct {
+	logical.Storage
+	clock   *paceClock
+	pacer   *tidyPacer
+	latency func(batch int) time.Duration
+
+	mu       sync.Mutex
+	deletes  int
+	batches  []batchView
+	inFlight int
+	maxIn    int
+}
+
+func (l *latencyStorage) Delete(ctx context.Context, key string) error {
+	if tokenRole(key) == "" {
+		return l.Storage.Delete(ctx, key)
+	}
+	l.mu.Lock()
+	batch := l.deletes / tidyBatch // tidy sends a shard's keys tidyBatch at a time
+	if l.deletes%tidyBatch == 0 {
+		l.batches = append(l.batches, batchView{start: l.clock.now(), pace: l.pacer.keysPerSecond()})
+	}
+	l.batches[batch].keys++
+	l.deletes++
+	l.inFlight++
+	l.maxIn = max(l.maxIn, l.inFlight)
+	l.mu.Unlock()
+	l.clock.advance(l.latency(batch))
+	err := l.Storage.Delete(ctx, key)
+	l.mu.Lock()
+	l.inFlight--
+	l.mu.Unlock()
+	return err
+}
+
+// storeOneShard stores n expired-soon tokens of role whose users all hash to
+// one shard, so tidy sends them in full batches.
+func storeOneShard(t *testing.T, e *testEnv, role string, n int) {
+	t.Helper()
+	r, err := e.b.getRole(context.Background(), e.storage, role)
+	if err != nil || r == nil {
+		t.Fatalf("role %s: %v", role, err)
+	}
+	exp := e.b.now().Add(time.Hour)
+	for i, stored := 0, 0; stored < n; i++ {
+		user := fmt.Sprintf("store-%d", i)
+		if userHash(user)[:shardDigits] != "00" {
+			continue
+		}
+		tok := &issuedToken{revocable: revocable{AccessToken: "placeholder-" + user, ExpiresAt: exp}, UserID: user, RoleHash: r.hash}
+		if err := putJSON(context.Background(), e.storage, tokenKey(role, user), tok); err != nil {
+			t.Fatal(err)
+		}
+		stored++
+	}
+}
+
+// pacedPass runs one tidy pass over batches full batches of expired tokens,
+// each token delete taking latency(batch) on a fake clock.
+func pacedPass(t *testing.T, batches int, latency func(batch int) time.Duration) (*latencyStorage, *paceClock) {
+	t.Helper()
+	e := newTestEnv(t)
+	setupRoles(e)
+	storeOneShard(t, e, "shoppers", batches*tidyBatch)
+	clock := &paceClock{t: time.Unix(1_800_000_000, 0)}
+	e.b.tidyPace = newTidyPacer(clock.now, clock.sleep)
+	ls := &latencyStorage{Storage: e.storage, clock: clock, pacer: e.b.tidyPace, latency: latency}
+	e.storage = ls
+	e.advance(2 * time.Hour)
+	resp := e.mustOK(logical.UpdateOperation, "tidy", nil)
+	if resp.Data["expired_tokens_removed"] != batches*tidyBatch {
+		t.Fatalf("tidy = %v, want all %d removed", resp.Data, batches*tidyBatch)
+	}
+	if len(ls.batches) != batches {
+		t.Fatalf("%d batches, want %d", len(ls.batches), batches)
+	}
+	assertBatchBounds(t, ls)
+	return ls, clock
+}
+
+// assertBatchBounds: no batch is larger than tidyBatch, none starts before
+// the pace of the one before let it, and no pace is under tidyMinPace.
+func assertBatchBounds(t *testing.T, ls *latencyStorage) {
+	t.Helper()
+	if ls.maxIn > tidyBatch {
+		t.Errorf("%d deletes in flight at once, bound is %d", ls.maxIn, tidyBatch)
+	}
+	for i, b := range ls.batches {
+		if b.keys > tidyBatch {
+			t.Errorf("batch %d sent %d keys, bound is %d", i, b.keys, tidyBatch)
+		}
+		if b.pace != 0 && b.pace < tidyMinPace {
+			t.Errorf("batch %d paced at %d keys/s, under the minimum %d", i, b.pace, tidyMinPace)
+		}
+		if i == 0 || ls.batches[i-1].pace == 0 {
+			continue
+		}
+		prev := ls.batches[i-1]
+		if gap, least := b.start.Sub(prev.start), time.Duration(float64(prev.keys)/float64(prev.pace)*float64(time.Second)); gap < least {
+			t.Errorf("batch %d started %s after the one before, paced at %d keys/s: want at least %s", i, gap, prev.pace, least)
+		}
+	}
+}
+
+// Tidy runs at storage's own pace while its deletes are as fast as ever
+// (an idle Vault), slows down as they slow (reads on any mount, a slow
+// disk), to a floor it keeps, and speeds up again as they recover.
+func TestTidyPaceFollowsDeleteLatency(t *testing.T) {
+	const fast, slow = 10 * time.Microsecond, time.Millisecond // per delete; a batch sends 64
+	latency := func(batch int) time.Duration {
+		if batch >= 10 && batch < 20 {
+			return slow
+		}
+		return fast
+	}
+	ls, _ := pacedPass(t, 40, latency)
+	paces := make([]int, len(ls.batches))
+	for i, b := range ls.batches {
+		paces[i] = b.pace
+	}
+	for i := range 11 { // batch 10 is the first slow one: the pace changes after it
+		if paces[i] != 0 {
+			t.Errorf("batch %d paced at %d keys/s while storage was as fast as ever; want unpaced (all paces: %v)", i, paces[i], paces)
+		}
+	}
+	for i := 12; i <= 14; i++ {
+		if paces[i] == 0 || paces[i] >= paces[i-1] && paces[i-1] != 0 {
+			t.Errorf("batch %d paced at %d after %d, while deletes were 100× slower; want slowing (all paces: %v)", i, paces[i], paces[i-1], paces)
+		}
+	}
+	if paces[20] != tidyMinPace {
+		t.Errorf("after 10 slow batches the pace is %d keys/s, want the floor %d (all paces: %v)", paces[20], tidyMinPace, paces)
+	}
+	for i := 22; i < len(paces); i++ {
+		if paces[i] <= paces[i-1] {
+			t.Errorf("batch %d paced at %d after %d, with deletes fast again; want speeding up (all paces: %v)", i, paces[i], paces[i-1], paces)
+		}
+	}
+}
+
+// Storage that stays slow slows tidy to its floor, never to a stop: the
+// pass ends, having waited no longer than the floor needs.
+func TestTidyNeverStopsOnSlowStorage(t *testing.T) {
+	latency := func(batch int) time.Duration {
+		if batch == 0 {
+			return 10 * time.Microsecond // learnt as the baseline
+		}
+		return 5 * time.Millisecond
+	}
+	const batches = 20
+	ls, clock := pacedPass(t, batches, latency)
+	if last := ls.batches[batches-1].pace; last != tidyMinPace {
+		t.Errorf("pace at the last batch = %d keys/s, want the floor %d", last, tidyMinPace)
+	}
+	floor := time.Duration(float64(batches*tidyBatch) / tidyMinPace * float64(time.Second))
+	if clock.waited == 0 || clock.waited > floor {
+		t.Errorf("tidy waited %s for %d keys; want some wait and no more than the floor's %s", clock.waited, batches*tidyBatch, floor)
+	}
+}
+
+// A shard's short last batch is not timed: it would teach a baseline that
+// full batches could never match.
+func TestTidyPaceIgnoresShortBatches(t *testing.T) {
+	clock := &paceClock{t: time.Unix(1_800_000_000, 0)}
+	p := newTidyPacer(clock.now, clock.sleep)
+	p.observe(tidyBatch, 10*time.Millisecond)
+	p.observe(tidySignalKeys-1, 100*time.Microsecond)
+	if p.baseline != 10*time.Millisecond {
+		t.Errorf("baseline = %s after a short batch, want the full batch's 10ms", p.baseline)
+	}
+	p.observe(tidyBatch, 15*time.Millisecond) // within tidyCongested of the baseline
+	if got := p.keysPerSecond(); got != 0 {
+		t.Errorf("pace = %d after a batch near the baseline, want unpaced", got)
+	}
+}
+
+// The baseline is the fastest batch of the last tidyBaselineMinutes
+// minutes of tidy work: storage that stays slower becomes the new normal,
+// and tidy then goes back to full speed.
+func TestTidyBaselineForgetsOldMinutes(t *testing.T) {
+	clock := &paceClock{t: time.Unix(1_800_000_000, 0)}
+	p := newTidyPacer(clock.now, clock.sleep)
+	p.observe(tidyBatch, time.Millisecond)
+	for range tidyBaselineMinutes {
+		clock.advance(time.Minute)
+		p.observe(tidyBatch, 20*time.Millisecond)
+	}
+	if p.baseline != 20*time.Millisecond {
+		t.Errorf("baseline = %s after %d minutes at 20ms, want 20ms", p.baseline, tidyBaselineMinutes)
+	}
+	for range (tidyMaxPace - tidyMinPace) / tidyPaceStep {
+		p.observe(tidyBatch, 20*time.Millisecond)
+	}
+	if got := p.keysPerSecond(); got != 0 {
+		t.Errorf("pace = %d keys/s at the new normal, want unpaced", got)
+	}
+}
