@@ -7,32 +7,46 @@ import (
 )
 
 // Tidy paces itself by its own batches' latency (AIMD, as TCP paces itself
-// by round trips): a batch that took much longer than the fastest batches
-// of late means storage is busy (reads on any mount register leases in the
-// same raft log, or the disk is slow), so the pace halves; any other batch
-// raises it a step, up to storage's own pace. Batches are sent together
-// (tidyBatch), so a batch's latency is what storage makes its writes wait,
-// whatever pace tidy keeps.
+// by round trips): when its batches, smoothed, take much longer than they
+// did at their fastest of late, storage is busy (reads on any mount
+// register leases in the same raft log, or the disk is slow), so the pace
+// halves; otherwise it rises a step, up to storage's own pace. Batches are
+// sent together (tidyBatch), so a batch's latency is what storage makes
+// its writes wait, whatever pace tidy keeps.
 const (
 	// tidyMinPace (keys/s) is the pace tidy never goes under, however busy
-	// storage is: a million expired tokens still go in under 3 hours.
+	// or slow storage is: a million expired tokens still go in under 3
+	// hours.
 	tidyMinPace = 100
+	// tidyBusyShare is the share of its idle pace (a batch at the
+	// baseline latency) tidy keeps while storage is busy: reads that never
+	// stop would otherwise hold it at tidyMinPace, since their load, not
+	// tidy's, is what its latency shows. A third keeps a million expired
+	// tokens within 15 minutes on single-node raft (idle: 4,000 keys/s).
+	tidyBusyShare = 1.0 / 3
 	// tidyMaxPace (keys/s) is above what any storage measured tidies
 	// (3,400/s on single-node raft, 2 cores): at it, tidy is not held back.
 	tidyMaxPace = 20_000
 	// tidyPaceStep is added to the pace after a batch that storage served
 	// as fast as of late: back from the minimum to 3,400/s in about 5 s.
 	tidyPaceStep = 64
-	// tidyBackoff is what the pace is multiplied by after a slow batch.
+	// tidyBackoff is what the pace is multiplied by when storage is busy.
 	tidyBackoff = 0.5
-	// tidyCongested: a batch is slow when it took this many times the
-	// baseline, and tidyLatencySlack more: a few milliseconds of scheduling
-	// noise on fast storage is not load.
+	// tidySmoothing is the weight of a batch's latency in the smoothed
+	// latency (as TCP's smoothed round trip): one slow batch among fast ones
+	// is noise, not load.
+	tidySmoothing = 0.25
+	// tidyHoldBatches: after halving, the pace holds for as many batches,
+	// which the smoothed latency needs to show the new pace.
+	tidyHoldBatches = 4
+	// tidyCongested: storage is busy when the smoothed latency is this many
+	// times the baseline, and tidyLatencySlack more: a few milliseconds of
+	// scheduling noise on fast storage is not load.
 	tidyCongested    = 2.0
 	tidyLatencySlack = 2 * time.Millisecond
 	// tidyBaselineMinutes is how many minutes of tidy work the baseline
-	// (the fastest batch of each minute) is the minimum of: storage that
-	// stays slower for longer becomes the new normal.
+	// (each minute's lowest smoothed latency) is the minimum of: storage
+	// that stays slower for longer becomes the new normal.
 	tidyBaselineMinutes = 30
 	// tidySignalKeys: only batches of at least this many keys are timed,
 	// since a batch's latency grows with its size (a shard's last keys).
@@ -48,11 +62,13 @@ type tidyPacer struct {
 	mu       sync.Mutex
 	pace     float64   // keys/s; at tidyMaxPace, unpaced
 	next     time.Time // when the next batch may start
+	smoothed float64   // batch latency, smoothed (ns); 0 before any timed batch
+	hold     int       // batches left before the pace may halve again
 	minutes  []minuteMin
-	baseline time.Duration // min over minutes; 0 before any timed batch
+	baseline time.Duration // min over minutes
 }
 
-// minuteMin is the fastest timed batch in one minute of tidy work.
+// minuteMin is the lowest smoothed latency in one minute of tidy work.
 type minuteMin struct {
 	minute int64 // unix minutes
 	took   time.Duration
@@ -88,17 +104,39 @@ func (p *tidyPacer) observe(n int, took time.Duration) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	base := p.learn(took)
-	if float64(took) > tidyCongested*float64(base) && took-base > tidyLatencySlack {
+	if p.smoothed == 0 {
+		p.smoothed = float64(took)
+	} else {
+		p.smoothed += tidySmoothing * (float64(took) - p.smoothed)
+	}
+	smoothed := time.Duration(p.smoothed)
+	base := p.learn(smoothed)
+	if p.hold > 0 {
+		p.hold--
+		return
+	}
+	if float64(smoothed) > tidyCongested*float64(base) && smoothed-base > tidyLatencySlack {
 		// From unpaced, halve what this batch achieved, not the cap.
 		achieved := float64(n) / max(took.Seconds(), 1e-9)
-		p.pace = max(min(p.pace, achieved)*tidyBackoff, tidyMinPace)
+		p.pace = max(min(p.pace, achieved)*tidyBackoff, p.floor())
+		p.hold = tidyHoldBatches
 		return
 	}
 	p.pace = min(p.pace+tidyPaceStep, tidyMaxPace)
 }
 
-// learn records took in its minute and returns the baseline.
+// floor is the least pace while storage is busy: tidyBusyShare of the
+// pace a batch at the baseline latency would go, within tidyMinPace and a
+// quarter of tidyMaxPace (storage in memory has a baseline of microseconds).
+func (p *tidyPacer) floor() float64 {
+	if p.baseline <= 0 {
+		return tidyMinPace
+	}
+	idle := float64(tidyBatch) / p.baseline.Seconds()
+	return min(max(tidyBusyShare*idle, tidyMinPace), tidyMaxPace/4)
+}
+
+// learn records a smoothed latency in its minute and returns the baseline.
 func (p *tidyPacer) learn(took time.Duration) time.Duration {
 	minute := p.now().Unix() / 60
 	if k := len(p.minutes); k > 0 && p.minutes[k-1].minute == minute {
@@ -124,4 +162,12 @@ func (p *tidyPacer) keysPerSecond() int {
 		return 0
 	}
 	return int(p.pace)
+}
+
+// latencies are the smoothed batch latency and the baseline it is held
+// against (both 0 before a batch was timed).
+func (p *tidyPacer) latencies() (smoothed, baseline time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return time.Duration(p.smoothed), p.baseline
 }

@@ -145,7 +145,8 @@ func assertBatchBounds(t *testing.T, ls *latencyStorage) {
 			continue
 		}
 		prev := ls.batches[i-1]
-		if gap, least := b.start.Sub(prev.start), time.Duration(float64(prev.keys)/float64(prev.pace)*float64(time.Second)); gap < least {
+		// +1: the pace seen is truncated to whole keys a second.
+		if gap, least := b.start.Sub(prev.start), time.Duration(float64(prev.keys)/float64(prev.pace+1)*float64(time.Second)); gap < least {
 			t.Errorf("batch %d started %s after the one before, paced at %d keys/s: want at least %s", i, gap, prev.pace, least)
 		}
 	}
@@ -155,55 +156,76 @@ func assertBatchBounds(t *testing.T, ls *latencyStorage) {
 // (an idle Vault), slows down as they slow (reads on any mount, a slow
 // disk), to a floor it keeps, and speeds up again as they recover.
 func TestTidyPaceFollowsDeleteLatency(t *testing.T) {
-	const fast, slow = 10 * time.Microsecond, time.Millisecond // per delete; a batch sends 64
+	const fast, slow = 250 * time.Microsecond, time.Millisecond // per delete; a batch sends 64: 16ms, 64ms
 	latency := func(batch int) time.Duration {
-		if batch >= 10 && batch < 20 {
+		if batch >= 10 && batch < 30 {
 			return slow
 		}
 		return fast
 	}
-	ls, _ := pacedPass(t, 40, latency)
+	ls, _ := pacedPass(t, 80, latency)
+	floor := int(tidyBusyShare * tidyBatch / (tidyBatch * fast).Seconds()) // a third of 4,000 keys/s
 	paces := make([]int, len(ls.batches))
 	for i, b := range ls.batches {
 		paces[i] = b.pace
 	}
-	for i := range 11 { // batch 10 is the first slow one: the pace changes after it
+	for i := range 12 { // batches 10 and 11 are slow: the smoothed latency shows it after 11
 		if paces[i] != 0 {
 			t.Errorf("batch %d paced at %d keys/s while storage was as fast as ever; want unpaced (all paces: %v)", i, paces[i], paces)
 		}
 	}
-	for i := 12; i <= 14; i++ {
-		if paces[i] == 0 || paces[i] >= paces[i-1] && paces[i-1] != 0 {
-			t.Errorf("batch %d paced at %d after %d, while deletes were 100× slower; want slowing (all paces: %v)", i, paces[i], paces[i-1], paces)
+	for i := 12; i <= 30; i++ {
+		if paces[i] == 0 || i > 12 && paces[i] > paces[i-1] {
+			t.Errorf("batch %d paced at %d after %d, while deletes were 100× slower; want slower or the same (all paces: %v)", i, paces[i], paces[i-1], paces)
 		}
 	}
-	if paces[20] != tidyMinPace {
-		t.Errorf("after 10 slow batches the pace is %d keys/s, want the floor %d (all paces: %v)", paces[20], tidyMinPace, paces)
+	if paces[30] != floor {
+		t.Errorf("after 20 slow batches the pace is %d keys/s, want the floor %d (all paces: %v)", paces[30], floor, paces)
 	}
-	for i := 22; i < len(paces); i++ {
+	for i := 50; i < len(paces); i++ {
 		if paces[i] <= paces[i-1] {
 			t.Errorf("batch %d paced at %d after %d, with deletes fast again; want speeding up (all paces: %v)", i, paces[i], paces[i-1], paces)
 		}
 	}
 }
 
-// Storage that stays slow slows tidy to its floor, never to a stop: the
-// pass ends, having waited no longer than the floor needs.
+// Storage that stays slow slows tidy to its floor, a third of its idle
+// pace, never to a stop: the pass ends, having waited no longer than the
+// floor needs.
 func TestTidyNeverStopsOnSlowStorage(t *testing.T) {
 	latency := func(batch int) time.Duration {
-		if batch == 0 {
-			return 10 * time.Microsecond // learnt as the baseline
+		if batch < 3 {
+			return 250 * time.Microsecond // learnt as the baseline: 16ms a batch
 		}
-		return 5 * time.Millisecond
+		return time.Millisecond
 	}
 	const batches = 20
 	ls, clock := pacedPass(t, batches, latency)
-	if last := ls.batches[batches-1].pace; last != tidyMinPace {
-		t.Errorf("pace at the last batch = %d keys/s, want the floor %d", last, tidyMinPace)
+	floor := int(tidyBusyShare * tidyBatch / (16 * time.Millisecond).Seconds())
+	if last := ls.batches[batches-1].pace; last != floor {
+		t.Errorf("pace at the last batch = %d keys/s, want the floor %d", last, floor)
 	}
-	floor := time.Duration(float64(batches*tidyBatch) / tidyMinPace * float64(time.Second))
-	if clock.waited == 0 || clock.waited > floor {
-		t.Errorf("tidy waited %s for %d keys; want some wait and no more than the floor's %s", clock.waited, batches*tidyBatch, floor)
+	if most := time.Duration(float64(batches*tidyBatch) / float64(floor) * float64(time.Second)); clock.waited > most {
+		t.Errorf("tidy waited %s for %d keys; want no more than the floor's %s", clock.waited, batches*tidyBatch, most)
+	}
+}
+
+// On storage in memory (a baseline of microseconds) the floor is bounded
+// too: a quarter of the most tidy ever goes.
+func TestTidyFloorIsBounded(t *testing.T) {
+	clock := &paceClock{t: time.Unix(1_800_000_000, 0)}
+	p := newTidyPacer(clock.now, clock.sleep)
+	if got := p.floor(); got != tidyMinPace {
+		t.Errorf("floor before any batch = %v, want %d", got, tidyMinPace)
+	}
+	p.observe(tidyBatch, 100*time.Microsecond)
+	if got := p.floor(); got != tidyMaxPace/4 {
+		t.Errorf("floor at a 100µs baseline = %v, want %d", got, tidyMaxPace/4)
+	}
+	p.observe(tidyBatch, 10*time.Second)
+	p.observe(tidyBatch, 10*time.Second)
+	if got := p.keysPerSecond(); got != tidyMaxPace/4 {
+		t.Errorf("pace = %d on storage gone slow, want the floor %d", got, tidyMaxPace/4)
 	}
 }
 
@@ -223,24 +245,43 @@ func TestTidyPaceIgnoresShortBatches(t *testing.T) {
 	}
 }
 
-// The baseline is the fastest batch of the last tidyBaselineMinutes
-// minutes of tidy work: storage that stays slower becomes the new normal,
-// and tidy then goes back to full speed.
+// The baseline is the lowest smoothed latency of the last
+// tidyBaselineMinutes minutes of tidy work: storage that stays slower
+// becomes the new normal, and tidy then goes back to full speed.
 func TestTidyBaselineForgetsOldMinutes(t *testing.T) {
 	clock := &paceClock{t: time.Unix(1_800_000_000, 0)}
 	p := newTidyPacer(clock.now, clock.sleep)
 	p.observe(tidyBatch, time.Millisecond)
-	for range tidyBaselineMinutes {
+	for range 2 * tidyBaselineMinutes {
 		clock.advance(time.Minute)
 		p.observe(tidyBatch, 20*time.Millisecond)
 	}
-	if p.baseline != 20*time.Millisecond {
-		t.Errorf("baseline = %s after %d minutes at 20ms, want 20ms", p.baseline, tidyBaselineMinutes)
+	if p.baseline < 19*time.Millisecond {
+		t.Errorf("baseline = %s after %d minutes at 20ms, want about 20ms", p.baseline, 2*tidyBaselineMinutes)
 	}
-	for range (tidyMaxPace - tidyMinPace) / tidyPaceStep {
+	for range 400 {
 		p.observe(tidyBatch, 20*time.Millisecond)
 	}
 	if got := p.keysPerSecond(); got != 0 {
 		t.Errorf("pace = %d keys/s at the new normal, want unpaced", got)
+	}
+}
+
+// One slow batch among fast ones is noise, not load: the pace holds.
+func TestTidyPaceShrugsOffOneSlowBatch(t *testing.T) {
+	clock := &paceClock{t: time.Unix(1_800_000_000, 0)}
+	p := newTidyPacer(clock.now, clock.sleep)
+	for range 10 {
+		p.observe(tidyBatch, 10*time.Millisecond)
+	}
+	p.observe(tidyBatch, 40*time.Millisecond) // 4× the baseline
+	if got := p.keysPerSecond(); got != 0 {
+		t.Errorf("pace = %d keys/s after one slow batch, want unpaced", got)
+	}
+	for range 3 {
+		p.observe(tidyBatch, 40*time.Millisecond)
+	}
+	if got := p.keysPerSecond(); got == 0 {
+		t.Error("still unpaced after four slow batches in a row")
 	}
 }

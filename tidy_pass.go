@@ -95,8 +95,14 @@ func (p *tidyPass) status() map[string]any {
 		if p.err != nil {
 			d["error"] = errorSummary(p.err)
 		}
-	} else if kps := p.pace.keysPerSecond(); kps > 0 {
-		d["paced_keys_per_second"] = kps // absent: at storage's own pace
+	} else {
+		if kps := p.pace.keysPerSecond(); kps > 0 {
+			d["paced_keys_per_second"] = kps // absent: at storage's own pace
+		}
+		if lat, base := p.pace.latencies(); lat > 0 {
+			d["batch_latency"] = lat.Round(time.Microsecond).String()
+			d["baseline_batch_latency"] = base.Round(time.Microsecond).String()
+		}
 	}
 	return d
 }

@@ -285,6 +285,7 @@ func (r *runner) raftTidy(ctx context.Context, n int) (*raftTidyResult, error) {
 			break // tidy ended within the window: not wholly during it
 		}
 		during, kvDuring = append(during, c), append(kvDuring, k)
+		r.logf("  … reads during tidy: creds %.0f/s, kv %.0f/s (without tidy %.0f/s, %.0f/s)", c.throughput(), k.throughput(), res.without.throughput(), res.kvWithout.throughput())
 	}
 	o := <-done
 	if o.err != nil {
@@ -364,6 +365,7 @@ func (r *runner) timedTidy(ctx context.Context, store *tokenStore, onPoll func()
 	polled := make(chan []int)
 	go func() {
 		var paces []int
+		polls := 0
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
 		for {
@@ -372,9 +374,13 @@ func (r *runner) timedTidy(ctx context.Context, store *tokenStore, onPoll func()
 				polled <- paces
 				return
 			case <-t.C:
+				polls++
 				if st, _ := r.tidyStatus(); st != nil && st["running"] == true {
 					kps, _ := st["paced_keys_per_second"].(float64)
 					paces = append(paces, int(kps))
+					if polls%10 == 1 {
+						r.logf("  … tidy at %v: %v checked, pace %d keys/s, batch latency %v (baseline %v)", st["position"], st["tokens_checked"], int(kps), st["batch_latency"], st["baseline_batch_latency"])
+					}
 				}
 				if onPoll != nil {
 					onPoll()
