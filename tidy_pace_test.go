@@ -164,7 +164,7 @@ func TestTidyPaceFollowsDeleteLatency(t *testing.T) {
 		return fast
 	}
 	ls, _ := pacedPass(t, 80, latency)
-	floor := int(tidyBusyShare * tidyBatch / (tidyBatch * fast).Seconds()) // a third of 4,000 keys/s
+	floor := int(tidyBusyShare * tidyBatch / (tidyBatch * slow).Seconds()) // a third of 1,000 keys/s
 	paces := make([]int, len(ls.batches))
 	for i, b := range ls.batches {
 		paces[i] = b.pace
@@ -179,7 +179,7 @@ func TestTidyPaceFollowsDeleteLatency(t *testing.T) {
 			t.Errorf("batch %d paced at %d after %d, while deletes were 100× slower; want slower or the same (all paces: %v)", i, paces[i], paces[i-1], paces)
 		}
 	}
-	if paces[30] != floor {
+	if paces[30] < floor-2 || paces[30] > floor+2 {
 		t.Errorf("after 20 slow batches the pace is %d keys/s, want the floor %d (all paces: %v)", paces[30], floor, paces)
 	}
 	for i := 50; i < len(paces); i++ {
@@ -189,8 +189,8 @@ func TestTidyPaceFollowsDeleteLatency(t *testing.T) {
 	}
 }
 
-// Storage that stays slow slows tidy to its floor, a third of its idle
-// pace, never to a stop: the pass ends, having waited no longer than the
+// Storage that stays slow slows tidy to its floor, a third of the pace its
+// batches go at, never to a stop: the pass ends, having waited no longer than the
 // floor needs.
 func TestTidyNeverStopsOnSlowStorage(t *testing.T) {
 	latency := func(batch int) time.Duration {
@@ -199,19 +199,20 @@ func TestTidyNeverStopsOnSlowStorage(t *testing.T) {
 		}
 		return time.Millisecond
 	}
-	const batches = 20
+	const batches = 40
 	ls, clock := pacedPass(t, batches, latency)
-	floor := int(tidyBusyShare * tidyBatch / (16 * time.Millisecond).Seconds())
-	if last := ls.batches[batches-1].pace; last != floor {
+	floor := int(tidyBusyShare * tidyBatch / (64 * time.Millisecond).Seconds())
+	if last := ls.batches[batches-1].pace; last < floor-2 || last > floor+2 {
 		t.Errorf("pace at the last batch = %d keys/s, want the floor %d", last, floor)
 	}
-	if most := time.Duration(float64(batches*tidyBatch) / float64(floor) * float64(time.Second)); clock.waited > most {
-		t.Errorf("tidy waited %s for %d keys; want no more than the floor's %s", clock.waited, batches*tidyBatch, most)
+	if most := time.Duration(float64(batches*tidyBatch) / float64(floor) * float64(time.Second)); clock.waited == 0 || clock.waited > most {
+		t.Errorf("tidy waited %s for %d keys; want some wait, and no more than the floor's %s", clock.waited, batches*tidyBatch, most)
 	}
 }
 
-// On storage in memory (a baseline of microseconds) the floor is bounded
-// too: a quarter of the most tidy ever goes.
+// The floor is bounded both ways: on storage in memory (microseconds a
+// batch) by a quarter of the most tidy ever goes, on storage gone very slow
+// by tidyMinPace.
 func TestTidyFloorIsBounded(t *testing.T) {
 	clock := &paceClock{t: time.Unix(1_800_000_000, 0)}
 	p := newTidyPacer(clock.now, clock.sleep)
@@ -224,8 +225,8 @@ func TestTidyFloorIsBounded(t *testing.T) {
 	}
 	p.observe(tidyBatch, 10*time.Second)
 	p.observe(tidyBatch, 10*time.Second)
-	if got := p.keysPerSecond(); got != tidyMaxPace/4 {
-		t.Errorf("pace = %d on storage gone slow, want the floor %d", got, tidyMaxPace/4)
+	if got := p.keysPerSecond(); got != tidyMinPace {
+		t.Errorf("pace = %d on storage gone slow, want the floor %d", got, tidyMinPace)
 	}
 }
 
