@@ -98,7 +98,7 @@ func (t *raftTidyResult) checks(cores int) []check {
 	}
 	return []check{c10e,
 		ratio("10f", "cached reads of creds/bench", t.readClients, t.without, t.during, t.post),
-		ratio("10g", "reads of a KV mount (kv/bench), beside them,", t.kvClients, t.kvWithout, t.kvDuring, t.kvPost),
+		ratio("10g", "reads of a KV mount (kv/bench) beside them", t.kvClients, t.kvWithout, t.kvDuring, t.kvPost),
 		c10h}
 }
 
