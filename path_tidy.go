@@ -39,7 +39,10 @@ for the leases that hold them.
 A read reports the pass running, or else the last one: its counts, the role
 and shard it is at, and where it resumed a pass cut short. A pass walks one
 role's users shard by shard and remembers the last shard it finished, so the
-next pass resumes there.
+next pass resumes there. It paces itself by how long storage takes over its
+batches, slowing down while storage is busy; a read shows the pace it keeps
+(paced_keys_per_second, absent at storage's own pace) and the latencies it
+goes by.
 `,
 	}
 }
