@@ -77,6 +77,9 @@ func tidyPlan(roles []string, cur *tidyCursor) []tidyStop {
 // per-user tokens to their shards, and counts what stays. Then it drops
 // retired credentials past their retention.
 func (b *backend) tidy(ctx context.Context, s logical.Storage, p *tidyPass) error {
+	if err := p.pace.load(ctx, s); err != nil {
+		return err
+	}
 	cur, err := getJSON[tidyCursor](ctx, s, tidyCursorPath)
 	if err != nil {
 		return err
@@ -111,6 +114,10 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, p *tidyPass) erro
 	}
 	if err := s.Delete(ctx, tidyCursorPath); err != nil {
 		return storageError("deleting the tidy cursor", err)
+	}
+	if err := p.pace.save(ctx, s); err != nil {
+		// The pass is done; the next one saves the baseline again.
+		b.Logger().Warn("tidy could not store its baseline latency", "error", err)
 	}
 	b.counts.finishPass(counted)
 	// Every key of the previous release's layout was moved or removed.

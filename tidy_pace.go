@@ -2,8 +2,11 @@ package instacart
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
 )
 
 // Tidy paces itself by its own batches' latency (AIMD, as TCP paces itself
@@ -53,6 +56,15 @@ const (
 	// since a batch's latency grows with its size (a shard's last keys).
 	tidySignalKeys = tidyBatch / 2
 )
+
+// tidyPacePath keeps the baseline across restarts and failovers: a pass
+// that starts while storage is busy still knows how fast it was idle,
+// where a first timed batch would take the busy latency for the norm.
+const tidyPacePath = "tidy/pace"
+
+type storedPace struct {
+	Baseline time.Duration `json:"baseline_ns"`
+}
 
 // tidyPacer keeps tidy's pace across passes, so a pass starting while
 // storage is busy still knows how fast it is when idle.
@@ -153,6 +165,43 @@ func (p *tidyPacer) learn(took time.Duration) time.Duration {
 		p.baseline = min(p.baseline, m.took)
 	}
 	return p.baseline
+}
+
+// load takes the stored baseline when this process has timed no batch
+// yet; it counts as the oldest minute, so tidyBaselineMinutes of work
+// replace it.
+func (p *tidyPacer) load(ctx context.Context, s logical.Storage) error {
+	p.mu.Lock()
+	known := len(p.minutes) > 0
+	p.mu.Unlock()
+	if known {
+		return nil
+	}
+	sp, err := getJSON[storedPace](ctx, s, tidyPacePath)
+	if errors.Is(err, errCorrupt) {
+		return nil // learnt anew, and stored over at the pass's end
+	}
+	if err != nil || sp == nil || sp.Baseline <= 0 {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.minutes) == 0 {
+		p.minutes = []minuteMin{{minute: 0, took: sp.Baseline}}
+		p.baseline = sp.Baseline
+	}
+	return nil
+}
+
+// save stores the baseline, if a batch was timed.
+func (p *tidyPacer) save(ctx context.Context, s logical.Storage) error {
+	p.mu.Lock()
+	base := p.baseline
+	p.mu.Unlock()
+	if base <= 0 {
+		return nil
+	}
+	return putJSON(ctx, s, tidyPacePath, storedPace{Baseline: base})
 }
 
 // keysPerSecond is the pace now, 0 when unpaced.

@@ -286,3 +286,42 @@ func TestTidyPaceShrugsOffOneSlowBatch(t *testing.T) {
 		t.Error("still unpaced after four slow batches in a row")
 	}
 }
+
+// The baseline outlives the process: after a restart, a pass that meets
+// busy storage from its first batch slows down, where a pacer learning
+// anew would take the busy latency for the norm and run unpaced.
+func TestTidyBaselineSurvivesARestart(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	clock := &paceClock{t: time.Unix(1_800_000_000, 0)}
+	pass := func(latency time.Duration) *latencyStorage {
+		t.Helper()
+		storeOneShard(t, e, "shoppers", 10*tidyBatch)
+		e.b.tidyPace = newTidyPacer(clock.now, clock.sleep)
+		ls := &latencyStorage{Storage: e.storage, clock: clock, pacer: e.b.tidyPace, latency: func(int) time.Duration { return latency }}
+		saved := e.storage
+		e.storage = ls
+		defer func() { e.storage = saved }()
+		e.advance(2 * time.Hour)
+		if resp := e.mustOK(logical.UpdateOperation, "tidy", nil); resp.Data["expired_tokens_removed"] != 10*tidyBatch {
+			t.Fatalf("tidy = %v", resp.Data)
+		}
+		return ls
+	}
+	pass(250 * time.Microsecond) // idle: 16ms a batch
+
+	e.b = reloadBackend(t, e)
+	ls := pass(time.Millisecond) // busy from the first batch: 64ms
+	paced := 0
+	for _, b := range ls.batches {
+		if b.pace > 0 {
+			paced++
+		}
+	}
+	if paced == 0 {
+		t.Errorf("after a restart, no batch of a pass on busy storage was paced: the stored baseline was not used")
+	}
+	if sp, err := getJSON[storedPace](context.Background(), e.storage, tidyPacePath); err != nil || sp == nil || sp.Baseline != 16*time.Millisecond {
+		t.Errorf("stored pace = %+v, %v; want the idle 16ms baseline kept", sp, err)
+	}
+}
