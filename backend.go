@@ -14,7 +14,6 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
-	"golang.org/x/time/rate"
 
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect"
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/internal/fairshare"
@@ -99,13 +98,10 @@ type backend struct {
 	// codeMu serialises claiming authorization codes (code_records.go).
 	codeMu sync.Mutex
 
-	// tidyPace bounds how fast tidy checks keys while the mount serves
-	// creds, lastServed (unix nanoseconds) is when it last did (tidy.go).
-	// tidyPace is a *rate.Limiter but in tests.
-	tidyPace interface {
-		WaitN(context.Context, int) error
-	}
-	lastServed atomic.Int64
+	// tidyRuns is the pass running and the last (tidy_pass.go); tidyPace
+	// paces every pass by storage's latency (tidy_pace.go).
+	tidyRuns tidyRuns
+	tidyPace *tidyPacer
 
 	// lastTidy is when the periodic function last started (or joined) a
 	// background tidy pass (unix nanoseconds).
@@ -132,7 +128,7 @@ type configSnapshot struct {
 }
 
 func newBackend() *backend {
-	b := &backend{now: time.Now, sleep: sleepCtx, mintSlots: fairshare.New(defaultMaxConcurrentMints), tokens: newTokenCache(tokenCacheSize), counts: newTokenCounts(), queued: newQueueCounts(), claims: newQueueClaims(), bg: newBackground(), tidyPace: rate.NewLimiter(tidyPaceWhileServing, tidyBatch)}
+	b := &backend{now: time.Now, sleep: sleepCtx, mintSlots: fairshare.New(defaultMaxConcurrentMints), tokens: newTokenCache(tokenCacheSize), counts: newTokenCounts(), queued: newQueueCounts(), claims: newQueueClaims(), bg: newBackground(), tidyPace: newTidyPacer(time.Now, sleepCtx)}
 	b.legacyUserKeys.Store(true)
 	b.metrics = newBackendMetrics(b)
 	b.Backend = &framework.Backend{

@@ -4,13 +4,12 @@ import (
 	"context"
 	"sync"
 	"time"
-
-	"github.com/hashicorp/vault/sdk/logical"
 )
 
 // background runs the mount's work outside any request, until the mount is
-// cleaned up: one tidy pass at a time, and every mint or revocation that outlives the request that
-// started it (a shared flight, a detached exclusive mint, its clean-up).
+// cleaned up: a tidy pass (tidy_pass.go), and every mint or revocation that
+// outlives the request that started it (a shared flight, a detached
+// exclusive mint, its clean-up).
 // Clean-up cancels it all and waits, so the mount ends with nothing running.
 type background struct {
 	ctx    context.Context
@@ -19,20 +18,6 @@ type background struct {
 
 	stopMu  sync.Mutex // orders starting work against stopping
 	stopped bool
-
-	tidyMu   sync.Mutex // guards tidying and lastPass
-	tidying  *tidyPass  // the pass running, nil when none
-	lastPass *tidyPass  // the pass that ran last, nil before the first
-}
-
-// tidyStatus is the pass running, or else the last one (nil before any).
-func (bg *background) tidyStatus() *tidyPass {
-	bg.tidyMu.Lock()
-	defer bg.tidyMu.Unlock()
-	if bg.tidying != nil {
-		return bg.tidying
-	}
-	return bg.lastPass
 }
 
 func newBackground() *background {
@@ -114,40 +99,4 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-}
-
-// startTidy starts a tidy pass in the background, or returns the one
-// already running: a pass over a million tokens outlasts both Vault's
-// rollback deadline and a request's.
-func (b *backend) startTidy(s logical.Storage) *tidyPass {
-	b.bg.tidyMu.Lock()
-	defer b.bg.tidyMu.Unlock()
-	if p := b.bg.tidying; p != nil {
-		return p
-	}
-	p := &tidyPass{done: make(chan struct{}), started: b.now()}
-	if !b.bg.start() {
-		p.err = errShuttingDown
-		close(p.done)
-		return p
-	}
-	b.bg.tidying = p
-	go func() {
-		defer b.bg.wg.Done()
-		p.err = b.tidy(b.bg.ctx, s, p)
-		end := b.now()
-		p.finished.Store(&end)
-		b.bg.tidyMu.Lock()
-		b.bg.tidying, b.bg.lastPass = nil, p
-		b.bg.tidyMu.Unlock()
-		close(p.done)
-		rep := p.report()
-		switch {
-		case p.err != nil:
-			b.Logger().Warn("tidy stopped; the next pass goes on", "removed", rep.expiredTokens+rep.orphanedTokens, "error", p.err)
-		case rep.expiredTokens+rep.orphanedTokens+rep.movedTokens+rep.retiredCredentials > 0:
-			b.Logger().Info("tidy", "tokens_checked", rep.checked, "expired_tokens_removed", rep.expiredTokens, "orphaned_tokens_removed", rep.orphanedTokens, "tokens_moved", rep.movedTokens, "retired_credentials_removed", rep.retiredCredentials)
-		}
-	}()
-	return p
 }

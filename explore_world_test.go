@@ -31,7 +31,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/logical"
-	"golang.org/x/time/rate"
 
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect"
 	"github.com/instacart-vault/vault-plugin-secrets-instacart/connect/connectfake"
@@ -786,14 +785,15 @@ func (w *world) newBackend() *backend {
 	}
 	b := lb.(*backend)
 	b.now = w.clock.now
-	// The pace waits on real time, which the world does not schedule; it
-	// holds no lifecycle decision (TestTidyIsPacedWhileServing holds it).
-	b.tidyPace = rate.NewLimiter(rate.Inf, 0)
 	b.hooks = &testHooks{connectConfig: w.connectHook(w.gen)}
 	gen := w.gen
 	// Waits (a 429's Retry-After before the verify token's revocation is
 	// tried again) pass on the world's clock.
 	b.sleep = func(ctx context.Context, d time.Duration) error { return w.sched.sleep(ctx, gen, w.clock.now(), d) }
+	// Tidy's pace times batches on the world's clock, which a batch never
+	// moves: it never waits, and holds no lifecycle decision
+	// (tidy_pace_test.go holds it).
+	b.tidyPace = newTidyPacer(w.clock.now, b.sleep)
 	w.b = b
 	w.backends = append(w.backends, b)
 	w.genTick[w.gen] = w.tick

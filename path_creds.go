@@ -59,7 +59,6 @@ lease of an exclusive token revokes the token at Connect.
 `
 
 func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	b.served()
 	name, r, resp, err := b.knownRole(ctx, req.Storage, d)
 	if resp != nil || err != nil {
 		return resp, readError(err) // a role dropped by an invalidation is read from storage

@@ -39,7 +39,10 @@ for the leases that hold them.
 A read reports the pass running, or else the last one: its counts, the role
 and shard it is at, and where it resumed a pass cut short. A pass walks one
 role's users shard by shard and remembers the last shard it finished, so the
-next pass resumes there.
+next pass resumes there. It paces itself by how long storage takes over its
+batches, slowing down while storage is busy; a read shows the pace it keeps
+(paced_keys_per_second, absent at storage's own pace) and the latencies it
+goes by.
 `,
 	}
 }
@@ -67,42 +70,11 @@ func (b *backend) pathTidyWrite(ctx context.Context, req *logical.Request, _ *fr
 }
 
 func (b *backend) pathTidyRead(_ context.Context, _ *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	p := b.bg.tidyStatus()
+	p := b.tidyRuns.status()
 	if p == nil {
 		return &logical.Response{Data: map[string]any{"running": false}}, nil
 	}
 	return &logical.Response{Data: p.status()}, nil
-}
-
-// status is what the tidy path says of p.
-func (p *tidyPass) status() map[string]any {
-	rep := p.report()
-	d := map[string]any{
-		"running":                     true,
-		"started_at":                  p.started.Format(time.RFC3339Nano),
-		"tokens_checked":              rep.checked,
-		"expired_tokens_removed":      rep.expiredTokens,
-		"orphaned_tokens_removed":     rep.orphanedTokens,
-		"tokens_moved":                rep.movedTokens,
-		"retired_credentials_removed": rep.retiredCredentials,
-	}
-	if rep.skipped > 0 {
-		d["corrupt_entries_skipped"] = rep.skipped
-	}
-	if from := p.resumedFrom.Load(); from != nil {
-		d["resumed_after"] = *from
-	}
-	if pos := p.position.Load(); pos != nil {
-		d["position"] = *pos
-	}
-	if end := p.finished.Load(); end != nil {
-		d["running"] = false
-		d["finished_at"] = end.Format(time.RFC3339Nano)
-		if p.err != nil {
-			d["error"] = errorSummary(p.err)
-		}
-	}
-	return d
 }
 
 // tidyResponseMargin is left between answering a tidy call that is still

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -21,18 +20,6 @@ const tidyInterval = time.Hour
 // spread out would each take a commit from the reads'.
 const tidyBatch = 64
 
-// tidyPaceWhileServing is how many keys a second a pass checks while the
-// mount is serving creds. Tidy's deletes and the reads' leases share raft's
-// log and the CPU: on single-node raft with 2 cores, unpaced tidy (3,400
-// keys/s) cost the cached reads a third of their throughput, 900 keys/s a
-// quarter, 600 keys/s under a fifth. Between reads a pass goes as fast as
-// storage lets it (README, Performance).
-const tidyPaceWhileServing = 600
-
-// servingWindow is how recent a creds request must be for the mount to be
-// serving.
-const servingWindow = time.Second
-
 // tidyCursorPath records the last unit (a role's folder or one shard of its
 // users) a pass finished, so a pass cut short (a restart, a failover, a
 // storage error) is resumed there by the next.
@@ -41,28 +28,6 @@ const tidyCursorPath = "tidy/cursor"
 type tidyCursor struct {
 	Role string    `json:"role"`
 	Unit tokenUnit `json:"unit"`
-}
-
-// tidyReport is what a tidy pass did so far.
-type tidyReport struct {
-	checked, expiredTokens, orphanedTokens, movedTokens, retiredCredentials, skipped int
-}
-
-// tidyPass is one tidy pass: its counts grow as it goes, and done closes
-// when it ends (err then says how).
-type tidyPass struct {
-	done                                       chan struct{}
-	err                                        error
-	started                                    time.Time
-	resumedFrom                                atomic.Pointer[string] // "<role>/<unit>" the pass began after, if it resumed one
-	checked, expired, orphaned, moved, retired atomic.Int64
-	skipped                                    atomic.Int64           // entries that could not be decoded
-	position                                   atomic.Pointer[string] // the unit being tidied
-	finished                                   atomic.Pointer[time.Time]
-}
-
-func (p *tidyPass) report() tidyReport {
-	return tidyReport{int(p.checked.Load()), int(p.expired.Load()), int(p.orphaned.Load()), int(p.moved.Load()), int(p.retired.Load()), int(p.skipped.Load())}
 }
 
 // tidyStop is one role's turn in a pass: its units after the cursor's (from),
@@ -112,6 +77,9 @@ func tidyPlan(roles []string, cur *tidyCursor) []tidyStop {
 // per-user tokens to their shards, and counts what stays. Then it drops
 // retired credentials past their retention.
 func (b *backend) tidy(ctx context.Context, s logical.Storage, p *tidyPass) error {
+	if err := p.pace.load(ctx, s); err != nil {
+		return err
+	}
 	cur, err := getJSON[tidyCursor](ctx, s, tidyCursorPath)
 	if err != nil {
 		return err
@@ -147,12 +115,16 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, p *tidyPass) erro
 	if err := s.Delete(ctx, tidyCursorPath); err != nil {
 		return storageError("deleting the tidy cursor", err)
 	}
+	if err := p.pace.save(ctx, s); err != nil {
+		// The pass is done; the next one saves the baseline again.
+		b.Logger().Warn("tidy could not store its baseline latency", "error", err)
+	}
 	b.counts.finishPass(counted)
 	// Every key of the previous release's layout was moved or removed.
 	b.legacyUserKeys.Store(false)
 	b.tokens.forgetExpired(b.now())
 	retired, err := b.pruneConfig(ctx, s)
-	p.retired.Add(int64(retired))
+	p.counts.add(tidyRetired, retired)
 	return err
 }
 
@@ -170,17 +142,17 @@ func (b *backend) tidyRole(ctx context.Context, s logical.Storage, stop tidyStop
 	})
 }
 
-// tidyKeys checks keys a batch at a time, paced while the mount serves
-// reads: a token of the previous layout is moved, a stale one removed.
+// tidyKeys checks keys a batch at a time, at the pace storage's latency
+// allows (tidy_pace.go): a token of the previous layout is moved, a stale
+// one removed.
 func (b *backend) tidyKeys(ctx context.Context, s logical.Storage, role string, keys []string, p *tidyPass) error {
 	for len(keys) > 0 {
 		batch := keys[:min(tidyBatch, len(keys))]
 		keys = keys[len(batch):]
-		if b.serving() {
-			if err := b.tidyPace.WaitN(ctx, len(batch)); err != nil {
-				return err
-			}
+		if err := p.pace.wait(ctx, len(batch)); err != nil {
+			return err
 		}
+		start := p.pace.now()
 		errs := make([]error, len(batch))
 		var wg sync.WaitGroup
 		for i, key := range batch {
@@ -191,6 +163,7 @@ func (b *backend) tidyKeys(ctx context.Context, s logical.Storage, role string, 
 			}()
 		}
 		wg.Wait()
+		p.pace.observe(len(batch), p.pace.now().Sub(start))
 		for _, err := range errs {
 			if err != nil {
 				return err
@@ -200,24 +173,13 @@ func (b *backend) tidyKeys(ctx context.Context, s logical.Storage, role string, 
 	return ctx.Err()
 }
 
-// served records a creds request, so tidy yields to reads (serving).
-func (b *backend) served() {
-	b.lastServed.Store(b.now().UnixNano())
-}
-
-// serving reports whether the mount answered a creds request within
-// servingWindow.
-func (b *backend) serving() bool {
-	return b.now().UnixNano()-b.lastServed.Load() < int64(servingWindow)
-}
-
 // tidyKey tidies one key. An entry that cannot be decoded is skipped (and
 // logged): failing the pass would leave its cursor before it, and every
 // later pass would stop there too.
 func (b *backend) tidyKey(ctx context.Context, s logical.Storage, role, key string, p *tidyPass) error {
 	err := b.tidyOne(ctx, s, role, key, p)
 	if errors.Is(err, errCorrupt) {
-		p.skipped.Add(1)
+		p.counts.add(tidySkipped, 1)
 		b.Logger().Warn("tidy skipped a stored token it cannot decode", "role", role, "error", err)
 		return nil
 	}
@@ -225,14 +187,14 @@ func (b *backend) tidyKey(ctx context.Context, s logical.Storage, role, key stri
 }
 
 func (b *backend) tidyOne(ctx context.Context, s logical.Storage, role, key string, p *tidyPass) error {
-	p.checked.Add(1)
+	p.counts.add(tidyChecked, 1)
 	if _, ok := migratedKey(key); ok {
 		_, outcome, err := b.moveLegacyToken(ctx, s, role, key)
 		switch outcome {
 		case legacyMoved:
-			p.moved.Add(1)
+			p.counts.add(tidyMoved, 1)
 		case legacyExpired:
-			p.expired.Add(1)
+			p.counts.add(tidyExpired, 1)
 		}
 		return err
 	}
@@ -240,10 +202,10 @@ func (b *backend) tidyOne(ctx context.Context, s logical.Storage, role, key stri
 	// cost an expired token two (each a call to Vault).
 	expired, orphaned, err := b.removeIfStale(ctx, s, role, key)
 	if expired {
-		p.expired.Add(1)
+		p.counts.add(tidyExpired, 1)
 	}
 	if orphaned {
-		p.orphaned.Add(1)
+		p.counts.add(tidyOrphaned, 1)
 	}
 	return err
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -156,8 +155,8 @@ func TestTidyDeletesSideBySide(t *testing.T) {
 	close(d1.release)
 	close(d2.release)
 	<-pass.done
-	if pass.err != nil || pass.report().expiredTokens != 2 {
-		t.Errorf("pass: %v, %+v", pass.err, pass.report())
+	if pass.err != nil || pass.counts.get(tidyExpired) != 2 {
+		t.Errorf("pass: %v, %v", pass.err, pass.status())
 	}
 }
 
@@ -195,7 +194,7 @@ func TestTidyResumesWhereACutPassStopped(t *testing.T) {
 	if err != nil || cur == nil || cur.Role != "shoppers" || cur.Unit == "" {
 		t.Fatalf("cursor = %+v, %v; want a shard of shoppers", cur, err)
 	}
-	removed := first.report().expiredTokens
+	removed := first.counts.get(tidyExpired)
 	left := len(storedRoleKeys(t, e.storage, "shoppers"))
 
 	e.b = reloadBackend(t, e)
@@ -237,94 +236,5 @@ func TestTidyStatus(t *testing.T) {
 	resp = e.mustOK(logical.ReadOperation, "tidy", nil)
 	if resp.Data["running"] != false || resp.Data["expired_tokens_removed"] != 10 || resp.Data["tokens_checked"] != 10 || resp.Data["finished_at"] == nil {
 		t.Errorf("after the pass: %v", resp.Data)
-	}
-}
-
-// gatePace lets a batch through for each value sent on permits, and counts
-// the keys it let through.
-type gatePace struct {
-	permits chan struct{}
-	given   atomic.Int64
-}
-
-func (g *gatePace) WaitN(ctx context.Context, n int) error {
-	select {
-	case <-g.permits:
-		g.given.Add(int64(n))
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// pacedStorage counts the tokens deleted and, if strict, fails the test when
-// one is deleted before the pace let it through.
-type pacedStorage struct {
-	logical.Storage
-	t       *testing.T
-	gate    *gatePace
-	strict  bool
-	deleted atomic.Int64
-}
-
-func (p *pacedStorage) Delete(ctx context.Context, key string) error {
-	if tokenRole(key) != "" {
-		if n := p.deleted.Add(1); p.strict && n > p.gate.given.Load() {
-			p.t.Errorf("token %d deleted with %d let through", n, p.gate.given.Load())
-		}
-	}
-	return p.Storage.Delete(ctx, key)
-}
-
-// pacedTidy stores users expired tokens behind a gate that lets batches
-// through one per permit sent, runs POST tidy, and sends permits until it
-// answers.
-func pacedTidy(t *testing.T, e *testEnv, users int, servedBefore bool) (*logical.Response, *gatePace, *pacedStorage) {
-	t.Helper()
-	storeUserTokens(t, e, "shoppers", users, e.b.now().Add(time.Hour))
-	gate := &gatePace{permits: make(chan struct{})}
-	e.b.tidyPace = gate
-	paced := &pacedStorage{Storage: e.storage, t: t, gate: gate, strict: servedBefore}
-	e.storage = paced
-
-	e.advance(2 * time.Hour)
-	if servedBefore {
-		e.mustOK(logical.ReadOperation, "creds/cc", nil)
-	}
-	done := goDo(e, context.Background(), logical.UpdateOperation, "tidy", nil)
-	for {
-		select {
-		case gate.permits <- struct{}{}:
-		case a := <-done:
-			if a.err != nil || a.resp.IsError() || a.resp.Data["expired_tokens_removed"] != users {
-				t.Fatalf("tidy = %v, %v; want all %d removed", a.resp, a.err, users)
-			}
-			return a.resp, gate, paced
-		}
-	}
-}
-
-// While the mount serves creds, tidy checks a key only once its pace lets
-// it through: no token goes before.
-func TestTidyIsPacedWhileServing(t *testing.T) {
-	e := newTestEnv(t)
-	setupRoles(e)
-	const users = 40
-	resp, gate, paced := pacedTidy(t, e, users, true)
-	// The pass checks the read's own token too, and keeps it.
-	if n, given := paced.deleted.Load(), gate.given.Load(); n != users || int(given) != resp.Data["tokens_checked"] {
-		t.Errorf("%d tokens deleted, %d let through by the pace, tidy = %v; want %d deleted and every key checked let through", n, given, resp.Data, users)
-	}
-}
-
-// Between reads, tidy goes as fast as storage lets it: the pace is never
-// asked.
-func TestTidyUnpacedBetweenReads(t *testing.T) {
-	e := newTestEnv(t)
-	setupRoles(e)
-	e.mustOK(logical.ReadOperation, "creds/cc", nil) // served, but hours before the pass
-	_, gate, paced := pacedTidy(t, e, 40, false)
-	if n, given := paced.deleted.Load(), gate.given.Load(); n != 40 || given != 0 {
-		t.Errorf("%d tokens deleted, %d let through by the pace, with no read in the last %s; want 40 deleted and the pace never asked", n, given, servingWindow)
 	}
 }

@@ -35,7 +35,9 @@ func TestSmokeRun(t *testing.T) {
 		"## 400 shoppers (scenario 10)", "| 10a | 400 users (inmem): 0 failures | 0 failed, 400 served | met |",
 		"| 10b | 400 users (inmem): exactly one upstream token request per user | 400 token requests for 400 users | met |", "| 10c |",
 		"| 10d | 400 users: stored tokens after expiry and tidy = 0 | inmem: 400 stored after the users, 400 once expired, 0 after",
-		"| stored tokens after tidy | 0 |", "| 10e | raft: tidy of 401 expired tokens", "| 10f | raft: cached reads", "### Tidy on raft", "| stored after tidy | 0 |"} {
+		"| stored tokens after tidy | 0 |", "| 10e | raft: tidy of 401 expired tokens with no reads", "| 10f | raft: cached reads",
+		"| 10g | raft: reads of a KV mount", "| 10h | raft: tidy of 400 expired tokens under steady reads", "### Tidy on raft",
+		"| tidy with no reads: stored before / after | 401 / 0 |", "| tidy under reads: stored before / after | 400 / 0 |"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
 		}

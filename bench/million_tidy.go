@@ -12,108 +12,64 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
 
-// raftTidyResult is the tidy of many expired per-user tokens on raft.
+// raftTidyResult is the tidy of many expired per-user tokens on raft: once
+// with no reads, then again (as many stored anew) under steady reads of
+// this mount and of a KV mount.
 type raftTidyResult struct {
-	tokens        int // expired tokens stored for it
-	fillTook      time.Duration
-	fillErrs      int
-	layout        string // where the engine stores per-user tokens
-	storedBefore  int
-	storedAfter   int
-	tidyTook      time.Duration
-	tidyCalls     []tidyCall
-	status        map[string]any // GET instacart/tidy, when there is one
-	statusMissing string
-	// Cached reads of creds/bench at readClients: without tidy (before and
-	// after) and while it ran.
-	readClients           int
-	without, during, post sample
-	duringWindows         int
-	rss                   []phasePeak
-	scr                   scrapes
+	tokens   int // expired tokens stored for each pass
+	fillTook time.Duration
+	fillErrs int
+	layout   string // where the engine stores per-user tokens
+	quiet    tidyRun
+	busy     tidyRun
+	// GET instacart/tidy during the busy pass, when there is one, and the
+	// pace it reported each second of both passes (0: unpaced).
+	status            map[string]any
+	statusMissing     string
+	quietPaces, paces []int
+	readClients       int
+	kvClients         int
+	// Cached reads of creds/bench and reads of kv/bench, side by side:
+	// without tidy (before and after) and while it ran.
+	without, during, post       sample
+	kvWithout, kvDuring, kvPost sample
+	duringWindows               int
+	rss                         []phasePeak
+	scr                         scrapes
 }
 
-// tidyLimitFor is the tidy target on raft: 10 minutes for 1,000,000 tokens,
-// scaled to n (never under 30 s, so a small run is not judged on noise).
-func tidyLimitFor(n int) time.Duration {
-	return max(time.Duration(float64(10*time.Minute)*float64(n)/1e6), 30*time.Second)
+// tidyRun is one timed tidy of the stored expired tokens.
+type tidyRun struct {
+	storedBefore, storedAfter int
+	took                      time.Duration
+	calls                     []tidyCall
 }
 
-// tidyBackground is the engine's warning for a tidy call that outlasted its
-// request.
-const tidyBackground = "tidy goes on in the background"
-
-// tidyUntilEmpty calls POST instacart/tidy until a call answers without the
-// "goes on in the background" warning and none of store's tokens is left, for
-// at most limit; it times from the first call.
-func (r *runner) tidyUntilEmpty(ctx context.Context, store *tokenStore, limit time.Duration) ([]tidyCall, time.Duration, int, error) {
-	var calls []tidyCall
-	left := -1
-	t0 := time.Now()
-	for time.Since(t0) < limit && ctx.Err() == nil {
-		var tidy struct {
-			Warnings []string `json:"warnings"`
-			Data     struct {
-				Expired  int `json:"expired_tokens_removed"`
-				Orphaned int `json:"orphaned_tokens_removed"`
-				Retired  int `json:"retired_credentials_removed"`
-			} `json:"data"`
-		}
-		t1 := time.Now()
-		err := r.vault.Must(http.MethodPost, "instacart/tidy", nil, &tidy)
-		c := tidyCall{took: time.Since(t1), expired: tidy.Data.Expired, orphaned: tidy.Data.Orphaned, retired: tidy.Data.Retired, warnings: tidy.Warnings}
-		if err != nil {
-			c.err = compact(r.vault.Redact(err.Error()))
-		}
-		calls = append(calls, c)
-		r.logf("  POST instacart/tidy #%d: %s", len(calls), c)
-		background := false
-		for _, w := range tidy.Warnings {
-			background = background || strings.Contains(w, tidyBackground)
-		}
-		if background || err != nil {
-			continue // the pass goes on; the next call joins it
-		}
-		var cerr error
-		if left, cerr = store.count(); cerr != nil {
-			return calls, time.Since(t0), left, cerr
-		}
-		if left == 0 {
-			break
-		}
-	}
-	took := time.Since(t0)
-	if left != 0 {
-		var err error
-		if left, err = store.count(); err != nil {
-			return calls, took, left, err
-		}
-	}
-	return calls, took, left, nil
+func (t tidyRun) rate() float64 {
+	return float64(t.storedBefore-t.storedAfter) / max(t.took.Seconds(), 1e-9)
 }
 
-// tidyStatus is GET instacart/tidy (the running pass's progress), when the
-// engine has it.
-func (r *runner) tidyStatus() (map[string]any, string) {
-	var out struct {
-		Data map[string]any `json:"data"`
-	}
-	st, raw, err := r.vault.Call(http.MethodGet, "instacart/tidy", nil, &out)
-	switch {
-	case err != nil:
-		return nil, compact(r.vault.Redact(err.Error()))
-	case st != http.StatusOK:
-		return nil, fmt.Sprintf("HTTP %d: %s", st, compact(r.vault.Redact(raw)))
-	}
-	return out.Data, ""
+// tidyLimitFor is the tidy target on raft with no reads: 5 minutes for
+// 1,000,000 tokens, scaled to n (never under 30 s, so a small run is not
+// judged on noise).
+func tidyLimitFor(n int) time.Duration { return scaledLimit(5*time.Minute, n) }
+
+// tidyBusyLimitFor is the target under steady reads: 15 minutes a million.
+func tidyBusyLimitFor(n int) time.Duration { return scaledLimit(15*time.Minute, n) }
+
+func scaledLimit(perMillion time.Duration, n int) time.Duration {
+	return max(time.Duration(float64(perMillion)*float64(n)/1e6), 30*time.Second)
 }
 
-// raftTidy stores n expired per-user tokens on the raft server, then times
-// their tidy while cached reads go on, against the same reads without it.
+// raftTidy stores n expired per-user tokens on the raft server and times
+// their tidy with no reads; then stores n more and times their tidy while
+// cached reads of this mount and reads of a KV mount go on without a
+// break, against the same reads without tidy.
 //
 // Minting n tokens through leased reads on raft would take n/400 seconds and
 // leave n leases for Vault to expire meanwhile; instead one token is minted
@@ -126,8 +82,14 @@ func (r *runner) raftTidy(ctx context.Context, n int) (*raftTidyResult, error) {
 	if err := r.setupEngine(); err != nil {
 		return nil, fmt.Errorf("%w\n%s", err, v.Tail())
 	}
+	if err := v.Enable("kv", "kv", "", nil); err != nil {
+		return nil, err
+	}
+	if err := v.Must(http.MethodPut, "kv/bench", map[string]any{"value": "bench"}, nil); err != nil {
+		return nil, fmt.Errorf("writing kv/bench: %w", err)
+	}
 	mounted := time.Now()
-	res := &raftTidyResult{tokens: n, readClients: 8}
+	res := &raftTidyResult{tokens: n, readClients: 8, kvClients: 4}
 	store, err := v.tokenStore("instacart", usersRole)
 	if err != nil {
 		return nil, err
@@ -181,11 +143,102 @@ func (r *runner) raftTidy(ctx context.Context, n int) (*raftTidyResult, error) {
 	// periodic pass begins during the copies (one that did would list only
 	// part of them, and the timed tidy would join it and then need another):
 	// this run must stay inside that hour.
-	if d := time.Since(mounted); d > 50*time.Minute {
-		r.logf("  warning: %s since mounting: the engine's hourly tidy may start during the copies", d.Round(time.Minute))
+	fill := func(round int) error {
+		if d := time.Since(mounted); d > 50*time.Minute {
+			r.logf("  warning: %s since mounting: the engine's hourly tidy may start during the copies", d.Round(time.Minute))
+		}
+		rss.set("storing expired tokens")
+		took, errs, err := r.storeExpired(ctx, store, tmplKey, tmpl, round, n)
+		if round == 0 {
+			res.fillTook, res.fillErrs = took, errs
+		}
+		return err
 	}
+	if err := fill(0); err != nil {
+		return nil, err
+	}
+	time.Sleep(time.Until(tmplAt.Add(tmplLife + 500*time.Millisecond))) // the template has expired too
 
-	// The copies: expired an hour ago, each its own user and token.
+	// Tidy with no reads: storage's own pace.
+	rss.set("tidy, no reads")
+	if res.quiet, res.quietPaces, err = r.timedTidy(ctx, store, nil); err != nil {
+		return nil, err
+	}
+	r.logf("  tidy with no reads: %d tokens in %s (%.0f/s), %d left, %d call(s)", res.quiet.storedBefore, res.quiet.took.Round(time.Second), res.quiet.rate(), res.quiet.storedAfter, len(res.quiet.calls))
+
+	// As many again, tidied under steady reads of both mounts.
+	if err := fill(1); err != nil {
+		return nil, err
+	}
+	window := 5 * time.Second
+	if r.opts.smoke {
+		window = 500 * time.Millisecond
+	}
+	read := func(d time.Duration) (creds, kv sample) {
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			kv = r.load.run(ctx, r.url("kv/bench"), res.kvClients, d, 0)
+		}()
+		creds = r.load.run(ctx, r.url("instacart/creds/bench"), res.readClients, d, 0)
+		wg.Wait()
+		creds.firstErr, kv.firstErr = v.Redact(creds.firstErr), v.Redact(kv.firstErr)
+		return creds, kv
+	}
+	rss.set("cached reads")
+	read(time.Second) // warm-up: the role-wide token is minted and cached
+	c1, k1 := read(window)
+	c2, k2 := read(window)
+	res.without, res.kvWithout = merge(c1, c2), merge(k1, k2)
+
+	rss.set("tidy under reads")
+	var tidyDone atomic.Bool
+	type outcome struct {
+		run   tidyRun
+		paces []int
+		err   error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		run, paces, err := r.timedTidy(ctx, store, func() {
+			if res.status == nil && res.statusMissing == "" {
+				res.status, res.statusMissing = r.tidyStatus()
+			}
+		})
+		tidyDone.Store(true)
+		done <- outcome{run, paces, err}
+	}()
+	var during, kvDuring []sample
+	for !tidyDone.Load() && ctx.Err() == nil {
+		c, k := read(window)
+		if tidyDone.Load() {
+			break // tidy ended within the window: not wholly during it
+		}
+		during, kvDuring = append(during, c), append(kvDuring, k)
+		r.logf("  … reads during tidy: creds %.0f/s, kv %.0f/s (without tidy %.0f/s, %.0f/s)", c.throughput(), k.throughput(), res.without.throughput(), res.kvWithout.throughput())
+	}
+	o := <-done
+	if o.err != nil {
+		return nil, o.err
+	}
+	res.busy, res.paces = o.run, o.paces
+	res.during, res.kvDuring, res.duringWindows = merge(during...), merge(kvDuring...), len(during)
+	rss.set("reads after tidy")
+	res.post, res.kvPost = read(window)
+	res.rss = rss.finish()
+	res.scr = scr.finish(r)
+	rss = nil
+	r.logf("  tidy under reads: %d tokens in %s (%.0f/s), %d left, %d call(s); creds reads %.0f/s without tidy, %.0f/s during (%d windows), %.0f/s after; kv reads %.0f/s, %.0f/s, %.0f/s",
+		res.busy.storedBefore, res.busy.took.Round(time.Second), res.busy.rate(), res.busy.storedAfter, len(res.busy.calls),
+		res.without.throughput(), res.during.throughput(), res.duringWindows, res.post.throughput(),
+		res.kvWithout.throughput(), res.kvDuring.throughput(), res.kvPost.throughput())
+	return res, nil
+}
+
+// storeExpired writes n copies of the template token through sys/raw, each
+// its own user id (distinct per round) and token, expired an hour ago.
+func (r *runner) storeExpired(ctx context.Context, store *tokenStore, tmplKey string, tmpl map[string]any, round, n int) (time.Duration, int, error) {
 	expired := time.Now().Add(-time.Hour).UTC()
 	stopLog := make(chan struct{})
 	go func() {
@@ -202,7 +255,7 @@ func (r *runner) raftTidy(ctx context.Context, n int) (*raftTidyResult, error) {
 	}()
 	t0 := time.Now()
 	fill := runEach(ctx, 32, time.Hour, n, func(ctx context.Context, i int) (bool, string) {
-		id := fmt.Sprintf("expired-%08d", i)
+		id := fmt.Sprintf("expired-%d-%08d", round, i)
 		sum := sha256.Sum256([]byte("token/" + id))
 		rec := make(map[string]any, len(tmpl))
 		for k, x := range tmpl {
@@ -222,80 +275,12 @@ func (r *runner) raftTidy(ctx context.Context, n int) (*raftTidyResult, error) {
 		return r.load.put(ctx, r.url("sys/raw/"+store.userKey(tmplKey, id)), payload)
 	})
 	close(stopLog)
-	res.fillTook, res.fillErrs = time.Since(t0), fill.errs
+	took := time.Since(t0)
 	if fill.errs > 0 {
-		return nil, fmt.Errorf("storing expired tokens: %d of %d writes failed (first: %s)", fill.errs, n, v.Redact(fill.firstErr))
+		return took, fill.errs, fmt.Errorf("storing expired tokens: %d of %d writes failed (first: %s)", fill.errs, n, r.vault.Redact(fill.firstErr))
 	}
-	time.Sleep(time.Until(tmplAt.Add(tmplLife + 500*time.Millisecond))) // the template has expired too
-	if res.storedBefore, err = store.count(); err != nil {
-		return nil, err
-	}
-	r.logf("  stored %d expired tokens (%s) in %s (%.0f/s); %d stored in all", n, res.layout, res.fillTook.Round(time.Second), float64(n)/res.fillTook.Seconds(), res.storedBefore)
-
-	// Cached reads without tidy.
-	read := func(d time.Duration) sample {
-		s := r.load.run(ctx, r.url("instacart/creds/bench"), res.readClients, d, 0)
-		s.firstErr = v.Redact(s.firstErr)
-		return s
-	}
-	window := 5 * time.Second
-	if r.opts.smoke {
-		window = 500 * time.Millisecond
-	}
-	rss.set("cached reads")
-	read(time.Second) // warm-up: the role-wide token is minted and cached
-	res.without = merge(read(window), read(window))
-
-	// Tidy, with cached reads in windows spaced through it.
-	rss.set("tidy")
-	type outcome struct {
-		calls []tidyCall
-		took  time.Duration
-		left  int
-		err   error
-	}
-	var tidyDone atomic.Bool
-	done := make(chan outcome, 1)
-	go func() {
-		calls, took, left, err := r.tidyUntilEmpty(ctx, store, 3*tidyLimitFor(n)+10*time.Minute)
-		tidyDone.Store(true)
-		done <- outcome{calls, took, left, err}
-	}()
-	gap := max(tidyLimitFor(n)/10-window, window)
-	if r.opts.smoke {
-		gap = 0
-	}
-	var during []sample
-	for !tidyDone.Load() && ctx.Err() == nil {
-		s := read(window)
-		if tidyDone.Load() {
-			break // tidy ended within the window: not wholly during it
-		}
-		during = append(during, s)
-		if res.status == nil && res.statusMissing == "" {
-			res.status, res.statusMissing = r.tidyStatus()
-		}
-		select {
-		case <-time.After(gap):
-		case o := <-done:
-			done <- o
-		}
-	}
-	o := <-done
-	if o.err != nil {
-		return nil, o.err
-	}
-	res.tidyCalls, res.tidyTook, res.storedAfter = o.calls, o.took, o.left
-	res.during, res.duringWindows = merge(during...), len(during)
-	rss.set("cached reads after tidy")
-	res.post = read(window)
-	res.rss = rss.finish()
-	res.scr = scr.finish(r)
-	rss = nil
-	r.logf("  tidy: %d tokens in %s (%.0f/s), %d left, %d call(s); cached reads %.0f/s without tidy, %.0f/s during (%d windows), %.0f/s after",
-		res.storedBefore, res.tidyTook.Round(time.Second), float64(res.storedBefore-res.storedAfter)/res.tidyTook.Seconds(), res.storedAfter, len(res.tidyCalls),
-		res.without.throughput(), res.during.throughput(), res.duringWindows, res.post.throughput())
-	return res, nil
+	r.logf("  stored %d expired tokens in %s (%.0f/s)", n, took.Round(time.Second), float64(n)/took.Seconds())
+	return took, 0, nil
 }
 
 // merge is one sample of several runs: their reads and their time.

@@ -4,12 +4,13 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
 
-// manyChecks are targets 10a-10f: 10a-10b on the dev server, 10c-10d on
-// both parts run, 10e-10f on raft.
+// manyChecks are targets 10a-10h: 10a-10b on the dev server, 10c-10d on
+// both parts run, 10e-10h on raft.
 func (rep *report) manyChecks() []check {
 	m, t := rep.many, rep.tidyRaft
 	if m == nil && t == nil {
@@ -42,8 +43,8 @@ func (rep *report) manyChecks() []check {
 		if stored != "" {
 			stored += "; "
 		}
-		stored += fmt.Sprintf("raft: %d stored before tidy, %d after", t.storedBefore, t.storedAfter)
-		ok = ok && t.storedAfter == 0
+		stored += fmt.Sprintf("raft: %d stored before tidy, %d after; %d stored again, %d after tidy under reads", t.quiet.storedBefore, t.quiet.storedAfter, t.busy.storedBefore, t.busy.storedAfter)
+		ok = ok && t.quiet.storedAfter == 0 && t.busy.storedAfter == 0
 	}
 	n := fmt.Sprintf("%d users", rep.opts.users)
 	peak := peakOf(peaks)
@@ -58,31 +59,62 @@ func (rep *report) manyChecks() []check {
 	}
 	cs = append(cs, c10c, check{id: "10d", target: n + ": stored tokens after expiry and tidy = 0", measured: stored, result: verdict(ok)})
 	if t != nil {
-		limit := tidyLimitFor(t.tokens)
-		removed := t.storedBefore - t.storedAfter
-		rate := float64(removed) / t.tidyTook.Seconds()
-		c10e := check{id: "10e", target: fmt.Sprintf("raft: tidy of %d expired tokens ≤ %s (10 min per 1,000,000, scaled)", t.storedBefore, fmtMin(limit)),
-			measured: fmt.Sprintf("%s, %.0f tokens/s, %d left", t.tidyTook.Round(time.Second), rate, t.storedAfter), result: verdict(t.tidyTook <= limit && t.storedAfter == 0)}
-		if c10e.result == missed {
-			c10e.why = fmt.Sprintf("At this rate 1,000,000 tokens would take %s; the target needs %.0f tokens/s. The expired tokens were written through sys/raw at %.0f/s by 32 concurrent writers on the same server. %d tidy call(s): %s.",
-				fmtMin(time.Duration(1e6/max(rate, 1e-9)*float64(time.Second))), 1e6/600, float64(t.tokens)/t.fillTook.Seconds(), len(t.tidyCalls), tidyCallsLine(t.tidyCalls))
-		}
-		ratio := 0.0
-		if t.without.throughput() > 0 {
-			ratio = t.during.throughput() / t.without.throughput()
-		}
-		c10f := check{id: "10f", target: fmt.Sprintf("raft: cached reads (creds/bench, %d clients) during tidy ≥ 0.8× their throughput without", t.readClients),
-			measured: fmt.Sprintf("%.2f× (%.0f vs %.0f reads/s; p99 %s vs %s; %d window(s) during tidy)", ratio, t.during.throughput(), t.without.throughput(), fmtDur(t.during.pct(99)), fmtDur(t.without.pct(99)), t.duringWindows),
-			result:   verdict(ratio >= 0.8 && t.duringWindows > 0)}
-		if t.duringWindows == 0 {
-			c10f.result = notRun("tidy ended before a read window did")
-		}
-		if c10f.result == missed {
-			c10f.why = fmt.Sprintf("After tidy the same reads ran at %.0f/s. Tidy and the reads share raft's log (each read registers a lease, durable writes; each removed token is a durable delete) and %d cores.", t.post.throughput(), rep.machine.cores)
-		}
-		cs = append(cs, c10e, c10f)
+		cs = append(cs, t.checks(rep.machine.cores)...)
 	}
 	return cs
+}
+
+// checks are targets 10e-10h: tidy on raft, with no reads and under reads.
+func (t *raftTidyResult) checks(cores int) []check {
+	timed := func(id, when string, run tidyRun, limit time.Duration, perMillion string) check {
+		c := check{id: id, target: fmt.Sprintf("raft: tidy of %d expired tokens %s ≤ %s (%s per 1,000,000, scaled)", run.storedBefore, when, fmtMin(limit), perMillion),
+			measured: fmt.Sprintf("%s, %.0f tokens/s, %d left", run.took.Round(time.Second), run.rate(), run.storedAfter), result: verdict(run.took <= limit && run.storedAfter == 0)}
+		if c.result == missed {
+			c.why = fmt.Sprintf("At this rate 1,000,000 tokens would take %s; the target needs %.0f tokens/s. %d tidy call(s): %s.",
+				fmtMin(time.Duration(1e6/max(run.rate(), 1e-9)*float64(time.Second))), float64(run.storedBefore)/limit.Seconds(), len(run.calls), tidyCallsLine(run.calls))
+		}
+		return c
+	}
+	c10e := timed("10e", "with no reads", t.quiet, tidyLimitFor(t.quiet.storedBefore), "5 min")
+	c10h := timed("10h", fmt.Sprintf("under steady reads (%d + %d clients)", t.readClients, t.kvClients), t.busy, tidyBusyLimitFor(t.busy.storedBefore), "15 min")
+	if c10h.result == missed {
+		c10h.why += " " + paceLine(t.paces)
+	}
+	ratio := func(id, what string, clients int, without, during, post sample) check {
+		r := 0.0
+		if without.throughput() > 0 {
+			r = during.throughput() / without.throughput()
+		}
+		c := check{id: id, target: fmt.Sprintf("raft: %s (%d clients) during tidy ≥ 0.8× their throughput without", what, clients),
+			measured: fmt.Sprintf("%.2f× (%.0f vs %.0f reads/s; p99 %s vs %s; %d window(s) during tidy)", r, during.throughput(), without.throughput(), fmtDur(during.pct(99)), fmtDur(without.pct(99)), t.duringWindows),
+			result:   verdict(r >= 0.8 && t.duringWindows > 0)}
+		switch {
+		case t.duringWindows == 0:
+			c.result = notRun("tidy ended before a read window did")
+		case c.result == missed:
+			c.why = fmt.Sprintf("After tidy the same reads ran at %.0f/s. Tidy and the reads share raft's log (each creds read registers a lease; each removed token is a durable delete) and %d cores. %s", post.throughput(), cores, paceLine(t.paces))
+		}
+		return c
+	}
+	return []check{c10e,
+		ratio("10f", "cached reads of creds/bench", t.readClients, t.without, t.during, t.post),
+		ratio("10g", "reads of a KV mount (kv/bench) beside them", t.kvClients, t.kvWithout, t.kvDuring, t.kvPost),
+		c10h}
+}
+
+// paceLine says what pace tidy kept, polled each second.
+func paceLine(paces []int) string {
+	if len(paces) == 0 {
+		return "No pace was polled."
+	}
+	sorted := slices.Clone(paces)
+	slices.Sort(sorted)
+	paced := sorted[slices.IndexFunc(append(sorted, 1), func(p int) bool { return p > 0 }):]
+	line := fmt.Sprintf("Tidy's pace, polled each second (%d polls): unpaced at %d", len(paces), len(paces)-len(paced))
+	if len(paced) > 0 {
+		line += fmt.Sprintf(", else median %d keys/s (min %d, max %d)", paced[len(paced)/2], paced[0], paced[len(paced)-1])
+	}
+	return line + "."
 }
 
 func fmtMin(d time.Duration) string {
@@ -174,34 +206,45 @@ func (rep *report) tidySection(p func(string, ...any)) {
 	p("")
 	p("### Tidy on raft")
 	p("")
-	p("On a fresh single-node raft server: one per-user token minted through the engine (living 2 s) gives a real record and its place (`%s`); %d copies of it, each for its own user id and token and expired an hour ago, are written beside it through `sys/raw` (the engine's own first tidy is due an hour after mounting, after this; minting them through leased reads would take hours on raft and leave as many leases). Then cached reads of `creds/bench` (a role-wide token, already cached) at %d clients in windows of equal length: without tidy, while `POST instacart/tidy` runs (called again whenever it answers that it goes on in the background, timed from the first call until an answer without that warning and no token left), and after.",
-		t.layout, t.tokens, t.readClients)
+	p("On a fresh single-node raft server: one per-user token minted through the engine (living 2 s) gives a real record and its place (`%s`); %d copies of it, each for its own user id and token and expired an hour ago, are written beside it through `sys/raw` (the engine's own first tidy is due an hour after mounting, after this; minting them through leased reads would take hours on raft and leave as many leases). They are tidied with no reads. Then %d more are written and tidied while cached reads of `creds/bench` (a role-wide token, already cached) at %d clients and reads of `kv/bench` (a KV version 1 mount) at %d clients run side by side without a break, in windows of equal length; the same reads run before tidy and after. Each tidy is `POST instacart/tidy`, called again whenever it answers that it goes on in the background, timed from the first call until an answer without that warning and no token left. The second pass follows the first on the same server, so tidy's pace starts from the latency it learnt with no reads.",
+		t.layout, t.tokens, t.tokens, t.readClients, t.kvClients)
 	p("")
 	p("| measure | value |")
 	p("|---|---:|")
 	p("| expired tokens written / time | %d / %s (%.0f/s) |", t.tokens, t.fillTook.Round(time.Second), float64(t.tokens)/t.fillTook.Seconds())
-	p("| stored before tidy | %d |", t.storedBefore)
-	for i, c := range t.tidyCalls {
-		p("| `POST instacart/tidy`, call %d of %d | %s |", i+1, len(t.tidyCalls), strings.ReplaceAll(c.String(), "|", "/"))
+	for _, run := range []struct {
+		name  string
+		r     tidyRun
+		paces []int
+	}{{"with no reads", t.quiet, t.quietPaces}, {"under reads", t.busy, t.paces}} {
+		p("| tidy %s: stored before / after | %d / %d |", run.name, run.r.storedBefore, run.r.storedAfter)
+		for i, c := range run.r.calls {
+			p("| tidy %s: `POST instacart/tidy`, call %d of %d | %s |", run.name, i+1, len(run.r.calls), strings.ReplaceAll(c.String(), "|", "/"))
+		}
+		p("| tidy %s: took / rate | %s / %.0f tokens/s |", run.name, run.r.took.Round(time.Second), run.r.rate())
+		p("| tidy %s: pace | %s |", run.name, paceLine(run.paces))
 	}
-	p("| tidy took / rate | %s / %.0f tokens/s |", t.tidyTook.Round(time.Second), float64(t.storedBefore-t.storedAfter)/t.tidyTook.Seconds())
-	p("| stored after tidy | %d |", t.storedAfter)
 	switch {
 	case t.status != nil:
 		var kv []string
-		for _, k := range []string{"running", "tokens_checked", "expired_tokens_removed", "orphaned_tokens_removed"} {
+		for _, k := range []string{"running", "tokens_checked", "expired_tokens_removed", "orphaned_tokens_removed", "paced_keys_per_second"} {
 			if x, ok := t.status[k]; ok {
 				kv = append(kv, fmt.Sprintf("%s=%v", k, x))
 			}
 		}
-		p("| `GET instacart/tidy` during the pass | %s |", strings.Join(kv, ", "))
+		p("| `GET instacart/tidy` during the pass under reads | %s |", strings.Join(kv, ", "))
 	case t.statusMissing != "":
-		p("| `GET instacart/tidy` during the pass | not available (%s) |", t.statusMissing)
+		p("| `GET instacart/tidy` during the pass under reads | not available (%s) |", t.statusMissing)
 	}
-	p("| cached reads without tidy: reads/s, p50 / p99 | %.0f, %s / %s |", t.without.throughput(), fmtDur(t.without.pct(50)), fmtDur(t.without.pct(99)))
-	p("| cached reads during tidy (%d windows): reads/s, p50 / p99 | %.0f, %s / %s |", t.duringWindows, t.during.throughput(), fmtDur(t.during.pct(50)), fmtDur(t.during.pct(99)))
-	p("| cached reads after tidy: reads/s, p50 / p99 | %.0f, %s / %s |", t.post.throughput(), fmtDur(t.post.pct(50)), fmtDur(t.post.pct(99)))
-	p("| read errors without / during / after | %d / %d / %d |", t.without.errs, t.during.errs, t.post.errs)
+	for _, rd := range []struct {
+		name                  string
+		without, during, post sample
+	}{{fmt.Sprintf("cached creds reads (%d clients)", t.readClients), t.without, t.during, t.post}, {fmt.Sprintf("kv reads (%d clients)", t.kvClients), t.kvWithout, t.kvDuring, t.kvPost}} {
+		p("| %s without tidy: reads/s, p50 / p99 | %.0f, %s / %s |", rd.name, rd.without.throughput(), fmtDur(rd.without.pct(50)), fmtDur(rd.without.pct(99)))
+		p("| %s during tidy (%d windows): reads/s, p50 / p99 | %.0f, %s / %s |", rd.name, t.duringWindows, rd.during.throughput(), fmtDur(rd.during.pct(50)), fmtDur(rd.during.pct(99)))
+		p("| %s after tidy: reads/s, p50 / p99 | %.0f, %s / %s |", rd.name, rd.post.throughput(), fmtDur(rd.post.pct(50)), fmtDur(rd.post.pct(99)))
+		p("| %s errors without / during / after | %d / %d / %d |", rd.name, rd.without.errs, rd.during.errs, rd.post.errs)
+	}
 	p("| plugin RSS peak by phase | %s |", phaseList(t.rss))
 	p("| scrapes of instacart/metrics: count / failed / slowest | %d / %d / %s |", t.scr.n, t.scr.failed, fmtDur(t.scr.maxTook))
 }

@@ -1,0 +1,223 @@
+package instacart
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// Tidy paces itself by its own batches' latency (AIMD, as TCP paces itself
+// by round trips): when its batches, smoothed, take much longer than they
+// did at their fastest of late, storage is busy (reads on any mount
+// register leases in the same raft log, or the disk is slow), so the pace
+// halves; otherwise it rises a step, up to storage's own pace. Batches are
+// sent together (tidyBatch), so a batch's latency is what storage makes
+// its writes wait, whatever pace tidy keeps.
+const (
+	// tidyMinPace (keys/s) is the pace tidy never goes under, however busy
+	// or slow storage is: a million expired tokens still go in under 3
+	// hours.
+	tidyMinPace = 100
+	// tidyBusyShare is the share of storage's time tidy keeps while
+	// storage is busy: at least this share of the pace its batches go at
+	// now, one after another. Reads that never stop would otherwise hold it
+	// at tidyMinPace, since their load, not tidy's, is what its latency
+	// shows. On single-node raft with 2 cores a third is about the 600
+	// keys/s that cost cached reads under a fifth of their throughput.
+	tidyBusyShare = 1.0 / 3
+	// tidyMaxPace (keys/s) is above what any storage measured tidies
+	// (3,400/s on single-node raft, 2 cores): at it, tidy is not held back.
+	tidyMaxPace = 20_000
+	// tidyPaceStep is added to the pace after a batch that storage served
+	// as fast as of late: back from the minimum to 3,400/s in about 5 s.
+	tidyPaceStep = 64
+	// tidyBackoff is what the pace is multiplied by when storage is busy.
+	tidyBackoff = 0.5
+	// tidySmoothing is the weight of a batch's latency in the smoothed
+	// latency (as TCP's smoothed round trip): one slow batch among fast ones
+	// is noise, not load.
+	tidySmoothing = 0.25
+	// tidyHoldBatches: after halving, the pace holds for as many batches,
+	// which the smoothed latency needs to show the new pace.
+	tidyHoldBatches = 4
+	// tidyCongested: storage is busy when the smoothed latency is this many
+	// times the baseline, and tidyLatencySlack more: a few milliseconds of
+	// scheduling noise on fast storage is not load.
+	tidyCongested    = 2.0
+	tidyLatencySlack = 2 * time.Millisecond
+	// tidyBaselineMinutes is how many minutes of tidy work the baseline
+	// (each minute's lowest smoothed latency) is the minimum of: storage
+	// that stays slower for longer becomes the new normal.
+	tidyBaselineMinutes = 30
+	// tidySignalKeys: only batches of at least this many keys are timed,
+	// since a batch's latency grows with its size (a shard's last keys).
+	tidySignalKeys = tidyBatch / 2
+)
+
+// tidyPacePath keeps the baseline across restarts and failovers: a pass
+// that starts while storage is busy still knows how fast it was idle,
+// where a first timed batch would take the busy latency for the norm.
+const tidyPacePath = "tidy/pace"
+
+type storedPace struct {
+	Baseline time.Duration `json:"baseline_ns"`
+}
+
+// tidyPacer keeps tidy's pace across passes, so a pass starting while
+// storage is busy still knows how fast it is when idle.
+type tidyPacer struct {
+	now   func() time.Time
+	sleep func(context.Context, time.Duration) error
+
+	mu       sync.Mutex
+	pace     float64   // keys/s; at tidyMaxPace, unpaced
+	next     time.Time // when the next batch may start
+	smoothed float64   // batch latency, smoothed (ns); 0 before any timed batch
+	hold     int       // batches left before the pace may halve again
+	minutes  []minuteMin
+	baseline time.Duration // min over minutes
+}
+
+// minuteMin is the lowest smoothed latency in one minute of tidy work.
+type minuteMin struct {
+	minute int64 // unix minutes
+	took   time.Duration
+}
+
+func newTidyPacer(now func() time.Time, sleep func(context.Context, time.Duration) error) *tidyPacer {
+	return &tidyPacer{now: now, sleep: sleep, pace: tidyMaxPace}
+}
+
+// wait holds a batch of n keys until the pace lets it start.
+func (p *tidyPacer) wait(ctx context.Context, n int) error {
+	p.mu.Lock()
+	now := p.now()
+	start := now
+	if p.next.After(now) {
+		start = p.next
+	}
+	p.next = start
+	if p.pace < tidyMaxPace {
+		p.next = start.Add(time.Duration(float64(n) / p.pace * float64(time.Second)))
+	}
+	p.mu.Unlock()
+	if d := start.Sub(now); d > 0 {
+		return p.sleep(ctx, d)
+	}
+	return ctx.Err()
+}
+
+// observe adjusts the pace to a batch of n keys that took took.
+func (p *tidyPacer) observe(n int, took time.Duration) {
+	if n < tidySignalKeys {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.smoothed == 0 {
+		p.smoothed = float64(took)
+	} else {
+		p.smoothed += tidySmoothing * (float64(took) - p.smoothed)
+	}
+	smoothed := time.Duration(p.smoothed)
+	base := p.learn(smoothed)
+	if p.hold > 0 {
+		p.hold--
+		return
+	}
+	if float64(smoothed) > tidyCongested*float64(base) && smoothed-base > tidyLatencySlack {
+		// From unpaced, halve what this batch achieved, not the cap.
+		achieved := float64(n) / max(took.Seconds(), 1e-9)
+		p.pace = max(min(p.pace, achieved)*tidyBackoff, p.floor())
+		p.hold = tidyHoldBatches
+		return
+	}
+	p.pace = min(p.pace+tidyPaceStep, tidyMaxPace)
+}
+
+// floor is the least pace while storage is busy: tidyBusyShare of the
+// pace batches at the smoothed latency go, within tidyMinPace and a
+// quarter of tidyMaxPace (storage in memory answers in microseconds).
+func (p *tidyPacer) floor() float64 {
+	if p.smoothed <= 0 {
+		return tidyMinPace
+	}
+	now := float64(tidyBatch) / (p.smoothed / float64(time.Second))
+	return min(max(tidyBusyShare*now, tidyMinPace), tidyMaxPace/4)
+}
+
+// learn records a smoothed latency in its minute and returns the baseline.
+func (p *tidyPacer) learn(took time.Duration) time.Duration {
+	minute := p.now().Unix() / 60
+	if k := len(p.minutes); k > 0 && p.minutes[k-1].minute == minute {
+		p.minutes[k-1].took = min(p.minutes[k-1].took, took)
+	} else {
+		p.minutes = append(p.minutes, minuteMin{minute, took})
+		if len(p.minutes) > tidyBaselineMinutes {
+			p.minutes = p.minutes[1:]
+		}
+	}
+	p.baseline = p.minutes[0].took
+	for _, m := range p.minutes[1:] {
+		p.baseline = min(p.baseline, m.took)
+	}
+	return p.baseline
+}
+
+// load takes the stored baseline when this process has timed no batch
+// yet; it counts as the oldest minute, so tidyBaselineMinutes of work
+// replace it.
+func (p *tidyPacer) load(ctx context.Context, s logical.Storage) error {
+	p.mu.Lock()
+	known := len(p.minutes) > 0
+	p.mu.Unlock()
+	if known {
+		return nil
+	}
+	sp, err := getJSON[storedPace](ctx, s, tidyPacePath)
+	if errors.Is(err, errCorrupt) {
+		return nil // learnt anew, and stored over at the pass's end
+	}
+	if err != nil || sp == nil || sp.Baseline <= 0 {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.minutes) == 0 {
+		p.minutes = []minuteMin{{minute: 0, took: sp.Baseline}}
+		p.baseline = sp.Baseline
+	}
+	return nil
+}
+
+// save stores the baseline, if a batch was timed.
+func (p *tidyPacer) save(ctx context.Context, s logical.Storage) error {
+	p.mu.Lock()
+	base := p.baseline
+	p.mu.Unlock()
+	if base <= 0 {
+		return nil
+	}
+	return putJSON(ctx, s, tidyPacePath, storedPace{Baseline: base})
+}
+
+// keysPerSecond is the pace now, 0 when unpaced.
+func (p *tidyPacer) keysPerSecond() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.pace >= tidyMaxPace {
+		return 0
+	}
+	return int(p.pace)
+}
+
+// latencies are the smoothed batch latency and the baseline it is held
+// against (both 0 before a batch was timed).
+func (p *tidyPacer) latencies() (smoothed, baseline time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return time.Duration(p.smoothed), p.baseline
+}

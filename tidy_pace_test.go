@@ -1,0 +1,327 @@
+package instacart
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// paceClock is a clock that moves only when told: a storage call's latency
+// and the pacer's waits advance it, so no test sleeps.
+type paceClock struct {
+	mu     sync.Mutex
+	t      time.Time
+	waited time.Duration
+}
+
+func (c *paceClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *paceClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func (c *paceClock) sleep(ctx context.Context, d time.Duration) error {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.waited += d
+	c.mu.Unlock()
+	return ctx.Err()
+}
+
+// batchView is what storage saw of one tidy batch.
+type batchView struct {
+	start time.Time // on the fake clock
+	pace  int       // keys/s the pacer kept, 0 unpaced
+	keys  int
+}
+
+// latencyStorage makes each token delete take latency(batch) on the fake
+// clock, and records every batch tidy sent and the most deletes in flight.
+type latencyStorage struct {
+	logical.Storage
+	clock   *paceClock
+	pacer   *tidyPacer
+	latency func(batch int) time.Duration
+
+	mu       sync.Mutex
+	deletes  int
+	batches  []batchView
+	inFlight int
+	maxIn    int
+}
+
+func (l *latencyStorage) Delete(ctx context.Context, key string) error {
+	if tokenRole(key) == "" {
+		return l.Storage.Delete(ctx, key)
+	}
+	l.mu.Lock()
+	batch := l.deletes / tidyBatch // tidy sends a shard's keys tidyBatch at a time
+	if l.deletes%tidyBatch == 0 {
+		l.batches = append(l.batches, batchView{start: l.clock.now(), pace: l.pacer.keysPerSecond()})
+	}
+	l.batches[batch].keys++
+	l.deletes++
+	l.inFlight++
+	l.maxIn = max(l.maxIn, l.inFlight)
+	l.mu.Unlock()
+	l.clock.advance(l.latency(batch))
+	err := l.Storage.Delete(ctx, key)
+	l.mu.Lock()
+	l.inFlight--
+	l.mu.Unlock()
+	return err
+}
+
+// storeOneShard stores n expired-soon tokens of role whose users all hash to
+// one shard, so tidy sends them in full batches.
+func storeOneShard(t *testing.T, e *testEnv, role string, n int) {
+	t.Helper()
+	r, err := e.b.getRole(context.Background(), e.storage, role)
+	if err != nil || r == nil {
+		t.Fatalf("role %s: %v", role, err)
+	}
+	exp := e.b.now().Add(time.Hour)
+	for i, stored := 0, 0; stored < n; i++ {
+		user := fmt.Sprintf("store-%d", i)
+		if userHash(user)[:shardDigits] != "00" {
+			continue
+		}
+		tok := &issuedToken{revocable: revocable{AccessToken: "placeholder-" + user, ExpiresAt: exp}, UserID: user, RoleHash: r.hash}
+		if err := putJSON(context.Background(), e.storage, tokenKey(role, user), tok); err != nil {
+			t.Fatal(err)
+		}
+		stored++
+	}
+}
+
+// pacedPass runs one tidy pass over batches full batches of expired tokens,
+// each token delete taking latency(batch) on a fake clock.
+func pacedPass(t *testing.T, batches int, latency func(batch int) time.Duration) (*latencyStorage, *paceClock) {
+	t.Helper()
+	e := newTestEnv(t)
+	setupRoles(e)
+	storeOneShard(t, e, "shoppers", batches*tidyBatch)
+	clock := &paceClock{t: time.Unix(1_800_000_000, 0)}
+	e.b.tidyPace = newTidyPacer(clock.now, clock.sleep)
+	ls := &latencyStorage{Storage: e.storage, clock: clock, pacer: e.b.tidyPace, latency: latency}
+	e.storage = ls
+	e.advance(2 * time.Hour)
+	resp := e.mustOK(logical.UpdateOperation, "tidy", nil)
+	if resp.Data["expired_tokens_removed"] != batches*tidyBatch {
+		t.Fatalf("tidy = %v, want all %d removed", resp.Data, batches*tidyBatch)
+	}
+	if len(ls.batches) != batches {
+		t.Fatalf("%d batches, want %d", len(ls.batches), batches)
+	}
+	assertBatchBounds(t, ls)
+	return ls, clock
+}
+
+// assertBatchBounds: no batch is larger than tidyBatch, none starts before
+// the pace of the one before let it, and no pace is under tidyMinPace.
+func assertBatchBounds(t *testing.T, ls *latencyStorage) {
+	t.Helper()
+	if ls.maxIn > tidyBatch {
+		t.Errorf("%d deletes in flight at once, bound is %d", ls.maxIn, tidyBatch)
+	}
+	for i, b := range ls.batches {
+		if b.keys > tidyBatch {
+			t.Errorf("batch %d sent %d keys, bound is %d", i, b.keys, tidyBatch)
+		}
+		if b.pace != 0 && b.pace < tidyMinPace {
+			t.Errorf("batch %d paced at %d keys/s, under the minimum %d", i, b.pace, tidyMinPace)
+		}
+		if i == 0 || ls.batches[i-1].pace == 0 {
+			continue
+		}
+		prev := ls.batches[i-1]
+		// +1: the pace seen is truncated to whole keys a second.
+		if gap, least := b.start.Sub(prev.start), time.Duration(float64(prev.keys)/float64(prev.pace+1)*float64(time.Second)); gap < least {
+			t.Errorf("batch %d started %s after the one before, paced at %d keys/s: want at least %s", i, gap, prev.pace, least)
+		}
+	}
+}
+
+// Tidy runs at storage's own pace while its deletes are as fast as ever
+// (an idle Vault), slows down as they slow (reads on any mount, a slow
+// disk), to a floor it keeps, and speeds up again as they recover.
+func TestTidyPaceFollowsDeleteLatency(t *testing.T) {
+	const fast, slow = 250 * time.Microsecond, time.Millisecond // per delete; a batch sends 64: 16ms, 64ms
+	latency := func(batch int) time.Duration {
+		if batch >= 10 && batch < 30 {
+			return slow
+		}
+		return fast
+	}
+	ls, _ := pacedPass(t, 80, latency)
+	floor := int(tidyBusyShare * tidyBatch / (tidyBatch * slow).Seconds()) // a third of 1,000 keys/s
+	paces := make([]int, len(ls.batches))
+	for i, b := range ls.batches {
+		paces[i] = b.pace
+	}
+	for i := range 12 { // batches 10 and 11 are slow: the smoothed latency shows it after 11
+		if paces[i] != 0 {
+			t.Errorf("batch %d paced at %d keys/s while storage was as fast as ever; want unpaced (all paces: %v)", i, paces[i], paces)
+		}
+	}
+	for i := 12; i <= 30; i++ {
+		if paces[i] == 0 || i > 12 && paces[i] > paces[i-1] {
+			t.Errorf("batch %d paced at %d after %d, while deletes were 100× slower; want slower or the same (all paces: %v)", i, paces[i], paces[i-1], paces)
+		}
+	}
+	if paces[30] < floor-2 || paces[30] > floor+2 {
+		t.Errorf("after 20 slow batches the pace is %d keys/s, want the floor %d (all paces: %v)", paces[30], floor, paces)
+	}
+	for i := 50; i < len(paces); i++ {
+		if paces[i] <= paces[i-1] {
+			t.Errorf("batch %d paced at %d after %d, with deletes fast again; want speeding up (all paces: %v)", i, paces[i], paces[i-1], paces)
+		}
+	}
+}
+
+// Storage that stays slow slows tidy to its floor, a third of the pace its
+// batches go at, never to a stop: the pass ends, having waited no longer than the
+// floor needs.
+func TestTidyNeverStopsOnSlowStorage(t *testing.T) {
+	latency := func(batch int) time.Duration {
+		if batch < 3 {
+			return 250 * time.Microsecond // learnt as the baseline: 16ms a batch
+		}
+		return time.Millisecond
+	}
+	const batches = 40
+	ls, clock := pacedPass(t, batches, latency)
+	floor := int(tidyBusyShare * tidyBatch / (64 * time.Millisecond).Seconds())
+	if last := ls.batches[batches-1].pace; last < floor-2 || last > floor+2 {
+		t.Errorf("pace at the last batch = %d keys/s, want the floor %d", last, floor)
+	}
+	if most := time.Duration(float64(batches*tidyBatch) / float64(floor) * float64(time.Second)); clock.waited == 0 || clock.waited > most {
+		t.Errorf("tidy waited %s for %d keys; want some wait, and no more than the floor's %s", clock.waited, batches*tidyBatch, most)
+	}
+}
+
+// The floor is bounded both ways: on storage in memory (microseconds a
+// batch) by a quarter of the most tidy ever goes, on storage gone very slow
+// by tidyMinPace.
+func TestTidyFloorIsBounded(t *testing.T) {
+	clock := &paceClock{t: time.Unix(1_800_000_000, 0)}
+	p := newTidyPacer(clock.now, clock.sleep)
+	if got := p.floor(); got != tidyMinPace {
+		t.Errorf("floor before any batch = %v, want %d", got, tidyMinPace)
+	}
+	p.observe(tidyBatch, 100*time.Microsecond)
+	if got := p.floor(); got != tidyMaxPace/4 {
+		t.Errorf("floor at a 100µs baseline = %v, want %d", got, tidyMaxPace/4)
+	}
+	p.observe(tidyBatch, 10*time.Second)
+	p.observe(tidyBatch, 10*time.Second)
+	if got := p.keysPerSecond(); got != tidyMinPace {
+		t.Errorf("pace = %d on storage gone slow, want the floor %d", got, tidyMinPace)
+	}
+}
+
+// A shard's short last batch is not timed: it would teach a baseline that
+// full batches could never match.
+func TestTidyPaceIgnoresShortBatches(t *testing.T) {
+	clock := &paceClock{t: time.Unix(1_800_000_000, 0)}
+	p := newTidyPacer(clock.now, clock.sleep)
+	p.observe(tidyBatch, 10*time.Millisecond)
+	p.observe(tidySignalKeys-1, 100*time.Microsecond)
+	if p.baseline != 10*time.Millisecond {
+		t.Errorf("baseline = %s after a short batch, want the full batch's 10ms", p.baseline)
+	}
+	p.observe(tidyBatch, 15*time.Millisecond) // within tidyCongested of the baseline
+	if got := p.keysPerSecond(); got != 0 {
+		t.Errorf("pace = %d after a batch near the baseline, want unpaced", got)
+	}
+}
+
+// The baseline is the lowest smoothed latency of the last
+// tidyBaselineMinutes minutes of tidy work: storage that stays slower
+// becomes the new normal, and tidy then goes back to full speed.
+func TestTidyBaselineForgetsOldMinutes(t *testing.T) {
+	clock := &paceClock{t: time.Unix(1_800_000_000, 0)}
+	p := newTidyPacer(clock.now, clock.sleep)
+	p.observe(tidyBatch, time.Millisecond)
+	for range 2 * tidyBaselineMinutes {
+		clock.advance(time.Minute)
+		p.observe(tidyBatch, 20*time.Millisecond)
+	}
+	if p.baseline < 19*time.Millisecond {
+		t.Errorf("baseline = %s after %d minutes at 20ms, want about 20ms", p.baseline, 2*tidyBaselineMinutes)
+	}
+	for range 400 {
+		p.observe(tidyBatch, 20*time.Millisecond)
+	}
+	if got := p.keysPerSecond(); got != 0 {
+		t.Errorf("pace = %d keys/s at the new normal, want unpaced", got)
+	}
+}
+
+// One slow batch among fast ones is noise, not load: the pace holds.
+func TestTidyPaceShrugsOffOneSlowBatch(t *testing.T) {
+	clock := &paceClock{t: time.Unix(1_800_000_000, 0)}
+	p := newTidyPacer(clock.now, clock.sleep)
+	for range 10 {
+		p.observe(tidyBatch, 10*time.Millisecond)
+	}
+	p.observe(tidyBatch, 40*time.Millisecond) // 4× the baseline
+	if got := p.keysPerSecond(); got != 0 {
+		t.Errorf("pace = %d keys/s after one slow batch, want unpaced", got)
+	}
+	for range 3 {
+		p.observe(tidyBatch, 40*time.Millisecond)
+	}
+	if got := p.keysPerSecond(); got == 0 {
+		t.Error("still unpaced after four slow batches in a row")
+	}
+}
+
+// The baseline outlives the process: after a restart, a pass that meets
+// busy storage from its first batch slows down, where a pacer learning
+// anew would take the busy latency for the norm and run unpaced.
+func TestTidyBaselineSurvivesARestart(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	clock := &paceClock{t: time.Unix(1_800_000_000, 0)}
+	pass := func(latency time.Duration) *latencyStorage {
+		t.Helper()
+		storeOneShard(t, e, "shoppers", 10*tidyBatch)
+		e.b.tidyPace = newTidyPacer(clock.now, clock.sleep)
+		ls := &latencyStorage{Storage: e.storage, clock: clock, pacer: e.b.tidyPace, latency: func(int) time.Duration { return latency }}
+		saved := e.storage
+		e.storage = ls
+		defer func() { e.storage = saved }()
+		e.advance(2 * time.Hour)
+		if resp := e.mustOK(logical.UpdateOperation, "tidy", nil); resp.Data["expired_tokens_removed"] != 10*tidyBatch {
+			t.Fatalf("tidy = %v", resp.Data)
+		}
+		return ls
+	}
+	pass(250 * time.Microsecond) // idle: 16ms a batch
+
+	e.b = reloadBackend(t, e)
+	ls := pass(time.Millisecond) // busy from the first batch: 64ms
+	paced := 0
+	for _, b := range ls.batches {
+		if b.pace > 0 {
+			paced++
+		}
+	}
+	if paced == 0 {
+		t.Errorf("after a restart, no batch of a pass on busy storage was paced: the stored baseline was not used")
+	}
+	if sp, err := getJSON[storedPace](context.Background(), e.storage, tidyPacePath); err != nil || sp == nil || sp.Baseline != 16*time.Millisecond {
+		t.Errorf("stored pace = %+v, %v; want the idle 16ms baseline kept", sp, err)
+	}
+}
