@@ -167,6 +167,8 @@ func newBackend() *backend {
 
 // invalidate drops in-memory copies of a storage entry another node changed.
 func (b *backend) invalidate(_ context.Context, key string) {
+	// Another node wrote: this process is no longer the only writer.
+	b.tokens.view.drop()
 	switch {
 	case key == configStoragePath:
 		b.resetSnapshot()
@@ -189,9 +191,11 @@ func (b *backend) invalidate(_ context.Context, key string) {
 // (for the gauges), moves the previous release's per-user tokens, and
 // resumes a pass cut short.
 func (b *backend) initialize(ctx context.Context, req *logical.InitializationRequest) error {
-	if !b.WriteSafeReplicationState() {
+	state, ok := b.writeSafe()
+	if !ok {
 		return nil
 	}
+	epoch := b.tokens.view.epoch()
 	roles, err := tokenRoles(ctx, req.Storage)
 	if err != nil {
 		return err
@@ -210,6 +214,7 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 	if len(roles) == 0 && cur == nil {
 		b.counts.finishPass(nil)
 		b.legacyUserKeys.Store(false)
+		b.tokens.view.build(epoch, state)    // no token stored: from here on, only ours
 		b.lastTidy.Store(b.now().UnixNano()) // nothing stored: the first pass is due in an hour
 		return nil
 	}
@@ -240,6 +245,7 @@ func (b *backend) publishSnapshot(e *configSnapshot) {
 
 func (b *backend) clean(context.Context) {
 	b.stopBackground() // background tidy and clean-ups end with the mount
+	b.tokens.view.drop()
 	b.resetSnapshot()
 }
 

@@ -123,9 +123,12 @@ func (b *backend) refreshShared(slotCtx, ctx context.Context, s logical.Storage,
 	gen := b.tokens.generation(key)
 	candidate := b.tokens.get(key)
 	var read *priorRead // what storage held at key, when it was read
+	writeChecked := false
 	if !m.serves(candidate) {
 		version := b.tokens.version(key)
-		stored, err := b.loadUserToken(ctx, s, m)
+		var stored *issuedToken
+		var err error
+		stored, writeChecked, err = b.storedToken(ctx, s, m)
 		if err != nil {
 			return refreshed{}, err
 		}
@@ -142,7 +145,7 @@ func (b *backend) refreshShared(slotCtx, ctx context.Context, s logical.Storage,
 
 	// A performance standby or secondary cannot store what it mints: let
 	// Vault forward the request to the node that can, before minting.
-	if !b.WriteSafeReplicationState() {
+	if !writeChecked && !b.WriteSafeReplicationState() {
 		return refreshed{}, logical.ErrReadOnly
 	}
 	release, err := b.acquireMintSlot(slotCtx, m)

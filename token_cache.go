@@ -98,6 +98,8 @@ type tokenCache struct {
 	flights singleflight.Group
 	// keyLocks serialise publishing to one key (striped like gens).
 	keyLocks [genStripes]sync.Mutex
+	// view proves keys absent from storage without reading them (absence.go).
+	view *keyView
 }
 
 // genStripes is how many generations the keys are spread over.
@@ -114,7 +116,7 @@ func newTokenCache(size int) *tokenCache {
 	if err != nil {
 		panic(fmt.Sprintf("token cache of size %d: %v", size, err)) // only for a size <= 0
 	}
-	return &tokenCache{entries: entries}
+	return &tokenCache{entries: entries, view: newKeyView()}
 }
 
 func (c *tokenCache) get(key string) *issuedToken {
@@ -195,6 +197,7 @@ func (c *tokenCache) load(ctx context.Context, s logical.Storage, key string) (*
 // store writes a shared token to storage, then to memory.
 func (c *tokenCache) store(ctx context.Context, s logical.Storage, key string, t *issuedToken) error {
 	gen := c.generation(key)
+	c.view.note(key) // before the write: from here on key may be stored
 	err := putJSON(ctx, s, key, t)
 	c.mu.Lock()
 	c.writes[genStripe(key)]++ // even a failed put may have landed
