@@ -199,11 +199,14 @@ func TestNewUserReadWithoutStorageRead(t *testing.T) {
 		e := newTestEnv(t)
 		setupRoles(e)
 		b := reloadBackend(t, e)
-		nb := &testEnv{t: t, b: b, storage: e.storage, fake: e.fake, sys: e.sys, logs: e.logs}
-		g := gateStorage(nb)
-		put := g.park("put", tokenKey("shoppers", "store-1"))
+		put := &parkedPut{Storage: e.storage, key: tokenKey("shoppers", "store-1"), reached: make(chan struct{}), release: make(chan struct{})}
+		nb := &testEnv{t: t, b: b, storage: put, fake: e.fake, sys: e.sys, logs: e.logs}
 		res := goDo(nb, context.Background(), logical.UpdateOperation, "creds/shoppers", map[string]any{"user_id": "store-1"})
-		put.awaitParked(t) // in flight: its storage write is not over
+		select {
+		case <-put.reached: // in flight, not yet written: the listing cannot see it
+		case <-time.After(10 * time.Second):
+			t.Fatal("the token was never stored")
+		}
 		if err := b.initialize(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
 			t.Fatal(err)
 		}
@@ -254,4 +257,23 @@ func (p *parkedList) List(ctx context.Context, prefix string) ([]string, error) 
 		})
 	}
 	return keys, err
+}
+
+// parkedPut holds the first Put of key, before it is written, until release
+// is closed.
+type parkedPut struct {
+	logical.Storage
+	key              string
+	reached, release chan struct{}
+	once             sync.Once
+}
+
+func (p *parkedPut) Put(ctx context.Context, entry *logical.StorageEntry) error {
+	if entry.Key == p.key {
+		p.once.Do(func() {
+			close(p.reached)
+			<-p.release
+		})
+	}
+	return p.Storage.Put(ctx, entry)
 }
