@@ -1,11 +1,13 @@
 package instacart
 
 import (
+	"context"
 	"hash/maphash"
 	"sync"
 	"sync/atomic"
 
 	"github.com/hashicorp/vault/sdk/helper/consts"
+	"github.com/hashicorp/vault/sdk/logical"
 )
 
 // A new shopper's first read would ask storage whether a token is stored for
@@ -129,4 +131,22 @@ func (v *keyView) holds(state consts.ReplicationState) bool {
 		return false
 	}
 	return true
+}
+
+// storedToken is what storage holds for m (loadUserToken), without reading
+// it when memory proves nothing is there (keyView). Proving it needs the
+// replication state, so it also checks that this node may write: when
+// writeChecked, the node was found write-safe, or err is logical.ErrReadOnly.
+func (b *backend) storedToken(ctx context.Context, s logical.Storage, m *mintRequest) (t *issuedToken, writeChecked bool, err error) {
+	if b.tokens.view.provesAbsent(m.key()) {
+		state, ok := b.writeSafe()
+		if b.tokens.view.holds(state) {
+			if !ok {
+				return nil, true, logical.ErrReadOnly
+			}
+			return nil, true, nil
+		}
+	}
+	t, err = b.loadUserToken(ctx, s, m)
+	return t, false, err
 }

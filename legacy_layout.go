@@ -80,21 +80,3 @@ func (b *backend) loadUserToken(ctx context.Context, s logical.Storage, m *mintR
 	t, _, err = b.moveLegacyToken(ctx, s, m.roleName, legacyUserKey(m.roleName, m.userID))
 	return t, err
 }
-
-// storedToken is what storage holds for m (loadUserToken), without reading
-// it when memory proves nothing is there (absence.go). Proving it needs the
-// replication state, so it also checks that this node may write: when
-// writeChecked, the node was found write-safe, or err is logical.ErrReadOnly.
-func (b *backend) storedToken(ctx context.Context, s logical.Storage, m *mintRequest) (t *issuedToken, writeChecked bool, err error) {
-	if b.tokens.view.provesAbsent(m.key()) {
-		state, ok := b.writeSafe()
-		if b.tokens.view.holds(state) {
-			if !ok {
-				return nil, true, logical.ErrReadOnly
-			}
-			return nil, true, nil
-		}
-	}
-	t, err = b.loadUserToken(ctx, s, m)
-	return t, false, err
-}
