@@ -135,11 +135,12 @@ func (v *keyView) holds(state consts.ReplicationState) bool {
 
 // storedToken is what storage holds for m (loadUserToken), without reading
 // it when memory proves nothing is there (keyView). Proving it needs the
-// replication state, so it also checks that this node may write: when
-// writeChecked, the node was found write-safe, or err is logical.ErrReadOnly.
-func (b *backend) storedToken(ctx context.Context, s logical.Storage, m *mintRequest) (t *issuedToken, writeChecked bool, err error) {
+// replication state, so it also checks that this node may write, as of
+// reqCtx's request: when writeChecked, the node was found write-safe, or err
+// is logical.ErrReadOnly.
+func (b *backend) storedToken(reqCtx, ctx context.Context, s logical.Storage, m *mintRequest) (t *issuedToken, writeChecked bool, err error) {
 	if b.tokens.view.provesAbsent(m.key()) {
-		state, ok := b.writeSafe()
+		state, ok := b.writeSafe(reqCtx)
 		if b.tokens.view.holds(state) {
 			if !ok {
 				return nil, true, logical.ErrReadOnly

@@ -75,6 +75,8 @@ type backend struct {
 	roles     sync.Map // role name -> *role
 
 	tokens *tokenCache
+	// sys is Vault's SystemView, as the framework sees it (write_safe.go).
+	sys *stateView
 	// counts are the tokens stored per role, queued those waiting in each
 	// role's revocation queue (token_counts.go).
 	counts *tokenCounts
@@ -191,7 +193,7 @@ func (b *backend) invalidate(_ context.Context, key string) {
 // (for the gauges), moves the previous release's per-user tokens, and
 // resumes a pass cut short.
 func (b *backend) initialize(ctx context.Context, req *logical.InitializationRequest) error {
-	state, ok := b.writeSafe()
+	state, ok := b.writeSafe(ctx)
 	if !ok {
 		return nil
 	}

@@ -128,7 +128,7 @@ func (b *backend) refreshShared(slotCtx, ctx context.Context, s logical.Storage,
 		version := b.tokens.version(key)
 		var stored *issuedToken
 		var err error
-		stored, writeChecked, err = b.storedToken(ctx, s, m)
+		stored, writeChecked, err = b.storedToken(slotCtx, ctx, s, m)
 		if err != nil {
 			return refreshed{}, err
 		}
@@ -144,9 +144,12 @@ func (b *backend) refreshShared(slotCtx, ctx context.Context, s logical.Storage,
 	}
 
 	// A performance standby or secondary cannot store what it mints: let
-	// Vault forward the request to the node that can, before minting.
-	if !writeChecked && !b.WriteSafeReplicationState() {
-		return refreshed{}, logical.ErrReadOnly
+	// Vault forward the request to the node that can, before minting. The
+	// state is as of the request that started the flight (write_safe.go).
+	if !writeChecked {
+		if _, ok := b.writeSafe(slotCtx); !ok {
+			return refreshed{}, logical.ErrReadOnly
+		}
 	}
 	release, err := b.acquireMintSlot(slotCtx, m)
 	if err == nil {
