@@ -23,19 +23,21 @@ import (
 //   - since the process started, every token it stored was noted before its
 //     storage write (tokenCache.store), so a key written after the listing
 //     is in the filter;
-//   - no other process wrote since: Vault lets only the active node write a
-//     mount that is not replicated to it, and a node that is not that
-//     process (a new active after failover, a promoted standby, a restart, a
-//     snapshot restore) mounts the engine anew, starting with no view.
-//     Where another node's writes can reach this one (a performance standby
-//     or secondary), Vault tells of each through invalidate, which drops the
-//     view, and so does a replication state other than the one the view was
-//     built under, seen at any mint.
+//   - no other process wrote since: only the active node writes a mount's
+//     storage (standbys forward writes to it), and a process that becomes
+//     that node (after a failover, a standby's promotion, a restart, a
+//     snapshot restore) mounts the engine anew, with no view. Where another
+//     node's writes do reach this process (it is a performance standby or
+//     secondary), Vault tells of each through invalidate, which drops the
+//     view; so does a replication state other than the one it was built
+//     under, seen by any mint. Writes through sys/raw bypass the engine, as
+//     they bypass every copy it keeps in memory.
 //
 // Deletes (tidy, flushes, a role's clean-up) leave noted keys noted: a key
 // noted but gone costs a storage read, as before. The filter is a Bloom
 // filter: it may call a key noted that never was (a read, as before), never
-// the reverse.
+// the reverse. A mount that held tokens when it started has no view: each
+// user's first read asks storage, as before.
 type keyView struct {
 	mu       sync.Mutex // orders building the view against dropping it
 	drops    uint64     // views dropped, guarded by mu
