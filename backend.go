@@ -73,6 +73,8 @@ type backend struct {
 	roles     sync.Map // role name -> *role
 
 	tokens *tokenCache
+	// sys is Vault's SystemView, as the framework sees it (write_safe.go).
+	sys *stateView
 	// counts are the tokens stored per role, queued those waiting in each
 	// role's revocation queue (token_counts.go).
 	counts *tokenCounts
@@ -160,6 +162,8 @@ func newBackend() *backend {
 
 // invalidate drops in-memory copies of a storage entry another node changed.
 func (b *backend) invalidate(_ context.Context, key string) {
+	// Another node wrote: this process is no longer the only writer.
+	b.tokens.view.drop()
 	switch {
 	case key == configStoragePath:
 		b.resetSnapshot()
@@ -182,9 +186,11 @@ func (b *backend) invalidate(_ context.Context, key string) {
 // (for the gauges), moves the previous release's per-user tokens, and
 // resumes a pass cut short.
 func (b *backend) initialize(ctx context.Context, req *logical.InitializationRequest) error {
-	if !b.WriteSafeReplicationState() {
+	state, ok := b.writeSafe(ctx)
+	if !ok {
 		return nil
 	}
+	epoch := b.tokens.view.epoch()
 	roles, err := tokenRoles(ctx, req.Storage)
 	if err != nil {
 		return err
@@ -203,6 +209,7 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 	if len(roles) == 0 && cur == nil {
 		b.counts.finishPass(nil)
 		b.legacyUserKeys.Store(false)
+		b.tokens.view.build(epoch, state)    // no token stored: from here on, only ours
 		b.lastTidy.Store(b.now().UnixNano()) // nothing stored: the first pass is due in an hour
 		return nil
 	}
@@ -233,6 +240,7 @@ func (b *backend) publishSnapshot(snap *configSnapshot) {
 
 func (b *backend) clean(context.Context) {
 	b.stopBackground() // background tidy and clean-ups end with the mount
+	b.tokens.view.drop()
 	b.resetSnapshot()
 }
 

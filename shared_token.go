@@ -121,9 +121,12 @@ func (b *backend) refreshShared(slotCtx, ctx context.Context, s logical.Storage,
 	gen := b.tokens.generation(key)
 	candidate := b.tokens.get(key)
 	var read *priorRead // what storage held at key, when it was read
+	writeChecked := false
 	if !m.serves(candidate) {
 		version := b.tokens.version(key)
-		stored, err := b.loadUserToken(ctx, s, m)
+		var stored *issuedToken
+		var err error
+		stored, writeChecked, err = b.storedToken(slotCtx, ctx, s, m)
 		if err != nil {
 			return refreshed{}, err
 		}
@@ -139,9 +142,12 @@ func (b *backend) refreshShared(slotCtx, ctx context.Context, s logical.Storage,
 	}
 
 	// A performance standby or secondary cannot store what it mints: let
-	// Vault forward the request to the node that can, before minting.
-	if !b.WriteSafeReplicationState() {
-		return refreshed{}, logical.ErrReadOnly
+	// Vault forward the request to the node that can, before minting. The
+	// state is as of the request that started the flight (write_safe.go).
+	if !writeChecked {
+		if _, ok := b.writeSafe(slotCtx); !ok {
+			return refreshed{}, logical.ErrReadOnly
+		}
 	}
 	release, err := b.acquireMintSlot(slotCtx, m)
 	if err == nil {

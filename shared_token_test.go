@@ -222,17 +222,33 @@ func TestSharedTokenWithUnderASecondLeftIsReplaced(t *testing.T) {
 // dead role, where a role re-created with the same definition would serve it
 // and no flush could reach it meanwhile.
 func TestRoleDeletedDuringMint(t *testing.T) {
-	e := newTestEnv(t)
-	setupRoles(e)
-	g := gateStorage(e)
-	key := tokenKey("cc", "")
+	t.Run("parked on the storage read before the mint", func(t *testing.T) {
+		e := newTestEnv(t)
+		setupRoles(e)
+		e.b.tokens.view.drop() // as on a mount that held tokens at start: the read is made
+		g := gateStorage(e)
+		gt := g.park("get", tokenKey("cc", "")) // refreshShared's storage read, just before the mint
+		res := goDo(e, context.Background(), logical.ReadOperation, "creds/cc", nil)
+		gt.awaitParked(t)
+		e.mustOK(logical.DeleteOperation, "roles/cc", nil)
+		close(gt.release)
+		checkRoleDeletedDuringMint(t, e, <-res)
+	})
+	t.Run("parked in the mint", func(t *testing.T) {
+		e := newTestEnv(t)
+		setupRoles(e)
+		h := holdTokenRequests(e)
+		res := goDo(e, context.Background(), logical.ReadOperation, "creds/cc", nil)
+		h.awaitHeld(t)
+		e.mustOK(logical.DeleteOperation, "roles/cc", nil)
+		close(h.release)
+		checkRoleDeletedDuringMint(t, e, <-res)
+	})
+}
 
-	gt := g.park("get", key) // refreshShared's storage read, just before the mint
-	res := goDo(e, context.Background(), logical.ReadOperation, "creds/cc", nil)
-	gt.awaitParked(t)
-	e.mustOK(logical.DeleteOperation, "roles/cc", nil)
-	close(gt.release)
-	r := <-res
+func checkRoleDeletedDuringMint(t *testing.T, e *testEnv, r outcome) {
+	t.Helper()
+	key := tokenKey("cc", "")
 	if r.err == nil && !r.resp.IsError() {
 		t.Fatal("a token minted for a role deleted meanwhile was handed out")
 	}

@@ -87,6 +87,8 @@ type tokenCache struct {
 	entries *lru.Cache[string, *issuedToken] // storage key -> token
 	stripeVersions
 	publishCoordination
+	// view proves keys absent from storage without reading them (absence.go).
+	view *keyView
 }
 
 func newTokenCache(size int) *tokenCache {
@@ -94,7 +96,7 @@ func newTokenCache(size int) *tokenCache {
 	if err != nil {
 		panic(fmt.Sprintf("token cache of size %d: %v", size, err)) // only for a size <= 0
 	}
-	return &tokenCache{entries: entries}
+	return &tokenCache{entries: entries, view: newKeyView()}
 }
 
 func (c *tokenCache) get(key string) *issuedToken {
@@ -135,6 +137,7 @@ func (c *tokenCache) load(ctx context.Context, s logical.Storage, key string) (*
 // store writes a shared token to storage, then to memory.
 func (c *tokenCache) store(ctx context.Context, s logical.Storage, key string, t *issuedToken) error {
 	gen := c.generation(key)
+	c.view.note(key) // before the write: from here on key may be stored
 	err := putJSON(ctx, s, key, t)
 	c.wrote(key) // even a failed put may have landed
 	if err != nil {

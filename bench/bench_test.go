@@ -29,7 +29,8 @@ func TestSmokeRun(t *testing.T) {
 		"| 8a | 400 users: 0 failures | 0 failed, 400 served | met |", "| 8b |", "| 8d |", "| 8e | raft: cold per-user read", "| 8f | inmem:", "stored tokens after tidy | 0 |",
 		"## Per-user tokens on raft", "## What a lease per read costs", "## Through Vault Proxy on raft", "### Vault's CPU profile", "Smoke run",
 		// Scenario 9: the cold per-user read against the mint floor, on both servers.
-		"## Cold per-user reads against the mint floor", "| 9a | inmem: cold per-user read p99", "| 9b |", "| 9c | raft: cold per-user read p99", "| 9d |",
+		"## Cold per-user reads against the mint floor", "| 9a | inmem, 1 client(s): cold per-user throughput", "| 9b | inmem, 1 client(s): cold per-user p99",
+		"| 9f | inmem, 32 client(s): cold per-user p99", "| 9g | raft, 1 client(s): cold per-user throughput", "| 9l | raft, 32 client(s): cold per-user p99",
 		"| inmem | 32 |", "| raft | 32 |", "### Storage writes per new user", "| raft | ours-cold |", "| raft | floor |", "On raft, per new user: **ours",
 		// Scenario 10, tiny: the users on the dev server, then their tidy on raft.
 		"## 400 shoppers (scenario 10)", "| 10a | 400 users (inmem): 0 failures | 0 failed, 400 served | met |",

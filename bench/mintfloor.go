@@ -44,7 +44,7 @@ type floorRun struct {
 	profiles map[string]cpuProfile
 	profCPU  map[string]*cpuAcc
 	// pluginProfile is our plugin's own CPU profile during ours at profC
-	// (with -plugin-pprof).
+	// (ours is the ./bench/profplugin build unless -plugin-bin).
 	pluginProfile *cpuProfile
 }
 
@@ -84,6 +84,11 @@ func floorTargets() []target {
 // runFloor starts a dev server and a raft server in turn, each fresh, and
 // runs the comparison on each.
 func runFloor(ctx context.Context, opts options, bins *binaries, f *stack.Fake, dir string, logf func(string, ...any), rep *report) error {
+	if bins.floorPluginDir != "" {
+		fb := *bins
+		fb.pluginDir = bins.floorPluginDir
+		bins = &fb
+	}
 	for _, storage := range []string{"inmem", "raft"} {
 		var (
 			v   *vault
@@ -276,9 +281,10 @@ func (r *runner) floorCompare(ctx context.Context) (*floorRun, error) {
 		r.logf("  %s c=%-2d %s ours÷floor: p99 %.2f×, throughput %.2f× (leases revoked in %s)", r.storage, c, res.ab.summaryLine(c), pr, tr, time.Since(t0).Round(time.Millisecond))
 	}
 
-	// A miss is explained with Vault's CPU profile during each target, at
-	// the concurrency where ours fell furthest behind.
-	if c, missed := res.worst(); missed && !r.opts.smoke {
+	// A miss is explained with Vault's CPU profile during each target, and
+	// the plugin's during ours, at the concurrency where ours fell furthest
+	// behind (with -floor-profile, a run that met every target too).
+	if c, missed := res.worst(); (missed || r.opts.floorProfile) && !r.opts.smoke {
 		res.profC, res.profiles, res.profCPU = c, map[string]cpuProfile{}, map[string]*cpuAcc{}
 		d := 10 * time.Second
 		if r.opts.smoke {

@@ -29,7 +29,11 @@ const (
 // binaries are the build outputs the benchmark runs.
 type binaries struct {
 	pluginDir string
-	fake      string
+	// floorPluginDir is scenario 9's: the no-op plugin, and ours built from
+	// ./bench/profplugin, so a miss is explained by the plugin's own
+	// profile ("" with a prebuilt plugin binary: pluginDir serves).
+	floorPluginDir string
+	fake           string
 	// oauthappErr says why the peer plugin is unavailable (nil when built).
 	oauthappErr error
 }
@@ -41,19 +45,28 @@ type binaries struct {
 // measure a release build or a profiling build; it must report pluginVer.
 //
 // With pluginPprof, ours is built from ./bench/profplugin: the same engine
-// with net/http/pprof on a loopback port (see pluginPprofURL).
-func buildAll(ctx context.Context, repo, dir, pluginBin string, withOauthapp, pluginPprof bool) (*binaries, error) {
+// with net/http/pprof on a loopback port (see pluginPprofURL). With floor,
+// scenario 9 gets that build in a plugin directory of its own, whatever
+// pluginPprof says.
+func buildAll(ctx context.Context, repo, dir, pluginBin string, withOauthapp, pluginPprof, floor bool) (*binaries, error) {
 	b := &binaries{pluginDir: filepath.Join(dir, "plugins"), fake: filepath.Join(dir, "connect-fake")}
 	builds := []struct{ out, pkg, ldflags string }{
 		{filepath.Join(b.pluginDir, noopName), "./bench/noopplugin", ""},
 		{b.fake, "./cmd/connect-fake", ""},
 	}
+	ldflags := "-X " + module + "/version.version=" + pluginVer
 	if pluginBin == "" {
 		pkg := "./cmd/" + pluginName
 		if pluginPprof {
 			pkg = "./bench/profplugin"
 		}
-		builds = append(builds, struct{ out, pkg, ldflags string }{filepath.Join(b.pluginDir, pluginName), pkg, "-X " + module + "/version.version=" + pluginVer})
+		builds = append(builds, struct{ out, pkg, ldflags string }{filepath.Join(b.pluginDir, pluginName), pkg, ldflags})
+		if floor {
+			b.floorPluginDir = filepath.Join(dir, "plugins-floor")
+			builds = append(builds,
+				struct{ out, pkg, ldflags string }{filepath.Join(b.floorPluginDir, noopName), "./bench/noopplugin", ""},
+				struct{ out, pkg, ldflags string }{filepath.Join(b.floorPluginDir, pluginName), "./bench/profplugin", ldflags})
+		}
 	} else if err := copyFile(pluginBin, filepath.Join(b.pluginDir, pluginName)); err != nil {
 		return nil, err
 	}

@@ -94,7 +94,7 @@ type Client struct {
 	// around http, so its Backoff can record the wait in that call's state.
 	maxRetries       int
 	waitMin, waitMax time.Duration
-	logger           retryablehttp.LeveledLogger // nil: none
+	logger           hclog.Logger // nil: none
 	now              func() time.Time
 	sleep            func(context.Context, time.Duration) error
 	pause            *Throttle
@@ -136,11 +136,6 @@ func New(cfg Config) (*Client, error) {
 	if sleep == nil {
 		sleep = realSleep
 	}
-	var logger retryablehttp.LeveledLogger
-	if cfg.Logger != nil {
-		logger = debugLogger{cfg.Logger}
-	}
-
 	pause := cfg.Throttle
 	if pause == nil {
 		pause = new(Throttle)
@@ -158,7 +153,7 @@ func New(cfg Config) (*Client, error) {
 		maxRetries: cfg.MaxRetries,
 		waitMin:    cfg.RetryWaitMin,
 		waitMax:    cfg.RetryWaitMax,
-		logger:     logger,
+		logger:     cfg.Logger,
 		now:        now,
 		sleep:      sleep,
 		obs:        cfg.Observer,
@@ -181,6 +176,9 @@ func realSleep(ctx context.Context, d time.Duration) error {
 // retrier is the retry loop for one call. retryablehttp itself never waits:
 // st.backoff records the wait and hands it 0, and countAttempt, which runs
 // before every attempt, waits through Config.Sleep (see there for why).
+// It is given no logger: it would log every call at debug level, and a
+// plugin's log lines all cross to Vault, whatever Vault's level, so each
+// would cost both processes once per shopper. countAttempt logs retries.
 func (c *Client) retrier(st *attemptState) *retryablehttp.Client {
 	rc := &retryablehttp.Client{
 		HTTPClient:     c.http,
@@ -192,9 +190,6 @@ func (c *Client) retrier(st *attemptState) *retryablehttp.Client {
 		RequestLogHook: countAttempt,
 		// Hand the last response back to us so errors can name Connect's status and code.
 		ErrorHandler: retryablehttp.PassthroughErrorHandler,
-	}
-	if c.logger != nil { // a nil interface, not a nil debugLogger: retryablehttp tests for nil
-		rc.Logger = c.logger
 	}
 	return rc
 }

@@ -53,7 +53,7 @@ type Attempt struct {
 
 // newAttemptState starts the bookkeeping of one call.
 func (c *Client) newAttemptState(endpoint Endpoint, grant GrantType, singleUse bool, label any) *attemptState {
-	return &attemptState{singleUse: singleUse, now: c.now, sleep: c.sleep, pause: c.pause, obs: c.obs, endpoint: endpoint, grant: grant, label: label}
+	return &attemptState{singleUse: singleUse, now: c.now, sleep: c.sleep, pause: c.pause, obs: c.obs, log: c.logger, endpoint: endpoint, grant: grant, label: label}
 }
 
 // beginAttemptLocked is called as an attempt starts. It returns the previous
@@ -123,15 +123,3 @@ func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
-
-// debugLogger hands retryablehttp's per-attempt messages to the logger at
-// debug level only: a failing Connect is reported once per retry storm by
-// the Observer, not once per attempt.
-type debugLogger struct {
-	l interface{ Debug(string, ...any) }
-}
-
-func (d debugLogger) Error(msg string, kv ...any) { d.l.Debug(msg, kv...) }
-func (d debugLogger) Warn(msg string, kv ...any)  { d.l.Debug(msg, kv...) }
-func (d debugLogger) Info(msg string, kv ...any)  { d.l.Debug(msg, kv...) }
-func (d debugLogger) Debug(msg string, kv ...any) { d.l.Debug(msg, kv...) }

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-retryablehttp"
 )
 
@@ -54,6 +55,8 @@ type attemptState struct {
 	// pause is the client's: a 429 from the token endpoint holds back every
 	// token request.
 	pause *Throttle
+	// log gets one debug line per retry (nil: none).
+	log hclog.Logger
 
 	// For the Observer (observer.go): what the call is, and the current
 	// attempt's wall-clock span and result.
@@ -108,6 +111,7 @@ func countAttempt(_ retryablehttp.Logger, req *http.Request, _ int) {
 		return
 	}
 	st.mu.Lock()
+	before, lastStatus := st.attempts, st.status
 	prev, retried := st.beginAttemptLocked()
 	st.attempts++
 	st.current = nil
@@ -116,6 +120,9 @@ func countAttempt(_ retryablehttp.Logger, req *http.Request, _ int) {
 	st.mu.Unlock()
 	if retried {
 		st.obs.Retrying(req.Context(), prev)
+	}
+	if before > 0 && st.log != nil {
+		st.log.Debug("retrying a Connect request", "endpoint", string(st.endpoint), "attempt", before+1, "previous_status", lastStatus)
 	}
 }
 
