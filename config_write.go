@@ -25,6 +25,17 @@ func setGiven[T any](dst *T, v *T) {
 	}
 }
 
+// configure stores a config write, then revokes the token that verified new
+// credentials: the revocation looks the credentials up, so it runs once
+// writeConfig has saved them and let go of configMu.
+func (b *backend) configure(ctx context.Context, s logical.Storage, in configInput) (*logical.Response, error) {
+	resp, verified, err := b.writeConfig(ctx, s, in)
+	if verified != nil {
+		b.revokeSoon(ctx, s, pendingRevocation{Role: verifyQueue, revocable: *verified}, "minted to verify the credentials")
+	}
+	return resp, err
+}
+
 // writeConfig validates and stores a config write under configMu. verified
 // is the token minted to verify new credentials once they are saved, for the
 // caller to revoke.

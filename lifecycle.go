@@ -47,7 +47,7 @@ import (
 //	  exclusiveCreds (exclusive_token.go): not recorded in the WAL, too short
 //	    to lease, or the response could not be completed
 //	  walRollback (wal.go): minted, but the plugin died before the lease
-//	  pathConfigWrite (path_config.go): the token that verified credentials
+//	  configure (config_write.go): the token that verified credentials
 //	live → out of service
 //	  publishShared (shared_token.go): its successor stored, it kept at
 //	    old-<hash> while still valid

@@ -126,11 +126,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if problem != "" {
 		return logical.ErrorResponse(problem), nil
 	}
-	resp, verified, err := b.writeConfig(ctx, req.Storage, in)
-	if verified != nil {
-		// Outside configMu: the revocation looks the credentials up.
-		b.revokeSoon(ctx, req.Storage, pendingRevocation{Role: verifyQueue, revocable: *verified}, "minted to verify the credentials")
-	}
+	resp, err := b.configure(ctx, req.Storage, in)
 	return resp, requestError("config write", err)
 }
 
