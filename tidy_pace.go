@@ -3,6 +3,7 @@ package instacart
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -10,12 +11,13 @@ import (
 )
 
 // Tidy paces itself by its own batches' latency (AIMD, as TCP paces itself
-// by round trips): when its batches, smoothed, take much longer than they
-// did at their fastest of late, storage is busy (reads on any mount
-// register leases in the same raft log, or the disk is slow), so the pace
-// halves; otherwise it rises a step, up to storage's own pace. Batches are
-// sent together (tidyBatch), so a batch's latency is what storage makes
-// its writes wait, whatever pace tidy keeps.
+// by round trips): when most of its recent batches take much longer than
+// its fast ones of late, storage is busy (reads on any mount register
+// leases in the same raft log, or the disk is slow), so the pace halves;
+// otherwise it rises again, and once it is more than batches one after
+// another achieve, tidy goes unpaced: an idle Vault gets full speed.
+// Batches are sent together (tidyBatch), so a batch's latency is what
+// storage makes its writes wait, whatever pace tidy keeps.
 const (
 	// tidyMinPace (keys/s) is the pace tidy never goes under, however busy
 	// or slow storage is: a million expired tokens still go in under 3
@@ -25,33 +27,40 @@ const (
 	// storage is busy: at least this share of the pace its batches go at
 	// now, one after another. Reads that never stop would otherwise hold it
 	// at tidyMinPace, since their load, not tidy's, is what its latency
-	// shows. On single-node raft with 2 cores a third is about the 600
-	// keys/s that cost cached reads under a fifth of their throughput.
-	tidyBusyShare = 1.0 / 3
+	// shows. On single-node raft with 2 cores and reads keeping the cores
+	// busy, half made about 900 keys/s and cost the reads a sixth; two
+	// thirds made 1,000 keys/s and cost them a quarter (docs/performance.md).
+	tidyBusyShare = 1.0 / 2
 	// tidyMaxPace (keys/s) is above what any storage measured tidies
-	// (3,400/s on single-node raft, 2 cores): at it, tidy is not held back.
+	// (4,500/s on single-node raft, 2 cores): at it, tidy is not held back.
 	tidyMaxPace = 20_000
-	// tidyPaceStep is added to the pace after a batch that storage served
-	// as fast as of late: back from the minimum to 3,400/s in about 5 s.
-	tidyPaceStep = 64
+	// tidyPaceStep is the least the pace rises after a batch that storage
+	// served as fast as usual; it rises by tidyPaceGrowth when that is
+	// more: from the floor back to unpaced in a second or two.
+	tidyPaceStep   = 64
+	tidyPaceGrowth = 1.25
 	// tidyBackoff is what the pace is multiplied by when storage is busy.
 	tidyBackoff = 0.5
-	// tidySmoothing is the weight of a batch's latency in the smoothed
-	// latency (as TCP's smoothed round trip): one slow batch among fast ones
-	// is noise, not load.
-	tidySmoothing = 0.25
+	// tidyRecentBatches: the latency tidy goes by is the median of its
+	// last few timed batches. An fsync that stalls slows one batch, or two
+	// (an average would carry it for many more); load slows most of them.
+	tidyRecentBatches = 5
 	// tidyHoldBatches: after halving, the pace holds for as many batches,
-	// which the smoothed latency needs to show the new pace.
+	// which the recent latency needs to show the new pace.
 	tidyHoldBatches = 4
-	// tidyCongested: storage is busy when the smoothed latency is this many
-	// times the baseline, and tidyLatencySlack more: a few milliseconds of
-	// scheduling noise on fast storage is not load.
+	// tidyCongested: the line is this many times the baseline, and
+	// tidyLatencySlack more: a few milliseconds of scheduling noise on fast
+	// storage is not load.
 	tidyCongested    = 2.0
 	tidyLatencySlack = 2 * time.Millisecond
-	// tidyBaselineMinutes is how many minutes of tidy work the baseline
-	// (each minute's lowest smoothed latency) is the minimum of: storage
-	// that stays slower for longer becomes the new normal.
+	// tidyBaselineMinutes is how many minutes of tidy work the baseline is
+	// the least of; storage that stays slower for longer becomes the new
+	// normal. A minute's figure is the lowest tenth of its batches'
+	// latencies (of its first tidyMinuteSamples): a fast batch of that
+	// minute, where its fastest would be luck, and a minute busy most of the
+	// time still shows its idle part.
 	tidyBaselineMinutes = 30
+	tidyMinuteSamples   = 1024
 	// tidySignalKeys: only batches of at least this many keys are timed,
 	// since a batch's latency grows with its size (a shard's last keys).
 	tidySignalKeys = tidyBatch / 2
@@ -73,16 +82,18 @@ type tidyPacer struct {
 	sleep func(context.Context, time.Duration) error
 
 	mu       sync.Mutex
-	pace     float64   // keys/s; at tidyMaxPace, unpaced
-	next     time.Time // when the next batch may start
-	smoothed float64   // batch latency, smoothed (ns); 0 before any timed batch
-	hold     int       // batches left before the pace may halve again
-	minutes  []minuteMin
-	baseline time.Duration // min over minutes
+	pace     float64         // keys/s; at tidyMaxPace, unpaced
+	next     time.Time       // when the next batch may start
+	recent   []time.Duration // the last tidyRecentBatches timed batches' latencies
+	latency  time.Duration   // their median; 0 before any timed batch
+	hold     int             // batches left before the pace may halve again
+	minutes  []minuteLatency
+	samples  []time.Duration // the newest minute's batch latencies, sorted
+	baseline time.Duration   // least of the minutes'
 }
 
-// minuteMin is the lowest smoothed latency in one minute of tidy work.
-type minuteMin struct {
+// minuteLatency is one minute of tidy work's usual batch latency.
+type minuteLatency struct {
 	minute int64 // unix minutes
 	took   time.Duration
 }
@@ -117,48 +128,60 @@ func (p *tidyPacer) observe(n int, took time.Duration) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.smoothed == 0 {
-		p.smoothed = float64(took)
-	} else {
-		p.smoothed += tidySmoothing * (float64(took) - p.smoothed)
+	if len(p.recent) == tidyRecentBatches {
+		p.recent = p.recent[1:]
 	}
-	smoothed := time.Duration(p.smoothed)
-	base := p.learn(smoothed)
-	if p.hold > 0 {
+	p.recent = append(p.recent, took)
+	p.latency = median(p.recent)
+	base := p.learn(took)
+	busy := float64(p.latency) > tidyCongested*float64(base) && p.latency-base > tidyLatencySlack
+	// achieved is this batch's pace as if batches went one after another.
+	achieved := float64(n) / max(took.Seconds(), 1e-9)
+	switch {
+	case p.hold > 0:
 		p.hold--
-		return
-	}
-	if float64(smoothed) > tidyCongested*float64(base) && smoothed-base > tidyLatencySlack {
+	case busy:
 		// From unpaced, halve what this batch achieved, not the cap.
-		achieved := float64(n) / max(took.Seconds(), 1e-9)
 		p.pace = max(min(p.pace, achieved)*tidyBackoff, p.floor())
 		p.hold = tidyHoldBatches
-		return
+	case p.pace < tidyMaxPace:
+		p.pace = max(p.pace+tidyPaceStep, p.pace*tidyPaceGrowth)
+		if p.pace >= achieved {
+			p.pace = tidyMaxPace // the pace no longer holds batches back
+		}
 	}
-	p.pace = min(p.pace+tidyPaceStep, tidyMaxPace)
+}
+
+func median(ds []time.Duration) time.Duration {
+	sorted := slices.Sorted(slices.Values(ds))
+	return sorted[len(sorted)/2]
 }
 
 // floor is the least pace while storage is busy: tidyBusyShare of the
-// pace batches at the smoothed latency go, within tidyMinPace and a
-// quarter of tidyMaxPace (storage in memory answers in microseconds).
+// pace batches at the recent latency go, within tidyMinPace and a quarter
+// of tidyMaxPace (storage in memory answers in microseconds).
 func (p *tidyPacer) floor() float64 {
-	if p.smoothed <= 0 {
+	if p.latency <= 0 {
 		return tidyMinPace
 	}
-	now := float64(tidyBatch) / (p.smoothed / float64(time.Second))
+	now := float64(tidyBatch) / p.latency.Seconds()
 	return min(max(tidyBusyShare*now, tidyMinPace), tidyMaxPace/4)
 }
 
-// learn records a smoothed latency in its minute and returns the baseline.
+// learn records a batch's latency in its minute and returns the baseline.
 func (p *tidyPacer) learn(took time.Duration) time.Duration {
 	minute := p.now().Unix() / 60
-	if k := len(p.minutes); k > 0 && p.minutes[k-1].minute == minute {
-		p.minutes[k-1].took = min(p.minutes[k-1].took, took)
-	} else {
-		p.minutes = append(p.minutes, minuteMin{minute, took})
+	if k := len(p.minutes); k == 0 || p.minutes[k-1].minute != minute {
+		p.minutes = append(p.minutes, minuteLatency{minute: minute})
 		if len(p.minutes) > tidyBaselineMinutes {
 			p.minutes = p.minutes[1:]
 		}
+		p.samples = p.samples[:0]
+	}
+	if len(p.samples) < tidyMinuteSamples {
+		i, _ := slices.BinarySearch(p.samples, took)
+		p.samples = slices.Insert(p.samples, i, took)
+		p.minutes[len(p.minutes)-1].took = p.samples[len(p.samples)/10]
 	}
 	p.baseline = p.minutes[0].took
 	for _, m := range p.minutes[1:] {
@@ -187,7 +210,7 @@ func (p *tidyPacer) load(ctx context.Context, s logical.Storage) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if len(p.minutes) == 0 {
-		p.minutes = []minuteMin{{minute: 0, took: sp.Baseline}}
+		p.minutes = []minuteLatency{{minute: 0, took: sp.Baseline}}
 		p.baseline = sp.Baseline
 	}
 	return nil
@@ -214,10 +237,10 @@ func (p *tidyPacer) keysPerSecond() int {
 	return int(p.pace)
 }
 
-// latencies are the smoothed batch latency and the baseline it is held
+// latencies are the recent batch latency and the baseline it is held
 // against (both 0 before a batch was timed).
-func (p *tidyPacer) latencies() (smoothed, baseline time.Duration) {
+func (p *tidyPacer) latencies() (recent, baseline time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return time.Duration(p.smoothed), p.baseline
+	return p.latency, p.baseline
 }

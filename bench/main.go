@@ -56,6 +56,7 @@ type options struct {
 	only          map[string]bool
 	floorDuration time.Duration // per target, concurrency and round in scenario 9
 	pluginPprof   bool          // our plugin built with pprof in scenarios 1-8 and 10 (scenario 9's always is)
+	tidyProfile   bool          // profile Vault (and the plugin, with pluginPprof) during scenario 10's tidy on raft with no reads
 	floorProfile  bool          // scenario 9 profiles Vault and the plugin even when every target is met
 	scrapeEvery   time.Duration // instacart/metrics scrapes in scenario 10
 }
@@ -77,6 +78,7 @@ func main() {
 	only := flag.String("only", "", "run only these parts, comma-separated: main (scenarios 1-8), floor (9: cold per-user reads against the mint floor), users (10: -users shoppers on the dev server, then their tidy on raft), tidy (10's tidy on raft alone)")
 	flag.DurationVar(&opts.floorDuration, "floor-duration", 4*time.Second, "scenario 9: measurement time per target, concurrency and round")
 	flag.BoolVar(&opts.floorProfile, "floor-profile", false, "scenario 9: profile Vault and our plugin at the worst concurrency even when every target is met")
+	flag.BoolVar(&opts.tidyProfile, "tidy-profile", false, "scenario 10 on raft: profile Vault (and, with -plugin-pprof, our plugin) for 15s of the tidy with no reads; the listings go to the -out directory")
 	flag.BoolVar(&opts.pluginPprof, "plugin-pprof", false, "build our plugin from ./bench/profplugin (net/http/pprof on loopback) for every scenario; scenario 9 always uses that build, to profile the plugin on a miss")
 	flag.Parse()
 	if *only != "" {

@@ -10,6 +10,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -41,6 +43,13 @@ type raftTidyResult struct {
 	duringWindows               int
 	rss                         []phasePeak
 	scr                         scrapes
+	// CPU used by Vault and the plugin (and the cores' busy share) during
+	// the tidy with no reads, the reads without tidy, and the tidy under
+	// reads: what a tidied key costs, beside what the reads leave.
+	quietCPU, withoutCPU, duringCPU cpuUse
+	// What Vault's metrics say of raft over the reads without tidy and
+	// during the tidy under reads.
+	withoutRaft, duringRaft raftStats
 }
 
 // tidyRun is one timed tidy of the stored expired tokens.
@@ -98,6 +107,7 @@ func (r *runner) raftTidy(ctx context.Context, n int) (*raftTidyResult, error) {
 	if err != nil {
 		return nil, err
 	}
+	procs := map[string]int{"Vault": v.Proc.Pid(), "plugin": pid}
 	rss := startPhasedRSS(pid, "storing expired tokens")
 	scr := r.startScraper(r.opts.scrapeEvery)
 	defer func() {
@@ -161,8 +171,14 @@ func (r *runner) raftTidy(ctx context.Context, n int) (*raftTidyResult, error) {
 
 	// Tidy with no reads: storage's own pace.
 	rss.set("tidy, no reads")
+	cpu0 := readCPU(procs)
+	profiled := r.profileTidy(ctx, pid)
 	if res.quiet, res.quietPaces, err = r.timedTidy(ctx, store, nil); err != nil {
 		return nil, err
+	}
+	res.quietCPU = readCPU(procs).since(cpu0)
+	if err := profiled(); err != nil {
+		r.logf("  warning: profiling the tidy: %v", err)
 	}
 	r.logf("  tidy with no reads: %d tokens in %s (%.0f/s), %d left, %d call(s)", res.quiet.storedBefore, res.quiet.took.Round(time.Second), res.quiet.rate(), res.quiet.storedAfter, len(res.quiet.calls))
 
@@ -188,9 +204,18 @@ func (r *runner) raftTidy(ctx context.Context, n int) (*raftTidyResult, error) {
 	}
 	rss.set("cached reads")
 	read(time.Second) // warm-up: the role-wide token is minted and cached
-	c1, k1 := read(window)
-	c2, k2 := read(window)
-	res.without, res.kvWithout = merge(c1, c2), merge(k1, k2)
+	// Four windows, so that Vault's metrics have an interval of 10 s wholly
+	// inside them.
+	cpu0 = readCPU(procs)
+	metrics := startRaftMetrics(v)
+	var cs, ks []sample
+	for range 4 {
+		c, k := read(window)
+		cs, ks = append(cs, c), append(ks, k)
+	}
+	res.withoutRaft = metrics.finish()
+	res.withoutCPU = readCPU(procs).since(cpu0)
+	res.without, res.kvWithout = merge(cs...), merge(ks...)
 
 	rss.set("tidy under reads")
 	var tidyDone atomic.Bool
@@ -200,6 +225,8 @@ func (r *runner) raftTidy(ctx context.Context, n int) (*raftTidyResult, error) {
 		err   error
 	}
 	done := make(chan outcome, 1)
+	cpu0 = readCPU(procs)
+	metrics = startRaftMetrics(v)
 	go func() {
 		run, paces, err := r.timedTidy(ctx, store, func() {
 			if res.status == nil && res.statusMissing == "" {
@@ -219,13 +246,24 @@ func (r *runner) raftTidy(ctx context.Context, n int) (*raftTidyResult, error) {
 		r.logf("  … reads during tidy: creds %.0f/s, kv %.0f/s (without tidy %.0f/s, %.0f/s)", c.throughput(), k.throughput(), res.without.throughput(), res.kvWithout.throughput())
 	}
 	o := <-done
+	res.duringRaft = metrics.finish()
+	res.duringCPU = readCPU(procs).since(cpu0)
 	if o.err != nil {
 		return nil, o.err
 	}
 	res.busy, res.paces = o.run, o.paces
 	res.during, res.kvDuring, res.duringWindows = merge(during...), merge(kvDuring...), len(during)
 	rss.set("reads after tidy")
-	res.post, res.kvPost = read(window)
+	// As many windows after as before: the reads drift over the run (each
+	// creds read leaves a lease of the token's remaining life, so Vault
+	// holds more of them with every window), and tidy is judged against the
+	// windows on both sides of it.
+	cs, ks = nil, nil
+	for range 4 {
+		c, k := read(window)
+		cs, ks = append(cs, c), append(ks, k)
+	}
+	res.post, res.kvPost = merge(cs...), merge(ks...)
 	res.rss = rss.finish()
 	res.scr = scr.finish(r)
 	rss = nil
@@ -234,6 +272,35 @@ func (r *runner) raftTidy(ctx context.Context, n int) (*raftTidyResult, error) {
 		res.without.throughput(), res.during.throughput(), res.duringWindows, res.post.throughput(),
 		res.kvWithout.throughput(), res.kvDuring.throughput(), res.kvPost.throughput())
 	return res, nil
+}
+
+// profileTidy, with -tidy-profile, profiles Vault (and the plugin, when
+// built with pprof) for 15 s from 2 s into the tidy with no reads; the
+// returned function waits for the profiles and writes their listings to
+// the -out directory.
+func (r *runner) profileTidy(ctx context.Context, pid int) func() error {
+	if !r.opts.tidyProfile {
+		return func() error { return nil }
+	}
+	const delay, d = 2 * time.Second, 15 * time.Second
+	profs := map[string]<-chan cpuProfile{
+		"vault-cpu-tidy-raft.txt": profileVault(ctx, r.vault, delay, d, filepath.Join(r.dir, "vault-cpu-tidy.pb.gz")),
+	}
+	if u := r.pluginPprofURL(pid); u != "" {
+		profs["plugin-cpu-tidy-raft.txt"] = profileURL(ctx, r.load.client, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", u, int(d/time.Second)), "", r.vault.Redact, delay, filepath.Join(r.dir, "plugin-cpu-tidy.pb.gz"))
+	}
+	return func() error {
+		for file, ch := range profs {
+			p := <-ch
+			if p.err != "" {
+				return fmt.Errorf("%s: %s", file, p.err)
+			}
+			if err := os.WriteFile(filepath.Join(r.opts.out, file), []byte(p.top+"\n"+p.cum), 0o644); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 }
 
 // storeExpired writes n copies of the template token through sys/raw, each
