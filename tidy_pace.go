@@ -28,9 +28,10 @@ const (
 	// now, one after another. Reads that never stop would otherwise hold it
 	// at tidyMinPace, since their load, not tidy's, is what its latency
 	// shows. On single-node raft with 2 cores and reads keeping the cores
-	// busy, half made about 900 keys/s and cost the reads a sixth; two
-	// thirds made 1,000 keys/s and cost them a quarter (docs/performance.md).
-	tidyBusyShare = 1.0 / 2
+	// busy, a quarter made about 400 keys/s and cost the reads an eighth;
+	// half made 670-880 keys/s and cost them a sixth to a quarter
+	// (docs/performance.md).
+	tidyBusyShare = 1.0 / 4
 	// tidyMaxPace (keys/s) is above what any storage measured tidies
 	// (4,500/s on single-node raft, 2 cores): at it, tidy is not held back.
 	tidyMaxPace = 20_000
