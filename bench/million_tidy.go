@@ -290,6 +290,9 @@ func (r *runner) profileTidy(ctx context.Context, pid int) func() error {
 		profs["plugin-cpu-tidy-raft.txt"] = profileURL(ctx, r.load.client, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", u, int(d/time.Second)), "", r.vault.Redact, delay, filepath.Join(r.dir, "plugin-cpu-tidy.pb.gz"))
 	}
 	return func() error {
+		if err := os.MkdirAll(r.opts.out, 0o755); err != nil {
+			return err
+		}
 		for file, ch := range profs {
 			p := <-ch
 			if p.err != "" {
