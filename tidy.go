@@ -155,6 +155,7 @@ func (b *backend) tidyKeys(ctx context.Context, s logical.Storage, role string, 
 			return err
 		}
 		start := p.pace.now()
+		wrote := p.counts.removed() + p.counts.get(tidyMoved) // one batch at a time
 		errs := make([]error, len(batch))
 		var wg sync.WaitGroup
 		for i, key := range batch {
@@ -165,7 +166,9 @@ func (b *backend) tidyKeys(ctx context.Context, s logical.Storage, role string, 
 			}()
 		}
 		wg.Wait()
-		p.pace.observe(len(batch), p.pace.now().Sub(start))
+		if p.counts.removed()+p.counts.get(tidyMoved)-wrote >= tidySignalKeys {
+			p.pace.observe(len(batch), p.pace.now().Sub(start))
+		}
 		for _, err := range errs {
 			if err != nil {
 				return err

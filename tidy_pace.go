@@ -62,8 +62,12 @@ const (
 	// time still shows its idle part.
 	tidyBaselineMinutes = 30
 	tidyMinuteSamples   = 1024
-	// tidySignalKeys: only batches of at least this many keys are timed,
-	// since a batch's latency grows with its size (a shard's last keys).
+	// tidyMinuteLeast: a minute counts once it has timed this many batches;
+	// before, its lowest tenth would be its luckiest batch.
+	tidyMinuteLeast = 10
+	// tidySignalKeys: only batches that wrote at least this many keys are
+	// timed, since a batch's latency grows with its writes (a shard's last
+	// keys are fewer, and a token still valid costs only a read).
 	tidySignalKeys = tidyBatch / 2
 )
 
@@ -74,6 +78,9 @@ const tidyPacePath = "tidy/pace"
 
 type storedPace struct {
 	Baseline time.Duration `json:"baseline_ns"`
+	// BatchKeys is the batch size it was learnt on: a baseline of smaller
+	// batches would take every batch of today's for load.
+	BatchKeys int `json:"batch_keys"`
 }
 
 // tidyPacer keeps tidy's pace across passes, so a pass starting while
@@ -135,7 +142,7 @@ func (p *tidyPacer) observe(n int, took time.Duration) {
 	p.recent = append(p.recent, took)
 	p.latency = median(p.recent)
 	base := p.learn(took)
-	busy := float64(p.latency) > tidyCongested*float64(base) && p.latency-base > tidyLatencySlack
+	busy := base > 0 && float64(p.latency) > tidyCongested*float64(base) && p.latency-base > tidyLatencySlack
 	// achieved is this batch's pace as if batches went one after another.
 	achieved := float64(n) / max(took.Seconds(), 1e-9)
 	switch {
@@ -182,11 +189,15 @@ func (p *tidyPacer) learn(took time.Duration) time.Duration {
 	if len(p.samples) < tidyMinuteSamples {
 		i, _ := slices.BinarySearch(p.samples, took)
 		p.samples = slices.Insert(p.samples, i, took)
-		p.minutes[len(p.minutes)-1].took = p.samples[len(p.samples)/10]
+		if len(p.samples) >= tidyMinuteLeast {
+			p.minutes[len(p.minutes)-1].took = p.samples[len(p.samples)/10]
+		}
 	}
-	p.baseline = p.minutes[0].took
-	for _, m := range p.minutes[1:] {
-		p.baseline = min(p.baseline, m.took)
+	p.baseline = 0 // unknown until a minute counts
+	for _, m := range p.minutes {
+		if m.took > 0 && (p.baseline == 0 || m.took < p.baseline) {
+			p.baseline = m.took
+		}
 	}
 	return p.baseline
 }
@@ -205,8 +216,8 @@ func (p *tidyPacer) load(ctx context.Context, s logical.Storage) error {
 	if errors.Is(err, errCorrupt) {
 		return nil // learnt anew, and stored over at the pass's end
 	}
-	if err != nil || sp == nil || sp.Baseline <= 0 {
-		return err
+	if err != nil || sp == nil || sp.Baseline <= 0 || sp.BatchKeys != tidyBatch {
+		return err // none, or learnt on other batches: learnt anew
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -225,7 +236,7 @@ func (p *tidyPacer) save(ctx context.Context, s logical.Storage) error {
 	if base <= 0 {
 		return nil
 	}
-	return putJSON(ctx, s, tidyPacePath, storedPace{Baseline: base})
+	return putJSON(ctx, s, tidyPacePath, storedPace{Baseline: base, BatchKeys: tidyBatch})
 }
 
 // keysPerSecond is the pace now, 0 when unpaced.

@@ -238,7 +238,9 @@ func TestTidyFloorIsBounded(t *testing.T) {
 	if got := p.floor(); got != tidyMinPace {
 		t.Errorf("floor before any batch = %v, want %d", got, tidyMinPace)
 	}
-	p.observe(tidyBatch, 100*time.Microsecond)
+	for range tidyMinuteLeast {
+		p.observe(tidyBatch, 100*time.Microsecond)
+	}
 	if got := p.floor(); got != tidyMaxPace/4 {
 		t.Errorf("floor at a 100µs baseline = %v, want %d", got, tidyMaxPace/4)
 	}
@@ -255,7 +257,9 @@ func TestTidyFloorIsBounded(t *testing.T) {
 func TestTidyPaceIgnoresShortBatches(t *testing.T) {
 	clock := &paceClock{t: time.Unix(1_800_000_000, 0)}
 	p := newTidyPacer(clock.now, clock.sleep)
-	p.observe(tidyBatch, 10*time.Millisecond)
+	for range tidyMinuteLeast {
+		p.observe(tidyBatch, 10*time.Millisecond)
+	}
 	p.observe(tidySignalKeys-1, 100*time.Microsecond)
 	if p.baseline != 10*time.Millisecond {
 		t.Errorf("baseline = %s after a short batch, want the full batch's 10ms", p.baseline)
@@ -272,10 +276,14 @@ func TestTidyPaceIgnoresShortBatches(t *testing.T) {
 func TestTidyBaselineForgetsOldMinutes(t *testing.T) {
 	clock := &paceClock{t: time.Unix(1_800_000_000, 0)}
 	p := newTidyPacer(clock.now, clock.sleep)
-	p.observe(tidyBatch, time.Millisecond)
+	for range tidyMinuteLeast {
+		p.observe(tidyBatch, time.Millisecond)
+	}
 	for range 2 * tidyBaselineMinutes {
 		clock.advance(time.Minute)
-		p.observe(tidyBatch, 20*time.Millisecond)
+		for range tidyMinuteLeast {
+			p.observe(tidyBatch, 20*time.Millisecond)
+		}
 	}
 	if p.baseline < 19*time.Millisecond {
 		t.Errorf("baseline = %s after %d minutes at 20ms, want about 20ms", p.baseline, 2*tidyBaselineMinutes)
@@ -368,4 +376,76 @@ func TestTidyStaysUnpacedThroughIdleJitter(t *testing.T) {
 			t.Fatalf("batch %d (%s): paced at %d keys/s on idle storage (recent %s, baseline %s)", i, took, got, recent, base)
 		}
 	}
+}
+
+// A minute's figure counts once it has tidyMinuteLeast batches: before,
+// its lowest tenth would be its one lucky batch, and the line drawn from it
+// would take every usual batch for load.
+func TestTidyMinuteCountsAfterTenBatches(t *testing.T) {
+	clock := &paceClock{t: time.Unix(1_800_000_000, 0)}
+	p := newTidyPacer(clock.now, clock.sleep)
+	p.observe(tidyBatch, time.Millisecond) // lucky
+	for i := range tidyMinuteLeast - 1 {
+		if _, base := p.latencies(); base != 0 {
+			t.Fatalf("after %d batches the baseline is %s, want none yet", i+1, base)
+		}
+		p.observe(tidyBatch, 10*time.Millisecond)
+	}
+	if _, base := p.latencies(); base != 10*time.Millisecond {
+		t.Errorf("baseline = %s after %d batches, one of them lucky; want the usual 10ms", base, tidyMinuteLeast)
+	}
+	if got := p.keysPerSecond(); got != 0 {
+		t.Errorf("pace = %d keys/s on storage as fast as ever, want unpaced", got)
+	}
+}
+
+// A baseline stored by a release with other batches (or none said) is
+// learnt anew: 64-key batches' latency would make every 128-key batch look
+// like load.
+func TestTidyBaselineOfOtherBatchesIsIgnored(t *testing.T) {
+	e := newTestEnv(t)
+	ctx := context.Background()
+	for _, stored := range []string{`{"baseline_ns":9000000}`, `{"baseline_ns":9000000,"batch_keys":64}`} {
+		if err := e.storage.Put(ctx, &logical.StorageEntry{Key: tidyPacePath, Value: []byte(stored)}); err != nil {
+			t.Fatal(err)
+		}
+		p := newTidyPacer(time.Now, sleepCtx)
+		if err := p.load(ctx, e.storage); err != nil {
+			t.Fatal(err)
+		}
+		if _, base := p.latencies(); base != 0 {
+			t.Errorf("stored %s: baseline %s, want it learnt anew", stored, base)
+		}
+	}
+}
+
+// A pass that removes nothing (every token still valid: a read each, no
+// write) teaches the pacer nothing: such batches are far faster than any
+// that deletes, and a baseline from them would take every delete for load.
+func TestTidyTimesOnlyBatchesThatWrite(t *testing.T) {
+	e := newTestEnv(t)
+	setupRoles(e)
+	storeOneShard(t, e, "shoppers", 4*tidyBatch) // valid for an hour
+	clock := &paceClock{t: time.Unix(1_800_000_000, 0)}
+	e.b.tidyPace = newTidyPacer(clock.now, clock.sleep)
+	e.storage = &slowReads{Storage: e.storage, clock: clock}
+	if resp := e.mustOK(logical.UpdateOperation, "tidy", nil); resp.Data["expired_tokens_removed"] != 0 {
+		t.Fatalf("tidy = %v, want none removed", resp.Data)
+	}
+	if recent, base := e.b.tidyPace.latencies(); recent != 0 || base != 0 {
+		t.Errorf("after a pass that removed nothing the pacer holds latency %s, baseline %s; want none", recent, base)
+	}
+}
+
+// slowReads makes each read of a stored token take a millisecond on clock.
+type slowReads struct {
+	logical.Storage
+	clock *paceClock
+}
+
+func (s *slowReads) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
+	if tokenRole(key) != "" {
+		s.clock.advance(time.Millisecond)
+	}
+	return s.Storage.Get(ctx, key)
 }

@@ -127,8 +127,8 @@ func (t *raftTidyResult) costLine(cores int) string {
 	line := fmt.Sprintf("With no reads a tidied key cost Vault %s and the plugin %s of CPU: %.0f keys/s (the 15-minute line) would take %.0f%% of the %d cores, which the reads alone kept %.0f%% busy (%.0f%% during tidy under reads).",
 		fmtDur(vault), fmtDur(plugin), need, share(need), cores, 100*t.withoutCPU.busy, 100*t.duringCPU.busy)
 	if w, d := t.withoutRaft, t.duringRaft; w.windows > 0 && d.windows > 0 {
-		line += fmt.Sprintf(" Raft, by Vault's metrics: a write waited %.2f ms for its commit without tidy and %.2f ms during it (the fsync'd log write %.2f and %.2f ms, per batch of %.1f and %.1f entries).",
-			w.putMean, d.putMean, w.store, d.store, w.batch, d.batch)
+		line += fmt.Sprintf(" Raft, by Vault's metrics: a write took %.2f ms as its request waited for it without tidy and %.2f ms during it (its commit %.2f and %.2f ms; the fsync'd log write %.2f and %.2f ms, per batch of %.1f and %.1f entries).",
+			w.putMean, d.putMean, w.commit, d.commit, w.store, d.store, w.batch, d.batch)
 	}
 	return line
 }
