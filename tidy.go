@@ -155,7 +155,7 @@ func (b *backend) tidyKeys(ctx context.Context, s logical.Storage, role string, 
 			return err
 		}
 		start := p.pace.now()
-		wrote := p.counts.removed() + p.counts.get(tidyMoved) // one batch at a time
+		wrote := p.counts.written() // one batch at a time
 		errs := make([]error, len(batch))
 		var wg sync.WaitGroup
 		for i, key := range batch {
@@ -166,9 +166,7 @@ func (b *backend) tidyKeys(ctx context.Context, s logical.Storage, role string, 
 			}()
 		}
 		wg.Wait()
-		if p.counts.removed()+p.counts.get(tidyMoved)-wrote >= tidySignalKeys {
-			p.pace.observe(len(batch), p.pace.now().Sub(start))
-		}
+		p.pace.observe(len(batch), p.counts.written()-wrote, p.pace.now().Sub(start))
 		for _, err := range errs {
 			if err != nil {
 				return err

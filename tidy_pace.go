@@ -129,9 +129,10 @@ func (p *tidyPacer) wait(ctx context.Context, n int) error {
 	return ctx.Err()
 }
 
-// observe adjusts the pace to a batch of n keys that took took.
-func (p *tidyPacer) observe(n int, took time.Duration) {
-	if n < tidySignalKeys {
+// observe adjusts the pace to a batch of n keys, wrote of them removed or
+// moved, that took took.
+func (p *tidyPacer) observe(n, wrote int, took time.Duration) {
+	if wrote < tidySignalKeys {
 		return
 	}
 	p.mu.Lock()

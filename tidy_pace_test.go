@@ -239,13 +239,13 @@ func TestTidyFloorIsBounded(t *testing.T) {
 		t.Errorf("floor before any batch = %v, want %d", got, tidyMinPace)
 	}
 	for range tidyMinuteLeast {
-		p.observe(tidyBatch, 100*time.Microsecond)
+		p.observe(tidyBatch, tidyBatch, 100*time.Microsecond)
 	}
 	if got := p.floor(); got != tidyMaxPace/4 {
 		t.Errorf("floor at a 100µs baseline = %v, want %d", got, tidyMaxPace/4)
 	}
 	for range tidyRecentBatches {
-		p.observe(tidyBatch, 10*time.Second)
+		p.observe(tidyBatch, tidyBatch, 10*time.Second)
 	}
 	if got := p.keysPerSecond(); got != tidyMinPace {
 		t.Errorf("pace = %d on storage gone slow, want the floor %d", got, tidyMinPace)
@@ -258,13 +258,13 @@ func TestTidyPaceIgnoresShortBatches(t *testing.T) {
 	clock := &paceClock{t: time.Unix(1_800_000_000, 0)}
 	p := newTidyPacer(clock.now, clock.sleep)
 	for range tidyMinuteLeast {
-		p.observe(tidyBatch, 10*time.Millisecond)
+		p.observe(tidyBatch, tidyBatch, 10*time.Millisecond)
 	}
-	p.observe(tidySignalKeys-1, 100*time.Microsecond)
+	p.observe(tidySignalKeys-1, tidySignalKeys-1, 100*time.Microsecond)
 	if p.baseline != 10*time.Millisecond {
 		t.Errorf("baseline = %s after a short batch, want the full batch's 10ms", p.baseline)
 	}
-	p.observe(tidyBatch, 15*time.Millisecond) // within tidyCongested of the baseline
+	p.observe(tidyBatch, tidyBatch, 15*time.Millisecond) // within tidyCongested of the baseline
 	if got := p.keysPerSecond(); got != 0 {
 		t.Errorf("pace = %d after a batch near the baseline, want unpaced", got)
 	}
@@ -277,19 +277,19 @@ func TestTidyBaselineForgetsOldMinutes(t *testing.T) {
 	clock := &paceClock{t: time.Unix(1_800_000_000, 0)}
 	p := newTidyPacer(clock.now, clock.sleep)
 	for range tidyMinuteLeast {
-		p.observe(tidyBatch, time.Millisecond)
+		p.observe(tidyBatch, tidyBatch, time.Millisecond)
 	}
 	for range 2 * tidyBaselineMinutes {
 		clock.advance(time.Minute)
 		for range tidyMinuteLeast {
-			p.observe(tidyBatch, 20*time.Millisecond)
+			p.observe(tidyBatch, tidyBatch, 20*time.Millisecond)
 		}
 	}
 	if p.baseline < 19*time.Millisecond {
 		t.Errorf("baseline = %s after %d minutes at 20ms, want about 20ms", p.baseline, 2*tidyBaselineMinutes)
 	}
 	for range 400 {
-		p.observe(tidyBatch, 20*time.Millisecond)
+		p.observe(tidyBatch, tidyBatch, 20*time.Millisecond)
 	}
 	if got := p.keysPerSecond(); got != 0 {
 		t.Errorf("pace = %d keys/s at the new normal, want unpaced", got)
@@ -301,14 +301,14 @@ func TestTidyPaceShrugsOffOneSlowBatch(t *testing.T) {
 	clock := &paceClock{t: time.Unix(1_800_000_000, 0)}
 	p := newTidyPacer(clock.now, clock.sleep)
 	for range 10 {
-		p.observe(tidyBatch, 10*time.Millisecond)
+		p.observe(tidyBatch, tidyBatch, 10*time.Millisecond)
 	}
-	p.observe(tidyBatch, 40*time.Millisecond) // 4× the baseline
+	p.observe(tidyBatch, tidyBatch, 40*time.Millisecond) // 4× the baseline
 	if got := p.keysPerSecond(); got != 0 {
 		t.Errorf("pace = %d keys/s after one slow batch, want unpaced", got)
 	}
 	for range 3 {
-		p.observe(tidyBatch, 40*time.Millisecond)
+		p.observe(tidyBatch, tidyBatch, 40*time.Millisecond)
 	}
 	if got := p.keysPerSecond(); got == 0 {
 		t.Error("still unpaced after four slow batches in a row")
@@ -370,7 +370,7 @@ func TestTidyStaysUnpacedThroughIdleJitter(t *testing.T) {
 			took = 80 * time.Millisecond // an fsync stall
 		}
 		clock.advance(took)
-		p.observe(tidyBatch, took)
+		p.observe(tidyBatch, tidyBatch, took)
 		if got := p.keysPerSecond(); got != 0 {
 			recent, base := p.latencies()
 			t.Fatalf("batch %d (%s): paced at %d keys/s on idle storage (recent %s, baseline %s)", i, took, got, recent, base)
@@ -384,12 +384,12 @@ func TestTidyStaysUnpacedThroughIdleJitter(t *testing.T) {
 func TestTidyMinuteCountsAfterTenBatches(t *testing.T) {
 	clock := &paceClock{t: time.Unix(1_800_000_000, 0)}
 	p := newTidyPacer(clock.now, clock.sleep)
-	p.observe(tidyBatch, time.Millisecond) // lucky
+	p.observe(tidyBatch, tidyBatch, time.Millisecond) // lucky
 	for i := range tidyMinuteLeast - 1 {
 		if _, base := p.latencies(); base != 0 {
 			t.Fatalf("after %d batches the baseline is %s, want none yet", i+1, base)
 		}
-		p.observe(tidyBatch, 10*time.Millisecond)
+		p.observe(tidyBatch, tidyBatch, 10*time.Millisecond)
 	}
 	if _, base := p.latencies(); base != 10*time.Millisecond {
 		t.Errorf("baseline = %s after %d batches, one of them lucky; want the usual 10ms", base, tidyMinuteLeast)

@@ -41,9 +41,12 @@ func (c *tidyCounts) get(k tidyCount) int    { return int(c[k].Load()) }
 // removed is the tokens the pass removed.
 func (c *tidyCounts) removed() int { return c.get(tidyExpired) + c.get(tidyOrphaned) }
 
+// written is the tokens the pass removed or moved: a write each.
+func (c *tidyCounts) written() int { return c.removed() + c.get(tidyMoved) }
+
 // changed reports whether the pass changed anything in storage.
 func (c *tidyCounts) changed() bool {
-	return c.removed()+c.get(tidyMoved)+c.get(tidyRetired) > 0
+	return c.written()+c.get(tidyRetired) > 0
 }
 
 // render calls f with each count's name and value; corrupt entries only

@@ -205,17 +205,20 @@ func (r *runner) raftTidy(ctx context.Context, n int) (*raftTidyResult, error) {
 	rss.set("cached reads")
 	read(time.Second) // warm-up: the role-wide token is minted and cached
 	// Four windows, so that Vault's metrics have an interval of 10 s wholly
-	// inside them.
+	// inside them; as many after tidy.
+	readWindows := func() (creds, kv sample) {
+		var cs, ks []sample
+		for range 4 {
+			c, k := read(window)
+			cs, ks = append(cs, c), append(ks, k)
+		}
+		return merge(cs...), merge(ks...)
+	}
 	cpu0 = readCPU(procs)
 	metrics := startRaftMetrics(v)
-	var cs, ks []sample
-	for range 4 {
-		c, k := read(window)
-		cs, ks = append(cs, c), append(ks, k)
-	}
+	res.without, res.kvWithout = readWindows()
 	res.withoutRaft = metrics.finish()
 	res.withoutCPU = readCPU(procs).since(cpu0)
-	res.without, res.kvWithout = merge(cs...), merge(ks...)
 
 	rss.set("tidy under reads")
 	var tidyDone atomic.Bool
@@ -258,12 +261,7 @@ func (r *runner) raftTidy(ctx context.Context, n int) (*raftTidyResult, error) {
 	// creds read leaves a lease of the token's remaining life, so Vault
 	// holds more of them with every window), and tidy is judged against the
 	// windows on both sides of it.
-	cs, ks = nil, nil
-	for range 4 {
-		c, k := read(window)
-		cs, ks = append(cs, c), append(ks, k)
-	}
-	res.post, res.kvPost = merge(cs...), merge(ks...)
+	res.post, res.kvPost = readWindows()
 	res.rss = rss.finish()
 	res.scr = scr.finish(r)
 	rss = nil
