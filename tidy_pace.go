@@ -12,7 +12,7 @@ import (
 
 // Tidy paces itself by its own batches' latency (AIMD, as TCP paces itself
 // by round trips): when most of its recent batches take much longer than
-// its fast ones of late, storage is busy (reads on any mount register
+// its usual ones of late, storage is busy (reads on any mount register
 // leases in the same raft log, or the disk is slow), so the pace halves;
 // otherwise it rises again, and once it is more than batches one after
 // another achieve, tidy goes unpaced: an idle Vault gets full speed.
@@ -56,14 +56,16 @@ const (
 	tidyLatencySlack = 2 * time.Millisecond
 	// tidyBaselineMinutes is how many minutes of tidy work the baseline is
 	// the least of; storage that stays slower for longer becomes the new
-	// normal. A minute's figure is the lowest tenth of its batches'
-	// latencies (of its first tidyMinuteSamples): a fast batch of that
-	// minute, where its fastest would be luck, and a minute busy most of the
-	// time still shows its idle part.
+	// normal. A minute's figure is the median of its batches' latencies (of
+	// its first tidyMinuteSamples), the same statistic as the recent
+	// latency it is held against: an idle raft server's batches spread
+	// widely (a median 1.4 times the fastest tenth, with pairs of stalls
+	// every second or so), and a line drawn from its fast batches took
+	// its usual ones for load.
 	tidyBaselineMinutes = 30
 	tidyMinuteSamples   = 1024
 	// tidyMinuteLeast: a minute counts once it has timed this many batches;
-	// before, its lowest tenth would be its luckiest batch.
+	// before, its median would be a handful's.
 	tidyMinuteLeast = 10
 	// tidySignalKeys: only batches that wrote at least this many keys are
 	// timed, since a batch's latency grows with its writes (a shard's last
@@ -81,7 +83,13 @@ type storedPace struct {
 	// BatchKeys is the batch size it was learnt on: a baseline of smaller
 	// batches would take every batch of today's for load.
 	BatchKeys int `json:"batch_keys"`
+	// Of is the statistic of a minute it is: one of faster batches (a
+	// development build stored their lowest tenth) would do the same.
+	Of string `json:"of"`
 }
+
+// tidyBaselineOf names the statistic of a minute the baseline is (learn).
+const tidyBaselineOf = "minute_median"
 
 // tidyPacer keeps tidy's pace across passes, so a pass starting while
 // storage is busy still knows how fast it is when idle.
@@ -191,7 +199,7 @@ func (p *tidyPacer) learn(took time.Duration) time.Duration {
 		i, _ := slices.BinarySearch(p.samples, took)
 		p.samples = slices.Insert(p.samples, i, took)
 		if len(p.samples) >= tidyMinuteLeast {
-			p.minutes[len(p.minutes)-1].took = p.samples[len(p.samples)/10]
+			p.minutes[len(p.minutes)-1].took = p.samples[len(p.samples)/2]
 		}
 	}
 	p.baseline = 0 // unknown until a minute counts
@@ -217,8 +225,8 @@ func (p *tidyPacer) load(ctx context.Context, s logical.Storage) error {
 	if errors.Is(err, errCorrupt) {
 		return nil // learnt anew, and stored over at the pass's end
 	}
-	if err != nil || sp == nil || sp.Baseline <= 0 || sp.BatchKeys != tidyBatch {
-		return err // none, or learnt on other batches: learnt anew
+	if err != nil || sp == nil || sp.Baseline <= 0 || sp.BatchKeys != tidyBatch || sp.Of != tidyBaselineOf {
+		return err // none, or learnt on other batches or otherwise: learnt anew
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -237,7 +245,7 @@ func (p *tidyPacer) save(ctx context.Context, s logical.Storage) error {
 	if base <= 0 {
 		return nil
 	}
-	return putJSON(ctx, s, tidyPacePath, storedPace{Baseline: base, BatchKeys: tidyBatch})
+	return putJSON(ctx, s, tidyPacePath, storedPace{Baseline: base, BatchKeys: tidyBatch, Of: tidyBaselineOf})
 }
 
 // keysPerSecond is the pace now, 0 when unpaced.

@@ -4,7 +4,10 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -107,12 +110,18 @@ func storeOneShard(t *testing.T, e *testEnv, role string, n int) {
 }
 
 // pacedPass runs one tidy pass over batches full batches of expired tokens,
-// each token delete taking latency(batch) on a fake clock.
+// each token delete taking latency(batch) on a fake clock, after passes
+// that stored batch 0's latency as the baseline: a minute mostly busy has
+// a busy median, and the baseline of earlier minutes is what shows it.
 func pacedPass(t *testing.T, batches int, latency func(batch int) time.Duration) (*latencyStorage, *paceClock) {
 	t.Helper()
 	e := newTestEnv(t)
 	setupRoles(e)
 	storeOneShard(t, e, "shoppers", batches*tidyBatch)
+	earlier := storedPace{Baseline: tidyBatch * latency(0), BatchKeys: tidyBatch, Of: tidyBaselineOf}
+	if err := putJSON(context.Background(), e.storage, tidyPacePath, earlier); err != nil {
+		t.Fatal(err)
+	}
 	clock := &paceClock{t: time.Unix(1_800_000_000, 0)}
 	e.b.tidyPace = newTidyPacer(clock.now, clock.sleep)
 	ls := &latencyStorage{Storage: e.storage, clock: clock, pacer: e.b.tidyPace, latency: latency}
@@ -270,8 +279,8 @@ func TestTidyPaceIgnoresShortBatches(t *testing.T) {
 	}
 }
 
-// The baseline is the least of the last tidyBaselineMinutes minutes' fast
-// batches (each minute's lowest tenth): storage that stays slower
+// The baseline is the least of the last tidyBaselineMinutes minutes'
+// usual batches (each minute's median): storage that stays slower
 // becomes the new normal, and tidy then goes back to full speed.
 func TestTidyBaselineForgetsOldMinutes(t *testing.T) {
 	clock := &paceClock{t: time.Unix(1_800_000_000, 0)}
@@ -379,8 +388,8 @@ func TestTidyStaysUnpacedThroughIdleJitter(t *testing.T) {
 }
 
 // A minute's figure counts once it has tidyMinuteLeast batches: before,
-// its lowest tenth would be its one lucky batch, and the line drawn from it
-// would take every usual batch for load.
+// its median would be a lucky batch's, and the line drawn from it would
+// take every usual batch for load.
 func TestTidyMinuteCountsAfterTenBatches(t *testing.T) {
 	clock := &paceClock{t: time.Unix(1_800_000_000, 0)}
 	p := newTidyPacer(clock.now, clock.sleep)
@@ -399,13 +408,13 @@ func TestTidyMinuteCountsAfterTenBatches(t *testing.T) {
 	}
 }
 
-// A baseline stored by a release with other batches (or none said) is
-// learnt anew: 64-key batches' latency would make every 128-key batch look
-// like load.
+// A baseline stored by a release with other batches (or none said), or of
+// another statistic, is learnt anew: 64-key batches' latency, or a minute's
+// fastest tenth, would make every usual 128-key batch look like load.
 func TestTidyBaselineOfOtherBatchesIsIgnored(t *testing.T) {
 	e := newTestEnv(t)
 	ctx := context.Background()
-	for _, stored := range []string{`{"baseline_ns":9000000}`, `{"baseline_ns":9000000,"batch_keys":64}`} {
+	for _, stored := range []string{`{"baseline_ns":9000000}`, `{"baseline_ns":9000000,"batch_keys":64,"of":"minute_median"}`, `{"baseline_ns":9000000,"batch_keys":128}`} {
 		if err := e.storage.Put(ctx, &logical.StorageEntry{Key: tidyPacePath, Value: []byte(stored)}); err != nil {
 			t.Fatal(err)
 		}
@@ -448,4 +457,77 @@ func (s *slowReads) Get(ctx context.Context, key string) (*logical.StorageEntry,
 		s.clock.advance(time.Millisecond)
 	}
 	return s.Storage.Get(ctx, key)
+}
+
+// recordedBatches are the tidy batches of a pass on a real single-node
+// raft server (2 cores), as testdata/tidy/*.txt holds them: keys sent,
+// keys removed, and how long the batch took.
+type recordedBatch struct {
+	keys, wrote int
+	took        time.Duration
+}
+
+func readRecordedBatches(t *testing.T, name string) []recordedBatch {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join("testdata", "tidy", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bs []recordedBatch
+	for i, line := range strings.Split(string(raw), "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		var b recordedBatch
+		var us int64
+		if _, err := fmt.Sscan(line, &b.keys, &b.wrote, &us); err != nil {
+			t.Fatalf("%s:%d: %v", name, i+1, err)
+		}
+		b.took = time.Duration(us) * time.Microsecond
+		bs = append(bs, b)
+	}
+	return bs
+}
+
+// replay runs recorded batches through p on clock as tidyKeys would: wait
+// for the pace, take the recorded time, observe. It returns the time the
+// batches took, the time the pass took, and how many batches were paced.
+func replay(t *testing.T, p *tidyPacer, clock *paceClock, bs []recordedBatch) (took, elapsed time.Duration, paced int) {
+	t.Helper()
+	start := clock.now()
+	for _, b := range bs {
+		if p.keysPerSecond() != 0 {
+			paced++
+		}
+		if err := p.wait(context.Background(), b.keys); err != nil {
+			t.Fatal(err)
+		}
+		clock.advance(b.took)
+		took += b.took
+		p.observe(b.keys, b.wrote, b.took)
+	}
+	return took, clock.now().Sub(start), paced
+}
+
+// A real idle pass, its batches spread widely (a median 1.4 times the
+// fastest tenth) and slowed in pairs every second or so: tidy keeps to
+// storage's own pace. Then the same server under steady reads on two
+// mounts: most batches are paced.
+func TestTidyRecordedRaftPasses(t *testing.T) {
+	clock := &paceClock{t: time.Unix(1_800_000_000, 0)}
+	p := newTidyPacer(clock.now, clock.sleep)
+	idle := readRecordedBatches(t, "raft-idle.txt")
+	took, elapsed, paced := replay(t, p, clock, idle)
+	// 2 s of the pass ran at 2-2.7 times the usual latency, and were paced;
+	// a line drawn from each minute's fastest tenth paced 323 batches and
+	// took 1.76 times as long, from its fastest quarter 1.36 times.
+	if most := took * 115 / 100; elapsed > most {
+		t.Errorf("idle pass: %s of batches took %s paced (%d of %d batches paced); want at most %s", took.Round(time.Millisecond), elapsed.Round(time.Millisecond), paced, len(idle), most.Round(time.Millisecond))
+	}
+	busy := readRecordedBatches(t, "raft-busy.txt")
+	_, _, paced = replay(t, p, clock, busy)
+	if least := len(busy) * 8 / 10; paced < least {
+		recent, base := p.latencies()
+		t.Errorf("busy pass: %d of %d batches paced, want at least %d (recent %s, baseline %s)", paced, len(busy), least, recent, base)
+	}
 }
