@@ -514,30 +514,34 @@ func replay(t *testing.T, p *tidyPacer, clock *paceClock, bs []recordedBatch) (t
 	return took, clock.now().Sub(start), paced
 }
 
-// A real idle pass, its batches spread widely (a median 1.4 times the
+// Real idle passes, their batches spread widely (a median 1.4 times the
 // fastest tenth) and slowed in pairs every second or so: tidy keeps to
 // storage's own pace, wherever in a minute the pass starts. Then, two
 // minutes later, the same server under steady reads on two mounts: most
-// batches are paced.
+// batches are paced. Recording 1 is of the pacer before 3bd0141, 2 of this
+// one.
 func TestTidyRecordedRaftPasses(t *testing.T) {
-	idle := readRecordedBatches(t, "raft-idle.txt")
-	busy := readRecordedBatches(t, "raft-busy.txt")
-	for _, offset := range []time.Duration{0, 20 * time.Second, 40 * time.Second, 50 * time.Second, 57 * time.Second} {
-		clock := &paceClock{t: time.Unix(1_800_000_000, 0).Add(offset)}
-		p := newTidyPacer(clock.now, clock.sleep)
-		took, elapsed, paced := replay(t, p, clock, idle)
-		// This pacer took 1.02-1.07 times as long as the batches, by where
-		// the pass started. Twice each minute's fastest tenth (the pacer
-		// before) took 1.76 times; twice its median, 1.11-1.36 times, the
-		// more as the first minute was shorter (the pass's first batches
-		// were its fastest); 2.5 times its fastest tenth, 1.24-1.36 times.
-		if most := took * 115 / 100; elapsed > most {
-			t.Errorf("idle pass starting %s into a minute: %s of batches took %s paced (%d of %d batches paced); want at most %s", offset, took.Round(time.Millisecond), elapsed.Round(time.Millisecond), paced, len(idle), most.Round(time.Millisecond))
-		}
-		clock.advance(2 * time.Minute)
-		if _, _, paced = replay(t, p, clock, busy); paced < len(busy)*8/10 {
-			recent, base := p.latencies()
-			t.Errorf("busy pass after an idle one starting %s into a minute: %d of %d batches paced, want at least %d (recent %s, baseline %s)", offset, paced, len(busy), len(busy)*8/10, recent, base)
+	for _, rec := range []string{"raft-1", "raft-2"} {
+		idle := readRecordedBatches(t, rec+"-idle.txt")
+		busy := readRecordedBatches(t, rec+"-busy.txt")
+		for _, offset := range []time.Duration{0, 20 * time.Second, 40 * time.Second, 50 * time.Second, 57 * time.Second} {
+			clock := &paceClock{t: time.Unix(1_800_000_000, 0).Add(offset)}
+			p := newTidyPacer(clock.now, clock.sleep)
+			took, elapsed, paced := replay(t, p, clock, idle)
+			// In recording 1 this pacer took 1.02-1.07 times as long as the
+			// batches, by where the pass started. Twice each minute's
+			// fastest tenth (the pacer before) took 1.76 times; twice its
+			// median, 1.11-1.36 times, the more as the first minute was
+			// shorter (the pass's first batches were its fastest); 2.5
+			// times its fastest tenth, 1.24-1.36 times.
+			if most := took * 115 / 100; elapsed > most {
+				t.Errorf("%s idle pass starting %s into a minute: %s of batches took %s paced (%d of %d batches paced); want at most %s", rec, offset, took.Round(time.Millisecond), elapsed.Round(time.Millisecond), paced, len(idle), most.Round(time.Millisecond))
+			}
+			clock.advance(2 * time.Minute)
+			if _, _, paced = replay(t, p, clock, busy); paced < len(busy)*8/10 {
+				recent, base := p.latencies()
+				t.Errorf("%s busy pass after an idle one starting %s into a minute: %d of %d batches paced, want at least %d (recent %s, baseline %s)", rec, offset, paced, len(busy), len(busy)*8/10, recent, base)
+			}
 		}
 	}
 }
