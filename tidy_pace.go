@@ -69,7 +69,7 @@ const (
 	tidyBaselineMinutes = 30
 	tidyMinuteSamples   = 1024
 	// tidyMinuteLeast: a minute counts once it has timed this many batches
-	// (3 seconds of idle raft, a minute of batches paced under reads):
+	// (3 seconds of idle raft, about 40 of batches paced under reads):
 	// before, its median would be a handful's, and the least of such is a
 	// lucky one's. A pass starting late in a minute, and each hourly pass
 	// after it, would draw the line lower.
@@ -90,8 +90,9 @@ type storedPace struct {
 	// BatchKeys is the batch size it was learnt on: a baseline of smaller
 	// batches would take every batch of today's for load.
 	BatchKeys int `json:"batch_keys"`
-	// Of is the statistic of a minute it is: one of faster batches (a
-	// development build stored their lowest tenth) would do the same.
+	// Of names the statistic of a minute it is: a baseline of a minute's
+	// faster batches (a development build stored their lowest tenth) would
+	// also take usual batches for load.
 	Of string `json:"of"`
 }
 

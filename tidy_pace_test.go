@@ -464,9 +464,9 @@ func (s *slowReads) Get(ctx context.Context, key string) (*logical.StorageEntry,
 	return s.Storage.Get(ctx, key)
 }
 
-// recordedBatches are the tidy batches of a pass on a real single-node
-// raft server (2 cores), as testdata/tidy/*.txt holds them: keys sent,
-// keys removed, and how long the batch took.
+// recordedBatch is one tidy batch of a pass on a real single-node raft
+// server (2 cores), as testdata/tidy/*.txt holds them: keys sent, keys
+// removed, and how long the batch took.
 type recordedBatch struct {
 	keys, wrote int
 	took        time.Duration
