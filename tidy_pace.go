@@ -49,9 +49,9 @@ const (
 	// tidyHoldBatches: after halving, the pace holds for as many batches,
 	// which the recent latency needs to show the new pace.
 	tidyHoldBatches = 4
-	// tidyCongested: the line is this many times the baseline, and
-	// tidyLatencySlack more: a few milliseconds of scheduling noise on fast
-	// storage is not load. On single-node raft (testdata/tidy) an idle
+	// tidyCongested: busy means the recent latency is over this many times
+	// the baseline, and over the baseline by tidyLatencySlack at least: a
+	// few milliseconds of scheduling noise on fast storage is not load. On single-node raft (testdata/tidy) an idle
 	// pass's recent median crossed 2.5 times the idle baseline for under 1%
 	// of its batches (twice it, 3%: its batches slow as a pass goes on, and
 	// stall in pairs), and under steady reads for 81-95% of them (3 times
@@ -69,7 +69,7 @@ const (
 	tidyBaselineMinutes = 30
 	tidyMinuteSamples   = 1024
 	// tidyMinuteLeast: a minute counts once it has timed this many batches
-	// (3 seconds of idle raft, about 40 of batches paced under reads):
+	// (3 seconds of idle raft, about 40 seconds of batches paced under reads):
 	// before, its median would be a handful's, and the least of such is a
 	// lucky one's. A pass starting late in a minute, and each hourly pass
 	// after it, would draw the line lower.
