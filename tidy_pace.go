@@ -51,11 +51,11 @@ const (
 	tidyHoldBatches = 4
 	// tidyCongested: busy means the recent latency is over this many times
 	// the baseline, and over the baseline by tidyLatencySlack at least: a
-	// few milliseconds of scheduling noise on fast storage is not load. On single-node raft (testdata/tidy) an idle
-	// pass's recent median crossed 2.5 times the idle baseline for under 1%
-	// of its batches (twice it, 3%: its batches slow as a pass goes on, and
-	// stall in pairs), and under steady reads for 81-95% of them (3 times
-	// it, 59-79%).
+	// few milliseconds of scheduling noise on fast storage is not load. On
+	// single-node raft (testdata/tidy) an idle pass's recent median crossed
+	// 2.5 times the idle baseline for under 1% of its batches (twice it,
+	// 3%: its batches slow as a pass goes on, and stall in pairs), and under
+	// steady reads for 81-95% of them (3 times it, 59-79%).
 	tidyCongested    = 2.5
 	tidyLatencySlack = 2 * time.Millisecond
 	// tidyBaselineMinutes is how many minutes of tidy work the baseline is
